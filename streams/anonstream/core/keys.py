@@ -1,0 +1,137 @@
+"""Secret handling and keyed pseudonyms.
+
+Pseudonyms are keyed BLAKE2b of the value under a per-period key derived from the master
+secret, so that (a) nobody without the secret can enumerate emails or IPs back from them,
+and (b) pseudonyms of two periods cannot be linked: destroying old period keys destroys
+linkability. The master secret comes from the environment or a file, never from a pipeline
+file, and is never logged: `MasterSecret.__repr__` hides it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import secrets
+from dataclasses import dataclass, field
+from pathlib import Path
+
+SECRET_ENV = "ANONSTREAM_SECRET"
+SECRET_FILE_ENV = "ANONSTREAM_SECRET_FILE"
+MIN_SECRET_BYTES = 16
+
+ROTATION_MS = {
+    "hourly": 3_600_000,
+    "daily": 86_400_000,
+    "weekly": 7 * 86_400_000,
+}
+
+
+class SecretError(Exception):
+    """The secret is missing or unusable. Messages never include the secret itself."""
+
+
+@dataclass(frozen=True)
+class MasterSecret:
+    value: bytes = field(repr=False)
+    source: str  # where it came from, safe to print: "env ANONSTREAM_SECRET", "file ..."
+    throwaway: bool = False
+
+    def __repr__(self) -> str:
+        return f"MasterSecret(source={self.source!r}, throwaway={self.throwaway})"
+
+    def fingerprint(self) -> str:
+        """A short, non-reversible id to tell two secrets apart in audit records."""
+        return hmac.new(self.value, b"anonstream/fingerprint/v1", hashlib.sha256).hexdigest()[:12]
+
+    def derive(self, purpose: str) -> bytes:
+        return hmac.new(self.value, f"anonstream/{purpose}/v1".encode(), hashlib.sha256).digest()
+
+
+def load_secret(
+    env: dict[str, str] | None = None, *, allow_throwaway: bool = False
+) -> MasterSecret:
+    """Secret from ANONSTREAM_SECRET or ANONSTREAM_SECRET_FILE; a random one only in demo mode."""
+    env = dict(os.environ) if env is None else env
+    raw_value = env.get(SECRET_ENV)
+    path = env.get(SECRET_FILE_ENV)
+    if raw_value and path:
+        raise SecretError(f"set only one of {SECRET_ENV} and {SECRET_FILE_ENV}, not both")
+    if path:
+        p = Path(path)
+        try:
+            data = p.read_bytes().strip()
+        except OSError as exc:
+            raise SecretError(f"cannot read {SECRET_FILE_ENV}={path}: {exc.strerror}") from None
+        source = f"file {path}"
+    elif raw_value:
+        data = raw_value.strip().encode()
+        source = f"env {SECRET_ENV}"
+    elif allow_throwaway:
+        return MasterSecret(secrets.token_bytes(32), "throwaway (demo mode)", throwaway=True)
+    else:
+        raise SecretError(
+            f"no secret: set {SECRET_ENV} or {SECRET_FILE_ENV} (at least {MIN_SECRET_BYTES} "
+            "bytes, e.g. `openssl rand -hex 32`); pseudonyms without a secret are reversible"
+        )
+    if len(data) < MIN_SECRET_BYTES:
+        raise SecretError(f"the secret from {source} is shorter than {MIN_SECRET_BYTES} bytes")
+    return MasterSecret(data, source)
+
+
+class Pseudonymizer:
+    """Keyed pseudonyms per (pipeline, period), with a bounded cache.
+
+    The cache maps raw values to pseudonyms in process memory only (like the event being
+    processed); it is never persisted, and it is cleared when it fills up.
+    """
+
+    def __init__(
+        self, secret: MasterSecret, pipeline: str, rotation_ms: int, cache_size: int = 200_000
+    ) -> None:
+        self._root = secret.derive(f"pseudonym/{pipeline}")
+        self.rotation_ms = rotation_ms
+        self._keys: dict[int, bytes] = {}
+        self._cache: dict[tuple[int, str], int] = {}
+        self._cache_size = cache_size
+
+    def period_of(self, ts_ms: int) -> int:
+        return ts_ms // self.rotation_ms
+
+    def period_key(self, period: int) -> bytes:
+        key = self._keys.get(period)
+        if key is None:
+            key = hmac.new(self._root, f"period/{period}".encode(), hashlib.sha256).digest()
+            if len(self._keys) > 64:  # only a few periods are ever open at once
+                self._keys.clear()
+            self._keys[period] = key
+        return key
+
+    def pseudonym(self, tag: str, value: str, ts_ms: int) -> int:
+        """A 64-bit pseudonym of `value`, domain-separated by `tag` (the field name)."""
+        period = ts_ms // self.rotation_ms
+        ck = (period, tag + "\x00" + value)
+        p = self._cache.get(ck)
+        if p is None:
+            digest = hashlib.blake2b(
+                ck[1].encode(), key=self.period_key(period), digest_size=8
+            ).digest()
+            p = int.from_bytes(digest, "little")
+            if len(self._cache) >= self._cache_size:
+                self._cache.clear()
+            self._cache[ck] = p
+        return p
+
+    def pseudonym_hex(self, tag: str, value: str, ts_ms: int) -> str:
+        return f"{self.pseudonym(tag, value, ts_ms):016x}"
+
+
+class EventHasher:
+    """Keyed 64-bit hash of event ids, for duplicate detection without storing the ids."""
+
+    def __init__(self, secret: MasterSecret, pipeline: str) -> None:
+        self._key = secret.derive(f"event-id/{pipeline}")
+
+    def __call__(self, event_id: str) -> int:
+        d = hashlib.blake2b(event_id.encode(), key=self._key, digest_size=8).digest()
+        return int.from_bytes(d, "little")

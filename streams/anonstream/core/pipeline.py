@@ -1,0 +1,439 @@
+"""Pipeline definitions: YAML in pipelines/, parsed into frozen, validated objects.
+
+A pipeline must say what happens to every field of its input contract: there is no
+default action, so a new field cannot slip through unreviewed. Actions are checked against
+the field's sensitivity class, and a wrong file fails at load time with the file, the field
+path and the reason.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from anonstream.core.contract import CONTRACTS, Contract, FieldSpec, FieldType, Sensitivity
+from anonstream.core.keys import ROTATION_MS
+
+GENERALIZERS = ("ip_prefix", "user_agent", "url", "referrer_domain", "band", "text")
+ACTIONS = ("drop", "keep", "pseudonymize", "generalize", "measure", "dedupe", "window")
+
+_ALLOWED: dict[Sensitivity, set[str]] = {
+    Sensitivity.META: {"dedupe", "window", "drop"},
+    Sensitivity.IDENTIFIER: {"drop", "pseudonymize"},
+    Sensitivity.QUASI: {"drop", "generalize"},
+    Sensitivity.ACCOUNT: {"drop", "keep", "pseudonymize"},
+    Sensitivity.SAFE: {"drop", "keep", "generalize", "measure"},
+}
+
+
+class PipelineError(ValueError):
+    """A pipeline file is wrong. The message names the file, the field path and the reason."""
+
+    def __init__(self, source: str, path: str, reason: str) -> None:
+        super().__init__(f"{source}: {path}: {reason}")
+        self.source = source
+        self.path = path
+        self.reason = reason
+
+
+@dataclass(frozen=True, slots=True)
+class FieldAction:
+    field: str
+    action: str
+    generalizer: str | None = None
+    ipv4_bits: int = 24
+    ipv6_bits: int = 48
+    edges: tuple[float, ...] = ()
+    clamp: tuple[float, float] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class WindowSpec:
+    size_ms: int
+    step_ms: int
+    allowed_lateness_ms: int
+
+    @property
+    def hopping(self) -> bool:
+        return self.step_ms < self.size_ms
+
+
+@dataclass(frozen=True, slots=True)
+class Contribution:
+    max_events_per_unit_per_cell: int = 10
+    max_cells_per_unit_per_window: int = 20
+
+
+@dataclass(frozen=True, slots=True)
+class Noise:
+    mechanism: Literal["laplace", "gaussian"]
+    epsilon: float
+    delta: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Output:
+    name: str
+    topic: str
+    dimensions: tuple[str, ...]
+    k: int
+    noise: Noise | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Pipeline:
+    name: str
+    version: int
+    description: str
+    contract: Contract
+    source_topic: str
+    privacy_unit: tuple[str, ...]
+    rotation_ms: int
+    fields: dict[str, FieldAction]
+    window: WindowSpec
+    dimensions: tuple[str, ...]
+    sums: tuple[str, ...]
+    means: tuple[str, ...]
+    histograms: tuple[str, ...]
+    contribution: Contribution
+    k: int
+    noise: Noise | None
+    outputs: tuple[Output, ...]
+    source_file: str = field(default="<memory>", compare=False)
+
+    @property
+    def measures(self) -> tuple[str, ...]:
+        """Measured fields, in a fixed order: sums first, then means and histograms."""
+        seen: dict[str, None] = {}
+        for name in (*self.sums, *self.means, *self.histograms):
+            seen[name] = None
+        return tuple(seen)
+
+
+_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)?\s*$")
+_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1000}
+
+
+def parse_duration_ms(value: object) -> int:
+    """'90s', '5m', '1h', '1d', '250ms' or a bare number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration like 5m or 1h")
+    if isinstance(value, int):
+        return value * 1000
+    m = _DURATION.match(str(value))
+    if not m:
+        raise ValueError(f"expected a duration like 5m or 1h, got {value!r}")
+    return int(m.group(1)) * _UNIT_MS[m.group(2)]
+
+
+class _Reader:
+    """Small helper that knows where it is in the document, for readable errors."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, path: str, reason: str) -> PipelineError:
+        return PipelineError(self.source, path, reason)
+
+    def mapping(self, obj: object, path: str) -> dict[str, Any]:
+        if not isinstance(obj, dict):
+            raise self.fail(path, f"expected a mapping, got {type(obj).__name__}")
+        return obj
+
+    def string_list(self, obj: object, path: str) -> tuple[str, ...]:
+        if obj is None:
+            return ()
+        if isinstance(obj, str):
+            return (obj,)
+        if not isinstance(obj, list) or not all(isinstance(x, str) for x in obj):
+            raise self.fail(path, "expected a list of field names")
+        return tuple(obj)
+
+    def positive_int(self, obj: object, path: str, minimum: int = 1) -> int:
+        if isinstance(obj, bool) or not isinstance(obj, int) or obj < minimum:
+            raise self.fail(path, f"expected an integer >= {minimum}, got {obj!r}")
+        return obj
+
+    def duration(self, obj: object, path: str) -> int:
+        try:
+            return parse_duration_ms(obj)
+        except ValueError as exc:
+            raise self.fail(path, str(exc)) from None
+
+    def unknown_keys(self, d: dict[str, Any], allowed: set[str], path: str) -> None:
+        extra = sorted(set(d) - allowed)
+        if extra:
+            raise self.fail(f"{path}.{extra[0]}" if path else extra[0], "unknown key")
+
+
+def _field_action(r: _Reader, spec: FieldSpec, raw: object, path: str) -> FieldAction:
+    allowed = _ALLOWED[spec.sensitivity]
+    if isinstance(raw, str):
+        action, params = raw, {}
+    elif isinstance(raw, dict) and len(raw) >= 1:
+        keys = [k for k in raw if k in ACTIONS]
+        if len(keys) != 1:
+            raise r.fail(path, f"name exactly one action of {', '.join(ACTIONS)}")
+        action = keys[0]
+        params = {k: v for k, v in raw.items() if k != action}
+        if action == "generalize":
+            params["generalizer"] = raw[action]
+    else:
+        raise r.fail(path, f"expected an action ({', '.join(ACTIONS)})")
+    if action not in ACTIONS:
+        raise r.fail(path, f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
+    if action not in allowed:
+        raise r.fail(
+            path,
+            f"action {action!r} is not allowed for a {spec.sensitivity.value} field "
+            f"(allowed: {', '.join(sorted(allowed))})",
+        )
+    if action == "dedupe" and spec.name != "event_id":
+        raise r.fail(path, "only event_id can be used for duplicate detection")
+    if action == "window" and spec.type is not FieldType.TIMESTAMP:
+        raise r.fail(path, "only the event time can be the window field")
+    if spec.type is FieldType.OBJECT and action != "drop":
+        raise r.fail(path, "nested objects can only be dropped")
+    if action == "measure" and spec.type is not FieldType.INT:
+        raise r.fail(path, "only numeric fields can be measured")
+    kw: dict[str, Any] = {}
+    if action == "generalize":
+        g = params.pop("generalizer")
+        if g not in GENERALIZERS:
+            raise r.fail(path, f"unknown generalizer {g!r}; expected one of {GENERALIZERS}")
+        if g == "band" and spec.type is not FieldType.INT:
+            raise r.fail(path, "band generalizes numeric fields only")
+        kw["generalizer"] = g
+        if g == "ip_prefix":
+            kw["ipv4_bits"] = params.pop("ipv4_bits", 24)
+            kw["ipv6_bits"] = params.pop("ipv6_bits", 48)
+            if not (isinstance(kw["ipv4_bits"], int) and 0 <= kw["ipv4_bits"] <= 24):
+                raise r.fail(f"{path}.ipv4_bits", "must be an integer from 0 to 24")
+            if not (isinstance(kw["ipv6_bits"], int) and 0 <= kw["ipv6_bits"] <= 64):
+                raise r.fail(f"{path}.ipv6_bits", "must be an integer from 0 to 64")
+    if action in ("measure", "generalize") and ("edges" in params or "bands" in params):
+        edges = params.pop("edges", None) or params.pop("bands", None)
+        if (
+            not isinstance(edges, list)
+            or len(edges) < 1
+            or not all(isinstance(e, int | float) for e in edges)
+            or any(a >= b for a, b in zip(edges, edges[1:], strict=False))
+        ):
+            raise r.fail(f"{path}.edges", "expected a strictly increasing list of numbers")
+        kw["edges"] = tuple(float(e) for e in edges)
+    if kw.get("generalizer") == "band" and not kw.get("edges"):
+        raise r.fail(f"{path}.edges", "band needs edges")
+    if action == "measure":
+        clamp = params.pop("clamp", None)
+        if (
+            not isinstance(clamp, list)
+            or len(clamp) != 2
+            or not all(isinstance(c, int | float) for c in clamp)
+            or clamp[0] > clamp[1]
+        ):
+            raise r.fail(
+                f"{path}.clamp", "a measure needs clamp: [low, high], the bounds of one event"
+            )
+        kw["clamp"] = (float(clamp[0]), float(clamp[1]))
+    if params:
+        raise r.fail(f"{path}.{sorted(params)[0]}", f"unknown option for {action}")
+    return FieldAction(field=spec.name, action=action, **kw)
+
+
+def _noise(r: _Reader, raw: object, path: str) -> Noise | None:
+    if raw is None:
+        return None
+    d = r.mapping(raw, path)
+    r.unknown_keys(d, {"mechanism", "epsilon", "delta"}, path)
+    mech = d.get("mechanism", "laplace")
+    if mech not in ("laplace", "gaussian"):
+        raise r.fail(f"{path}.mechanism", "expected laplace or gaussian")
+    eps = d.get("epsilon")
+    if not isinstance(eps, int | float) or isinstance(eps, bool) or not 0 < eps <= 20:
+        raise r.fail(f"{path}.epsilon", "expected a number in (0, 20]")
+    delta = d.get("delta", 0.0)
+    if mech == "gaussian" and not (isinstance(delta, int | float) and 0 < delta < 1e-3):
+        raise r.fail(f"{path}.delta", "gaussian noise needs 0 < delta < 0.001")
+    return Noise(mech, float(eps), float(delta))
+
+
+def parse_pipeline(doc: object, source: str = "<memory>") -> Pipeline:
+    r = _Reader(source)
+    d = r.mapping(doc, "(top)")
+    r.unknown_keys(
+        d,
+        {
+            "pipeline", "version", "description", "contract", "source_topic", "privacy_unit",
+            "pseudonym_rotation", "fields", "window", "dimensions", "metrics", "contribution",
+            "k", "noise", "outputs",
+        },
+        "",
+    )  # fmt: skip
+    name = d.get("pipeline")
+    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", name):
+        raise r.fail("pipeline", "expected a lowercase name of letters, digits and _")
+    version = r.positive_int(d.get("version"), "version")
+    cname = d.get("contract")
+    if cname not in CONTRACTS:
+        raise r.fail("contract", f"expected one of {', '.join(CONTRACTS)}, got {cname!r}")
+    contract = CONTRACTS[cname]
+
+    raw_fields = r.mapping(d.get("fields"), "fields")
+    fields: dict[str, FieldAction] = {}
+    for spec in contract.fields:
+        if spec.name not in raw_fields:
+            raise r.fail(
+                f"fields.{spec.name}",
+                "missing: every field of the input contract needs an explicit action",
+            )
+        fields[spec.name] = _field_action(r, spec, raw_fields[spec.name], f"fields.{spec.name}")
+    for extra in raw_fields:
+        if extra not in fields:
+            raise r.fail(f"fields.{extra}", f"not a field of the {contract.name} contract")
+    if fields["event_id"].action != "dedupe" or fields["ts"].action != "window":
+        raise r.fail("fields", "event_id must be 'dedupe' and ts must be 'window'")
+
+    unit = r.string_list(d.get("privacy_unit"), "privacy_unit")
+    if not unit:
+        raise r.fail("privacy_unit", "name the field(s) identifying a person, first present wins")
+    for u in unit:
+        if u not in fields or fields[u].action != "pseudonymize":
+            raise r.fail("privacy_unit", f"{u!r} must be a field whose action is pseudonymize")
+
+    rotation = d.get("pseudonym_rotation", "daily")
+    if rotation not in ROTATION_MS:
+        raise r.fail("pseudonym_rotation", f"expected one of {', '.join(ROTATION_MS)}")
+    rotation_ms = ROTATION_MS[rotation]
+
+    wd = r.mapping(d.get("window"), "window")
+    r.unknown_keys(wd, {"size", "step", "allowed_lateness"}, "window")
+    size = r.duration(wd.get("size"), "window.size")
+    step = r.duration(wd.get("step", wd.get("size")), "window.step")
+    lateness = r.duration(wd.get("allowed_lateness", "0s"), "window.allowed_lateness")
+    if size <= 0 or step <= 0:
+        raise r.fail("window", "size and step must be positive")
+    if step > size or size % step:
+        raise r.fail("window.step", "step must divide size (tumbling: step = size)")
+    if rotation_ms % size or rotation_ms % step:
+        # A window straddling a key rotation would count one person twice.
+        raise r.fail("window.size", f"must divide the pseudonym rotation period ({rotation})")
+    window = WindowSpec(size, step, lateness)
+
+    dims = r.string_list(d.get("dimensions"), "dimensions")
+    for dim in dims:
+        fa = fields.get(dim)
+        if fa is None:
+            raise r.fail("dimensions", f"{dim!r} is not a field")
+        if fa.action not in ("keep", "generalize"):
+            raise r.fail(
+                "dimensions", f"{dim!r} is {fa.action}: only kept or generalized fields can be "
+                "dimensions (a pseudonym as a dimension would single people out)",
+            )  # fmt: skip
+    if len(set(dims)) != len(dims):
+        raise r.fail("dimensions", "a dimension is listed twice")
+
+    md = r.mapping(d.get("metrics") or {}, "metrics")
+    r.unknown_keys(md, {"sums", "means", "histograms"}, "metrics")
+    sums = r.string_list(md.get("sums"), "metrics.sums")
+    means = r.string_list(md.get("means"), "metrics.means")
+    hists = r.string_list(md.get("histograms"), "metrics.histograms")
+    for key, names in (("sums", sums), ("means", means), ("histograms", hists)):
+        for n in names:
+            if n not in fields or fields[n].action != "measure":
+                raise r.fail(f"metrics.{key}", f"{n!r} must be a field whose action is measure")
+            if key == "histograms" and not fields[n].edges:
+                raise r.fail(f"fields.{n}.edges", "a histogram needs edges on its measure")
+
+    cd = r.mapping(d.get("contribution") or {}, "contribution")
+    r.unknown_keys(
+        cd, {"max_events_per_unit_per_cell", "max_cells_per_unit_per_window"}, "contribution"
+    )
+    contribution = Contribution(
+        r.positive_int(
+            cd.get("max_events_per_unit_per_cell", 10), "contribution.max_events_per_unit_per_cell"
+        ),
+        r.positive_int(
+            cd.get("max_cells_per_unit_per_window", 20),
+            "contribution.max_cells_per_unit_per_window",
+        ),
+    )
+    k = r.positive_int(d.get("k", 10), "k", minimum=2)
+    noise = _noise(r, d.get("noise"), "noise")
+
+    outputs: list[Output] = []
+    raw_outputs = d.get("outputs") or [{"name": "default"}]
+    if not isinstance(raw_outputs, list):
+        raise r.fail("outputs", "expected a list")
+    for i, ro in enumerate(raw_outputs):
+        p = f"outputs[{i}]"
+        od = r.mapping(ro, p)
+        r.unknown_keys(od, {"name", "topic", "dimensions", "k", "noise"}, p)
+        oname = od.get("name", "default")
+        if not isinstance(oname, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", oname):
+            raise r.fail(f"{p}.name", "expected a lowercase name")
+        default_topic = f"anon.aggregates.{name}" + ("" if oname == "default" else f".{oname}")
+        topic = od.get("topic", default_topic)
+        odims = r.string_list(od.get("dimensions"), f"{p}.dimensions") or dims
+        if not set(odims) <= set(dims) or len(set(odims)) != len(odims):
+            raise r.fail(f"{p}.dimensions", "must be a subset of the pipeline's dimensions")
+        ok = r.positive_int(od.get("k", k), f"{p}.k", minimum=2)
+        if ok < k:
+            raise r.fail(f"{p}.k", f"an output cannot lower the pipeline's k ({k})")
+        onoise = _noise(r, od["noise"], f"{p}.noise") if "noise" in od else noise
+        outputs.append(Output(oname, str(topic), odims, ok, onoise))
+    if len({o.name for o in outputs}) != len(outputs):
+        raise r.fail("outputs", "output names must be unique")
+
+    return Pipeline(
+        name=name,
+        version=version,
+        description=str(d.get("description", "")).strip(),
+        contract=contract,
+        source_topic=str(d.get("source_topic", contract.topic)),
+        privacy_unit=unit,
+        rotation_ms=rotation_ms,
+        fields=fields,
+        window=window,
+        dimensions=dims,
+        sums=sums,
+        means=means,
+        histograms=hists,
+        contribution=contribution,
+        k=k,
+        noise=noise,
+        outputs=tuple(outputs),
+        source_file=source,
+    )
+
+
+def load_pipeline(path: str | Path) -> Pipeline:
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise PipelineError(str(p), "(file)", exc.strerror or "cannot read") from None
+    try:
+        doc = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else "(file)"
+        raise PipelineError(str(p), where, f"not valid YAML: {getattr(exc, 'problem', exc)}")
+    return parse_pipeline(doc, str(p))
+
+
+def find_pipeline(name_or_path: str, directory: str | Path = "pipelines") -> Pipeline:
+    """A pipeline by file path, or by name within the pipelines directory."""
+    p = Path(name_or_path)
+    if p.suffix in (".yaml", ".yml") or p.exists():
+        return load_pipeline(p)
+    candidate = Path(directory) / f"{name_or_path}.yaml"
+    if not candidate.exists():
+        known = sorted(x.stem for x in Path(directory).glob("*.yaml"))
+        raise PipelineError(
+            str(candidate), "(file)", f"no such pipeline; known: {', '.join(known) or 'none'}"
+        )
+    return load_pipeline(candidate)

@@ -1,0 +1,120 @@
+"""The policy step: the privacy boundary between raw events and everything after them.
+
+A decoded event goes in; out comes a `PolicyRecord` holding only the window time, a keyed
+pseudonym of the privacy unit, a keyed hash of the event id, generalized dimension values
+and clamped-later numeric measures. No raw value crosses this line: kept strings are
+scrubbed, generalizers drop what identifies, and everything undeclared is left behind.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+from anonstream.core.decode import Decoded, Rejection
+from anonstream.core.generalize import (
+    UserAgentGeneralizer,
+    band,
+    ip_prefix,
+    referrer_domain,
+    url_template,
+)
+from anonstream.core.keys import EventHasher, MasterSecret, Pseudonymizer
+from anonstream.core.pipeline import FieldAction, Pipeline
+from anonstream.core.scrub import scrub_text
+
+NONE = "(none)"  # dimension value of an absent optional field
+NO_PRIVACY_UNIT = "no_privacy_unit"
+MAX_KEPT_LEN = 80
+
+
+class PolicyRecord(NamedTuple):
+    ts_ms: int
+    unit: int  # 64-bit keyed pseudonym of the privacy unit
+    event_hash: int  # 64-bit keyed hash of event_id
+    dims: tuple[str, ...]
+    measures: tuple[float, ...]  # NaN where absent, clamped later
+
+
+def _bounded_cache(fn: Callable[[str], str], size: int = 50_000) -> Callable[[str], str]:
+    cache: dict[str, str] = {}
+
+    def cached(value: str) -> str:
+        out = cache.get(value)
+        if out is None:
+            out = fn(value)
+            if len(cache) >= size:
+                cache.clear()
+            cache[value] = out
+        return out
+
+    return cached
+
+
+def _keep(value: str) -> str:
+    return scrub_text(value[:MAX_KEPT_LEN])
+
+
+def _dimension_fn(fa: FieldAction, ua: UserAgentGeneralizer) -> Callable[[object], str]:
+    """A function from the raw field value to its released dimension value."""
+    if fa.action == "keep":
+        keep = _bounded_cache(_keep)
+        return lambda v: keep(v) if isinstance(v, str) else NONE
+    g = fa.generalizer
+    if g == "ip_prefix":
+        v4, v6 = fa.ipv4_bits, fa.ipv6_bits
+
+        def ip(v: object) -> str:
+            if not isinstance(v, str):
+                return NONE
+            return ip_prefix(v, v4, v6) or "<invalid>"
+
+        return ip
+    if g == "user_agent":
+        return lambda v: ua(v) if isinstance(v, str) else NONE
+    if g == "url":
+        return lambda v: url_template(v) if isinstance(v, str) and v else NONE
+    if g == "referrer_domain":
+        return lambda v: referrer_domain(v) if isinstance(v, str) and v else NONE
+    if g == "band":
+        edges = fa.edges
+        return lambda v: band(float(v), edges) if isinstance(v, int | float) else NONE
+    if g == "text":
+        text = _bounded_cache(_keep)
+        return lambda v: text(v) if isinstance(v, str) else NONE
+    raise ValueError(f"no dimension function for {fa}")  # pipeline validation prevents this
+
+
+class Policy:
+    """Applies one pipeline's field actions to decoded events."""
+
+    def __init__(self, pipeline: Pipeline, secret: MasterSecret) -> None:
+        self.pipeline = pipeline
+        self.pseudonyms = Pseudonymizer(secret, pipeline.name, pipeline.rotation_ms)
+        self.event_hash = EventHasher(secret, pipeline.name)
+        ua = UserAgentGeneralizer()
+        self._unit_fields = pipeline.privacy_unit
+        self._dims = tuple(
+            (name, _dimension_fn(pipeline.fields[name], ua)) for name in pipeline.dimensions
+        )
+        self._measures = pipeline.measures
+
+    def apply(self, d: Decoded) -> PolicyRecord | Rejection:
+        ev = d.event
+        ts = d.ts_ms
+        unit = None
+        for name in self._unit_fields:
+            v = ev.get(name)
+            if v:
+                # Emails are case-insensitive in practice; one person, one pseudonym.
+                value = v.strip().lower() if name.endswith("email") else v
+                unit = self.pseudonyms.pseudonym(name, value, ts)
+                break
+        if unit is None:
+            return Rejection(NO_PRIVACY_UNIT, "/".join(self._unit_fields))
+        dims = tuple(fn(ev.get(name)) for name, fn in self._dims)
+        nan = float("nan")
+        measures = tuple(
+            float(v) if (v := ev.get(m)) is not None else nan for m in self._measures
+        )
+        return PolicyRecord(ts, unit, self.event_hash(ev["event_id"]), dims, measures)

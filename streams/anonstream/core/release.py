@@ -1,0 +1,305 @@
+"""Release rules: contribution bounding, k-threshold, roll-up, histogram coarsening, noise.
+
+Released cells of one window are disjoint sets of (bounded) events: a leaf cell with at
+least k distinct units is released as it is; the others are merged with their small
+siblings one dimension at a time (the least important dimension first becomes "*"), and a
+merged cell is released once it reaches k. A "*" cell therefore holds exactly the events not
+released at a finer level, and no window total is published, so no difference of released
+numbers (parent minus children, total minus cells) can describe a group under k. What never
+reaches k is suppressed and appears in no released number except the count of suppressed
+cells.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from anonstream.core.accumulators import DistinctUnits
+from anonstream.core.cellstate import Rows, WindowState, group_starts, rank_in_group
+from anonstream.core.pipeline import Noise, Output, Pipeline
+from anonstream.core.records import STAR, aggregate_record, release_id
+
+U64 = npt.NDArray[np.uint64]
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix64(x: U64) -> U64:
+    """splitmix64 finaliser: a fixed, well-spread order for deterministic choices."""
+    with np.errstate(over="ignore"):
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def bound_cells_per_unit(rows: Rows, max_cells: int) -> tuple[Rows, int]:
+    """Keep each unit's rows in at most `max_cells` cells, chosen by a hash of (unit, cell)
+    rather than by arrival, so the choice is the same however events were batched."""
+    if not len(rows):
+        return rows, 0
+    order = np.lexsort((rows.cell, rows.unit))
+    r = rows.take(order)
+    pair_start = group_starts(r.unit, r.cell)
+    pair_id = np.cumsum(pair_start) - 1
+    pu, pc = r.unit[pair_start], r.cell[pair_start]
+    with np.errstate(over="ignore"):
+        prio = _mix64(pu ^ (pc * _GOLDEN))
+    porder = np.lexsort((prio, pu))
+    rank_sorted = rank_in_group(group_starts(pu[porder]))
+    keep_pair = np.empty(len(pu), dtype=bool)
+    keep_pair[porder] = rank_sorted < max_cells
+    keep_row = keep_pair[pair_id]
+    dropped = int(len(keep_row) - keep_row.sum())
+    return (r.take(keep_row) if dropped else r), dropped
+
+
+@dataclass
+class Accounting:
+    """Where every accepted row of a window went; internal, never released."""
+
+    rows_in: int = 0
+    duplicates: int = 0
+    over_event_limit: int = 0
+    over_cell_limit: int = 0
+    released: int = 0
+    rolled_up: int = 0
+    suppressed: int = 0
+
+    def balanced(self) -> bool:
+        out = self.duplicates + self.over_event_limit + self.over_cell_limit
+        return self.rows_in == out + self.released + self.rolled_up + self.suppressed
+
+
+@dataclass
+class OutputRelease:
+    output: Output
+    records: list[dict[str, Any]] = field(default_factory=list)
+    cells_released: int = 0
+    cells_rolled_up: int = 0
+    cells_suppressed: int = 0
+    accounting: Accounting = field(default_factory=Accounting)
+
+
+def _band_label(lo: float, hi: float) -> str:
+    def f(x: float) -> str:
+        if math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+        return str(int(x)) if x == int(x) else str(x)
+
+    return f"[{f(lo)},{f(hi)})"
+
+
+class Releaser:
+    """Turns one closed window's state into the records of each output."""
+
+    def __init__(self, pipeline: Pipeline, noise_key: bytes, rng_factory: Any = None) -> None:
+        self.p = pipeline
+        self._noise_key = noise_key
+        # Injectable for tests; by default one generator per release, seeded from a secret
+        # key and the release id, so a re-run after a crash releases the very same noise.
+        self._rng_factory = rng_factory or self._seeded_rng
+        measures = pipeline.measures
+        self._col = {m: i for i, m in enumerate(measures)}
+        self._exact_limit = max(4096, *(o.k for o in pipeline.outputs))
+
+    def _seeded_rng(self, rid: str) -> np.random.Generator:
+        seed = hashlib.blake2b(rid.encode(), key=self._noise_key, digest_size=16).digest()
+        return np.random.default_rng(int.from_bytes(seed, "little"))
+
+    def release(self, state: WindowState) -> list[OutputRelease]:
+        rows = state.compact()
+        bounded, over_cells = bound_cells_per_unit(rows, self.p.contribution.max_cells_per_unit_per_window)
+        results = []
+        for out in self.p.outputs:
+            res = self._release_output(state, bounded, out)
+            acc = res.accounting
+            acc.rows_in = state.rows_in
+            acc.duplicates = state.duplicates
+            acc.over_event_limit = state.over_limit
+            acc.over_cell_limit = over_cells
+            results.append(res)
+        return results
+
+    def _release_output(self, state: WindowState, rows: Rows, out: Output) -> OutputRelease:
+        p = self.p
+        res = OutputRelease(out)
+        dim_idx = [p.dimensions.index(d) for d in out.dimensions]
+        # Project each pipeline cell onto this output's dimensions.
+        codes: dict[tuple[str, ...], int] = {}
+        cell_ids = np.unique(rows.cell)
+        cell_code = np.empty(len(cell_ids), dtype=np.int64)
+        for i, cid in enumerate(cell_ids.tolist()):
+            full = state.cells[cid]
+            key = tuple(full[j] for j in dim_idx)
+            cell_code[i] = codes.setdefault(key, len(codes))
+        row_code = cell_code[np.searchsorted(cell_ids, rows.cell)]
+        order = np.argsort(row_code, kind="stable")
+        sorted_codes = row_code[order]
+        bounds = np.flatnonzero(np.diff(sorted_codes)) + 1
+        groups = np.split(order, bounds) if len(order) else []
+        leaf_keys = list(codes)
+        by_code = {leaf_keys[int(sorted_codes[g[0]])]: g for g in groups}
+
+        n = len(out.dimensions)
+        pending: dict[tuple[str, ...], list[npt.NDArray[np.intp]]] = {}
+        leaf_count: dict[tuple[str, ...], int] = {}
+        for key in sorted(by_code):
+            idx = by_code[key]
+            units = DistinctUnits(self._exact_limit)
+            units.add(rows.unit[idx])
+            if units.result() >= out.k:
+                self._emit(res, state, rows, out, key, [idx], units, level=0)
+                res.cells_released += 1
+                res.accounting.released += len(idx)
+            else:
+                pending[key] = [idx]
+                leaf_count[key] = 1
+        for level in range(1, n + 1):
+            merged: dict[tuple[str, ...], list[npt.NDArray[np.intp]]] = defaultdict(list)
+            merged_leaves: dict[tuple[str, ...], int] = defaultdict(int)
+            for key, parts in pending.items():
+                parent = key[: n - level] + (STAR,) * level
+                merged[parent].extend(parts)
+                merged_leaves[parent] += leaf_count[key]
+            pending, leaf_count = {}, {}
+            for key in sorted(merged):
+                parts = merged[key]
+                units = DistinctUnits(self._exact_limit)
+                for part in parts:
+                    units.add(rows.unit[part])
+                if units.result() >= out.k:
+                    self._emit(res, state, rows, out, key, parts, units, level=level)
+                    res.cells_released += 1
+                    res.cells_rolled_up += merged_leaves[key]
+                    res.accounting.rolled_up += sum(len(x) for x in parts)
+                else:
+                    pending[key] = parts
+                    leaf_count[key] = merged_leaves[key]
+        if n == 0:
+            pass
+        for key, parts in pending.items():
+            res.cells_suppressed += leaf_count[key]
+            res.accounting.suppressed += sum(len(x) for x in parts)
+        return res
+
+    def _emit(
+        self,
+        res: OutputRelease,
+        state: WindowState,
+        rows: Rows,
+        out: Output,
+        key: tuple[str, ...],
+        parts: list[npt.NDArray[np.intp]],
+        units: DistinctUnits,
+        level: int,
+    ) -> None:
+        p = self.p
+        idx = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        dims = dict(zip(out.dimensions, key, strict=True))
+        metrics: dict[str, Any] = {"events": len(idx), "users": units.result()}
+        noise_meta: dict[str, Any] | None = None
+        sums: dict[str, float] = {}
+        counts: dict[str, int] = {}
+        for m in p.measures:
+            fa = p.fields[m]
+            assert fa.clamp is not None
+            vals = rows.measures[idx, self._col[m]]
+            present = vals[~np.isnan(vals)]
+            sums[m] = float(np.clip(present, fa.clamp[0], fa.clamp[1]).sum())
+            counts[m] = len(present)
+        hists = {m: self._histogram(rows, idx, m, out.k) for m in p.histograms}
+        if out.noise is not None:
+            rid = release_id(
+                "aggregate", p.name, p.version, out.name, state.start_ms, state.end_ms, dims
+            )
+            noise_meta = self._add_noise(out.noise, rid, metrics, sums, counts, hists)
+        for m in p.sums:
+            metrics[f"{m}_sum"] = round(sums[m], 3)
+        for m in p.means:
+            fa = p.fields[m]
+            assert fa.clamp is not None
+            mean = sums[m] / counts[m] if counts[m] else 0.0
+            metrics[f"{m}_mean"] = round(min(max(mean, fa.clamp[0]), fa.clamp[1]), 3)
+        for m, h in hists.items():
+            metrics[f"{m}_histogram"] = h
+        res.records.append(
+            aggregate_record(
+                pipeline=p.name, version=p.version, output=out.name,
+                start_ms=state.start_ms, end_ms=state.end_ms, dims=dims, metrics=metrics,
+                k=out.k, level=level, noise=noise_meta,
+            )  # fmt: skip
+        )
+
+    def _histogram(
+        self, rows: Rows, idx: npt.NDArray[np.intp], m: str, k: int
+    ) -> dict[str, int]:
+        """Counts per band, with adjacent bands merged until each holds >= k units."""
+        edges = self.p.fields[m].edges
+        vals = rows.measures[idx, self._col[m]]
+        present = ~np.isnan(vals)
+        band = np.searchsorted(np.asarray(edges), vals[present], side="right")
+        units = rows.unit[idx][present]
+        bounds = (-math.inf, *edges, math.inf)
+        out: dict[str, int] = {}
+        acc_units: list[U64] = []
+        acc_count, lo = 0, bounds[0]
+        last_key: str | None = None
+        for b in range(len(edges) + 1):
+            sel = band == b
+            acc_count += int(sel.sum())
+            acc_units.append(units[sel])
+            if len(np.unique(np.concatenate(acc_units))) >= k:
+                last_key = _band_label(lo, bounds[b + 1])
+                out[last_key] = acc_count
+                acc_units, acc_count, lo = [], 0, bounds[b + 1]
+        if acc_count:
+            if last_key is None:
+                out[_band_label(bounds[0], bounds[-1])] = acc_count
+            else:
+                # Fold the too-small tail into the last band, widening its label.
+                prev = out.pop(last_key)
+                start = last_key[1:].split(",")[0]
+                out[f"[{start},inf)"] = prev + acc_count
+        return out
+
+    def _add_noise(
+        self,
+        noise: Noise,
+        rid: str,
+        metrics: dict[str, Any],
+        sums: dict[str, float],
+        counts: dict[str, int],
+        hists: dict[str, dict[str, int]],
+    ) -> dict[str, Any]:
+        """Noise on every released count and sum; the declared epsilon is split evenly over
+        them (basic composition), with sensitivities from the contribution bounds."""
+        c = self.p.contribution
+        L, M = c.max_events_per_unit_per_cell, c.max_cells_per_unit_per_window
+        n_metrics = 2 + 2 * len(sums) + len(hists)
+        eps = noise.epsilon / n_metrics
+        rng = self._rng_factory(rid)
+
+        def noisy(value: float, l1: float, l2: float) -> float:
+            if noise.mechanism == "laplace":
+                return value + float(rng.laplace(0.0, l1 / eps))
+            sigma = l2 * math.sqrt(2 * math.log(1.25 / (noise.delta / n_metrics))) / eps
+            return value + float(rng.normal(0.0, sigma))
+
+        metrics["events"] = max(0, round(noisy(metrics["events"], L * M, L * math.sqrt(M))))
+        metrics["users"] = max(0, round(noisy(metrics["users"], M, math.sqrt(M))))
+        for m in sums:
+            fa = self.p.fields[m]
+            assert fa.clamp is not None
+            bound = max(abs(fa.clamp[0]), abs(fa.clamp[1]))
+            sums[m] = noisy(sums[m], L * M * bound, L * math.sqrt(M) * bound)
+            counts[m] = max(1, round(noisy(counts[m], L * M, L * math.sqrt(M))))
+        for h in hists.values():
+            for band_key in h:
+                h[band_key] = max(0, round(noisy(h[band_key], L * M, L * math.sqrt(M))))
+        return {"mechanism": noise.mechanism, "epsilon": noise.epsilon, "delta": noise.delta}

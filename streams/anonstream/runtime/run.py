@@ -1,0 +1,48 @@
+"""Start a worker process: create the topics it writes, then run the Faust app."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+
+from anonstream.core.keys import MasterSecret
+from anonstream.core.pipeline import Pipeline
+from anonstream.settings import Settings
+
+log = logging.getLogger("anonstream.worker")
+
+
+def ensure_output_topics(settings: Settings, pipelines: Sequence[Pipeline]) -> None:
+    """Output topics, and the dead-letter topic with short retention: it holds raw events."""
+    from anonstream.broker.topics import create_topics
+
+    topics = {o.topic: 1 for p in pipelines for o in p.outputs}
+    topics[settings.dead_letter_topic] = 1
+    # retention only deletes closed segments, so roll them often too
+    configs = {
+        settings.dead_letter_topic: {
+            "retention.ms": str(settings.dead_letter_retention_ms),
+            "segment.ms": str(min(settings.dead_letter_retention_ms, 3_600_000)),
+        }
+    }
+    try:
+        create_topics(settings.bootstrap_servers, topics, configs)
+    except Exception as exc:  # an existing topic with other settings is the operator's call
+        log.warning("could not create output topics (%s); using them as they are", exc)
+
+
+def run_worker(
+    settings: Settings, pipelines: Sequence[Pipeline], secret: MasterSecret, log_level: str = "info"
+) -> None:
+    from faust import Worker as FaustWorker
+
+    from anonstream.runtime.worker import Worker
+
+    ensure_output_topics(settings, pipelines)
+    worker = Worker(settings, pipelines, secret)
+    log.info(
+        "starting worker for %s on %s (secret %s, fingerprint %s)",
+        ", ".join(p.name for p in pipelines), settings.bootstrap_servers, secret.source,
+        secret.fingerprint(),
+    )  # fmt: skip
+    FaustWorker(worker.app, loglevel=log_level, quiet=True).execute_from_commandline()

@@ -1,0 +1,60 @@
+"""Runtime settings from the environment (ANONSTREAM_*) and CLI flags.
+
+Names follow Kafka client conventions. The hash secret is NOT a setting here: it is read
+by `anonstream.core.keys.load_secret` from ANONSTREAM_SECRET or ANONSTREAM_SECRET_FILE so
+that it never sits in a settings object that might be printed.
+"""
+
+from __future__ import annotations
+
+import ssl
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="ANONSTREAM_", frozen=True, extra="ignore")
+
+    bootstrap_servers: str = "127.0.0.1:9092"
+    group_id: str = "anonstream"
+    pipelines_dir: Path = Path("pipelines")
+    pipelines: list[str] = Field(default_factory=list)  # empty: every pipeline in the dir
+    dead_letter_topic: str = "anon.deadletter"
+    dead_letter_retention_ms: int = 3 * 24 * 3600 * 1000  # raw events: keep briefly
+    idle_close_seconds: float = 300.0  # 0: never close windows on idle input
+    batch_max: int = 5000
+    batch_within_seconds: float = 0.5
+    web_port: int = 6066
+    web_host: str = "127.0.0.1"
+    web_enabled: bool = True
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+    demo: bool = False  # allows a throwaway secret, said loudly
+
+    def kafka_client_options(self) -> dict[str, Any]:
+        """Security options for aiokafka clients."""
+        opts: dict[str, Any] = {"security_protocol": self.security_protocol}
+        if self.security_protocol.startswith("SASL"):
+            opts["sasl_mechanism"] = self.sasl_mechanism
+            opts["sasl_plain_username"] = self.sasl_username
+            opts["sasl_plain_password"] = (
+                self.sasl_password.get_secret_value() if self.sasl_password else None
+            )
+        if self.security_protocol.endswith("SSL"):
+            ctx = ssl.create_default_context(
+                cafile=str(self.ssl_cafile) if self.ssl_cafile else None
+            )
+            if self.ssl_certfile:
+                ctx.load_cert_chain(
+                    str(self.ssl_certfile), str(self.ssl_keyfile) if self.ssl_keyfile else None
+                )
+            opts["ssl_context"] = ctx
+        return opts
