@@ -61,9 +61,11 @@ DEFAULT_START_MS: Final = 1_795_996_800_000
 #: Size limit of one raw message assumed by :func:`bad_messages` ("oversized").
 MAX_MESSAGE_BYTES: Final = 64 * 1024
 
-#: Fields every event carries.  ``customer_id`` / ``reseller_id`` are optional in the
-#: contract: usage events always have ``customer_id``; web events only when the visitor
-#: is linked to a business account.  ``reseller_id`` is absent for direct customers.
+#: Fields every *generated* event carries.  The v1 contract itself only requires
+#: ``event_id``, ``ts`` and ``type``; the generator always adds the rest listed here.
+#: ``customer_id`` / ``reseller_id`` are optional: usage events always have
+#: ``customer_id``, web events only when the visitor is linked to a business account;
+#: ``reseller_id`` is absent for direct customers.
 REQUIRED_COMMON: Final = ("event_id", "ts", "type")
 REQUIRED_WEB: Final = (*REQUIRED_COMMON, "visitor_id", "ip", "user_agent", "url")
 REQUIRED_USAGE: Final = (
@@ -912,35 +914,41 @@ def _with(base: dict[str, Any], **changes: Any) -> bytes:
     return orjson.dumps({**base, **changes})
 
 
-def bad_messages() -> list[tuple[str, bytes]]:
-    """``(expected_reason, payload)`` pairs of malformed raw messages.
+def bad_messages(topic: str = TOPIC_USAGE) -> list[tuple[str, bytes]]:
+    """``(expected_reason, payload)`` pairs of malformed raw messages for ``topic``.
 
-    Each payload is otherwise a valid web or usage event, so exactly one rule is broken.
-    Reasons: not_json, not_object, missing_field, wrong_type, bad_timestamp,
-    future_timestamp, oversized (> :data:`MAX_MESSAGE_BYTES`), not_utf8, too_deep.
+    Each payload is otherwise a valid event of ``topic`` (:data:`TOPIC_USAGE` by default,
+    or :data:`TOPIC_WEB`), so exactly one rule is broken and decoding it against that
+    topic's contract should yield the reason.  Reasons: not_json, not_object,
+    missing_field (event_id, ts), wrong_type (ts as a list; a negative or string
+    ``quantity`` for usage, ``duration_ms`` for web), bad_timestamp, future_timestamp
+    (year 2100), oversized (> :data:`MAX_MESSAGE_BYTES`), not_utf8, too_deep (junk nested
+    200 levels).
     """
-    web, usage = _BASE_WEB, _BASE_USAGE
-    no_id = {k: v for k, v in web.items() if k != "event_id"}
-    no_email = {k: v for k, v in usage.items() if k != "user_email"}
-    good = orjson.dumps(web)
+    if topic not in (TOPIC_WEB, TOPIC_USAGE):
+        raise ValueError(f"unknown topic {topic!r}")
+    is_web = topic == TOPIC_WEB
+    base = _BASE_WEB if is_web else _BASE_USAGE
+    counter = "duration_ms" if is_web else "quantity"
+    good = orjson.dumps(base)
     pad = "x" * (MAX_MESSAGE_BYTES + 1024)
     deep = "[" * 200 + "]" * 200
-    not_utf8 = good.replace(b'"type":"page_view"', b'"type":"page_\xff\xfeview"')
+    not_utf8 = good.replace(b'"customer_id":"cust-0042"', b'"customer_id":"cust-\xff\xfe42"')
     assert not_utf8 != good
     return [
         ("not_json", b"this is not json"),
         ("not_json", good[: len(good) // 2]),
         ("not_object", b'[{"event_id": "a"}, 2, 3]'),
-        ("missing_field", orjson.dumps(no_id)),
-        ("missing_field", orjson.dumps(no_email)),
-        ("wrong_type", _with(web, ts=["2026-11-30T12:00:01Z"])),
-        ("wrong_type", _with(usage, quantity=-5)),
-        ("wrong_type", _with(usage, quantity="7")),
-        ("bad_timestamp", _with(web, ts="2026-13-45T99:61:00Z")),
-        ("bad_timestamp", _with(web, ts="last tuesday")),
-        ("future_timestamp", _with(web, ts="2100-01-01T00:00:00Z")),
-        ("future_timestamp", _with(usage, ts=4_102_444_800_000)),
-        ("oversized", _with(web, url=f"{_SITE}/search?q={pad}")),
+        ("missing_field", orjson.dumps({k: v for k, v in base.items() if k != "event_id"})),
+        ("missing_field", orjson.dumps({k: v for k, v in base.items() if k != "ts"})),
+        ("wrong_type", _with(base, ts=["2026-11-30T12:00:01Z"])),
+        ("wrong_type", _with(base, **{counter: -5})),
+        ("wrong_type", _with(base, **{counter: "7"})),
+        ("bad_timestamp", _with(base, ts="2026-13-45T99:61:00Z")),
+        ("bad_timestamp", _with(base, ts="last tuesday")),
+        ("future_timestamp", _with(base, ts="2100-01-01T00:00:00Z")),
+        ("future_timestamp", _with(base, ts=4_102_444_800_000)),
+        ("oversized", _with(base, user_agent="Mozilla/5.0 " + pad)),
         ("not_utf8", not_utf8),
         ("too_deep", good[:-1] + b',"junk":' + deep.encode() + b"}"),
     ]

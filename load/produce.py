@@ -189,7 +189,11 @@ async def produce(
     bar = _Progress(progress, total)
     pending: deque[asyncio.Future[Any]] = deque()
     sent = 0
-    await producer.start()
+    try:
+        await producer.start()
+    except BaseException:
+        await producer.stop()  # release the client of a half-started producer
+        raise
     try:
         if key_fn is None:
             sent = await _produce_batched(

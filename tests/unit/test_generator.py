@@ -328,15 +328,19 @@ def test_identifiers_appear_verbatim(
 # ---------------------------------------------------------------------- bad input -----
 
 
-def test_bad_messages_cover_all_reasons() -> None:
-    bad = bad_messages()
+@pytest.mark.parametrize("topic", [TOPIC_USAGE, TOPIC_WEB])
+def test_bad_messages_cover_all_reasons(topic: str) -> None:
+    bad = bad_messages(topic)
     assert {reason for reason, _ in bad} == REASONS
     assert all(isinstance(p, bytes) for _, p in bad)
-    assert bad == bad_messages()  # deterministic
+    assert bad == bad_messages(topic)  # deterministic
+    assert bad_messages() == bad_messages(TOPIC_USAGE)
 
 
-def test_bad_messages_break_what_they_claim() -> None:
-    for reason, payload in bad_messages():
+@pytest.mark.parametrize("topic", [TOPIC_USAGE, TOPIC_WEB])
+def test_bad_messages_break_what_they_claim(topic: str) -> None:
+    counter = "quantity" if topic == TOPIC_USAGE else "duration_ms"
+    for reason, payload in bad_messages(topic):
         if reason == "oversized":
             assert len(payload) > MAX_MESSAGE_BYTES
             continue
@@ -356,11 +360,10 @@ def test_bad_messages_break_what_they_claim() -> None:
             continue
         assert isinstance(doc, dict)
         if reason == "missing_field":
-            assert "event_id" not in doc or "user_email" not in doc
+            assert "event_id" not in doc or "ts" not in doc
         elif reason == "wrong_type":
-            assert isinstance(doc["ts"], list) or not (
-                type(doc.get("quantity", 0)) is int and doc.get("quantity", 0) >= 0
-            )
+            value = doc[counter]
+            assert isinstance(doc["ts"], list) or not (type(value) is int and value >= 0)
         elif reason == "bad_timestamp":
             assert isinstance(doc["ts"], str)
             with pytest.raises(ValueError):

@@ -144,7 +144,7 @@ class Releaser:
         bounds = np.flatnonzero(np.diff(sorted_codes)) + 1
         groups = np.split(order, bounds) if len(order) else []
         leaf_keys = list(codes)
-        by_code = {leaf_keys[int(sorted_codes[g[0]])]: g for g in groups}
+        by_code = {leaf_keys[int(row_code[g[0]])]: g for g in groups}
 
         n = len(out.dimensions)
         pending: dict[tuple[str, ...], list[npt.NDArray[np.intp]]] = {}

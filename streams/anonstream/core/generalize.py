@@ -1,0 +1,506 @@
+"""Generalization of quasi-identifiers: IP prefixes, user-agent families, URL templates,
+referrer domains and numeric bands.
+
+Each function maps a raw, high-cardinality value onto a coarse category so that the
+k-anonymous aggregation downstream has groups large enough to release. The outputs never
+carry identifiers from the input: anything that looks like one becomes a placeholder.
+All functions are pure and safe on arbitrary input (they return a sentinel rather than
+raise); the string-parsing ones keep bounded caches because their inputs repeat heavily.
+"""
+
+from __future__ import annotations
+
+import bisect
+import ipaddress
+import math
+import re
+from collections.abc import Sequence
+from functools import _CacheInfo, _lru_cache_wrapper, lru_cache
+from itertools import pairwise
+from urllib.parse import quote, unquote_plus
+
+import numpy as np
+import numpy.typing as npt
+import ua_parser
+from ua_parser import Domain, PartialResult, Resolver, load_builtins, load_lazy_builtins
+
+from anonstream.core.scrub import contains_email, contains_ip, scrub_text
+
+__all__ = [
+    "INVALID",
+    "IP_HOST",
+    "NAN_BAND",
+    "NONE",
+    "OTHER",
+    "Bands",
+    "UserAgentGeneralizer",
+    "band",
+    "band_index",
+    "ip_prefix",
+    "referrer_domain",
+    "url_template",
+]
+
+OTHER = "Other"
+NONE = "(none)"
+INVALID = "<invalid>"
+IP_HOST = ":ip"
+NAN_BAND = "NaN"
+
+# --------------------------------------------------------------------------- IP prefixes
+
+
+def _octet(part: str) -> bool:
+    """Same octet rules as ipaddress: 1-3 ASCII digits, no leading zero, <= 255."""
+    return (
+        0 < len(part) <= 3
+        and part.isascii()
+        and part.isdigit()
+        and (part[0] != "0" or len(part) == 1)
+        and int(part) <= 255
+    )
+
+
+@lru_cache(maxsize=16384)
+def _ip_prefix_slow(value: str, v4_bits: int, v6_bits: int) -> str | None:
+    text = value.strip()
+    if text.startswith("[") and text.endswith("]"):
+        text = text[1:-1]
+    if ":" in text:
+        text = text.partition("%")[0]  # IPv6 zone id ("fe80::1%eth0")
+    try:
+        addr: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.ip_address(text)
+    except ValueError:
+        return None
+    if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+        addr = addr.ipv4_mapped
+    bits = v4_bits if addr.version == 4 else v6_bits
+    return str(ipaddress.ip_network((addr, bits), strict=False))
+
+
+def ip_prefix(value: str, v4_bits: int = 24, v6_bits: int = 48) -> str | None:
+    """Network prefix of an IP address in CIDR form, or None if ``value`` is not an IP.
+
+    "203.0.113.77" -> "203.0.113.0/24"; "2001:db8:abcd:12:1::5" -> "2001:db8:abcd::/48".
+    IPv4-mapped IPv6 ("::ffff:1.2.3.4") is generalized as IPv4. Surrounding whitespace,
+    brackets and an IPv6 zone id are tolerated. A /24 keeps the routing-level location
+    while dropping the host part that identifies a subscriber.
+    """
+    if not (0 <= v4_bits <= 32 and 0 <= v6_bits <= 128):
+        raise ValueError(f"prefix lengths out of range: v4_bits={v4_bits}, v6_bits={v6_bits}")
+    if not isinstance(value, str):
+        return None
+    # Fast path, the overwhelmingly common case: plain dotted IPv4 at /24.
+    if v4_bits == 24 and value.count(".") == 3:
+        a, b, c, d = value.split(".")
+        if _octet(a) and _octet(b) and _octet(c) and _octet(d):
+            return f"{a}.{b}.{c}.0/24"
+    return _ip_prefix_slow(value, v4_bits, v6_bits)
+
+
+# ---------------------------------------------------------------------------- user agents
+
+_UA_DOMAINS = Domain.USER_AGENT | Domain.OS
+_UA_MAX_LEN = 1024  # longer strings are crafted; parse only a prefix to bound regex cost
+_FAMILY_MAX_LEN = 48
+_MAJOR_RE = re.compile(r"[0-9]{1,4}")  # a 5+ digit "version" is more likely an id
+
+
+@lru_cache(maxsize=1)
+def _default_resolver() -> Resolver:
+    """Build (once per process) the fastest resolver ua-parser 1.x finds.
+
+    Mirrors ua_parser's own default: ``BestAvailableResolver`` is the Rust-backed
+    ``ua_parser.regex.Resolver`` when ua-parser-rs is importable (then the lazy
+    matchers suffice, the patterns are compiled by the Rust side), else re2, else the
+    pure-Python one, which needs the eagerly compiled matchers. ua-parser's own
+    result cache is not used: results are cached as final strings in the generalizer.
+    """
+    if ua_parser.BestAvailableResolver is ua_parser.BasicResolver:
+        matchers = load_builtins()
+    else:
+        matchers = load_lazy_builtins()
+    return ua_parser.BestAvailableResolver(matchers)
+
+
+def _safe_family(family: str | None) -> str:
+    """A parsed family name, or "Other" if it is empty, odd, or carries an identifier.
+
+    Families may be captured from the UA text itself ("(\\S+bot)"-style rules), so a
+    crafted UA could smuggle an email or a number through them.
+    """
+    if not family:
+        return OTHER
+    family = family.strip()
+    if (
+        not family
+        or len(family) > _FAMILY_MAX_LEN
+        or not family.isprintable()
+        or "/" in family
+        or scrub_text(family) != family
+    ):
+        return OTHER
+    return family
+
+
+class UserAgentGeneralizer:
+    """Map a User-Agent string to "<browser family> <major> / <os family>".
+
+    Examples: "Chrome 120 / Windows", "Firefox 121 / Mac OS X", "Mobile Safari 17 / iOS".
+    Unknown families are "Other"; an unknown (or implausible, 5+ digit) major version is
+    omitted ("curl 8 / Other", "Other / Other"). Nothing else from the UA survives.
+    Parsing costs 10-300 µs, so results are kept in a per-instance LRU cache of
+    ``cache_size`` entries (UA strings repeat heavily). Thread-safe.
+    """
+
+    __slots__ = ("_cached", "_resolver")
+
+    def __init__(self, cache_size: int = 10000, resolver: Resolver | None = None) -> None:
+        if cache_size < 0:
+            raise ValueError("cache_size must be >= 0")
+        self._resolver: Resolver = resolver if resolver is not None else _default_resolver()
+        self._cached: _lru_cache_wrapper[str] = lru_cache(maxsize=cache_size)(self._generalize)
+
+    def __call__(self, ua: str) -> str:
+        return self._cached(ua)
+
+    @property
+    def resolver_name(self) -> str:
+        """Qualified class name of the resolver in use (to check the accelerator is on)."""
+        cls = type(self._resolver)
+        return f"{cls.__module__}.{cls.__qualname__}"
+
+    def cache_info(self) -> _CacheInfo:
+        """Hits, misses, maxsize and currsize of the result cache."""
+        return self._cached.cache_info()
+
+    def _generalize(self, ua: str) -> str:
+        if not isinstance(ua, str) or not ua or ua.isspace():
+            return f"{OTHER} / {OTHER}"
+        result: PartialResult = self._resolver(ua[:_UA_MAX_LEN], _UA_DOMAINS)
+        browser = OTHER
+        major = ""
+        if result.user_agent is not None:
+            browser = _safe_family(result.user_agent.family)
+            raw_major = result.user_agent.major
+            if browser != OTHER and raw_major and _MAJOR_RE.fullmatch(raw_major):
+                major = f" {int(raw_major)}"
+        os_family = _safe_family(result.os.family) if result.os is not None else OTHER
+        return f"{browser}{major} / {os_family}"
+
+
+# ------------------------------------------------------------------- URLs and referrers
+
+URL_MAX_LEN = 200
+URL_MAX_DEPTH = 8
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]{0,31}:")
+# Hosts that browsers (WHATWG URL parsing) treat as IPv4: dotted, decimal, hex, octal.
+_IPV4_HOST_RE = re.compile(r"(?:(?:0x[0-9a-f]*|[0-9]+)\.){0,3}(?:0x[0-9a-f]*|[0-9]+)")
+_HOST_RE = re.compile(r"[\w\-]+(?:\.[\w\-]+)*")
+# Referrer headers are absolute, but logs also hold scheme-less "example.com/path".
+_REF_AUTHORITY_RE = re.compile(
+    r"(?:[A-Za-z][A-Za-z0-9+.\-]{0,31}:)?//([^/?#\\]*)|([^/?#\\:@\s]+\.[^/?#\\:@\s]+)(?::\d*)?(?:[/?#\\]|$)"
+)
+_UUID_RE = re.compile(
+    r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
+)
+_HEX_RE = re.compile(r"[0-9a-fA-F]{16,}")
+_HEX_IN_RE = re.compile(r"(?<![0-9A-Za-z])(?=[a-fA-F]*[0-9])[0-9a-fA-F]{16,}(?![0-9A-Za-z])")
+_TOKEN_CHARS_RE = re.compile(r"[A-Za-z0-9_\-+/=.~]{20,}")
+_TOKEN_SPLIT_RE = re.compile(r"[_\-+/=.~]")
+_EXT_RE = re.compile(r"(.+?)(\.[A-Za-z][A-Za-z0-9]{0,5})")
+# RFC 3986 pchar (minus nothing): segments made of these are emitted as they are.
+_SAFE_SEGMENT_RE = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@%]+")
+_SEGMENT_SAFE_CHARS = "-._~!$&'()*+,;=:@%"
+_AT_CHARS = ("@", "＠", "﹫", "%40")
+
+
+def _is_token(s: str) -> bool:
+    """Heuristic for base64/base64url-like tokens of 20+ characters (JWTs, session ids).
+
+    Slugs ("how-to-bake-bread-in-10-minutes", "iphone15-pro-review") are made of words;
+    tokens are mostly pieces that mix letters and digits. Letters-only random tokens are
+    rare (about 2% of 22-char tokens) and are not detected.
+    """
+    if not _TOKEN_CHARS_RE.fullmatch(s):
+        return False
+    if s.endswith("="):  # base64 padding
+        return True
+    # Pieces are [A-Za-z0-9]*; one that is neither all letters nor all digits mixes both.
+    mixed = sum(
+        len(piece)
+        for piece in _TOKEN_SPLIT_RE.split(s)
+        if piece and not piece.isalpha() and not piece.isdigit()
+    )
+    return mixed * 2 >= len(s)
+
+
+def _id_placeholder(token: str) -> str | None:
+    """Placeholder for a token that is, as a whole, a number, UUID, hash or opaque token."""
+    if token.isdecimal():
+        return ":num"
+    if _UUID_RE.fullmatch(token):
+        return ":uuid"
+    if _HEX_RE.fullmatch(token) or _is_token(token):
+        return ":hash"
+    return None
+
+
+def _segment(raw: str) -> str:
+    """Template one path segment: a placeholder if it looks like an identifier."""
+    # Fast path: short plain words ("api", "users", "checkout") are never identifiers.
+    if len(raw) < 20 and raw.isascii() and raw.isalpha():
+        return raw
+    decoded = unquote_plus(raw) if ("%" in raw or "+" in raw) else raw
+    if decoded.isdecimal():
+        return ":num"
+    if any(c in decoded for c in _AT_CHARS) and contains_email(decoded):
+        return ":email"
+    if contains_ip(decoded):
+        return IP_HOST
+    placeholder = _id_placeholder(decoded) or _id_placeholder(raw)
+    if placeholder is not None:
+        return placeholder
+    # Keep the extension of "12345.json" / "<sha>.pdf": it is not identifying.
+    m = _EXT_RE.fullmatch(decoded)
+    if m is not None and (placeholder := _id_placeholder(m.group(1))) is not None:
+        return placeholder + m.group(2)
+    if _UUID_RE.search(decoded):
+        return ":uuid"
+    if _HEX_IN_RE.search(decoded):
+        return ":hash"
+    if scrub_text(decoded) != decoded:
+        return ":id"
+    if _SAFE_SEGMENT_RE.fullmatch(raw):
+        return raw
+    return quote(raw, safe=_SEGMENT_SAFE_CHARS, errors="replace")
+
+
+def _host_label(label: str) -> str:
+    if len(label) < 6:
+        return label
+    placeholder = _id_placeholder(label)
+    if placeholder is not None:
+        return ":id" if placeholder == ":num" else placeholder
+    if _UUID_RE.search(label):
+        return ":uuid"
+    if _HEX_IN_RE.search(label):
+        return ":hash"
+    return ":id" if scrub_text(label) != label else label
+
+
+@lru_cache(maxsize=16384)
+def _host(authority: str) -> str:
+    """Normalized host of a URL authority: lowercase, no userinfo/port; ":ip" for IP
+    literals, "" if empty, INVALID if malformed. Labels that look like ids (per-user or
+    per-tenant subdomains such as "a1b2c3d4e5f6a7b8.cdn.net") become placeholders.
+    """
+    hostport = authority.rpartition("@")[2].strip()
+    if hostport.startswith("["):
+        end = hostport.find("]")
+        if end == -1:
+            return INVALID
+        return IP_HOST if ip_prefix(hostport[1:end], 32, 128) is not None else INVALID
+    host = hostport.partition(":")[0].rstrip(".").lower()
+    if not host:
+        return ""
+    if len(host) > 253:
+        return INVALID
+    if _IPV4_HOST_RE.fullmatch(host):
+        return IP_HOST
+    if not _HOST_RE.fullmatch(host):
+        return INVALID
+    if len(host) < 6 or not any(len(label) >= 6 for label in host.split(".")):
+        return host
+    return ".".join(_host_label(label) for label in host.split("."))
+
+
+def _path_template(path: str) -> str:
+    """Segment templates joined by "/" (no leading slash), at most URL_MAX_DEPTH deep."""
+    segments: list[str] = []
+    for raw in path.split("/"):
+        seg = raw.partition(";")[0]  # matrix params (";jsessionid=...") are dropped
+        if not seg or seg == ".":
+            continue
+        if seg == "..":
+            if segments:
+                segments.pop()
+            continue
+        segments.append(_segment(seg))
+        if len(segments) > URL_MAX_DEPTH:
+            return "/".join(segments[:URL_MAX_DEPTH]) + "/..."
+    return "/".join(segments)
+
+
+def _cap(out: str) -> str:
+    return out if len(out) <= URL_MAX_LEN else out[: URL_MAX_LEN - 3] + "..."
+
+
+def _url_template_impl(url: str) -> str:
+    s = url.strip().replace("\\", "/")  # browsers treat "\" as "/" in http(s) URLs
+    if not s:
+        return NONE
+    m = _SCHEME_RE.match(s)
+    if s.startswith("//"):
+        rest = s[2:]
+    elif m is not None and s.startswith("//", m.end()):
+        rest = s[m.end() + 2 :]
+    elif m is not None:
+        after = s[m.end() :]
+        port = after.partition("/")[0]
+        if not (port.isascii() and port.isdigit()):
+            # Opaque URI (mailto:, data:, javascript:, urn:...): only the scheme is safe.
+            return m.group().lower()
+        rest = s  # "example.com:8080/path": a host with a port, no scheme
+    else:
+        # Relative reference: a path-only template, as written (with or without "/").
+        if not s.isprintable() or " " in s:
+            return INVALID
+        path = _path_template(s)
+        return _cap("/" + path if s.startswith("/") else path or "/")
+    authority, _, path = rest.partition("/")
+    host = _host(authority)
+    if host == INVALID:
+        return INVALID
+    path_t = _path_template(path)
+    if not host and not path_t:
+        return INVALID  # "http://", "//": nothing at all
+    return _cap(f"{host}/{path_t}")
+
+
+@lru_cache(maxsize=65536)
+def _url_template_cached(url: str) -> str:
+    try:
+        return _url_template_impl(url)
+    except Exception:  # last line of defence: garbage must never stop the stream
+        return INVALID
+
+
+def url_template(url: str) -> str:
+    """Host + path template of a URL with identifying segments replaced by placeholders.
+
+    "https://Portal.Example.com:8443/users/jane.doe@x.com/orders/12345?token=abc#top"
+    -> "portal.example.com/users/:email/orders/:num".
+
+    Scheme, port, userinfo, query, fragment and ";params" are dropped; the host is
+    lowercased (":ip" if it is an IP address). Segment placeholders: ":num" (all
+    digits), ":uuid", ":hash" (16+ hex chars, or a base64/base64url-like token of 20+
+    chars), ":email" (also percent-encoded), ":ip" (segment containing an IP address),
+    ":id" (anything else scrub_text would touch, e.g. a 6+ digit run). A file extension
+    survives ("/:num.json"). The trailing slash is dropped except for the root ("x.com/").
+    At most 8 segments (then "/...") and 200 characters (then "..."). Relative URLs give
+    a path-only template ("/users/:num"), opaque URIs their scheme ("mailto:"), empty
+    input "(none)" and unparseable input "<invalid>"; it never raises.
+    """
+    if not isinstance(url, str):
+        return NONE if url is None else INVALID
+    # Cut query and fragment *before* the cache lookup: they are the most unique part
+    # of a URL (tokens, search terms) and would otherwise flood the cache.
+    return _url_template_cached(url.partition("?")[0].partition("#")[0])
+
+
+@lru_cache(maxsize=16384)
+def _referrer_host(authority: str) -> str:
+    host = _host(authority)
+    if host == "":
+        return INVALID
+    if host.startswith("www."):
+        host = host[4:]
+        if not host:
+            return INVALID
+    return host
+
+
+def referrer_domain(ref: str) -> str:
+    """The referring site: host only, lowercased, without a leading "www.".
+
+    "https://www.Google.com/search?q=jane+doe" -> "google.com" (the search terms vanish
+    with everything but the host). IP hosts give ":ip", an empty or missing referrer
+    (also "-", as logged by web servers) "(none)", anything unparseable "<invalid>".
+    """
+    if not isinstance(ref, str):
+        return NONE if ref is None else INVALID
+    s = ref.strip()
+    if not s or s == "-":
+        return NONE
+    m = _REF_AUTHORITY_RE.match(s)
+    if m is None:
+        return INVALID
+    authority = m.group(1) if m.group(1) is not None else m.group(2)
+    try:
+        return _referrer_host(authority)
+    except Exception:  # never let a malformed header stop the stream
+        return INVALID
+
+
+# ------------------------------------------------------------------------------- bands
+
+
+def _fmt_edge(edge: float) -> str:
+    return str(int(edge)) if edge.is_integer() else repr(edge)
+
+
+class Bands:
+    """Half-open numeric bands over increasing ``edges``, with open-ended tails.
+
+    Edges [0, 1000, 10000] give the labels "(-inf,0)", "[0,1000)", "[1000,10000)" and
+    "[10000,inf)" (indices 0..3); a value equal to an edge falls in the band that edge
+    opens. NaN has index -1 and label "NaN". Coarse bands instead of exact values stop
+    a rare amount (bytes, durations, prices) from singling out an event.
+    """
+
+    __slots__ = ("_array", "edges", "labels")
+
+    def __init__(self, edges: Sequence[float]) -> None:
+        values = tuple(float(e) for e in edges)
+        if not values:
+            raise ValueError("edges must not be empty")
+        if not all(math.isfinite(e) for e in values):
+            raise ValueError("edges must be finite")
+        if any(b <= a for a, b in pairwise(values)):
+            raise ValueError("edges must be strictly increasing")
+        self.edges: tuple[float, ...] = values
+        names = [_fmt_edge(e) for e in values]
+        inner = [f"[{a},{b})" for a, b in pairwise(names)]
+        self.labels: tuple[str, ...] = (f"(-inf,{names[0]})", *inner, f"[{names[-1]},inf)")
+        self._array = np.asarray(values, dtype=np.float64)
+
+    def index(self, value: float) -> int:
+        """Band index of one value: 0 .. len(edges), or -1 for NaN."""
+        if value != value:  # NaN
+            return -1
+        return bisect.bisect_right(self.edges, value)
+
+    def label(self, value: float) -> str:
+        """Band label of one value (see the class docstring for the format)."""
+        if value != value:
+            return NAN_BAND
+        return self.labels[bisect.bisect_right(self.edges, value)]
+
+    __call__ = label
+
+    def index_array(self, values: npt.ArrayLike) -> npt.NDArray[np.intp]:
+        """Vectorised :meth:`index` (numpy.searchsorted); NaN gives -1."""
+        arr = np.asarray(values, dtype=np.float64)
+        idx = np.searchsorted(self._array, arr, side="right")
+        return np.where(np.isnan(arr), -1, idx).astype(np.intp, copy=False)
+
+    def label_array(self, values: npt.ArrayLike) -> npt.NDArray[np.str_]:
+        """Vectorised :meth:`label`."""
+        table = np.asarray((*self.labels, NAN_BAND))
+        return table[self.index_array(values)]  # index -1 picks NAN_BAND, the last entry
+
+
+@lru_cache(maxsize=256)
+def _bands(edges: tuple[float, ...]) -> Bands:
+    return Bands(edges)
+
+
+def band(value: float, edges: Sequence[float]) -> str:
+    """Label of the band ``value`` falls in; see :class:`Bands` (prefer it in loops)."""
+    return _bands(tuple(edges)).label(value)
+
+
+def band_index(values: npt.ArrayLike, edges: Sequence[float]) -> npt.NDArray[np.intp]:
+    """Vectorised band indices (0 .. len(edges), -1 for NaN) via numpy.searchsorted."""
+    return _bands(tuple(edges)).index_array(values)
