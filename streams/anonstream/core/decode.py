@@ -97,7 +97,9 @@ def _type_ok(spec: FieldSpec, value: object) -> bool:
         return type(value) is int and value >= 0
     if t is FieldType.OBJECT:
         return isinstance(value, dict)
-    return True  # timestamps are checked by parse_ts
+    if t is FieldType.TIMESTAMP:
+        return type(value) is int or isinstance(value, str)  # the value is checked by parse_ts
+    return True
 
 
 class Decoder:

@@ -194,6 +194,7 @@ class UserAgentGeneralizer:
 URL_MAX_LEN = 200
 URL_MAX_DEPTH = 8
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]{0,31}:")
+_OPAQUE_SCHEME_RE = re.compile(r"[a-z][a-z+.\-]{0,19}:")
 # Hosts that browsers (WHATWG URL parsing) treat as IPv4: dotted, decimal, hex, octal.
 _IPV4_HOST_RE = re.compile(r"(?:(?:0x[0-9a-f]*|[0-9]+)\.){0,3}(?:0x[0-9a-f]*|[0-9]+)")
 _HOST_RE = re.compile(r"[\w\-]+(?:\.[\w\-]+)*")
@@ -349,8 +350,10 @@ def _url_template_impl(url: str) -> str:
         after = s[m.end() :]
         port = after.partition("/")[0]
         if not (port.isascii() and port.isdigit()):
-            # Opaque URI (mailto:, data:, javascript:, urn:...): only the scheme is safe.
-            return m.group().lower()
+            # Opaque URI (mailto:, data:, javascript:, urn:...): only the scheme is kept,
+            # and only if it looks like one (no digits that could be an identifier).
+            scheme = m.group().lower()
+            return scheme if _OPAQUE_SCHEME_RE.fullmatch(scheme) else INVALID
         rest = s  # "example.com:8080/path": a host with a port, no scheme
     else:
         # Relative reference: a path-only template, as written (with or without "/").

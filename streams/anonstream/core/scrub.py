@@ -117,7 +117,10 @@ def _ip6_plausible(window: str) -> bool:
         return False
     # Uncompressed forms have exactly 7 colons (6 before a dotted IPv4 tail); checking
     # this first skips the costly ValueError for times ("10:30:00") and MAC addresses.
-    if "::" not in window and colons != (6 if "." in window else 7):
+    compressed = window.count("::")
+    if compressed > 1 or ":::" in window:
+        return False
+    if not compressed and colons != (6 if "." in window else 7):
         return False
     if not any(c.isdigit() for c in window):
         return False
@@ -130,44 +133,48 @@ def _ip6_plausible(window: str) -> bool:
     return True
 
 
-def _find_ip6(cand: str) -> tuple[int, int] | None:
-    """Leftmost-longest valid IPv6 address inside an IPv6 candidate, as (start, end).
+def _find_ip6(cand: str, pos: int) -> tuple[int, int] | None:
+    """Leftmost-longest valid IPv6 address in ``cand[pos:]``, as (start, end) offsets.
 
     The first/last group may be glued to surrounding hex-looking text ("a2001:db8::1",
     "::2001:db8::1"), so windows over the colon-separated groups are tried, trimming the
-    outer groups to 4 characters. At most 7 windows per start group: linear in len(cand).
+    outer groups to 4 characters. Groups are split lazily and at most 7 windows are
+    tried per start group, so the cost is linear in the distance to the hit.
     """
-    spans: list[tuple[int, int]] = []
-    start = 0
-    for i, ch in enumerate(cand):
-        if ch == ":":
-            spans.append((start, i))
-            start = i + 1
-    spans.append((start, len(cand)))
-    k = len(spans)
-    for a in range(k - 2):
+    n = len(cand)
+    spans: list[tuple[int, int]] = []  # (start, end) of each ":"-separated group
+    nxt = pos
+    a = 0
+    while True:
+        while len(spans) <= a + _IP6_MAX_GROUPS and nxt <= n:
+            colon = cand.find(":", nxt)
+            end = n if colon == -1 else colon
+            spans.append((nxt, end))
+            nxt = end + 1
+        if a + 2 >= len(spans):
+            return None
         a_start, a_end = spans[a]
         s0 = max(a_start, a_end - 4)
-        for b in range(min(k - 1, a + _IP6_MAX_GROUPS), a + 1, -1):
+        for b in range(min(len(spans) - 1, a + _IP6_MAX_GROUPS), a + 1, -1):
             b_start, b_end = spans[b]
             e0 = b_end if "." in cand[b_start:b_end] else min(b_end, b_start + 4)
             if _ip6_plausible(cand[s0:e0]):
                 return s0, e0
-    return None
+        a += 1
 
 
 def _ip6_repl(m: re.Match[str]) -> str:
     """Replace every IPv6 address inside a candidate, leaving the rest for the main pass."""
-    rest = m.group()
-    if "::" not in rest and rest.count(":") < 6:
-        return rest  # no window can be valid: times, MACs, "a:b:c" (fast exit)
+    text = m.group()
+    if "::" not in text and text.count(":") < 6:
+        return text  # no window can be valid: times, MACs, "a:b:c" (fast exit)
     out: list[str] = []
-    while (hit := _find_ip6(rest)) is not None:
-        s, e = hit
-        out.append(rest[:s])
+    pos = 0
+    while (hit := _find_ip6(text, pos)) is not None:
+        out.append(text[pos : hit[0]])
         out.append(IP)
-        rest = rest[e:]
-    out.append(rest)
+        pos = hit[1]
+    out.append(text[pos:])
     return "".join(out)
 
 
@@ -231,4 +238,4 @@ def contains_ip(s: str) -> bool:
         return True
     if s.count(":") < 2:
         return False
-    return any(_find_ip6(m.group()) is not None for m in _IP6_RE.finditer(s))
+    return any(_find_ip6(m.group(), 0) is not None for m in _IP6_RE.finditer(s))
