@@ -158,6 +158,15 @@ def worker(
         typer.Option(envvar="ANONSTREAM_IDLE_CLOSE_SECONDS", help="Close windows when idle."),
     ] = None,
     demo: Annotated[bool, typer.Option(help="Allow a throwaway key (never for real data).")] = False,
+    stop_at_end: Annotated[
+        bool,
+        typer.Option(help="Backfill: stop once the end offsets seen at start are processed, "
+                     "releasing every window."),
+    ] = False,
+    instance_id: Annotated[
+        str | None,
+        typer.Option(envvar="ANONSTREAM_INSTANCE_ID", help="Stable id of this worker slot."),
+    ] = None,
     log_level: Annotated[str, typer.Option(envvar="ANONSTREAM_LOG_LEVEL")] = "info",
 ) -> None:
     """Run the Kafka worker: raw topics in, de-identified aggregates out."""
@@ -168,7 +177,7 @@ def worker(
         k: v
         for k, v in {
             "bootstrap_servers": bootstrap_servers, "group_id": group_id, "web_port": web_port,
-            "idle_close_seconds": idle_close_seconds,
+            "idle_close_seconds": idle_close_seconds, "instance_id": instance_id,
         }.items()
         if v is not None
     }  # fmt: skip
@@ -178,7 +187,9 @@ def worker(
     assert isinstance(secret, MasterSecret)
     from anonstream.runtime.run import run_worker
 
-    run_worker(settings, pipes, secret, log_level=log_level)
+    raise typer.Exit(
+        run_worker(settings, pipes, secret, log_level=log_level, stop_at_end=stop_at_end)
+    )
 
 
 @app.command()

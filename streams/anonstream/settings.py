@@ -20,6 +20,9 @@ class Settings(BaseSettings):
 
     bootstrap_servers: str = "127.0.0.1:9092"
     group_id: str = "anonstream"
+    # Stable per worker slot: the transactional id derives from it, so a restarted worker
+    # fences its dead predecessor at once instead of waiting for the transaction timeout.
+    instance_id: str | None = None
     pipelines_dir: Path = Path("pipelines")
     pipelines: list[str] = Field(default_factory=list)  # empty: every pipeline in the dir
     dead_letter_topic: str = "anon.deadletter"

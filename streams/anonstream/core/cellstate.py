@@ -9,6 +9,7 @@ Rows hold only keyed pseudonyms and hashes: nothing here can be reversed without
 
 from __future__ import annotations
 
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -107,6 +108,7 @@ class WindowState:
     n_measures: int
     max_events_per_unit_per_cell: int
     cells: dict[int, tuple[str, ...]] = field(default_factory=dict)
+    first_offsets: dict[Hashable, int] = field(default_factory=dict)  # per input partition
     compacted: Rows | None = None
     pending: list[Rows] = field(default_factory=list)
     pending_rows: int = 0

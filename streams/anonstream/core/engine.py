@@ -90,8 +90,14 @@ class PipelineEngine:
         self._n_measures = len(pipeline.measures)
         self.counters: Counter[str] = Counter()
         self.rejections: Counter[str] = Counter()
-        self._late_since_summary = 0
-        self._rejected_since_summary = 0
+        # Counted since the last window summary, per partition, so that a checkpoint of a
+        # partition carries its own share (see checkpoint/restore).
+        self._late_pending: Counter[Hashable] = Counter()
+        self._rejected_pending: Counter[Hashable] = Counter()
+        # After a restart, messages before these offsets were already processed once: they
+        # rebuild window state but are not counted or dead-lettered a second time.
+        self._resume_next: dict[Hashable, int] = {}
+        self._next_offset: dict[Hashable, int] = {}
 
     # -- input -------------------------------------------------------------------------
     def process(self, messages: Sequence[Message]) -> StepResult:
@@ -100,9 +106,16 @@ class PipelineEngine:
         result = StepResult()
         records: list[PolicyRecord] = []
         parts: list[Hashable] = []
+        offsets: list[int] = []
+        replayed: list[bool] = []
         decode, apply = self.decoder.decode, self.policy.apply
+        resume = self._resume_next
+        next_offset = self._next_offset
         unknown = 0
         for msg in messages:
+            again = bool(resume) and msg.offset < resume.get(msg.partition, -1)
+            if msg.offset >= next_offset.get(msg.partition, -1):
+                next_offset[msg.partition] = msg.offset + 1
             d = decode(msg.value)
             if type(d) is Decoded:
                 unknown += d.unknown_fields
@@ -110,11 +123,15 @@ class PipelineEngine:
                 if type(r) is PolicyRecord:
                     records.append(r)
                     parts.append(msg.partition)
+                    offsets.append(msg.offset)
+                    replayed.append(again)
                     continue
                 d = r
             assert isinstance(d, Rejection)
+            if again:
+                continue
             self.rejections[d.reason] += 1
-            self._rejected_since_summary += 1
+            self._rejected_pending[msg.partition] += 1
             result.dead_letters.append(
                 DeadLetter(msg.value, d.reason, d.field, msg.partition, msg.offset)
             )
@@ -124,7 +141,7 @@ class PipelineEngine:
         self.counters["unknown_fields_dropped"] += unknown
         now = self.clock_ms()
         if records:
-            self._add(records)
+            self._add(records, parts, offsets, replayed)
             per_part: dict[Hashable, int] = {}
             for part, rec in zip(parts, records, strict=True):
                 if rec.ts_ms > per_part.get(part, NEG_INF):
@@ -134,9 +151,20 @@ class PipelineEngine:
         result.extend(self._close_until(self.watermark.current(now)))
         return result
 
-    def _add(self, records: list[PolicyRecord]) -> None:
+    def _add(
+        self,
+        records: list[PolicyRecord],
+        parts: list[Hashable],
+        offsets: list[int],
+        replayed: list[bool],
+    ) -> None:
         spec = self.pipeline.window
         n = len(records)
+        part_ids = {p: i for i, p in enumerate(dict.fromkeys(parts))}
+        part_of = list(part_ids)
+        pidx = np.fromiter((part_ids[p] for p in parts), dtype=np.int64, count=n)
+        offs = np.array(offsets, dtype=np.int64)
+        again = np.array(replayed, dtype=bool)
         ts = np.fromiter((r.ts_ms for r in records), dtype=np.int64, count=n)
         unit = np.fromiter((r.unit for r in records), dtype=np.uint64, count=n)
         event = np.fromiter((r.event_hash for r in records), dtype=np.uint64, count=n)
@@ -163,10 +191,12 @@ class PipelineEngine:
             for start in np.unique(col).tolist():
                 sel = col == start
                 end = start + spec.size_ms
-                count = int(sel.sum())
                 if end <= self.closed_until:
-                    self.counters["late"] += count
-                    self._late_since_summary += count
+                    late = sel & ~again
+                    if late.any():
+                        self.counters["late"] += int(late.sum())
+                        for i in np.unique(pidx[late]).tolist():
+                            self._late_pending[part_of[i]] += int((late & (pidx == i)).sum())
                     continue
                 w = self.windows.get(start)
                 if w is None:
@@ -174,6 +204,11 @@ class PipelineEngine:
                         start, end, self._n_measures,
                         self.pipeline.contribution.max_events_per_unit_per_cell,
                     )  # fmt: skip
+                for i in np.unique(pidx[sel]).tolist():
+                    first = int(offs[sel & (pidx == i)].min())
+                    prev = w.first_offsets.get(part_of[i])
+                    if prev is None or first < prev:
+                        w.first_offsets[part_of[i]] = first
                 rows = Rows(cell[sel], unit[sel], event[sel], measures[sel])
                 for c in np.unique(rows.cell).tolist():
                     if c not in w.cells:
@@ -221,18 +256,56 @@ class PipelineEngine:
                     pipeline=p.name, version=p.version, output=out.output.name,
                     start_ms=w.start_ms, end_ms=w.end_ms, cells_released=out.cells_released,
                     cells_rolled_up=out.cells_rolled_up, cells_suppressed=out.cells_suppressed,
-                    late_events=self._late_since_summary,
-                    rejected_events=self._rejected_since_summary, k=out.output.k,
+                    late_events=sum(self._late_pending.values()),
+                    rejected_events=sum(self._rejected_pending.values()), k=out.output.k,
                 )  # fmt: skip
             )
             result.accounting.append((w.start_ms, out.output.name, out.accounting))
             self.counters["cells_released"] += out.cells_released
             self.counters["cells_rolled_up"] += out.cells_rolled_up
             self.counters["cells_suppressed"] += out.cells_suppressed
-        self._late_since_summary = 0
-        self._rejected_since_summary = 0
+        self._late_pending.clear()
+        self._rejected_pending.clear()
         self.counters["windows_released"] += 1
         return result
+
+    # -- checkpoints: offsets committed with the releases --------------------------------
+    def safe_offset(self, partition: Hashable) -> int | None:
+        """The offset to commit for `partition`: every event of an open window at or after
+        it, so a restart that re-reads from here rebuilds all open state."""
+        nxt = self._next_offset.get(partition)
+        firsts = [
+            w.first_offsets[partition] for w in self.windows.values() if partition in w.first_offsets
+        ]
+        if nxt is None:
+            return min(firsts) if firsts else None
+        return min([nxt, *firsts])
+
+    def checkpoint(self, partition: Hashable) -> dict[str, int]:
+        """What a restart needs besides the offset: which windows are already released,
+        how far this partition was processed, and its share of the pending counters."""
+        return {
+            "closed_until": self.closed_until,
+            "next": self._next_offset.get(partition, -1),
+            "late": self._late_pending.get(partition, 0),
+            "rejected": self._rejected_pending.get(partition, 0),
+        }
+
+    def restore(self, partition: Hashable, checkpoint: dict[str, int]) -> None:
+        self.closed_until = max(self.closed_until, int(checkpoint.get("closed_until", NEG_INF)))
+        nxt = int(checkpoint.get("next", -1))
+        if nxt >= 0:
+            self._resume_next[partition] = nxt
+        self._late_pending[partition] += int(checkpoint.get("late", 0))
+        self._rejected_pending[partition] += int(checkpoint.get("rejected", 0))
+
+    def forget(self, partition: Hashable) -> None:
+        """A partition moved to another worker."""
+        self.watermark.forget(partition)
+        self._next_offset.pop(partition, None)
+        self._resume_next.pop(partition, None)
+        self._late_pending.pop(partition, None)
+        self._rejected_pending.pop(partition, None)
 
     # -- introspection -------------------------------------------------------------------
     def state_bytes(self) -> int:

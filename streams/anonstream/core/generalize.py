@@ -177,7 +177,12 @@ class UserAgentGeneralizer:
     def _generalize(self, ua: str) -> str:
         if not isinstance(ua, str) or not ua or ua.isspace():
             return f"{OTHER} / {OTHER}"
-        result: PartialResult = self._resolver(ua[:_UA_MAX_LEN], _UA_DOMAINS)
+        text = ua[:_UA_MAX_LEN]
+        try:
+            result: PartialResult = self._resolver(text, _UA_DOMAINS)
+        except UnicodeError:  # lone surrogates cannot cross into the Rust resolver
+            text = text.encode("utf-8", "replace").decode("utf-8")
+            result = self._resolver(text, _UA_DOMAINS)
         browser = OTHER
         major = ""
         if result.user_agent is not None:
@@ -255,17 +260,19 @@ def _segment(raw: str) -> str:
     decoded = unquote_plus(raw) if ("%" in raw or "+" in raw) else raw
     if decoded.isdecimal():
         return ":num"
+    if decoded[0] in "@~" and len(decoded) > 1 and "@" not in decoded[1:]:
+        return ":handle"  # "/@jane" (Medium, Mastodon, YouTube), "/~jane" (home dirs)
     if any(c in decoded for c in _AT_CHARS) and contains_email(decoded):
         return ":email"
     if contains_ip(decoded):
         return IP_HOST
-    placeholder = _id_placeholder(decoded) or _id_placeholder(raw)
-    if placeholder is not None:
-        return placeholder
     # Keep the extension of "12345.json" / "<sha>.pdf": it is not identifying.
     m = _EXT_RE.fullmatch(decoded)
     if m is not None and (placeholder := _id_placeholder(m.group(1))) is not None:
         return placeholder + m.group(2)
+    placeholder = _id_placeholder(decoded) or _id_placeholder(raw)
+    if placeholder is not None:
+        return placeholder
     if _UUID_RE.search(decoded):
         return ":uuid"
     if _HEX_IN_RE.search(decoded):
@@ -389,7 +396,8 @@ def url_template(url: str) -> str:
     lowercased (":ip" if it is an IP address). Segment placeholders: ":num" (all
     digits), ":uuid", ":hash" (16+ hex chars, or a base64/base64url-like token of 20+
     chars), ":email" (also percent-encoded), ":ip" (segment containing an IP address),
-    ":id" (anything else scrub_text would touch, e.g. a 6+ digit run). A file extension
+    ":handle" ("@jane", "~jane"), ":id" (anything else scrub_text would touch, e.g. a
+    6+ digit run). A file extension
     survives ("/:num.json"). The trailing slash is dropped except for the root ("x.com/").
     At most 8 segments (then "/...") and 200 characters (then "..."). Relative URLs give
     a path-only template ("/users/:num"), opaque URIs their scheme ("mailto:"), empty

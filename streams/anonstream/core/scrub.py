@@ -55,8 +55,11 @@ _IP6_PAT = r"(?<![0-9A-Fa-f:])[0-9A-Fa-f]*+(?::[0-9A-Fa-f]*+){2,}(?:\.[0-9]{1,3}
 
 # A cluster of digit groups joined by single phone-style separators: "+44 20 7946 0958",
 # "(555) 123-4567", "4111-1111-1111-1111", "555.123.4567", or a plain digit run.
+# A group never starts an IPv4 address: "5 1.2.3.4" or "(1.2.3.4" must not be absorbed
+# into a short, harmless-looking cluster (the address is matched on its own instead).
 _SEP = r"(?:[ .\-]|\)[ .\-]?|[ .\-]?\()"
-_CLUSTER_PAT = rf"(?:\+ ?)?\(?\d++(?:{_SEP}\d++)*+"
+_GROUP = rf"(?!{_IP4_PAT})\d++"
+_CLUSTER_PAT = rf"(?:\+ ?)?\(?{_GROUP}(?:{_SEP}{_GROUP})*+"
 
 # Numbers are found in two steps: a coarse "span" regex that starts with a plain
 # character class (so the regex engine can skip ahead quickly, ~10x faster than scanning

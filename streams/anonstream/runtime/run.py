@@ -32,17 +32,19 @@ def ensure_output_topics(settings: Settings, pipelines: Sequence[Pipeline]) -> N
 
 
 def run_worker(
-    settings: Settings, pipelines: Sequence[Pipeline], secret: MasterSecret, log_level: str = "info"
-) -> None:
-    from faust import Worker as FaustWorker
-
+    settings: Settings,
+    pipelines: Sequence[Pipeline],
+    secret: MasterSecret,
+    log_level: str = "info",
+    stop_at_end: bool = False,
+) -> int:
     from anonstream.runtime.worker import Worker
 
     ensure_output_topics(settings, pipelines)
-    worker = Worker(settings, pipelines, secret)
+    worker = Worker(settings, pipelines, secret, stop_at_end=stop_at_end)
     log.info(
         "starting worker for %s on %s (secret %s, fingerprint %s)",
         ", ".join(p.name for p in pipelines), settings.bootstrap_servers, secret.source,
         secret.fingerprint(),
     )  # fmt: skip
-    FaustWorker(worker.app, loglevel=log_level, quiet=True).execute_from_commandline()
+    return worker.run(log_level)

@@ -1,0 +1,99 @@
+"""Naive Faust: the per-event agent a Faust user writes for the benchmark job.
+
+``async for event in stream``: the value arrives decoded by Faust's ``json`` serializer,
+identifiers are dropped or hashed (:func:`common.scrub`), and ``table[cell] += 1`` counts
+it in an hourly tumbling windowed table whose time is the event's own ``ts``.  The table
+lives in memory (``store="memory://"``) with Faust's default changelog topic.  When the
+agent has seen ``--events`` events it flushes the producer (changelog writes), prints the
+report line and leaves the process (``os._exit``: stopping a Faust worker from inside one
+of its own agents is not clean).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import time
+from collections.abc import Sequence
+from datetime import timedelta
+from typing import Any
+
+import faust
+from aiokafka import AIOKafkaConsumer
+
+from anonstream_load.runners.common import event_time_ms, parse_args, report, scrub
+
+
+async def topic_partitions(bootstrap: str, topic: str) -> int:
+    """Number of partitions of ``topic`` (the table must be co-partitioned with it)."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap)
+    await consumer.start()
+    try:
+        for _ in range(50):
+            await consumer.topics()  # refreshes the cluster metadata
+            found = consumer.partitions_for_topic(topic)
+            if found:
+                return len(found)
+            await asyncio.sleep(0.1)
+    finally:
+        await consumer.stop()
+    raise RuntimeError(f"topic {topic!r} has no partitions (does it exist?)")
+
+
+def build_app(
+    bootstrap: str, topic: str, app_id: str, partitions: int, target: int
+) -> faust.App:
+    app = faust.App(
+        app_id,
+        broker=f"kafka://{bootstrap}",
+        store="memory://",
+        web_enabled=False,
+        topic_partitions=partitions,
+        topic_replication_factor=1,
+        consumer_auto_offset_reset="earliest",
+        loghandlers=[],
+    )
+    source = app.topic(topic, value_serializer="json")
+
+    def event_time(event: Any) -> float:
+        return event_time_ms(event.value["ts"]) / 1000.0
+
+    counts = (
+        app.Table("cell_counts", default=int)
+        .tumbling(timedelta(hours=1), expires=timedelta(hours=2))
+        .relative_to(event_time)
+    )
+    seen = 0
+    first: float | None = None
+
+    @app.agent(source)
+    async def count_cells(stream: Any) -> None:
+        nonlocal seen, first
+        async for event in stream:
+            if first is None:
+                first = time.time()
+            row = scrub(event)
+            counts[row["cell"]] += 1
+            seen += 1
+            if seen == target:
+                await app.producer.flush()
+                report("naive_faust", seen, first, expected=target)
+                os._exit(0)
+
+    return app
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args("anonstream_load.runners.naive_faust", argv)
+    partitions = args.partitions or asyncio.run(topic_partitions(args.bootstrap, args.topic))
+    app = build_app(args.bootstrap, args.topic, args.group, partitions, args.events)
+    logging.getLogger("faust").setLevel(logging.WARNING)
+    # The worker runs until the agent leaves the process; reaching here means it stopped
+    # without having seen every event.
+    faust.Worker(app, loglevel="warning", quiet=True).execute_from_commandline()
+    return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,266 @@
+"""Property tests of the mergeable accumulators (anonstream.core.accumulators).
+
+`merge` must be associative and commutative and equal to adding everything at once: that is
+what makes batches, partitions and roll-ups the same problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from anonstream.core.accumulators import (
+    HLL_P,
+    Count,
+    DistinctUnits,
+    Histogram,
+    Mean,
+    Sum,
+    _hll_estimate,
+    _hll_registers,
+)
+
+SETTINGS = settings(deadline=None, max_examples=75)
+
+U64_MAX = 2**64 - 1
+SMALL_LIMIT = 64  # exact_limit small enough that the sketch path is reached cheaply
+
+# Parts of a stream: small value pools so that the parts overlap (duplicates across parts).
+units_part = st.lists(
+    st.one_of(st.integers(0, 50), st.integers(0, U64_MAX)), max_size=60
+).map(lambda xs: np.array(xs, dtype=np.uint64))
+units_parts = st.lists(units_part, min_size=3, max_size=3)
+
+# Integer-valued floats (and NaN for absent values): float sums of them are exact, so the
+# order of additions cannot matter and equality can be exact.
+value = st.one_of(st.integers(-2000, 2000).map(float), st.just(float("nan")))
+values_part = st.lists(value, max_size=40).map(lambda xs: np.array(xs, dtype=np.float64))
+values_parts = st.lists(values_part, min_size=3, max_size=3)
+
+
+def _from(make: Callable[[], Any], values: np.ndarray) -> Any:
+    acc = make()
+    acc.add(values)
+    return acc
+
+
+def _merged(make: Callable[[], Any], parts: list[np.ndarray], order: list[int]) -> Any:
+    """((p[o0] + p[o1]) + p[o2]) built from separate accumulators."""
+    acc = _from(make, parts[order[0]])
+    for i in order[1:]:
+        acc.merge(_from(make, parts[i]))
+    return acc
+
+
+def _merged_right(make: Callable[[], Any], parts: list[np.ndarray]) -> Any:
+    """p0 + (p1 + p2): the other association."""
+    right = _from(make, parts[1])
+    right.merge(_from(make, parts[2]))
+    acc = _from(make, parts[0])
+    acc.merge(right)
+    return acc
+
+
+def _state(acc: Any) -> tuple[Any, ...]:
+    """Comparable full state of an accumulator (not only its result)."""
+    if isinstance(acc, DistinctUnits):
+        if acc.exact is not None:
+            return ("exact", acc.exact.tolist())
+        assert acc.registers is not None
+        return ("hll", acc.registers.tobytes())
+    if isinstance(acc, Histogram):
+        return ("hist", acc.counts.tolist())
+    if isinstance(acc, Sum):  # Mean too
+        return ("sum", acc.total, acc.n, acc.result())
+    if isinstance(acc, Count):
+        return ("count", acc.n)
+    raise AssertionError(type(acc))
+
+
+def _check_merge_laws(make: Callable[[], Any], parts: list[np.ndarray]) -> None:
+    everything = _from(make, np.concatenate(parts))
+    at_once = _state(everything)
+    for order in ([0, 1, 2], [2, 1, 0], [1, 0, 2], [2, 0, 1]):
+        assert _state(_merged(make, parts, order)) == at_once, order
+    assert _state(_merged_right(make, parts)) == at_once
+    # Adding part by part into one accumulator is the same too.
+    acc = make()
+    for p in parts:
+        acc.add(p)
+    assert _state(acc) == at_once
+    # Merging an empty accumulator changes nothing, on either side.
+    empty = make()
+    empty.merge(everything)
+    assert _state(empty) == at_once
+    everything.merge(make())
+    assert _state(everything) == at_once
+
+
+# -- DistinctUnits ---------------------------------------------------------------------------
+
+
+@SETTINGS
+@given(units_parts)
+def test_distinct_units_merge_laws_exact(parts: list[np.ndarray]) -> None:
+    # Default limit (4096) is far above the at most 180 values here: always exact.
+    _check_merge_laws(DistinctUnits, parts)
+    acc = _merged(DistinctUnits, parts, [0, 1, 2])
+    assert acc.is_exact
+    assert acc.result() == len(set(np.concatenate(parts).tolist()))
+
+
+@SETTINGS
+@given(units_parts)
+def test_distinct_units_merge_laws_around_small_limit(parts: list[np.ndarray]) -> None:
+    make = lambda: DistinctUnits(SMALL_LIMIT)  # noqa: E731
+    _check_merge_laws(make, parts)
+    n_distinct = len(set(np.concatenate(parts).tolist()))
+    acc = _merged(make, parts, [1, 2, 0])
+    if n_distinct <= SMALL_LIMIT:
+        assert acc.is_exact
+        assert acc.result() == n_distinct
+    else:
+        assert not acc.is_exact
+        # Above the limit the reported count never falls back under it (the k decision made
+        # exactly below the limit cannot change).
+        assert acc.result() > SMALL_LIMIT
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.lists(st.integers(0, U64_MAX), min_size=20, max_size=120).map(
+            lambda xs: np.array(xs, dtype=np.uint64)
+        ),
+        min_size=3,
+        max_size=3,
+    )
+)
+def test_distinct_units_merge_laws_on_sketch_path(parts: list[np.ndarray]) -> None:
+    """Every part alone is over the limit: merges of sketches with sketches."""
+    make = lambda: DistinctUnits(16)  # noqa: E731
+    _check_merge_laws(make, parts)
+    acc = _merged(make, parts, [0, 1, 2])
+    if len(set(np.concatenate(parts).tolist())) > 16:
+        assert not acc.is_exact
+        assert acc.registers is not None
+        assert np.array_equal(acc.registers, _hll_registers(np.unique(np.concatenate(parts))))
+
+
+@SETTINGS
+@given(st.lists(st.integers(0, U64_MAX), max_size=300))
+def test_distinct_units_exact_below_limit(xs: list[int]) -> None:
+    acc = DistinctUnits(4096)
+    # Added twice, in two orders: duplicates never count.
+    acc.add(np.array(xs, dtype=np.uint64))
+    acc.add(np.array(xs[::-1], dtype=np.uint64))
+    assert acc.is_exact
+    assert acc.result() == len(set(xs))
+
+
+def test_distinct_units_limit_boundary() -> None:
+    acc = DistinctUnits(SMALL_LIMIT)
+    acc.add(np.arange(SMALL_LIMIT, dtype=np.uint64))
+    assert acc.is_exact and acc.result() == SMALL_LIMIT
+    acc.add(np.arange(SMALL_LIMIT, dtype=np.uint64))  # the same units again
+    assert acc.is_exact and acc.result() == SMALL_LIMIT
+    acc.add(np.array([10**12], dtype=np.uint64))  # one more: now a sketch
+    assert not acc.is_exact and acc.result() >= SMALL_LIMIT + 1
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2, 3, 4])
+def test_hll_estimate_within_5_percent_for_100k(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    values = rng.integers(0, U64_MAX, size=100_000, dtype=np.uint64, endpoint=True)
+    n = len(np.unique(values))
+    acc = DistinctUnits(SMALL_LIMIT)
+    # In ten parts, merged: the sketch of the parts is the sketch of the whole.
+    for part in np.array_split(values, 10):
+        other = DistinctUnits(SMALL_LIMIT)
+        other.add(part)
+        acc.merge(other)
+    assert not acc.is_exact
+    assert abs(acc.result() - n) <= 0.05 * n
+    assert acc.result() == _hll_estimate(_hll_registers(values))
+
+
+def test_hll_registers_rank_bounds() -> None:
+    # Value 0 has the most leading zeros possible: its rank is capped by the sentinel bits.
+    regs = _hll_registers(np.array([0, U64_MAX, 1 << (64 - HLL_P)], dtype=np.uint64))
+    assert regs[0] == 64 - HLL_P + 1
+    assert regs[-1] == 1  # all ones: rank 1
+    assert regs[1] == 64 - HLL_P + 1  # index 1, remaining bits all zero
+    assert int(np.count_nonzero(regs)) == 3
+
+
+# -- Count, Sum, Mean, Histogram -------------------------------------------------------------
+
+
+@SETTINGS
+@given(values_parts)
+def test_count_merge_laws(parts: list[np.ndarray]) -> None:
+    _check_merge_laws(Count, parts)
+    assert _merged(Count, parts, [0, 1, 2]).result() == sum(len(p) for p in parts)
+
+
+@SETTINGS
+@given(values_parts, st.integers(-500, 500), st.integers(0, 1000))
+def test_sum_merge_laws_with_clamp(parts: list[np.ndarray], low: int, width: int) -> None:
+    make = lambda: Sum(float(low), float(low + width))  # noqa: E731
+    _check_merge_laws(make, parts)
+    present = [x for p in parts for x in p.tolist() if x == x]
+    expected = sum(min(max(x, low), low + width) for x in present)
+    acc = _merged(make, parts, [2, 0, 1])
+    assert acc.result() == expected
+    assert acc.n == len(present)
+
+
+@SETTINGS
+@given(values_parts, st.integers(-500, 500), st.integers(0, 1000))
+def test_mean_merge_laws(parts: list[np.ndarray], low: int, width: int) -> None:
+    high = low + width
+    make = lambda: Mean(float(low), float(high))  # noqa: E731
+    _check_merge_laws(make, parts)
+    present = [min(max(x, low), high) for p in parts for x in p.tolist() if x == x]
+    acc = _merged(make, parts, [1, 2, 0])
+    if present:
+        assert acc.result() == pytest.approx(sum(present) / len(present))
+        assert low <= acc.result() <= high
+    else:
+        assert acc.result() == 0.0
+
+
+@SETTINGS
+@given(
+    values_parts,
+    st.lists(st.integers(-2000, 2000), min_size=1, max_size=6, unique=True).map(
+        lambda xs: tuple(float(x) for x in sorted(xs))
+    ),
+)
+def test_histogram_merge_laws(parts: list[np.ndarray], edges: tuple[float, ...]) -> None:
+    make = lambda: Histogram(edges)  # noqa: E731
+    _check_merge_laws(make, parts)
+    counts = _merged(make, parts, [0, 2, 1]).result()
+    present = [x for p in parts for x in p.tolist() if x == x]
+    assert len(counts) == len(edges) + 1
+    assert sum(counts) == len(present)
+    # Band b holds edges[b-1] <= x < edges[b] (open ends).
+    bounds = (float("-inf"), *edges, float("inf"))
+    for b, c in enumerate(counts):
+        assert c == sum(1 for x in present if bounds[b] <= x < bounds[b + 1])
+
+
+def test_float_sum_merge_is_close_for_arbitrary_floats() -> None:
+    """With non-integer values the association changes rounding only."""
+    rng = np.random.default_rng(7)
+    parts = [rng.normal(0, 1e3, size=500) for _ in range(3)]
+    a = _merged(lambda: Sum(-1e3, 1e3), parts, [0, 1, 2]).result()
+    b = _merged_right(lambda: Sum(-1e3, 1e3), parts).result()
+    c = _from(lambda: Sum(-1e3, 1e3), np.concatenate(parts)).result()
+    assert a == pytest.approx(b, rel=1e-9, abs=1e-6)
+    assert a == pytest.approx(c, rel=1e-9, abs=1e-6)
