@@ -108,6 +108,7 @@ class _Progress:
         self._task: Any = None
         if not enabled:
             return
+        from rich.console import Console
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
@@ -124,6 +125,7 @@ class _Progress:
             TextColumn("{task.fields[rate]:>10} ev/s"),
             TimeElapsedColumn(),
             TimeRemainingColumn(),
+            console=Console(stderr=True),  # stdout stays free for the caller's output
             transient=False,
         )
         self._task = self._bar.add_task("produce", total=total, rate="-")

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from anonstream_load.runners.common import parse_args, report
+from .common import parse_args, report
 
 MAX_RECORDS = 100_000
 COMMIT_EVERY_S = 1.0
@@ -54,7 +54,7 @@ async def consume(bootstrap: str, topic: str, group: str) -> tuple[int, float | 
                 if first is None:
                     first = time.time()
                 for record in records:
-                    loads(record.value)  # type: ignore[arg-type]
+                    loads(record.value)
                 count += len(records)
                 end = remaining.get(tp)
                 if end is not None and records[-1].offset + 1 >= end:

@@ -111,7 +111,7 @@ def vm_hwm_kib() -> int | None:
 
 
 def report(runner: str, count: int, first_event: float | None, **extra: Any) -> None:
-    """Print the one JSON result line on stdout (and flush it: callers may ``os._exit``).
+    """Write the one JSON result line to stdout, unbuffered (callers may ``os._exit``).
 
     ``t_*`` are wall-clock epoch seconds; ``vm_hwm_kib`` is the exact peak RSS of this
     process; ``ru_maxrss_kib`` may include the parent's RSS at spawn time (vfork + exec
@@ -130,5 +130,6 @@ def report(runner: str, count: int, first_event: float | None, **extra: Any) -> 
         "pid": os.getpid(),
         **extra,
     }
-    sys.stdout.write(json.dumps(line) + "\n")
+    # Straight to file descriptor 1: some frameworks (Faust) redirect sys.stdout to logging.
     sys.stdout.flush()
+    os.write(1, ("\n" + json.dumps(line) + "\n").encode())

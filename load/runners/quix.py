@@ -23,7 +23,7 @@ from typing import Any
 from quixstreams import Application
 from quixstreams.models import TimestampType
 
-from anonstream_load.runners.common import event_time_ms, parse_args, report, scrub
+from .common import event_time_ms, parse_args, report, scrub
 
 
 def run(bootstrap: str, topic_name: str, group: str, target: int, state_dir: str) -> dict[str, Any]:

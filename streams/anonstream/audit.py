@@ -75,6 +75,8 @@ _BAND_RE = re.compile(rf"[\[(](?:-inf|{_NUM}),(?:inf|{_NUM})\)")
 _HEX_TOKEN_RE = re.compile(r"(?<![0-9A-Za-z])[0-9a-fA-F]{16,}(?![0-9A-Za-z])")
 _B64_RUN_RE = re.compile(r"[A-Za-z0-9+/=_\-]{16,}")
 _B64_SPLIT_RE = re.compile(r"[+/=_\-]")
+# Counters of a summary that may legitimately differ when a window is re-sent after a restart.
+_OPERATIONAL = frozenset({"late_events", "rejected_events"})
 _PLACEHOLDERS = {
     "<email>": "an email address",
     "<ip>": "an IP address",
@@ -370,7 +372,7 @@ class _Auditor:
         self.k = k
         self.assume_totals = assume_totals
         self.report = AuditReport()
-        self.first: dict[str, tuple[bytes, int | None]] = {}
+        self.first: dict[str, tuple[bytes, int | None, bytes]] = {}
         self.cells: dict[WindowKey, list[_Cell]] = defaultdict(list)
         self.summaries: dict[WindowKey, list[_Summary]] = defaultdict(list)
         self.noise_decls: dict[WindowKey, dict[str, tuple[str, int | None]]] = defaultdict(dict)
@@ -390,6 +392,7 @@ class _Auditor:
         rid = raw_rid if isinstance(raw_rid, str) else None
         shown = _safe(rid) if rid is not None else None
         digest = _digest(rec)
+        core = _digest({k: v for k, v in rec.items() if k not in _OPERATIONAL})
         earlier = self.first.get(rid) if rid is not None else None
         if earlier is not None and earlier[0] == digest:
             self.report.duplicate_deliveries += 1
@@ -403,16 +406,25 @@ class _Auditor:
         for msg in schema_errors:
             self.find(shown, line, "schema", msg)
         self._identifiers(rec, shown, line)
+        self._k_rule(rec, shown, line)
         if earlier is not None:
             at = f"line {earlier[1]}" if earlier[1] is not None else "an earlier record"
+            if kind == "window_summary" and earlier[2] == core:
+                self.find(
+                    shown, line, "duplicate",
+                    f"re-sent summary of {at} with other late/rejected counts (operational "
+                    "counters, no privacy impact)",
+                    "warning",
+                )  # fmt: skip
+                return
             self.find(
                 shown, line, "duplicate",
-                f"same release_id as {at} with different content: consumers keep the first "
-                "and silently drop this one",
+                f"same release_id as {at} with different content: two values for one "
+                "release; consumers keep the first and silently drop this one",
             )  # fmt: skip
             return
         if rid is not None:
-            self.first[rid] = (digest, line)
+            self.first[rid] = (digest, line, core)
         if schema_errors or rid is None:
             return  # the cross-record checks need well-formed fields
         if kind == "aggregate":
@@ -429,6 +441,32 @@ class _Auditor:
                 what = " and ".join(dict.fromkeys(reasons))
                 self.find(shown, line, "identifier", f"{_path(path)}: {what} in {_mask(s)!r}")
 
+    def _k_rule(self, rec: dict[str, Any], shown: str | None, line: int | None) -> None:
+        """Tolerates malformed records: being off-contract must not hide a small cell."""
+        rec_k = _num(rec.get("k"))
+        if rec_k is None:
+            return
+        kind = rec.get("kind")
+        if self.k is not None and rec_k < self.k:
+            what = "window k" if kind == "window_summary" else "record k"
+            self.find(shown, line, "k", f"{what} {rec_k} < required k {self.k}")
+        metrics = rec.get("metrics")
+        users = _num(metrics.get("users")) if isinstance(metrics, dict) else None
+        threshold = max(rec_k, self.k or 0)
+        if kind != "aggregate" or users is None or users >= threshold:
+            return
+        noise, dims = rec.get("noise"), rec.get("dims")
+        if isinstance(noise, dict):
+            self.find(
+                shown, line, "k",
+                f"noisy users {users} < k {threshold} ({_safe(noise.get('mechanism'))} noise, "
+                f"epsilon {_safe(noise.get('epsilon'))}): the exact count may still be >= k",
+                "warning",
+            )  # fmt: skip
+        else:
+            cell = f" in {_fmt_dims(dims)}" if isinstance(dims, dict) else ""
+            self.find(shown, line, "k", f"users {users} < k {threshold}{cell}")
+
     def _aggregate(self, rec: dict[str, Any], rid: str, line: int | None) -> None:
         metrics: dict[str, Any] = rec["metrics"]
         dims: dict[str, str] = rec["dims"]
@@ -438,19 +476,6 @@ class _Auditor:
             rec["pipeline"], rec["pipeline_version"], rec["output"],
             rec["window_start"], rec["window_end"],
         )  # fmt: skip
-        threshold = max(rec_k, self.k or 0)
-        if self.k is not None and rec_k < self.k:
-            self.find(rid, line, "k", f"record k {rec_k} < required k {self.k}")
-        if users < threshold:
-            if noise is None:
-                self.find(rid, line, "k", f"users {users} < k {threshold} in {_fmt_dims(dims)}")
-            else:
-                self.find(
-                    rid, line, "k",
-                    f"noisy users {users} < k {threshold} ({noise['mechanism']} noise, "
-                    f"epsilon {noise['epsilon']}): the exact count may still be >= k",
-                    "warning",
-                )  # fmt: skip
         if noise is None:
             if events < users:
                 self.find(rid, line, "sanity", f"events {events} < users {users} (exact counts)")
@@ -469,10 +494,9 @@ class _Auditor:
             self.noise_decls[key].setdefault(decl, (rid, line))
         if noise is None:
             self.noise_decls[key].setdefault("null", (rid, line))
-        values = list(dims.values())
-        trailing = len(values) - len(list(itertools.dropwhile(lambda v: v != STAR, values)))
-        stars = sum(v == STAR for v in values)
-        if stars != len(values) - trailing or stars != rec["rollup_level"]:
+        values, level = list(dims.values()), rec["rollup_level"]
+        fixed, rolled = values[: len(values) - level], values[len(values) - level :]
+        if level > len(values) or STAR in fixed or any(v != STAR for v in rolled):
             self.find(
                 rid, line, "sanity",
                 f"rollup_level {rec['rollup_level']} but dims {_fmt_dims(dims)}: \"*\" must be "
@@ -486,8 +510,6 @@ class _Auditor:
             rec["pipeline"], rec["pipeline_version"], rec["output"],
             rec["window_start"], rec["window_end"],
         )  # fmt: skip
-        if self.k is not None and rec["k"] < self.k:
-            self.find(rid, line, "k", f"window k {rec['k']} < required k {self.k}")
         self._window_order(rec, rid, line)
         self.summaries[key].append(_Summary(rid, line, rec["cells_released"], rec["k"]))
 
@@ -759,22 +781,25 @@ async def audit_topic(
     )  # fmt: skip
     await consumer.start()
     try:
+        # Checked before subscribing: a subscription to a missing topic may auto-create it.
         if topic not in await consumer.topics():
             raise LookupError(f"topic {topic!r} does not exist")
-        partitions = sorted(consumer.partitions_for_topic(topic) or ())
-        tps = [TopicPartition(topic, p) for p in partitions]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-        end = await consumer.end_offsets(tps)
+        consumer.subscribe([topic])
         deadline = time.monotonic() + timeout
+        end: dict[TopicPartition, int] | None = None
         last_message = time.monotonic()
         while True:
-            if all([await consumer.position(tp) >= end[tp] for tp in tps]):
-                break
-            now = time.monotonic()
-            if now - last_message >= IDLE_SECONDS:
-                break
-            if now >= deadline:
+            # Without a group every partition is assigned; the end offsets are taken once,
+            # so records released while the audit runs do not keep it going.
+            if end is None and consumer.assignment():
+                end = await consumer.end_offsets(list(consumer.assignment()))
+                last_message = time.monotonic()
+            if end is not None:
+                if all([await consumer.position(tp) >= off for tp, off in end.items()]):
+                    break
+                if time.monotonic() - last_message >= IDLE_SECONDS:
+                    break
+            if time.monotonic() >= deadline:
                 auditor.find(
                     None, None, "sanity",
                     f"stopped at the {timeout:g} s timeout before the end of the topic: the "

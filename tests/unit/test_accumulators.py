@@ -31,9 +31,9 @@ U64_MAX = 2**64 - 1
 SMALL_LIMIT = 64  # exact_limit small enough that the sketch path is reached cheaply
 
 # Parts of a stream: small value pools so that the parts overlap (duplicates across parts).
-units_part = st.lists(
-    st.one_of(st.integers(0, 50), st.integers(0, U64_MAX)), max_size=60
-).map(lambda xs: np.array(xs, dtype=np.uint64))
+units_part = st.lists(st.one_of(st.integers(0, 50), st.integers(0, U64_MAX)), max_size=60).map(
+    lambda xs: np.array(xs, dtype=np.uint64)
+)
 units_parts = st.lists(units_part, min_size=3, max_size=3)
 
 # Integer-valued floats (and NaN for absent values): float sums of them are exact, so the

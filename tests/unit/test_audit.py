@@ -401,3 +401,19 @@ def test_real_engine_output_passes() -> None:
     report = audit_records(records)
     assert report.aggregates > 0
     assert report.ok, report.render()
+
+
+def test_resent_summary_with_other_operational_counters_is_only_a_warning() -> None:
+    first = summary(1)
+    again = {**first, "late_events": 7}
+    report = audit_records([agg({"type": "a"}, 30, 12), first, again])
+    assert report.ok
+    assert rules(report, "warning") == {"duplicate"}
+    changed = {**first, "cells_suppressed": 2}
+    assert rules(audit_records([agg({"type": "a"}, 30, 12), first, changed])) == {"duplicate"}
+
+
+def test_k_is_checked_on_off_contract_records_too() -> None:
+    rec = agg({"type": "a"}, 30, 4)
+    rec["extra"] = True
+    assert rules(audit_records([rec, summary(1)])) >= {"schema", "k"}

@@ -131,6 +131,7 @@ def _assert_no_leak(ident: str, out: str, context: str = "") -> None:
         ("[2001:db8::1]", "2001:db8::/48"),
         ("fe80::1%eth0", "fe80::/48"),
         ("::ffff:203.0.113.77", "203.0.113.0/24"),
+        ("::ffff:cb00:714d", "203.0.113.0/24"),
         ("not an ip", None),
         ("", None),
         ("256.1.1.1", None),
@@ -150,6 +151,8 @@ def test_ip_prefix_other_lengths() -> None:
     assert ip_prefix("203.0.113.77", v4_bits=32) == "203.0.113.77/32"
     assert ip_prefix("2001:db8:abcd:12::5", v6_bits=32) == "2001:db8::/32"
     assert ip_prefix("::ffff:10.1.2.3", v4_bits=8) == "10.0.0.0/8"
+    assert ip_prefix("::1.2.3.4", v6_bits=128) == "::102:304/128"  # ipaddress spelling
+    assert ip_prefix("10.1.2.3", v4_bits=0) == "0.0.0.0/0"
     assert ip_prefix(None) is None  # type: ignore[arg-type]
     with pytest.raises(ValueError):
         ip_prefix("1.2.3.4", v4_bits=33)
@@ -177,6 +180,23 @@ def test_ip_prefix_v6_matches_ipaddress(ip: ipaddress.IPv6Address, bits: int) ->
         assert out == str(net)
         if bits <= 64 and ip != net.network_address:
             assert str(ip) not in out
+
+
+@PROPS
+@given(
+    st.lists(
+        st.sampled_from([0, 0, 0, 1, 0xFFFF]) | st.integers(0, 0xFFFF), min_size=8, max_size=8
+    ),
+    st.integers(0, 128),
+)
+def test_ip_prefix_v6_sparse_matches_ipaddress(hextets: list[int], bits: int) -> None:
+    """Zero-heavy addresses exercise "::" placement and the "::a.b.c.d" spellings."""
+    ip = ipaddress.IPv6Address(sum(h << (16 * (7 - i)) for i, h in enumerate(hextets)))
+    assume(ip.ipv4_mapped is None)
+    for spelling in (str(ip), ip.exploded):
+        assert ip_prefix(spelling, v6_bits=bits) == str(
+            ipaddress.ip_network((ip, bits), strict=False)
+        )
 
 
 @PROPS
@@ -280,6 +300,8 @@ UA_GEN = UserAgentGeneralizer(cache_size=100)
         ("https://x.com/h/2001:db8::1", "x.com/h/:ip"),
         ("https://x.com/p/call-555-123-4567", "x.com/p/:id"),
         ("https://x.com/p/ref-1234567", "x.com/p/:id"),
+        ("https://x.com/p/555-123-4567", "x.com/p/:id"),
+        ("https://x.com/v2/item-42", "x.com/v2/item-42"),
         ("https://x.com/how-to-bake-bread-in-10-minutes", "x.com/how-to-bake-bread-in-10-minutes"),
         ("https://x.com/iphone15-pro-max-review-2024", "x.com/iphone15-pro-max-review-2024"),
         ("https://x.com/p;jsessionid=ABC123DEF456/q", "x.com/p/q"),

@@ -322,9 +322,7 @@ def test_event_hasher_is_keyed() -> None:
     assert EventHasher(secret(), "web_activity")(eid) != EventHasher(secret(OTHER), "web_activity")(
         eid
     )
-    assert EventHasher(secret(), "web_activity")(eid) != EventHasher(secret(), "service_usage")(
-        eid
-    )
+    assert EventHasher(secret(), "web_activity")(eid) != EventHasher(secret(), "service_usage")(eid)
 
 
 def test_event_hasher_differs_between_ids_and_from_pseudonyms() -> None:

@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from anonstream.core.contract import SERVICE_USAGE, WEB_ACTIVITY
-from anonstream.core.decode import Decoded
+from anonstream.core.decode import Decoded, Rejection
 from anonstream.core.keys import ROTATION_MS, MasterSecret
 from anonstream.core.pipeline import (
     Pipeline,
@@ -322,17 +322,15 @@ def test_parse_duration_rejects(text: object) -> None:
         parse_duration_ms(text)
 
 
-# ----------------------------------------------------------------- bugs (see report) ---
+# ---------------------------------------------------------- regressions (found here) ---
 
 
-@pytest.mark.parametrize(
-    "clamp", [[0, math.inf], [math.nan, 10]], ids=str
-)
+@pytest.mark.parametrize("clamp", [[0, math.inf], [-math.inf, 0], [math.nan, 10]], ids=str)
 def test_measure_clamp_must_be_finite(clamp: list[float]) -> None:
     """A clamp is the per-event bound the noise is scaled by: NaN or infinite is no bound.
 
-    BUG: parse_pipeline accepts these (pipeline.py, the clamp check in _field_action only
-    tests `clamp[0] > clamp[1]`, which is False for NaN and fine for inf).
+    Regression: the clamp check only tested `clamp[0] > clamp[1]` (False for NaN, fine for
+    inf), so these loaded.
     """
     err = broken(
         web_doc(), _set("fields.duration_ms", {"measure": True, "clamp": clamp, "edges": [0, 1]})
@@ -340,38 +338,47 @@ def test_measure_clamp_must_be_finite(clamp: list[float]) -> None:
     assert err.path == "fields.duration_ms.clamp"
 
 
-def test_band_edges_must_be_finite() -> None:
-    """BUG: NaN edges pass the "strictly increasing" check (NaN comparisons are False), the
-    pipeline loads, and then every event carrying the field makes Policy.apply raise
-    ValueError("edges must be finite") from generalize.Bands: one field value stops the stream.
+@pytest.mark.parametrize("edges", [[0, math.nan, 10], [0, math.inf]], ids=str)
+def test_band_edges_must_be_finite(edges: list[float]) -> None:
+    """Regression: NaN edges passed the "strictly increasing" check (NaN comparisons are
+    False); the pipeline loaded and then every event carrying the field made Policy.apply
+    raise ValueError("edges must be finite") from generalize.Bands, stopping the stream.
     """
+    for action in ({"generalize": "band"}, {"measure": True, "clamp": [0, 10]}):
+        err = broken(web_doc(), _set("fields.duration_ms", {**action, "edges": edges}))
+        assert err.path == "fields.duration_ms.edges"
+
+
+def test_finite_band_edges_work_end_to_end() -> None:
     d = web_doc()
-    d["fields"]["duration_ms"] = {"generalize": "band", "edges": [0, math.nan, 10]}
+    d["fields"]["duration_ms"] = {"generalize": "band", "edges": [0, 1000, 10_000]}
     d["metrics"] = {}
     d["dimensions"].append("duration_ms")
-    try:
-        p = parse_pipeline(d, "x.yaml")
-    except PipelineError as err:
-        assert err.path == "fields.duration_ms.edges"
-        return
+    p = parse_pipeline(d, "x.yaml")
     event = {"event_id": "e1", "ts": 1_796_040_001_123, "type": "page_view",
-             "visitor_id": "v1", "duration_ms": 5}  # fmt: skip
-    policy = Policy(p, MasterSecret(b"s" * 32, "test"))
-    policy.apply(Decoded(event, 1_796_040_001_123, 0))  # raises ValueError today
-    pytest.fail("NaN band edges were accepted by parse_pipeline")
+             "visitor_id": "v1", "duration_ms": 5400}  # fmt: skip
+    rec = Policy(p, MasterSecret(b"s" * 32, "test")).apply(Decoded(event, 1_796_040_001_123, 0))
+    assert not isinstance(rec, Rejection)
+    assert rec.dims[-1] == "[1000,10000)"
 
 
-@pytest.mark.parametrize("field", ["url", "referrer"])
+@pytest.mark.parametrize("field", ["url", "referrer", "user_agent", "ip"])
 def test_text_generalizer_is_not_allowed_on_quasi_identifiers(field: str) -> None:
-    """`keep` is refused on quasi-identifiers, but `{generalize: text}` is accepted and
-    does the same thing (first 80 chars, scrubbed of digits/emails only).
+    """`keep` is refused on quasi-identifiers, and `{generalize: text}` is the same thing
+    (the first 80 chars, scrubbed).
 
-    BUG: with `url: {generalize: text}` the url dimension is the full URL with its query
-    string: "https://www.example.com/p?vid=3c17aaf75e39a197a463c91d04047b94&name=Jane+Doe"
-    is released as is (see test_policy.py::test_text_generalized_url_leaks_query).
+    Regression: it was accepted, and with `url: {generalize: text}` the url dimension was
+    the whole URL with its query string, e.g.
+    "https://www.example.com/p?vid=3c17aaf75e39a197a463c91d04047b94&name=Jane+Doe".
     """
     err = broken(web_doc(), _set(f"fields.{field}", {"generalize": "text"}))
     assert err.path == f"fields.{field}"
+
+
+def test_text_generalizer_is_allowed_on_safe_fields() -> None:
+    d = web_doc()
+    d["fields"]["campaign_id"] = {"generalize": "text"}
+    assert parse_pipeline(d, "x.yaml").fields["campaign_id"].generalizer == "text"
 
 
 # ---------------------------------------------------------------------- YAML and files ---
@@ -380,8 +387,7 @@ def test_text_generalizer_is_not_allowed_on_quasi_identifiers(field: str) -> Non
 def test_invalid_yaml_gives_line_number(tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(
-        "pipeline: web_activity\nversion: 1\nfields:\n  event_id: dedupe\n  ts: [window\n"
-        "k: 10\n",
+        "pipeline: web_activity\nversion: 1\nfields:\n  event_id: dedupe\n  ts: [window\nk: 10\n",
         encoding="utf-8",
     )
     with pytest.raises(PipelineError) as info:

@@ -184,9 +184,7 @@ def test_small_rest_is_suppressed_when_the_leftovers_stay_under_k() -> None:
     agg = aggregates(result)
     # Only /a: neither (page_view, *) nor (*, *) would reach k, and either would give /b
     # as a difference.
-    assert {key: numbers(rec) for key, rec in agg.items()} == {
-        ("page_view", url("/a")): (3, 3, 0)
-    }
+    assert {key: numbers(rec) for key, rec in agg.items()} == {("page_view", url("/a")): (3, 3, 0)}
     (summary,) = summaries(result)
     assert (summary["cells_released"], summary["cells_rolled_up"]) == (1, 0)
     assert summary["cells_suppressed"] == 1
@@ -367,8 +365,7 @@ def test_two_outputs_must_not_release_a_parent_and_its_child() -> None:
         diff_users = crec["metrics"]["users"] - sum(r["metrics"]["users"] for r in children)
         diff_events = crec["metrics"]["events"] - sum(r["metrics"]["events"] for r in children)
         assert diff_events == 0 or diff_users >= K, (
-            f"{ckey} minus its released children leaves {diff_events} events of "
-            f"{diff_users} people"
+            f"{ckey} minus its released children leaves {diff_events} events of {diff_users} people"
         )
 
 
@@ -384,6 +381,16 @@ def test_mean_of_a_measure_present_for_fewer_than_k_people() -> None:
     assert m["duration_ms_mean"] != 777.0 or m["duration_ms_sum"] != 777.0, (
         "sum/mean of a measure released although only 1 < k person has a value"
     )
+
+
+def test_histogram_band_of_fewer_than_k_people() -> None:
+    """Bands are merged until each holds k people, but when the people with a value never
+    reach k the whole range is released anyway, as one band of 1 person."""
+    p = make_pipeline(metrics={"histograms": ["duration_ms"]})
+    events = [*users("a", 2, "page_view", "/a"), event("only", "page_view", "/a", duration_ms=7)]
+    m = aggregates(run(p, events))[("page_view", url("/a"))]["metrics"]
+    assert m["users"] == 3
+    assert m["duration_ms_histogram"] is None, "a histogram band holds fewer than k people"
 
 
 def test_raw_dimension_value_star_is_not_a_rollup() -> None:

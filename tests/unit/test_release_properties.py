@@ -221,7 +221,8 @@ def test_every_release_has_k_people_in_the_input(
         level = rec["rollup_level"]
         assert [v == STAR for v in (want_type, want_url)] == [False] * (2 - level) + [True] * level
         assert rec["k"] == k
-        for band, count in m["duration_ms_histogram"].items():
+        # Withheld (None) when fewer than k people in the cell have a duration.
+        for band, count in (m["duration_ms_histogram"] or {}).items():
             assert band.startswith("[") and band.endswith(")") and count > 0
 
 
@@ -234,7 +235,7 @@ def test_releases_equal_the_reference_rollup(events: list[dict[str, Any]], k: in
         # Released cells are disjoint sets of events: a rest ("*") holds only what was not
         # released at a finer level, so no pair of released numbers differs by a small group.
         m = rec["metrics"]
-        assert 0 <= m["duration_ms_mean"] <= 1000
+        assert m["duration_ms_mean"] is None or 0 <= m["duration_ms_mean"] <= 1000
 
 
 # -- (b) accounting --------------------------------------------------------------------------
@@ -347,9 +348,7 @@ def _with_a_released_cell(events: list[dict[str, Any]], k: int) -> list[dict[str
 
 @settings(deadline=None, max_examples=40)
 @given(event_sets(), st.integers(2, 6))
-def test_default_noise_is_deterministic_per_release(
-    events: list[dict[str, Any]], k: int
-) -> None:
+def test_default_noise_is_deterministic_per_release(events: list[dict[str, Any]], k: int) -> None:
     events = _with_a_released_cell(events, k)
     p = make_pipeline(k, 2, 2, noise=NOISE)
     a, b = run(p, events), run(p, list(reversed(events)), batch=3)

@@ -22,7 +22,7 @@ SECRET = load_secret({"ANONSTREAM_SECRET": "x" * 32})
 HOST = "https://shop.example.com"
 
 
-def make_pipeline(lateness: str = "2m") -> Any:
+def make_pipeline(lateness: str = "2m", size: str = "1h", step: str | None = None) -> Any:
     return parse_pipeline(
         {
             "pipeline": "replayed",
@@ -44,7 +44,7 @@ def make_pipeline(lateness: str = "2m") -> Any:
                 "campaign_id": "drop",
                 "duration_ms": "drop",
             },
-            "window": {"size": "1h", "allowed_lateness": lateness},
+            "window": {"size": size, "step": step or size, "allowed_lateness": lateness},
             "dimensions": ["type", "url"],
             "k": K,
         },
@@ -52,8 +52,8 @@ def make_pipeline(lateness: str = "2m") -> Any:
     )
 
 
-def engine(lateness: str = "2m") -> PipelineEngine:
-    return PipelineEngine(make_pipeline(lateness), SECRET, clock_ms=lambda: T0 + DAY)
+def engine(lateness: str = "2m", **window: str) -> PipelineEngine:
+    return PipelineEngine(make_pipeline(lateness, **window), SECRET, clock_ms=lambda: T0 + DAY)
 
 
 def line(event_id: str, user: str, ts: int, path: str = "/a", typ: str = "page_view") -> bytes:
@@ -163,18 +163,31 @@ def test_within_allowed_lateness_is_not_late() -> None:
 
 def test_old_event_for_a_window_that_never_had_events_is_late() -> None:
     """Once the watermark has passed the end of a window, an event for it is late, whether
-    or not that window had earlier events. Otherwise, acceptance of an old event depends on
-    how the input was batched (here: one batch accepts all three old events and releases
-    their window, batches of one accept only the first)."""
+    or not that window had events before. Today the first such event opens the window, which
+    is then released at once holding that one event (a window summary for an hour that was
+    already over), and only the events after it count as late."""
     ahead = [line(f"b{i}", f"w{i}", T0 + 5 * HOUR + i) for i in range(K)]
     old = [line(f"o{i}", f"old{i}", T0 + 1000 + i) for i in range(K)]
-    results = {}
-    for batch_size in (1, 1000):
-        out = Collect()
-        report = replay(engine("0s"), [*ahead, *old], out.sink, batch_size=batch_size)
-        results[batch_size] = (report.late, sorted(r["window_start"] for r in out.aggregates))
-    assert results[1] == results[1000]
-    assert results[1] == (K, [rfc3339(T0 + 5 * HOUR)])
+    out = Collect()
+    report = replay(engine("0s"), [*ahead, *old], out.sink, batch_size=1)
+    assert [s["window_start"] for s in out.summaries] == [rfc3339(T0 + 5 * HOUR)]
+    assert report.late == K
+
+
+def test_late_event_in_hopping_windows_is_counted_once() -> None:
+    """With 2h windows every hour an event belongs to two windows; one late event is one late
+    event (the report and the window summary say "late events"), not one per window."""
+    first = [line(f"a{i}", f"u{i}", T0 + 10 + i) for i in range(K)]
+    ahead = [line("b", "w", T0 + 6 * HOUR)]
+    late = line("late", "latecomer", T0 + 20)  # in windows [T0-1h, T0+1h) and [T0, T0+2h)
+    out = Collect()
+    eng = engine("0s", size="2h", step="1h")
+    report = replay(eng, [*first, *ahead, late], out.sink, batch_size=1)
+    # Both windows of the first events were released before the late one came.
+    assert sorted(r["window_start"] for r in out.aggregates) == [rfc3339(T0 - HOUR), rfc3339(T0)]
+    assert all(r["metrics"]["users"] == K for r in out.aggregates)
+    assert report.late == 1
+    assert sum(s["late_events"] for s in out.summaries) == 1
 
 
 def test_replay_file(tmp_path: Path) -> None:

@@ -160,9 +160,7 @@ def test_all_idle_false_without_timeout_or_true_when_empty(idle: int) -> None:
 
 @SETTINGS
 @given(
-    st.lists(
-        st.tuples(st.integers(0, 3), st.integers(0, 10 * HOUR)), min_size=1, max_size=40
-    ),
+    st.lists(st.tuples(st.integers(0, 3), st.integers(0, 10 * HOUR)), min_size=1, max_size=40),
     st.integers(0, HOUR),
 )
 def test_watermark_is_monotone_and_a_min_of_maxima(

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
@@ -43,6 +43,8 @@ DEFAULT_MAX_DEPTH = 4
 DEFAULT_MAX_FUTURE_MS = 24 * 3600 * 1000
 # Epoch ms before 2000-01-01 is almost surely seconds or garbage, not a real event time.
 MIN_TS_MS = 946_684_800_000
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+_ONE_MS = timedelta(milliseconds=1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,10 +71,13 @@ def parse_ts(value: object) -> int | None:
         try:
             dt = datetime.fromisoformat(value)
         except ValueError:
-            return None
+            try:  # RFC 3339 allows lowercase t and z
+                dt = datetime.fromisoformat(value.upper())
+            except ValueError:
+                return None
         if dt.tzinfo is None or value[10] not in "Tt ":
             return None
-        return int(dt.timestamp() * 1000)
+        return (dt - _EPOCH) // _ONE_MS  # exact: float seconds * 1000 can lose a ms
     return None
 
 
@@ -122,6 +127,9 @@ class Decoder:
         self._specs = {f.name: f for f in contract.fields}
         self._required = tuple(f.name for f in contract.fields if f.required)
         self._objects = {f.name: {c.name: c for c in f.children} for f in contract.fields if f.children}
+
+    def now_ms(self) -> int:
+        return self._clock_ms()
 
     def decode(self, raw: bytes) -> Decoded | Rejection:
         if len(raw) > self.max_bytes:

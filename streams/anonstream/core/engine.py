@@ -16,8 +16,10 @@ from typing import Any
 
 import mmh3
 import numpy as np
+import numpy.typing as npt
 
 from anonstream.core.cellstate import Rows, WindowState
+from anonstream.core.columns import ColumnPolicy, Columns
 from anonstream.core.decode import Decoded, Decoder, Rejection
 from anonstream.core.keys import MasterSecret
 from anonstream.core.pipeline import Pipeline
@@ -80,6 +82,7 @@ class PipelineEngine:
         self.clock_ms = clock_ms
         self.decoder = Decoder(pipeline.contract, clock_ms=clock_ms, **(decoder_options or {}))
         self.policy = Policy(pipeline, secret)
+        self.columns = ColumnPolicy(self.decoder, self.policy)
         self.releaser = Releaser(pipeline, secret.derive(f"noise/{pipeline.name}"), rng_factory)
         self.watermark = Watermark(pipeline.window.allowed_lateness_ms, idle_close_ms)
         self.idle_close_ms = idle_close_ms
@@ -104,99 +107,103 @@ class PipelineEngine:
         """Process one batch fully: every message is accepted, rejected or late, and
         windows the watermark passed are released."""
         result = StepResult()
-        records: list[PolicyRecord] = []
-        parts: list[Hashable] = []
-        offsets: list[int] = []
-        replayed: list[bool] = []
-        decode, apply = self.decoder.decode, self.policy.apply
-        resume = self._resume_next
-        next_offset = self._next_offset
+        n = len(messages)
+        if not n:
+            result.extend(self._close_until(self.watermark.current(self.clock_ms())))
+            return result
+        part_ids: dict[Hashable, int] = {}
+        pidx = np.fromiter(
+            (part_ids.setdefault(m.partition, len(part_ids)) for m in messages),
+            dtype=np.int64, count=n,
+        )  # fmt: skip
+        part_of = list(part_ids)
+        offs = np.fromiter((m.offset for m in messages), dtype=np.int64, count=n)
+        again = np.zeros(n, dtype=bool)
+        if self._resume_next:
+            resume = np.array([self._resume_next.get(p, -1) for p in part_of], dtype=np.int64)
+            again = offs < resume[pidx]
+        for i, part in enumerate(part_of):
+            top = int(offs[pidx == i].max()) + 1
+            if top > self._next_offset.get(part, -1):
+                self._next_offset[part] = top
+
+        cols, flagged = self.columns.run([m.value for m in messages])
+        slow_index: list[int] = []
+        slow_records: list[PolicyRecord] = []
         unknown = 0
-        for msg in messages:
-            again = bool(resume) and msg.offset < resume.get(msg.partition, -1)
-            if msg.offset >= next_offset.get(msg.partition, -1):
-                next_offset[msg.partition] = msg.offset + 1
-            d = decode(msg.value)
+        for i in flagged:
+            msg = messages[i]
+            d = self.decoder.decode(msg.value)
             if type(d) is Decoded:
                 unknown += d.unknown_fields
-                r = apply(d)
+                r = self.policy.apply(d)
                 if type(r) is PolicyRecord:
-                    records.append(r)
-                    parts.append(msg.partition)
-                    offsets.append(msg.offset)
-                    replayed.append(again)
+                    slow_index.append(i)
+                    slow_records.append(r)
                     continue
                 d = r
             assert isinstance(d, Rejection)
-            if again:
-                continue
+            if again[i]:
+                continue  # dead-lettered before the restart
             self.rejections[d.reason] += 1
             self._rejected_pending[msg.partition] += 1
             result.dead_letters.append(
                 DeadLetter(msg.value, d.reason, d.field, msg.partition, msg.offset)
             )
-        self.counters["events_in"] += len(messages)
-        self.counters["accepted"] += len(records)
-        self.counters["rejected"] += len(messages) - len(records)
+        if slow_records:
+            slow = Columns.from_records(slow_index, slow_records, self._n_measures, unknown)
+            cols = Columns.concat(cols, slow)
+        self.counters["events_in"] += n
+        self.counters["accepted"] += len(cols)
+        self.counters["rejected"] += n - len(cols)
         self.counters["unknown_fields_dropped"] += unknown
         now = self.clock_ms()
-        if records:
-            self._add(records, parts, offsets, replayed)
-            per_part: dict[Hashable, int] = {}
-            for part, rec in zip(parts, records, strict=True):
-                if rec.ts_ms > per_part.get(part, NEG_INF):
-                    per_part[part] = rec.ts_ms
-            for part, ts in per_part.items():
-                self.watermark.observe(part, ts, now)
+        if len(cols):
+            cpidx = pidx[cols.index]
+            self._add(cols, cpidx, offs[cols.index], again[cols.index], part_of)
+            for i in np.unique(cpidx).tolist():
+                self.watermark.observe(part_of[i], int(cols.ts[cpidx == i].max()), now)
         result.extend(self._close_until(self.watermark.current(now)))
         return result
 
     def _add(
         self,
-        records: list[PolicyRecord],
-        parts: list[Hashable],
-        offsets: list[int],
-        replayed: list[bool],
+        cols: Columns,
+        pidx: npt.NDArray[np.int64],
+        offs: npt.NDArray[np.int64],
+        again: npt.NDArray[np.bool_],
+        part_of: list[Hashable],
     ) -> None:
         spec = self.pipeline.window
-        n = len(records)
-        part_ids = {p: i for i, p in enumerate(dict.fromkeys(parts))}
-        part_of = list(part_ids)
-        pidx = np.fromiter((part_ids[p] for p in parts), dtype=np.int64, count=n)
-        offs = np.array(offsets, dtype=np.int64)
-        again = np.array(replayed, dtype=bool)
-        ts = np.fromiter((r.ts_ms for r in records), dtype=np.int64, count=n)
-        unit = np.fromiter((r.unit for r in records), dtype=np.uint64, count=n)
-        event = np.fromiter((r.event_hash for r in records), dtype=np.uint64, count=n)
         cells_map = self._cells
         if len(cells_map) > 500_000:  # bound memory; windows keep their own cell names
             cells_map.clear()
             self._cell_dims.clear()
-        cell_list = []
-        for r in records:
-            c = cells_map.get(r.dims)
-            if c is None:
-                c = mmh3.hash64("\x1f".join(r.dims), signed=False)[0]
-                cells_map[r.dims] = c
-                self._cell_dims[c] = r.dims
-            cell_list.append(c)
+        cell_list = list(map(cells_map.get, cols.dims))
+        if None in cell_list:
+            for j, c in enumerate(cell_list):
+                if c is None:
+                    dims = cols.dims[j]
+                    c = cells_map.get(dims)
+                    if c is None:
+                        c = mmh3.hash64("\x1f".join(dims), signed=False)[0]
+                        cells_map[dims] = c
+                        self._cell_dims[c] = dims
+                    cell_list[j] = c
         cell = np.array(cell_list, dtype=np.uint64)
-        if self._n_measures:
-            measures = np.array([r.measures for r in records], dtype=np.float64)
-        else:
-            measures = np.empty((n, 0), dtype=np.float64)
-        starts = window_starts_array(spec, ts)
+        starts = window_starts_array(spec, cols.ts)
+        # An event is late once, however many of its (hopping) windows are already closed.
+        late = (starts[:, 0] + spec.size_ms <= self.closed_until) & ~again
+        if late.any():
+            self.counters["late"] += int(late.sum())
+            for i in np.unique(pidx[late]).tolist():
+                self._late_pending[part_of[i]] += int((late & (pidx == i)).sum())
         for j in range(starts.shape[1]):
             col = starts[:, j]
             for start in np.unique(col).tolist():
                 sel = col == start
                 end = start + spec.size_ms
                 if end <= self.closed_until:
-                    late = sel & ~again
-                    if late.any():
-                        self.counters["late"] += int(late.sum())
-                        for i in np.unique(pidx[late]).tolist():
-                            self._late_pending[part_of[i]] += int((late & (pidx == i)).sum())
                     continue
                 w = self.windows.get(start)
                 if w is None:
@@ -209,7 +216,7 @@ class PipelineEngine:
                     prev = w.first_offsets.get(part_of[i])
                     if prev is None or first < prev:
                         w.first_offsets[part_of[i]] = first
-                rows = Rows(cell[sel], unit[sel], event[sel], measures[sel])
+                rows = Rows(cell[sel], cols.unit[sel], cols.event[sel], cols.measures[sel])
                 for c in np.unique(rows.cell).tolist():
                     if c not in w.cells:
                         w.cells[c] = self._cell_dims[c]
@@ -244,6 +251,8 @@ class PipelineEngine:
             del self.windows[start]
             result.extend(self._release(w))
             self.closed_until = max(self.closed_until, w.end_ms)
+        # Windows that never had an event are closed too: a straggler for one is late.
+        self.closed_until = max(self.closed_until, watermark)
         return result
 
     def _release(self, w: WindowState) -> StepResult:

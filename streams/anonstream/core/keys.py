@@ -16,6 +16,8 @@ import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import mmh3
+
 SECRET_ENV = "ANONSTREAM_SECRET"
 SECRET_FILE_ENV = "ANONSTREAM_SECRET_FILE"
 MIN_SECRET_BYTES = 16
@@ -127,11 +129,16 @@ class Pseudonymizer:
 
 
 class EventHasher:
-    """Keyed 64-bit hash of event ids, for duplicate detection without storing the ids."""
+    """Seeded 64-bit hash of event ids, for duplicate detection and for choosing which
+    events of a heavy contributor count, without storing the ids.
+
+    Event ids are not personal data, and these hashes never leave the process, so the fast
+    non-cryptographic mmh3 is enough here; the seed comes from the secret so that nobody
+    can craft ids that win the choice.
+    """
 
     def __init__(self, secret: MasterSecret, pipeline: str) -> None:
-        self._key = secret.derive(f"event-id/{pipeline}")
+        self._seed = int.from_bytes(secret.derive(f"event-id/{pipeline}")[:4], "little")
 
     def __call__(self, event_id: str) -> int:
-        d = hashlib.blake2b(event_id.encode(), key=self._key, digest_size=8).digest()
-        return int.from_bytes(d, "little")
+        return int(mmh3.hash64(event_id, self._seed, signed=False)[0])

@@ -8,6 +8,7 @@ path and the reason.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -205,6 +206,9 @@ def _field_action(r: _Reader, spec: FieldSpec, raw: object, path: str) -> FieldA
         g = params.pop("generalizer")
         if g not in GENERALIZERS:
             raise r.fail(path, f"unknown generalizer {g!r}; expected one of {GENERALIZERS}")
+        if g == "text" and spec.sensitivity is not Sensitivity.SAFE:
+            raise r.fail(path, "free-text scrubbing is not generalization enough for a "
+                         f"{spec.sensitivity.value} field; use its own generalizer")
         if g == "band" and spec.type is not FieldType.INT:
             raise r.fail(path, "band generalizes numeric fields only")
         kw["generalizer"] = g
@@ -221,6 +225,7 @@ def _field_action(r: _Reader, spec: FieldSpec, raw: object, path: str) -> FieldA
             not isinstance(edges, list)
             or len(edges) < 1
             or not all(isinstance(e, int | float) for e in edges)
+            or not all(math.isfinite(e) for e in edges)
             or any(a >= b for a, b in zip(edges, edges[1:], strict=False))
         ):
             raise r.fail(f"{path}.edges", "expected a strictly increasing list of numbers")
@@ -232,7 +237,7 @@ def _field_action(r: _Reader, spec: FieldSpec, raw: object, path: str) -> FieldA
         if (
             not isinstance(clamp, list)
             or len(clamp) != 2
-            or not all(isinstance(c, int | float) for c in clamp)
+            or not all(isinstance(c, int | float) and math.isfinite(c) for c in clamp)
             or clamp[0] > clamp[1]
         ):
             raise r.fail(
@@ -387,6 +392,13 @@ def parse_pipeline(doc: object, source: str = "<memory>") -> Pipeline:
         outputs.append(Output(oname, str(topic), odims, ok, onoise))
     if len({o.name for o in outputs}) != len(outputs):
         raise r.fail("outputs", "output names must be unique")
+    for i, o in enumerate(outputs[1:], start=1):
+        # Secondary outputs are built from the primary's released cells (see release.py).
+        if not set(o.dimensions) <= set(outputs[0].dimensions):
+            raise r.fail(
+                f"outputs[{i}].dimensions",
+                f"must be a subset of the first output's dimensions {list(outputs[0].dimensions)}",
+            )
 
     return Pipeline(
         name=name,

@@ -21,7 +21,8 @@ from anonstream.core.generalize import (
 )
 from anonstream.core.keys import EventHasher, MasterSecret, Pseudonymizer
 from anonstream.core.pipeline import FieldAction, Pipeline
-from anonstream.core.scrub import scrub_text
+from anonstream.core.records import STAR
+from anonstream.core.scrub import scrub_identifiers
 
 NONE = "(none)"  # dimension value of an absent optional field
 NO_PRIVACY_UNIT = "no_privacy_unit"
@@ -51,12 +52,27 @@ def _bounded_cache(fn: Callable[[str], str], size: int = 50_000) -> Callable[[st
     return cached
 
 
-def _keep(value: str) -> str:
-    return scrub_text(value[:MAX_KEPT_LEN])
+def scrub_kept(value: str) -> str:
+    """Scrub first, then cut: cutting first could split an email and keep its local part."""
+    return scrub_identifiers(value)[:MAX_KEPT_LEN]
+
+
+_keep = scrub_kept
 
 
 def _dimension_fn(fa: FieldAction, ua: UserAgentGeneralizer) -> Callable[[object], str]:
-    """A function from the raw field value to its released dimension value."""
+    """A function from the raw field value to its released dimension value; a value that
+    reads like the roll-up marker "*" is escaped so it can never pose as a roll-up."""
+    fn = _generalizer_fn(fa, ua)
+
+    def dimension(v: object) -> str:
+        out = fn(v)
+        return "(*)" if out == STAR else out
+
+    return dimension
+
+
+def _generalizer_fn(fa: FieldAction, ua: UserAgentGeneralizer) -> Callable[[object], str]:
     if fa.action == "keep":
         keep = _bounded_cache(_keep)
         return lambda v: keep(v) if isinstance(v, str) else NONE
@@ -94,9 +110,10 @@ class Policy:
         self.event_hash = EventHasher(secret, pipeline.name)
         ua = UserAgentGeneralizer()
         self._unit_fields = pipeline.privacy_unit
-        self._dims = tuple(
+        self.dim_functions = tuple(
             (name, _dimension_fn(pipeline.fields[name], ua)) for name in pipeline.dimensions
         )
+        self._dims = self.dim_functions
         self._measures = pipeline.measures
 
     def apply(self, d: Decoded) -> PolicyRecord | Rejection:

@@ -113,22 +113,47 @@ class Releaser:
         return np.random.default_rng(int.from_bytes(seed, "little"))
 
     def release(self, state: WindowState) -> list[OutputRelease]:
+        """Release every output of the pipeline for one closed window.
+
+        The first output is the primary: it sees every (bounded) row. Each other output
+        sees only the rows the primary released in a cell that names a value for every one
+        of its dimensions, so each of its cells is a sum of primary cells already released
+        on their own, and subtracting one output from another reveals nothing new.
+        """
         rows = state.compact()
-        bounded, over_cells = bound_cells_per_unit(rows, self.p.contribution.max_cells_per_unit_per_window)
-        results = []
-        for out in self.p.outputs:
-            res = self._release_output(state, bounded, out)
-            acc = res.accounting
-            acc.rows_in = state.rows_in
-            acc.duplicates = state.duplicates
-            acc.over_event_limit = state.over_limit
-            acc.over_cell_limit = over_cells
+        bounded, over_cells = bound_cells_per_unit(
+            rows, self.p.contribution.max_cells_per_unit_per_window
+        )
+        results: list[OutputRelease] = []
+        primary_cell: list[tuple[str, ...] | None] = []
+        for i, out in enumerate(self.p.outputs):
+            if i == 0:
+                res, primary_cell = self._release_output(state, bounded, out)
+                acc = res.accounting
+                acc.rows_in = state.rows_in
+                acc.duplicates = state.duplicates
+                acc.over_event_limit = state.over_limit
+                acc.over_cell_limit = over_cells
+            else:
+                primary = self.p.outputs[0]
+                pos = [primary.dimensions.index(d) for d in out.dimensions]
+                ok = np.fromiter(
+                    (c is not None and all(c[j] != STAR for j in pos) for c in primary_cell),
+                    dtype=bool, count=len(primary_cell),
+                )  # fmt: skip
+                res, _ = self._release_output(state, bounded.take(ok), out)
+                res.accounting.rows_in = int(ok.sum())
             results.append(res)
         return results
 
-    def _release_output(self, state: WindowState, rows: Rows, out: Output) -> OutputRelease:
+    def _release_output(
+        self, state: WindowState, rows: Rows, out: Output
+    ) -> tuple[OutputRelease, list[tuple[str, ...] | None]]:
+        """Releases of one output, and for each row the key of the cell it was released in
+        (None where suppressed)."""
         p = self.p
         res = OutputRelease(out)
+        released_in: list[tuple[str, ...] | None] = [None] * len(rows)
         dim_idx = [p.dimensions.index(d) for d in out.dimensions]
         # Project each pipeline cell onto this output's dimensions.
         codes: dict[tuple[str, ...], int] = {}
@@ -157,6 +182,8 @@ class Releaser:
                 self._emit(res, state, rows, out, key, [idx], units, level=0)
                 res.cells_released += 1
                 res.accounting.released += len(idx)
+                for r in idx.tolist():
+                    released_in[r] = key
             else:
                 pending[key] = [idx]
                 leaf_count[key] = 1
@@ -178,15 +205,16 @@ class Releaser:
                     res.cells_released += 1
                     res.cells_rolled_up += merged_leaves[key]
                     res.accounting.rolled_up += sum(len(x) for x in parts)
+                    for part in parts:
+                        for r in part.tolist():
+                            released_in[r] = key
                 else:
                     pending[key] = parts
                     leaf_count[key] = merged_leaves[key]
-        if n == 0:
-            pass
         for key, parts in pending.items():
             res.cells_suppressed += leaf_count[key]
             res.accounting.suppressed += sum(len(x) for x in parts)
-        return res
+        return res, released_in
 
     def _emit(
         self,
@@ -206,28 +234,37 @@ class Releaser:
         noise_meta: dict[str, Any] | None = None
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
+        withheld: set[str] = set()
         for m in p.measures:
             fa = p.fields[m]
             assert fa.clamp is not None
             vals = rows.measures[idx, self._col[m]]
-            present = vals[~np.isnan(vals)]
-            sums[m] = float(np.clip(present, fa.clamp[0], fa.clamp[1]).sum())
-            counts[m] = len(present)
-        hists = {m: self._histogram(rows, idx, m, out.k) for m in p.histograms}
+            has = ~np.isnan(vals)
+            # A sum, mean or histogram over fewer than k people with a value would describe
+            # them, however many people the cell has: withhold it (null).
+            if len(np.unique(rows.unit[idx][has])) < out.k:
+                withheld.add(m)
+            sums[m] = float(np.clip(vals[has], fa.clamp[0], fa.clamp[1]).sum())
+            counts[m] = int(has.sum())
+        hists = {
+            m: self._histogram(rows, idx, m, out.k) for m in p.histograms if m not in withheld
+        }
         if out.noise is not None:
             rid = release_id(
                 "aggregate", p.name, p.version, out.name, state.start_ms, state.end_ms, dims
             )
             noise_meta = self._add_noise(out.noise, rid, metrics, sums, counts, hists)
         for m in p.sums:
-            metrics[f"{m}_sum"] = round(sums[m], 3)
+            metrics[f"{m}_sum"] = None if m in withheld else round(sums[m], 3)
         for m in p.means:
             fa = p.fields[m]
             assert fa.clamp is not None
             mean = sums[m] / counts[m] if counts[m] else 0.0
-            metrics[f"{m}_mean"] = round(min(max(mean, fa.clamp[0]), fa.clamp[1]), 3)
-        for m, h in hists.items():
-            metrics[f"{m}_histogram"] = h
+            metrics[f"{m}_mean"] = (
+                None if m in withheld else round(min(max(mean, fa.clamp[0]), fa.clamp[1]), 3)
+            )
+        for m in p.histograms:
+            metrics[f"{m}_histogram"] = hists.get(m)
         res.records.append(
             aggregate_record(
                 pipeline=p.name, version=p.version, output=out.name,
@@ -259,8 +296,8 @@ class Releaser:
                 out[last_key] = acc_count
                 acc_units, acc_count, lo = [], 0, bounds[b + 1]
         if acc_count:
-            if last_key is None:
-                out[_band_label(bounds[0], bounds[-1])] = acc_count
+            if last_key is None:  # cannot happen: callers withhold histograms under k people
+                return {}
             else:
                 # Fold the too-small tail into the last band, widening its label.
                 prev = out.pop(last_key)

@@ -242,3 +242,19 @@ def contains_ip(s: str) -> bool:
     if s.count(":") < 2:
         return False
     return any(_find_ip6(m.group(), 0) is not None for m in _IP6_RE.finditer(s))
+
+
+# Identifier-like tokens that scrub_text leaves alone: UUIDs, long hex, and long tokens that
+# mix letters and digits (cookie ids, session tokens).
+_ID_TOKEN = re.compile(
+    r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
+    r"|(?<![0-9A-Za-z])[0-9A-Fa-f]{12,}(?![0-9A-Za-z])"
+    r"|(?<![0-9A-Za-z_-])(?=[0-9A-Za-z_-]*[0-9])(?=[0-9A-Za-z_-]*[A-Za-z])[0-9A-Za-z_-]{16,}"
+)
+ID = "<id>"
+
+
+def scrub_identifiers(s: str) -> str:
+    """scrub_text, plus opaque id tokens (UUIDs, hex, cookie-like tokens) -> "<id>": for
+    values released as they are, where a cookie id must not survive."""
+    return _ID_TOKEN.sub(ID, scrub_text(s))

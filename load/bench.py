@@ -1,0 +1,599 @@
+"""The load benchmark (issue 5): anonstream against the ceiling and two peers, in ONE run.
+
+1. The standard workload is produced once to a fresh topic: synthetic web-activity events
+   (:class:`~anonstream_load.generator.EventGenerator`, ~430 bytes of JSON each, Zipf users
+   and pages, identifiers inside).
+2. Each run consumes that topic from the start with a fresh consumer group, in a fresh
+   process of its own, until the last event is processed:
+
+   ``ceiling``      raw aiokafka ``getmany`` + ``orjson.loads``, no other work;
+   ``naive_faust``  the per-event Faust agent a Faust user writes for the job;
+   ``quixstreams``  the same job written for quixstreams;
+   ``anonstream``   ``anonstream worker --stop-at-end`` with the shipped web-activity
+                    pipeline (its source and output topics rewired), until its releases
+                    for the whole input are out and it exits.
+
+   Time is wall clock from spawn to exit (start-up included; the time to the first
+   event is reported next to it); peak RSS is that process's own high-water mark.
+3. A table, a PNG chart and, as the LAST line of stdout, one JSON object with every figure
+   and the ratios ``ratio_ceiling``, ``ratio_naive_faust``, ``ratio_quixstreams``
+   (anonstream's events/s over the other run's).
+
+Progress goes to stderr.  ``--soak`` runs :func:`anonstream_load.soak.run_soak` instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+from rich.table import Table
+
+from .generator import EventGenerator, Workload
+from .harness import (
+    ROOT,
+    ChildResult,
+    KafkaProbe,
+    json_line,
+    kafka_broker,
+    metrics_value,
+    run_child,
+    worker_command,
+    worker_env,
+    worker_supports_stop_at_end,
+    write_pipeline,
+)
+from .produce import produce
+
+__all__ = [
+    "RUN_NAMES",
+    "BenchConfig",
+    "RunResult",
+    "main",
+    "produce_workload",
+    "run_benchmark",
+]
+
+RUN_NAMES = ("ceiling", "naive_faust", "quixstreams", "anonstream")
+_RUNNER_MODULES = {
+    "ceiling": "anonstream_load.runners.ceiling",
+    "naive_faust": "anonstream_load.runners.naive_faust",
+    "quixstreams": "anonstream_load.runners.quix",
+}
+DEFAULT_CHART = ROOT / "load" / "results" / "bench.png"
+DEFAULT_PIPELINE = ROOT / "pipelines" / "web_activity.yaml"
+MIB = 1024 * 1024
+
+
+@dataclass
+class BenchConfig:
+    events: int = 1_000_000
+    users: int = 100_000
+    partitions: int = 4
+    seed: int = 7
+    runs: tuple[str, ...] = RUN_NAMES
+    chart: Path = DEFAULT_CHART
+    timeout: float = 900.0
+    bootstrap: str | None = None
+    pipeline: Path = DEFAULT_PIPELINE
+    logs: Path | None = None
+
+
+@dataclass
+class RunResult:
+    name: str
+    ok: bool
+    count: int | None = None
+    seconds: float | None = None
+    events_per_s: float | None = None
+    peak_rss_mib: float | None = None
+    first_event_s: float | None = None
+    exit_code: int | None = None
+    error: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def figures(self) -> dict[str, Any]:
+        """The run's entry under ``runs`` in the JSON line."""
+        d = asdict(self)
+        d.pop("name")
+        extra = d.pop("extra")
+        steady = None
+        if self.seconds is not None and self.first_event_s is not None and self.count:
+            busy = self.seconds - self.first_event_s
+            steady = self.count / busy if busy > 0 else None
+        d["steady_events_per_s"] = _round(steady, 1)
+        for key in ("seconds", "first_event_s"):
+            d[key] = _round(d[key], 3)
+        d["events_per_s"] = _round(d["events_per_s"], 1)
+        d["peak_rss_mib"] = _round(d["peak_rss_mib"], 1)
+        return {**d, **extra}
+
+
+def _round(x: float | None, digits: int) -> float | None:
+    return None if x is None else round(x, digits)
+
+
+# --------------------------------------------------------------------------------------------
+# Step 1: the workload
+# --------------------------------------------------------------------------------------------
+
+
+def produce_workload(
+    bootstrap: str, topic: str, cfg: BenchConfig, console: Console
+) -> dict[str, Any]:
+    """Create ``topic`` and produce the standard workload to it, with a progress bar."""
+    from anonstream.broker.topics import create_topics
+
+    create_topics(bootstrap, {topic: cfg.partitions})
+    gen = EventGenerator(Workload(users=cfg.users, seed=cfg.seed))
+    sent_bytes = 0
+    progress = Progress(
+        TextColumn("[bold]produce"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"), TimeElapsedColumn(), console=console,
+        transient=False,
+    )  # fmt: skip
+    task = progress.add_task("produce", total=cfg.events, rate="")
+    t0 = time.monotonic()
+
+    def events() -> Iterator[tuple[str, bytes]]:
+        nonlocal sent_bytes
+        for i, value in enumerate(gen.encoded_web_events(cfg.events), 1):
+            sent_bytes += len(value)
+            if i % 4096 == 0:
+                rate = i / max(time.monotonic() - t0, 1e-9)
+                progress.update(task, completed=i, rate=f"{rate:,.0f} ev/s")
+            yield topic, value
+
+    with progress:
+        sent = asyncio.run(produce(bootstrap, events(), total=cfg.events))
+        progress.update(task, completed=sent)
+    seconds = time.monotonic() - t0
+    return {
+        "topic": topic,
+        "events": sent,
+        "seconds": round(seconds, 3),
+        "events_per_s": round(sent / seconds, 1) if seconds > 0 else None,
+        "mean_event_bytes": round(sent_bytes / sent, 1) if sent else None,
+        "megabytes": round(sent_bytes / MIB, 1),
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Step 2: the runs
+# --------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Ctx:
+    cfg: BenchConfig
+    bootstrap: str
+    topic: str
+    bench_id: str
+    probe: KafkaProbe
+    logs: Path
+    console: Console
+
+
+def _child_env() -> dict[str, str]:
+    # Same interpreter and environment: the children import anonstream_load as we did.
+    return {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def _watched_child(
+    ctx: _Ctx,
+    name: str,
+    cmd: list[str],
+    env: dict[str, str],
+    group: str,
+    extra_poll: Callable[[float], None] | None = None,
+) -> ChildResult:
+    """Run one child with a progress line fed by its group's committed offsets."""
+    ctx.probe.watch_group(group, ctx.topic)
+    progress = Progress(
+        SpinnerColumn(), TextColumn(f"[bold]{name:<12}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("RSS {task.fields[rss]}"), TimeElapsedColumn(), console=ctx.console,
+        transient=False,
+    )  # fmt: skip
+    task = progress.add_task(name, total=ctx.cfg.events, rss="-")
+
+    def on_poll(elapsed: float, rss_kib: int | None) -> None:
+        rss = f"{rss_kib / 1024:,.0f} MiB" if rss_kib else "-"
+        progress.update(task, completed=ctx.probe.watched(group, ctx.topic), rss=rss)
+        if extra_poll is not None:
+            extra_poll(elapsed)
+
+    try:
+        with progress:
+            result = run_child(
+                cmd, env=env, cwd=ROOT, timeout=ctx.cfg.timeout, log_dir=ctx.logs, name=name,
+                on_poll=on_poll,
+            )  # fmt: skip
+            with contextlib.suppress(Exception):
+                progress.update(task, completed=ctx.probe.committed(group, ctx.topic))
+    finally:
+        ctx.probe.unwatch_group(group, ctx.topic)
+    return result
+
+
+def _failure(name: str, result: ChildResult, timeout: float) -> str | None:
+    if result.timed_out:
+        return f"{name} did not finish within {timeout:.0f} s and was killed"
+    if result.returncode != 0:
+        return f"{name} exited with code {result.returncode}:\n{result.stderr_tail}"
+    return None
+
+
+def _measured(name: str, result: ChildResult, load_before: float) -> RunResult:
+    run = RunResult(
+        name=name,
+        ok=False,
+        seconds=result.seconds,
+        peak_rss_mib=result.peak_rss_kib / 1024 if result.peak_rss_kib else None,
+        exit_code=result.returncode,
+    )
+    # CPU time is less sensitive than wall time to other work on the machine; the load
+    # average before the run tells whether there was any.
+    run.extra["cpu_seconds"] = _round(result.cpu_seconds, 3)
+    run.extra["loadavg_1m_before"] = round(load_before, 2)
+    return run
+
+
+def _run_peer(ctx: _Ctx, name: str) -> RunResult:
+    group = f"bench-{ctx.bench_id}-{name}"
+    cmd = [
+        sys.executable, "-m", _RUNNER_MODULES[name], "--bootstrap", ctx.bootstrap,
+        "--topic", ctx.topic, "--events", str(ctx.cfg.events), "--group", group,
+        "--partitions", str(ctx.cfg.partitions),
+    ]  # fmt: skip
+    load_before = os.getloadavg()[0]
+    result = _watched_child(ctx, name, cmd, _child_env(), group)
+    run = _measured(name, result, load_before)
+    error = _failure(name, result, ctx.cfg.timeout)
+    report = json_line(result.stdout)
+    if report is not None:
+        run.count = int(report["count"])
+        if report.get("t_first_event") is not None:
+            run.first_event_s = float(report["t_first_event"]) - result.started_at
+        # The child's own exact high-water mark, read just before it exited.
+        if report.get("vm_hwm_kib"):
+            run.peak_rss_mib = max(run.peak_rss_mib or 0.0, report["vm_hwm_kib"] / 1024)
+    elif error is None:
+        error = f"{name} printed no result line:\n{result.stdout[-2000:]}"
+    if error is None and run.count != ctx.cfg.events:
+        error = f"{name} processed {run.count} events, not {ctx.cfg.events}"
+    return _finish(run, error, ctx.cfg.events)
+
+
+def _run_anonstream(ctx: _Ctx) -> RunResult:
+    name = "anonstream"
+    if not worker_supports_stop_at_end():
+        return RunResult(
+            name=name, ok=False, error="`anonstream worker` has no --stop-at-end flag yet"
+        )
+    from anonstream.broker.local import free_ports
+
+    group = f"bench-{ctx.bench_id}-{name}"
+    out_topic = f"{ctx.topic}.{name}.out"
+    pipe_dir = ctx.logs / "pipelines"
+    pipeline = write_pipeline(
+        ctx.cfg.pipeline, pipe_dir, source_topic=ctx.topic, output_topic=out_topic
+    )
+    port = free_ports(1)[0]
+    env = worker_env(
+        ctx.bootstrap, group=group, web_port=port,
+        dead_letter_topic=f"{ctx.topic}.{name}.deadletter", ANONSTREAM_PIPELINES_DIR=str(pipe_dir),
+    )  # fmt: skip
+    first: dict[str, float] = {}
+    next_probe = [0.0]
+    url = f"http://127.0.0.1:{port}/metrics"
+
+    def watch_first_event(elapsed: float) -> None:
+        # Until the first event shows up in the worker's counters: 3 look-ups a second.
+        if "t" in first or elapsed < next_probe[0]:
+            return
+        next_probe[0] = elapsed + 0.3
+        value = metrics_value(url, "anonstream_events_in", timeout=0.25)
+        if value:
+            first["t"] = elapsed
+
+    cmd = worker_command(pipeline, "--stop-at-end")
+    load_before = os.getloadavg()[0]
+    result = _watched_child(ctx, name, cmd, env, group, extra_poll=watch_first_event)
+    run = _measured(name, result, load_before)
+    run.first_event_s = first.get("t")
+    error = _failure(name, result, ctx.cfg.timeout)
+    if error is None:
+        # Everything read and every window released: the committed offsets reach the end.
+        run.count = ctx.probe.committed(group, ctx.topic)
+        if run.count != ctx.cfg.events:
+            error = (
+                f"anonstream exited 0 but its committed offsets cover {run.count} of "
+                f"{ctx.cfg.events} events"
+            )
+        kinds: dict[str, int] = {}
+        for value in ctx.probe.read_all(out_topic):
+            kind = str(json.loads(value).get("kind"))
+            kinds[kind] = kinds.get(kind, 0) + 1
+        run.extra["releases"] = kinds
+        if error is None and not kinds.get("window_summary"):
+            error = "anonstream released no window summary"
+    return _finish(run, error, ctx.cfg.events)
+
+
+def _finish(run: RunResult, error: str | None, events: int) -> RunResult:
+    run.error = error
+    run.ok = error is None
+    if run.ok and run.seconds:
+        run.events_per_s = events / run.seconds
+        cpu = run.extra.get("cpu_seconds")
+        run.extra["events_per_cpu_s"] = round(events / cpu, 1) if cpu else None
+    return run
+
+
+# --------------------------------------------------------------------------------------------
+# Step 3: report
+# --------------------------------------------------------------------------------------------
+
+
+def _ratio(results: dict[str, RunResult], other: str) -> float | None:
+    a, b = results.get("anonstream"), results.get(other)
+    if a is None or b is None or not a.events_per_s or not b.events_per_s:
+        return None
+    return round(a.events_per_s / b.events_per_s, 3)
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for dist in ("faust-streaming", "quixstreams", "aiokafka", "orjson", "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def machine() -> dict[str, Any]:
+    from anonstream.broker.local import KAFKA_VERSION
+
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "kafka": KAFKA_VERSION,
+        "versions": _versions(),
+    }
+
+
+def render_table(summary: dict[str, Any]) -> Table:
+    table = Table(
+        title=f"{summary['events']:,} events, {summary['users']:,} users, "
+        f"{summary['partitions']} partitions"
+    )
+    for col in ("run", "events/s", "seconds", "first event s", "peak RSS MiB", "vs ceiling"):
+        table.add_column(col, justify="left" if col == "run" else "right")
+    ceiling = (summary["runs"].get("ceiling") or {}).get("events_per_s")
+    for name, r in summary["runs"].items():
+        if not r["ok"]:
+            first_line = (r.get("error") or "failed").splitlines()[0]
+            table.add_row(name, f"[red]FAILED[/]: {escape(first_line)}", "", "", "", "")
+            continue
+        eps = r["events_per_s"]
+        vs = f"{eps / ceiling:.2f}" if ceiling and eps else "-"
+        first = r.get("first_event_s")
+        table.add_row(
+            name, f"{eps:,.0f}", f"{r['seconds']:.1f}", "-" if first is None else f"{first:.1f}",
+            f"{r['peak_rss_mib']:.0f}" if r.get("peak_rss_mib") else "-", vs,
+        )  # fmt: skip
+    return table
+
+
+def draw_chart(summary: dict[str, Any], path: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = {n: r for n, r in summary["runs"].items() if r["ok"]}
+    names = list(runs)
+    colors = ["#d62728" if n == "anonstream" else "#7f7f7f" for n in names]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    eps = [runs[n]["events_per_s"] for n in names]
+    rss = [runs[n]["peak_rss_mib"] or 0 for n in names]
+    bars = ax1.bar(names, eps, color=colors)
+    ax1.bar_label(bars, labels=[f"{v:,.0f}" for v in eps], fontsize=8)
+    ax1.set_title("throughput (events/s, start-up included)")
+    ax1.set_ylabel("events/s")
+    bars = ax2.bar(names, rss, color=colors)
+    ax2.bar_label(bars, labels=[f"{v:,.0f}" for v in rss], fontsize=8)
+    ax2.set_title("peak RSS of the process (MiB)")
+    ax2.set_ylabel("MiB")
+    for ax in (ax1, ax2):
+        ax.tick_params(axis="x", labelrotation=15)
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle(
+        f"anonstream load benchmark: {summary['events']:,} events, {summary['users']:,} users, "
+        f"{summary['partitions']} partitions, {summary['machine']['cpus']} CPUs"
+    )
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+# --------------------------------------------------------------------------------------------
+# The whole benchmark
+# --------------------------------------------------------------------------------------------
+
+
+def run_benchmark(cfg: BenchConfig, console: Console | None = None) -> dict[str, Any]:
+    """Produce, run every selected run, draw the chart; return the summary (JSON-able)."""
+    console = console or Console(stderr=True)
+    bench_id = uuid.uuid4().hex[:8]
+    topic = f"anonstream-bench-{bench_id}"
+    results: dict[str, RunResult] = {}
+    produced: dict[str, Any] = {}
+    keep_logs = cfg.logs is not None
+    logs = cfg.logs or Path(tempfile.mkdtemp(prefix="anonstream-bench-"))
+    logs.mkdir(parents=True, exist_ok=True)
+    with (
+        kafka_broker(cfg.bootstrap, say=lambda m: console.print(f"[dim]{m}[/]")) as bootstrap,
+        KafkaProbe(bootstrap) as probe,
+    ):
+        try:
+            console.print(
+                f"[bold]producing {cfg.events:,} events[/] ({cfg.users:,} users) to {topic} "
+                f"({cfg.partitions} partitions)"
+            )
+            produced = produce_workload(bootstrap, topic, cfg, console)
+            in_topic = sum(probe.end_offsets(topic).values())
+            if in_topic != cfg.events:
+                raise RuntimeError(f"the topic holds {in_topic} events, not {cfg.events}")
+            ctx = _Ctx(cfg, bootstrap, topic, bench_id, probe, logs, console)
+            for name in cfg.runs:
+                console.print(f"[bold]run {name}[/]")
+                run = _run_anonstream(ctx) if name == "anonstream" else _run_peer(ctx, name)
+                results[name] = run
+                if run.ok:
+                    console.print(
+                        f"  {name}: {run.events_per_s:,.0f} events/s, {run.seconds:.1f} s, "
+                        f"peak RSS {run.peak_rss_mib or 0:,.0f} MiB"
+                    )
+                else:
+                    console.print(f"  [red]{name} failed[/]: {escape(run.error or '')}")
+        finally:
+            if cfg.bootstrap:  # a broker we do not own: remove what this run created
+                with contextlib.suppress(Exception):
+                    probe.delete_topics([t for t in probe.topics() if bench_id in t])
+    ok = bool(results) and all(r.ok for r in results.values())
+    summary: dict[str, Any] = {
+        "benchmark": "anonstream-load",
+        "ok": ok,
+        "events": cfg.events,
+        "users": cfg.users,
+        "partitions": cfg.partitions,
+        "seed": cfg.seed,
+        "produce": produced,
+        "runs": {name: r.figures() for name, r in results.items()},
+        "ratio_ceiling": _ratio(results, "ceiling"),
+        "ratio_naive_faust": _ratio(results, "naive_faust"),
+        "ratio_quixstreams": _ratio(results, "quixstreams"),
+        "machine": machine(),
+        "chart": None,
+    }
+    if any(r.ok for r in results.values()):
+        summary["chart"] = str(draw_chart(summary, cfg.chart))
+    if not ok or keep_logs:
+        summary["logs"] = str(logs)
+    else:
+        shutil.rmtree(logs, ignore_errors=True)
+    return summary
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+
+def _runs(text: str) -> tuple[str, ...]:
+    names = tuple(n.strip() for n in text.split(",") if n.strip())
+    unknown = [n for n in names if n not in RUN_NAMES]
+    if unknown or not names:
+        raise argparse.ArgumentTypeError(
+            f"unknown run(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(RUN_NAMES)}"
+        )
+    return tuple(dict.fromkeys(names))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="anonstream bench",
+        description="Load benchmark: anonstream against the ceiling, naive Faust and "
+        "quixstreams on a local Kafka broker (or a soak run with --soak).",
+    )
+    p.add_argument("--events", type=int, default=1_000_000, help="events in the workload")
+    p.add_argument("--users", type=int, default=100_000, help="distinct synthetic people")
+    p.add_argument("--partitions", type=int, default=4, help="partitions of the input topic")
+    p.add_argument("--seed", type=int, default=7, help="generator seed")
+    p.add_argument(
+        "--runs", type=_runs, default=RUN_NAMES,
+        help=f"comma-separated subset of {','.join(RUN_NAMES)} (default: all, in that order)",
+    )  # fmt: skip
+    p.add_argument("--chart", type=Path, default=None, help="PNG chart path")
+    p.add_argument("--timeout", type=float, default=900.0, help="seconds allowed per process")
+    p.add_argument(
+        "--bootstrap", default=None,
+        help="use this Kafka broker instead of starting a local one (its topics are removed)",
+    )  # fmt: skip
+    p.add_argument("--pipeline", type=Path, default=DEFAULT_PIPELINE, help="pipeline file")
+    p.add_argument("--logs", type=Path, default=None, help="keep the runs' logs in this dir")
+    soak = p.add_argument_group("soak mode")
+    soak.add_argument("--soak", action="store_true", help="run the soak test instead")
+    soak.add_argument("--rate", type=float, default=2000.0, help="soak: events/s produced")
+    soak.add_argument("--seconds", type=float, default=120.0, help="soak: seconds of input")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    console = Console(stderr=True)
+    for flag in ("events", "users", "partitions"):
+        if getattr(args, flag) < 1:
+            console.print(f"[red]--{flag} must be >= 1[/]")
+            return 2
+    if args.soak:
+        from .soak import SoakConfig, print_soak, run_soak
+
+        soak_cfg = SoakConfig(
+            rate=args.rate, seconds=args.seconds, users=args.users,
+            partitions=args.partitions, seed=args.seed, bootstrap=args.bootstrap,
+            pipeline=args.pipeline, timeout=args.timeout, logs=args.logs,
+            chart=args.chart or ROOT / "load" / "results" / "soak.png",
+        )  # fmt: skip
+        soak_summary = run_soak(soak_cfg, console=console)
+        print_soak(soak_summary)
+        return 0 if soak_summary["ok"] else 1
+    cfg = BenchConfig(
+        events=args.events, users=args.users, partitions=args.partitions, seed=args.seed,
+        runs=args.runs, chart=args.chart or DEFAULT_CHART, timeout=args.timeout,
+        bootstrap=args.bootstrap, pipeline=args.pipeline, logs=args.logs,
+    )  # fmt: skip
+    summary = run_benchmark(cfg, console)
+    out = Console(soft_wrap=True)
+    out.print(render_table(summary))
+    for key in ("ratio_ceiling", "ratio_naive_faust", "ratio_quixstreams"):
+        if summary[key] is not None:
+            out.print(f"{key}: {summary[key]:.3f}")
+    if summary["chart"]:
+        out.print(f"chart: {summary['chart']}")
+    sys.stdout.flush()
+    print(json.dumps(summary), flush=True)
+    return 0 if summary["ok"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,54 @@
+"""The load benchmark works end to end on a small workload (issue 5).
+
+Only that it works: exit code, the shape of its last stdout line, event counts, the chart.
+No timing is asserted: the benchmark is not a test.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from anonstream_load.harness import worker_supports_stop_at_end
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+EVENTS = 20_000
+
+
+def test_bench_small_workload(kafka_bootstrap: str, tmp_path: Path) -> None:
+    runs = ["ceiling", "naive_faust", "quixstreams"]
+    if worker_supports_stop_at_end():
+        runs.append("anonstream")
+    chart = tmp_path / "bench.png"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "anonstream_load.bench", "--bootstrap", kafka_bootstrap,
+            "--events", str(EVENTS), "--users", "2000", "--partitions", "2",
+            "--runs", ",".join(runs), "--chart", str(chart), "--timeout", "240",
+        ],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
+    )  # fmt: skip
+    assert proc.returncode == 0, f"stdout:\n{proc.stdout[-3000:]}\nstderr:\n{proc.stderr[-3000:]}"
+    summary = json.loads(proc.stdout.strip().splitlines()[-1])
+    for key in (
+        "events", "users", "partitions", "runs", "machine",
+        "ratio_ceiling", "ratio_naive_faust", "ratio_quixstreams",
+    ):  # fmt: skip
+        assert key in summary, key
+    assert summary["events"] == EVENTS
+    assert summary["machine"]["cpus"] >= 1 and summary["machine"]["python"]
+    assert list(summary["runs"]) == runs
+    for name, run in summary["runs"].items():
+        assert run["ok"], (name, run["error"])
+        assert run["count"] == EVENTS, name
+        for figure in ("events_per_s", "seconds", "peak_rss_mib"):
+            assert run[figure] > 0, (name, figure)
+    if "anonstream" in runs:
+        for key in ("ratio_ceiling", "ratio_naive_faust", "ratio_quixstreams"):
+            assert summary[key] > 0, key
+    assert chart.is_file() and chart.stat().st_size > 1000
