@@ -116,7 +116,10 @@ UA_SHAPES = (
     "curl/8.4.0 {}",
     "{} " + UA_BASE,
 )
-KEPT_SHAPES = ("{}", "{base}:{}", "{base} {}", "{base}/{}", "{}-{base}", "{base} ({})", "{base}={}")
+KEPT_SHAPES = (
+    "{}", "{base}:{}", "{base} {}", "{base}/{}", "{}-{base}", "{base} ({})", "{base}={}",
+    "{base}{}", "{}{base}", "x{}y", "a{}f", "_{}_", "{base} {} {}",
+)  # fmt: skip
 REFERRER_SHAPES = (
     "https://www.google.com/search?q={plus}",
     "https://www.bing.com/search?q=contact+{plus}&form=QBLH",
@@ -125,7 +128,7 @@ REFERRER_SHAPES = (
     "https://{path}@partner.example.org/",
     "partner.example.org/{path}",
 )
-PATH_SHAPES = ("{}", "id-{}", "{}.json", "user_{}", "{};jsessionid=1")
+PATH_SHAPES = ("{}", "id-{}", "{}.json", "user_{}", "{};jsessionid=1", "x{}y", "a{}f", "{}{}")
 SITE = "https://www.example.com"
 BASE_PATHS = ("/users", "/account/settings", "/orders", "/", "/docs/api")
 
@@ -520,10 +523,10 @@ def test_kept_value_does_not_release_a_cookie_id() -> None:
 
 
 def test_user_agent_family_does_not_release_a_cookie_id() -> None:
-    """BUG (generalize.py `_safe_family`): ua-parser captures bot names from the UA text
-    ("(\\S+bot)"-style rules), and `_safe_family` only rejects families that scrub_text
-    would change, so a hex id passes: "Mozilla/5.0 (compatible; <VID>bot/2.1)" gives the
-    user_agent dimension "<VID>bot 2 / Other".
+    """Regression (generalize.py `_safe_family`): ua-parser captures bot names from the UA
+    text ("(\\S+bot)"-style rules), and `_safe_family` only rejected families that
+    scrub_text would change, so a hex id passed: "Mozilla/5.0 (compatible; <VID>bot/2.1)"
+    gave the user_agent dimension "<VID>bot 2 / Other".
     """
     for ua in (
         f"Mozilla/5.0 (compatible; {VID}bot/2.1; +http://www.example.com/bot.html)",
@@ -552,6 +555,22 @@ def test_events_without_a_privacy_unit_are_rejected(data: st.DataObject) -> None
     del ev["user_email"]
     rec = apply(USAGE_POLICY, USAGE_DECODER, ev)
     assert rec == Rejection(NO_PRIVACY_UNIT, "user_email")
+
+
+def test_blank_email_is_not_a_privacy_unit() -> None:
+    """A whitespace-only email is as absent as an empty one ("first present wins").
+
+    BUG (policy.py, Policy.apply: `if v:` tests the raw value, the strip comes after): an
+    email of " " is taken as present and pseudonymized as "", so every event with a blank
+    email is one and the same "person" (and on the web pipeline its cookie id is ignored).
+    """
+    with_blank = apply(WEB_POLICY, WEB_DECODER, web_event(user_email=" "))
+    without = apply(WEB_POLICY, WEB_DECODER, web_event())
+    assert isinstance(with_blank, PolicyRecord) and isinstance(without, PolicyRecord)
+    assert with_blank.unit == without.unit  # the visitor_id
+    usage = {"event_id": "e-1", "ts": 1_796_040_001_123, "type": "message_scanned",
+             "user_email": " \t"}  # fmt: skip
+    assert apply(USAGE_POLICY, USAGE_DECODER, usage) == Rejection(NO_PRIVACY_UNIT, "user_email")
 
 
 def test_null_privacy_unit_is_rejected() -> None:

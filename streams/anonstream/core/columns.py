@@ -30,6 +30,12 @@ _TYPES: dict[FieldType, type] = {
 }
 
 
+def _ts_or_zero(value: object) -> int:
+    if type(value) is int and value >= MIN_TS_MS:
+        return value
+    return parse_ts(value) or 0
+
+
 @dataclass
 class Columns:
     """Policy output of the good events of a batch, one array or list per column."""
@@ -167,55 +173,70 @@ class ColumnPolicy:
                 bad.update(j for j, v in enumerate(col) if v is not None)  # rare: per event
         return bad
 
+    def _cache_for(self, period: int, name: str) -> dict[str, int]:
+        cache = self._unit_cache.get((period, name))
+        if cache is None:
+            if len(self._unit_cache) > 16:  # only a few periods are ever in flight
+                self._unit_cache.clear()
+            cache = self._unit_cache[(period, name)] = {}
+        return cache
+
+    def _pseudonym(self, name: str, raw: str, ts_ms: int) -> int | None:
+        pseudonyms = self.policy.pseudonyms
+        cache = self._cache_for(ts_ms // pseudonyms.rotation_ms, name)
+        u = cache.get(raw)
+        if u is None:
+            if raw.isspace():
+                return None  # blank is absent: the next unit field decides
+            # One person, one pseudonym: emails are case-insensitive in practice.
+            norm = raw.strip().lower() if name.endswith("email") else raw
+            u = pseudonyms.pseudonym(name, norm, ts_ms)
+            if len(cache) > 500_000:
+                cache.clear()
+            cache[raw] = u
+        return u
+
     def _policy(self, objs: list[dict[str, Any]]) -> tuple[Columns, set[int]]:
         n = len(objs)
         bad: set[int] = set()
         # Event time: ints are epoch ms, strings RFC 3339; the rest is the slow path's job.
         ts_col = list(map(dict.get, objs, repeat("ts")))
-        ts_list = []
-        for j, v in enumerate(ts_col):
-            if type(v) is int and v >= MIN_TS_MS:
-                ts_list.append(v)
-            else:
-                t = parse_ts(v)
-                if t is None:
-                    bad.add(j)
-                    t = 0
-                ts_list.append(t)
-        ts = np.array(ts_list, dtype=np.int64)
+        if set(map(type, ts_col)) == {int}:
+            ts = np.array(ts_col, dtype=np.int64)
+            early = ts < MIN_TS_MS
+            if early.any():
+                bad.update(np.flatnonzero(early).tolist())
+        else:
+            ts_list = list(map(_ts_or_zero, ts_col))
+            ts = np.array(ts_list, dtype=np.int64)
+            bad.update(np.flatnonzero(ts == 0).tolist())
         future = ts > self.decoder.now_ms() + self.decoder.max_future_ms
         if future.any():
             bad.update(np.flatnonzero(future).tolist())
-        # Privacy unit: first non-empty field, keyed pseudonym through a per-period cache.
-        pseudonym = self.policy.pseudonyms
-        rotation = pseudonym.rotation_ms
-        unit_list = [0] * n
-        missing = list(range(n))
+        # Privacy unit: the first non-empty field, keyed pseudonym through a per-period
+        # cache; a batch within one key period (the usual case) needs no per-event period.
+        rotation = self.policy.pseudonyms.rotation_ms
+        periods = ts // rotation
+        one_period = len(bad) == 0 and int(periods.min()) == int(periods.max())
+        unit_list: list[int | None] = [None] * n
         for name in self._unit_fields:
             col = list(map(dict.get, objs, repeat(name)))
-            still = []
-            is_email = name.endswith("email")
+            if one_period:
+                got = list(map(self._cache_for(int(periods[0]), name).get, col))
+            else:
+                got = [None] * n
+            unit_list = [
+                u if u is not None else (g if v else None)
+                for u, g, v in zip(unit_list, got, col, strict=True)
+            ]
+            for j in [j for j, (u, v) in enumerate(zip(unit_list, col, strict=True))
+                      if u is None and v]:  # fmt: skip
+                unit_list[j] = self._pseudonym(name, col[j], int(ts[j]))
+        missing = [j for j, u in enumerate(unit_list) if u is None]
+        if missing:
+            bad.update(missing)
             for j in missing:
-                v = col[j]
-                if not v:
-                    still.append(j)
-                    continue
-                period = ts_list[j] // rotation
-                cache = self._unit_cache.get((period, name))
-                if cache is None:
-                    if len(self._unit_cache) > 16:
-                        self._unit_cache.clear()
-                    cache = self._unit_cache[(period, name)] = {}
-                u = cache.get(v)
-                if u is None:
-                    norm = v.strip().lower() if is_email else v
-                    u = pseudonym.pseudonym(name, norm, ts_list[j])
-                    if len(cache) > 500_000:
-                        cache.clear()
-                    cache[v] = u
-                unit_list[j] = u
-            missing = still
-        bad.update(missing)
+                unit_list[j] = 0
         # Dimensions: dict-cached generalizers.
         dim_cols = []
         for name in self._dim_names:

@@ -106,34 +106,46 @@ class PipelineEngine:
     def process(self, messages: Sequence[Message]) -> StepResult:
         """Process one batch fully: every message is accepted, rejected or late, and
         windows the watermark passed are released."""
-        result = StepResult()
-        n = len(messages)
-        if not n:
-            result.extend(self._close_until(self.watermark.current(self.clock_ms())))
-            return result
         part_ids: dict[Hashable, int] = {}
         pidx = np.fromiter(
             (part_ids.setdefault(m.partition, len(part_ids)) for m in messages),
-            dtype=np.int64, count=n,
+            dtype=np.int64, count=len(messages),
         )  # fmt: skip
-        part_of = list(part_ids)
-        offs = np.fromiter((m.offset for m in messages), dtype=np.int64, count=n)
+        offs = np.fromiter((m.offset for m in messages), dtype=np.int64, count=len(messages))
+        return self.process_batch([m.value for m in messages], pidx, list(part_ids), offs)
+
+    def process_batch(
+        self,
+        values: list[bytes],
+        pidx: npt.NDArray[np.int64],
+        part_of: list[Hashable],
+        offs: npt.NDArray[np.int64],
+    ) -> StepResult:
+        """`process` for runtimes that already hold columns: the raw values, each one's
+        partition as an index into `part_of`, and offsets."""
+        result = StepResult()
+        n = len(values)
+        if not n:
+            result.extend(self._close_until(self.watermark.current(self.clock_ms())))
+            return result
         again = np.zeros(n, dtype=bool)
         if self._resume_next:
             resume = np.array([self._resume_next.get(p, -1) for p in part_of], dtype=np.int64)
             again = offs < resume[pidx]
         for i, part in enumerate(part_of):
-            top = int(offs[pidx == i].max()) + 1
-            if top > self._next_offset.get(part, -1):
-                self._next_offset[part] = top
+            mine = offs[pidx == i]
+            if len(mine):
+                top = int(mine.max()) + 1
+                if top > self._next_offset.get(part, -1):
+                    self._next_offset[part] = top
 
-        cols, flagged = self.columns.run([m.value for m in messages])
+        cols, flagged = self.columns.run(values)
         slow_index: list[int] = []
         slow_records: list[PolicyRecord] = []
         unknown = 0
         for i in flagged:
-            msg = messages[i]
-            d = self.decoder.decode(msg.value)
+            raw, part, offset = values[i], part_of[int(pidx[i])], int(offs[i])
+            d = self.decoder.decode(raw)
             if type(d) is Decoded:
                 unknown += d.unknown_fields
                 r = self.policy.apply(d)
@@ -146,10 +158,8 @@ class PipelineEngine:
             if again[i]:
                 continue  # dead-lettered before the restart
             self.rejections[d.reason] += 1
-            self._rejected_pending[msg.partition] += 1
-            result.dead_letters.append(
-                DeadLetter(msg.value, d.reason, d.field, msg.partition, msg.offset)
-            )
+            self._rejected_pending[part] += 1
+            result.dead_letters.append(DeadLetter(raw, d.reason, d.field, part, offset))
         if slow_records:
             slow = Columns.from_records(slow_index, slow_records, self._n_measures, unknown)
             cols = Columns.concat(cols, slow)

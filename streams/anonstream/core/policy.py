@@ -122,7 +122,7 @@ class Policy:
         unit = None
         for name in self._unit_fields:
             v = ev.get(name)
-            if v:
+            if v and not v.isspace():
                 # Emails are case-insensitive in practice; one person, one pseudonym.
                 value = v.strip().lower() if name.endswith("email") else v
                 unit = self.pseudonyms.pseudonym(name, value, ts)

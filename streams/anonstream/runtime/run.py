@@ -41,10 +41,25 @@ def run_worker(
     from anonstream.runtime.worker import Worker
 
     ensure_output_topics(settings, pipelines)
-    worker = Worker(settings, pipelines, secret, stop_at_end=stop_at_end)
+    if stop_at_end:
+        return run_to_end(settings, pipelines, secret)
+    worker = Worker(settings, pipelines, secret)
     log.info(
         "starting worker for %s on %s (secret %s, fingerprint %s)",
         ", ".join(p.name for p in pipelines), settings.bootstrap_servers, secret.source,
         secret.fingerprint(),
     )  # fmt: skip
     return worker.run(log_level)
+
+
+def run_to_end(settings: Settings, pipelines: Sequence[Pipeline], secret: MasterSecret) -> int:
+    """A backfill: the batch loop alone, no long-running host (no web server, no Faust
+    group of its own), until the end offsets seen at start are processed."""
+    import asyncio
+
+    from anonstream.metrics import Metrics
+    from anonstream.runtime.batch import BatchLoop
+
+    loop = BatchLoop(settings, pipelines, secret, Metrics(), stop_at_end=True)
+    asyncio.run(loop.run())
+    return 0

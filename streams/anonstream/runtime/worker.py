@@ -44,12 +44,10 @@ class Worker:
         settings: Settings,
         pipelines: Sequence[Pipeline],
         secret: MasterSecret,
-        *,
-        stop_at_end: bool = False,
     ) -> None:
         self.settings = settings
         self.metrics = Metrics()
-        self.loop = BatchLoop(settings, pipelines, secret, self.metrics, stop_at_end=stop_at_end)
+        self.loop = BatchLoop(settings, pipelines, secret, self.metrics)
         self.exit_code = 0
         self.app = faust.App(
             f"{settings.group_id}-host",
