@@ -118,7 +118,7 @@ UA_SHAPES = (
 )
 KEPT_SHAPES = (
     "{}", "{base}:{}", "{base} {}", "{base}/{}", "{}-{base}", "{base} ({})", "{base}={}",
-    "{base}{}", "{}{base}", "x{}y", "a{}f", "_{}_", "{base} {} {}",
+    "{base}{}", "{}{base}", "x{}y", "a{}f", "_{}_", "{base} {} {}", "{}-v{}",
 )  # fmt: skip
 REFERRER_SHAPES = (
     "https://www.google.com/search?q={plus}",
@@ -320,10 +320,9 @@ def _encode_path(draw: st.DrawFn, ident: str) -> str:
 
 def _kept(draw: st.DrawFn, base: str, ident: str) -> str:
     value = draw(st.sampled_from(KEPT_SHAPES)).replace("{base}", base).replace("{}", ident)
-    # Values longer than MAX_KEPT_LEN are cut before scrubbing; that case has its own test
-    # (test_kept_value_cut_inside_an_email), so the property stays within the limit.
-    assume(len(value) <= MAX_KEPT_LEN)
-    return value
+    # Kept values are cut to MAX_KEPT_LEN: padding moves the identifier across the cut.
+    pad = draw(st.sampled_from([0, 0, 0, MAX_KEPT_LEN // 2, MAX_KEPT_LEN - 12, MAX_KEPT_LEN - 4]))
+    return "q" * pad + value
 
 
 @st.composite
@@ -522,6 +521,22 @@ def test_kept_value_does_not_release_a_cookie_id() -> None:
         assert ident not in rec.dims[5], rec.dims  # campaign_id (keep)
 
 
+def test_kept_value_with_two_ids_releases_neither() -> None:
+    """Regression (scrub.py `_ID_TOKEN` / `scrub_identifiers`, used by policy `_keep`): the
+    alternation tried the UUID and bare-hex forms before the "long mixed token" form, whose
+    look-behind saw the original text, so after a first id was replaced a second id glued
+    to letters after "-" or "_" was never matched: "<hex>-visitor<VID>" gave
+    "<id>-visitor<VID>" (found by the visitor_id property test at ~1500 examples).
+    """
+    hex1 = "3c17aaf75e39a197a463c91d04047b94"
+    uuid = "4cfb1c7a-1ab5-4c4b-a4e8-9a8b1c72d3ef"
+    for value in (f"{hex1}-visitor{VID}", f"{uuid}_v{VID}", f"page_view {hex1}-v{VID}"):
+        rec = apply(WIDE_POLICY, WEB_DECODER, web_event(type=value, campaign_id=value))
+        assert isinstance(rec, PolicyRecord)
+        for dim in (rec.dims[0], rec.dims[5]):  # type and campaign_id (keep)
+            assert VID not in dim and hex1 not in dim and uuid not in dim, (value, dim)
+
+
 def test_user_agent_family_does_not_release_a_cookie_id() -> None:
     """Regression (generalize.py `_safe_family`): ua-parser captures bot names from the UA
     text ("(\\S+bot)"-style rules), and `_safe_family` only rejected families that
@@ -560,9 +575,9 @@ def test_events_without_a_privacy_unit_are_rejected(data: st.DataObject) -> None
 def test_blank_email_is_not_a_privacy_unit() -> None:
     """A whitespace-only email is as absent as an empty one ("first present wins").
 
-    BUG (policy.py, Policy.apply: `if v:` tests the raw value, the strip comes after): an
-    email of " " is taken as present and pseudonymized as "", so every event with a blank
-    email is one and the same "person" (and on the web pipeline its cookie id is ignored).
+    Regression (policy.py, Policy.apply tested `if v:` on the raw value and stripped after):
+    an email of " " was taken as present and pseudonymized as "", so every event with a
+    blank email was one and the same "person" (and its cookie id was ignored).
     """
     with_blank = apply(WEB_POLICY, WEB_DECODER, web_event(user_email=" "))
     without = apply(WEB_POLICY, WEB_DECODER, web_event())

@@ -98,6 +98,8 @@ class ColumnPolicy:
             allowed = frozenset({_TYPES[f.type], _NoneType})
             self._checks.append((f.name, allowed, f.required, f.type is FieldType.INT,
                                  bool(f.children)))  # fmt: skip
+        self._nonneg = tuple(c[0] for c in self._checks if c[3])
+        self._shape_ok: dict[tuple[tuple[str, ...], tuple[type, ...]], bool] = {}
         p = policy.pipeline
         self._unit_fields = p.privacy_unit
         self._dim_names = p.dimensions
@@ -155,23 +157,44 @@ class ColumnPolicy:
         return cols, sorted(flagged)
 
     def _check(self, objs: list[dict[str, Any]]) -> set[int]:
-        """Positions of events that need the per-event path for a precise verdict."""
+        """Positions of events that need the per-event path for a precise verdict.
+
+        Events of one producer share a shape (which fields, of which types), so the verdict
+        is cached per shape: one tuple of keys and one of value types per event instead of
+        a pass per field. Only the sign of integers needs the values themselves.
+        """
+        keys = list(map(tuple, objs))
+        types = [tuple(map(type, vs)) for vs in map(dict.values, objs)]
+        verdicts = self._shape_ok
+        ok = list(map(verdicts.get, zip(keys, types, strict=True)))
         bad: set[int] = set()
-        keys: set[str] = set().union(*objs)
-        if not keys <= self._known:
-            known = self._known
-            bad.update(j for j, o in enumerate(objs) if not known.issuperset(o))
-        for name, allowed, required, nonneg, nested in self._checks:
+        if None in ok:
+            for j, v in enumerate(ok):
+                if v is None:
+                    shape = (keys[j], types[j])
+                    if len(verdicts) > 10_000:
+                        verdicts.clear()
+                    v = verdicts[shape] = self._shape_verdict(*shape)
+                    ok[j] = v
+        if False in ok:
+            bad.update(j for j, v in enumerate(ok) if not v)
+        for name in self._nonneg:
             col = list(map(dict.get, objs, repeat(name)))
-            if required and None in col:
-                bad.update(j for j, v in enumerate(col) if v is None)
-            if not set(map(type, col)) <= allowed:
-                bad.update(j for j, v in enumerate(col) if type(v) not in allowed)
-            if nonneg:
+            ints = [v for v in col if type(v) is int]
+            if ints and min(ints) < 0:
                 bad.update(j for j, v in enumerate(col) if type(v) is int and v < 0)
-            if nested:
-                bad.update(j for j, v in enumerate(col) if v is not None)  # rare: per event
         return bad
+
+    def _shape_verdict(self, keys: tuple[str, ...], types: tuple[type, ...]) -> bool:
+        present = dict(zip(keys, types, strict=True))
+        for name, allowed, required, _nonneg, nested in self._checks:
+            t = present.get(name, _NoneType)
+            if t not in allowed or (required and t is _NoneType):
+                return False
+            if nested and t is not _NoneType:
+                return False  # nested objects are rare: checked per event
+        ts = present.get("ts", _NoneType)
+        return set(keys) <= self._known and ts in (int, str)
 
     def _cache_for(self, period: int, name: str) -> dict[str, int]:
         cache = self._unit_cache.get((period, name))

@@ -245,16 +245,24 @@ def contains_ip(s: str) -> bool:
 
 
 # Identifier-like tokens that scrub_text leaves alone: UUIDs, long hex, and long tokens that
-# mix letters and digits (cookie ids, session tokens).
-_ID_TOKEN = re.compile(
-    r"[0-9A-Fa-f]{8}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{4}-[0-9A-Fa-f]{12}"
-    r"|(?<![0-9A-Za-z])[0-9A-Fa-f]{12,}(?![0-9A-Za-z])"
-    r"|(?<![0-9A-Za-z_-])(?=[0-9A-Za-z_-]*[0-9])(?=[0-9A-Za-z_-]*[A-Za-z])[0-9A-Za-z_-]{16,}"
-)
+# mix letters and digits (cookie ids, session tokens). A whole run of token characters is
+# judged at once, so ids glued together with "-" or "_" go as one.
+_TOKEN_RUN = re.compile(r"[0-9A-Za-z_-]{12,}")
+_HEXISH = frozenset("0123456789abcdefABCDEF-")
+
+
+def _token_repl(m: re.Match[str]) -> str:
+    run = m.group()
+    has_digit = any(c.isdigit() for c in run)
+    if has_digit and (len(run) >= 16 and any(c.isalpha() for c in run) or set(run) <= _HEXISH):
+        return ID
+    return run
+
+
 ID = "<id>"
 
 
 def scrub_identifiers(s: str) -> str:
     """scrub_text, plus opaque id tokens (UUIDs, hex, cookie-like tokens) -> "<id>": for
     values released as they are, where a cookie id must not survive."""
-    return _ID_TOKEN.sub(ID, scrub_text(s))
+    return _TOKEN_RUN.sub(_token_repl, scrub_text(s))
