@@ -170,16 +170,19 @@ class Releaser:
         groups = np.split(order, bounds) if len(order) else []
         leaf_keys = list(codes)
         by_code = {leaf_keys[int(row_code[g[0]])]: g for g in groups}
+        # Distinct units per leaf cell in one pass: count (cell, unit) pair starts.
+        pair_order = np.lexsort((rows.unit, row_code))
+        pair_start = group_starts(row_code[pair_order], rows.unit[pair_order])
+        users = np.bincount(row_code[pair_order][pair_start], minlength=len(codes))
+        leaf_users = {key: int(users[c]) for key, c in codes.items()}
 
         n = len(out.dimensions)
         pending: dict[tuple[str, ...], list[npt.NDArray[np.intp]]] = {}
         leaf_count: dict[tuple[str, ...], int] = {}
         for key in sorted(by_code):
             idx = by_code[key]
-            units = DistinctUnits(self._exact_limit)
-            units.add(rows.unit[idx])
-            if units.result() >= out.k:
-                self._emit(res, state, rows, out, key, [idx], units, level=0)
+            if leaf_users[key] >= out.k:
+                self._emit(res, state, rows, out, key, [idx], leaf_users[key], level=0)
                 res.cells_released += 1
                 res.accounting.released += len(idx)
                 for r in idx.tolist():
@@ -201,7 +204,7 @@ class Releaser:
                 for part in parts:
                     units.add(rows.unit[part])
                 if units.result() >= out.k:
-                    self._emit(res, state, rows, out, key, parts, units, level=level)
+                    self._emit(res, state, rows, out, key, parts, units.result(), level=level)
                     res.cells_released += 1
                     res.cells_rolled_up += merged_leaves[key]
                     res.accounting.rolled_up += sum(len(x) for x in parts)
@@ -224,13 +227,13 @@ class Releaser:
         out: Output,
         key: tuple[str, ...],
         parts: list[npt.NDArray[np.intp]],
-        units: DistinctUnits,
+        users: int,
         level: int,
     ) -> None:
         p = self.p
         idx = np.concatenate(parts) if len(parts) > 1 else parts[0]
         dims = dict(zip(out.dimensions, key, strict=True))
-        metrics: dict[str, Any] = {"events": len(idx), "users": units.result()}
+        metrics: dict[str, Any] = {"events": len(idx), "users": users}
         noise_meta: dict[str, Any] | None = None
         sums: dict[str, float] = {}
         counts: dict[str, int] = {}
