@@ -242,19 +242,21 @@ class ColumnPolicy:
         periods = ts // rotation
         one_period = len(bad) == 0 and int(periods.min()) == int(periods.max())
         unit_list: list[int | None] = [None] * n
-        for name in self._unit_fields:
+        for i, name in enumerate(self._unit_fields):
             col = list(map(dict.get, objs, repeat(name)))
             if one_period:
+                # Absent or blank values are never cached, so a miss is None either way.
                 got = list(map(self._cache_for(int(periods[0]), name).get, col))
             else:
                 got = [None] * n
-            unit_list = [
-                u if u is not None else (g if v else None)
-                for u, g, v in zip(unit_list, got, col, strict=True)
-            ]
-            for j in [j for j, (u, v) in enumerate(zip(unit_list, col, strict=True))
-                      if u is None and v]:  # fmt: skip
-                unit_list[j] = self._pseudonym(name, col[j], int(ts[j]))
+            if i == 0:
+                unit_list = got
+            else:
+                unit_list = [g if u is None else u for u, g in zip(unit_list, got, strict=True)]
+            if None in unit_list:
+                for j in [j for j, (u, v) in enumerate(zip(unit_list, col, strict=True))
+                          if u is None and v]:  # fmt: skip
+                    unit_list[j] = self._pseudonym(name, col[j], int(ts[j]))
         missing = [j for j, u in enumerate(unit_list) if u is None]
         if missing:
             bad.update(missing)
