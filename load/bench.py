@@ -101,6 +101,7 @@ class BenchConfig:
     bootstrap: str | None = None
     pipeline: Path = DEFAULT_PIPELINE
     logs: Path | None = None
+    profile: Path | None = None  # an extra, unmeasured anonstream run under pyinstrument
 
 
 @dataclass
@@ -288,8 +289,9 @@ def _run_peer(ctx: _Ctx, name: str) -> RunResult:
     return _finish(run, error, ctx.cfg.events)
 
 
-def _run_anonstream(ctx: _Ctx) -> RunResult:
-    name = "anonstream"
+def _run_anonstream(ctx: _Ctx, profile: Path | None = None) -> RunResult:
+    """The worker run; with ``profile``, under pyinstrument (report written there)."""
+    name = "anonstream" if profile is None else "anonstream-profile"
     if not worker_supports_stop_at_end():
         return RunResult(
             name=name, ok=False, error="`anonstream worker` has no --stop-at-end flag yet"
@@ -321,6 +323,10 @@ def _run_anonstream(ctx: _Ctx) -> RunResult:
             first["t"] = elapsed
 
     cmd = worker_command(pipeline, "--stop-at-end")
+    if profile is not None:
+        profile.parent.mkdir(parents=True, exist_ok=True)
+        renderer = "html" if profile.suffix == ".html" else "text"
+        cmd[1:3] = ["-m", "pyinstrument", "-r", renderer, "-o", str(profile), "-m"]
     load_before = os.getloadavg()[0]
     result = _watched_child(ctx, name, cmd, env, group, extra_poll=watch_first_event)
     run = _measured(name, result, load_before)
@@ -457,6 +463,7 @@ def run_benchmark(cfg: BenchConfig, console: Console | None = None) -> dict[str,
     topic = f"anonstream-bench-{bench_id}"
     results: dict[str, RunResult] = {}
     produced: dict[str, Any] = {}
+    profiled_info: dict[str, Any] | None = None
     keep_logs = cfg.logs is not None
     logs = cfg.logs or Path(tempfile.mkdtemp(prefix="anonstream-bench-"))
     logs.mkdir(parents=True, exist_ok=True)
@@ -485,6 +492,13 @@ def run_benchmark(cfg: BenchConfig, console: Console | None = None) -> dict[str,
                     )
                 else:
                     console.print(f"  [red]{name} failed[/]: {escape(run.error or '')}")
+            if cfg.profile is not None and "anonstream" in cfg.runs:
+                console.print("[bold]profile[/]: anonstream again, under pyinstrument")
+                profiled = _run_anonstream(ctx, profile=cfg.profile)
+                profiled_info = {
+                    "path": str(cfg.profile), "ok": profiled.ok, "error": profiled.error,
+                    "seconds": _round(profiled.seconds, 3),
+                }  # fmt: skip
         finally:
             if cfg.bootstrap:  # a broker we do not own: remove what this run created
                 with contextlib.suppress(Exception):
@@ -505,6 +519,8 @@ def run_benchmark(cfg: BenchConfig, console: Console | None = None) -> dict[str,
         "machine": machine(),
         "chart": None,
     }
+    if profiled_info is not None:
+        summary["profile"] = profiled_info
     if any(r.ok for r in results.values()):
         summary["chart"] = str(draw_chart(summary, cfg.chart))
     if not ok or keep_logs:
@@ -551,6 +567,11 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     p.add_argument("--pipeline", type=Path, default=DEFAULT_PIPELINE, help="pipeline file")
     p.add_argument("--logs", type=Path, default=None, help="keep the runs' logs in this dir")
+    p.add_argument(
+        "--profile", type=Path, default=None,
+        help="after the measured runs, run anonstream once more under pyinstrument and write "
+        "its report here (.html: HTML, else text); not part of the figures",
+    )  # fmt: skip
     soak = p.add_argument_group("soak mode")
     soak.add_argument("--soak", action="store_true", help="run the soak test instead")
     soak.add_argument("--rate", type=float, default=2000.0, help="soak: events/s produced")
@@ -580,7 +601,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     cfg = BenchConfig(
         events=args.events, users=args.users, partitions=args.partitions, seed=args.seed,
         runs=args.runs, chart=args.chart or DEFAULT_CHART, timeout=args.timeout,
-        bootstrap=args.bootstrap, pipeline=args.pipeline, logs=args.logs,
+        bootstrap=args.bootstrap, pipeline=args.pipeline, logs=args.logs, profile=args.profile,
     )  # fmt: skip
     summary = run_benchmark(cfg, console)
     out = Console(soft_wrap=True)

@@ -213,6 +213,40 @@ def generate(
     raise typer.Exit(code)
 
 
+@app.command()
+def audit(
+    input: Annotated[
+        Path | None, typer.Option("--input", "-i", help="JSONL file of releases.")
+    ] = None,
+    topic: Annotated[str | None, typer.Option(help="Read the releases from this topic.")] = None,
+    bootstrap_servers: Annotated[
+        str | None, typer.Option("--bootstrap-servers", "-b", envvar="ANONSTREAM_BOOTSTRAP_SERVERS")
+    ] = None,
+    k: Annotated[int | None, typer.Option(help="Require at least this k everywhere.")] = None,
+    assume_totals: Annotated[
+        bool, typer.Option(help="Read '*' cells as totals of their children (stricter).")
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Re-check a stream of releases on its own: k, identifiers, duplicates, differencing."""
+    from anonstream.audit import run_audit_cli
+
+    raise typer.Exit(run_audit_cli(input, topic, bootstrap_servers, k, assume_totals, as_json))
+
+
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+    add_help_option=False,
+)
+def bench(ctx: typer.Context) -> None:
+    """The load benchmark (ceiling, naive Faust, quixstreams, anonstream) on a local broker.
+    Options are those of `python -m anonstream_load.bench --help` (--events, --users,
+    --partitions, --runs, --soak, ...)."""
+    from anonstream_load.bench import main as bench_main
+
+    raise typer.Exit(bench_main(ctx.args))
+
+
 @kafka_app.command("up")
 def kafka_up_cmd() -> None:
     """Start a detached local broker (jars fetched once from Maven Central)."""

@@ -19,7 +19,8 @@ from anonstream.core.pipeline import Pipeline, load_pipeline
 from anonstream.core.windows import window_starts
 from anonstream.testing import WorkerProcess, read_releases, summaries_complete
 
-console = Console()
+console = Console(width=None if Console().is_terminal else 150)
+TOP_ROWS = 12  # per window: the demo shows the largest cells, the topic has them all
 
 
 def _table(pipeline: str, window: str, aggs: list[dict[str, Any]], summary: dict[str, Any]) -> Table:
@@ -35,8 +36,15 @@ def _table(pipeline: str, window: str, aggs: list[dict[str, Any]], summary: dict
     metric_names = [m for m in (aggs[0]["metrics"] if aggs else {}) if not m.endswith("histogram")]
     for m in metric_names:
         t.add_column(m, justify="right")
-    for a in sorted(aggs, key=lambda a: (-a["metrics"]["users"], a["rollup_level"])):
-        t.add_row(*[str(a["dims"][d]) for d in dims], *[str(a["metrics"][m]) for m in metric_names])
+    ranked = sorted(aggs, key=lambda a: (-a["metrics"]["users"], a["rollup_level"]))
+    for a in ranked[:TOP_ROWS]:
+        values = [a["metrics"][m] for m in metric_names]
+        t.add_row(
+            *[str(a["dims"][d]) for d in dims],
+            *["withheld" if v is None else f"{v:,}" for v in values],
+        )
+    if len(ranked) > TOP_ROWS:
+        t.caption = f"... and {len(ranked) - TOP_ROWS} more cells on the output topic"
     return t
 
 
