@@ -32,7 +32,6 @@ import os
 import platform
 import shutil
 import sys
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -62,6 +61,7 @@ from .harness import (
     kafka_broker,
     metrics_value,
     run_child,
+    scratch_dir,
     worker_command,
     worker_env,
     worker_supports_stop_at_end,
@@ -326,7 +326,8 @@ def _run_anonstream(ctx: _Ctx, profile: Path | None = None) -> RunResult:
     if profile is not None:
         profile.parent.mkdir(parents=True, exist_ok=True)
         renderer = "html" if profile.suffix == ".html" else "text"
-        cmd[1:3] = ["-m", "pyinstrument", "-r", renderer, "-o", str(profile), "-m"]
+        # python -m pyinstrument -r R -o PATH -m anonstream.cli worker ...
+        cmd[1:1] = ["-m", "pyinstrument", "-r", renderer, "-o", str(profile)]
     load_before = os.getloadavg()[0]
     result = _watched_child(ctx, name, cmd, env, group, extra_poll=watch_first_event)
     run = _measured(name, result, load_before)
@@ -404,8 +405,7 @@ def render_table(summary: dict[str, Any]) -> Table:
     ceiling = (summary["runs"].get("ceiling") or {}).get("events_per_s")
     for name, r in summary["runs"].items():
         if not r["ok"]:
-            first_line = (r.get("error") or "failed").splitlines()[0]
-            table.add_row(name, f"[red]FAILED[/]: {escape(first_line)}", "", "", "", "")
+            table.add_row(name, "[red]FAILED[/]", "-", "-", "-", "-")
             continue
         eps = r["events_per_s"]
         vs = f"{eps / ceiling:.2f}" if ceiling and eps else "-"
@@ -465,10 +465,13 @@ def run_benchmark(cfg: BenchConfig, console: Console | None = None) -> dict[str,
     produced: dict[str, Any] = {}
     profiled_info: dict[str, Any] | None = None
     keep_logs = cfg.logs is not None
-    logs = cfg.logs or Path(tempfile.mkdtemp(prefix="anonstream-bench-"))
-    logs.mkdir(parents=True, exist_ok=True)
+
+    def say(message: str) -> None:
+        console.print(f"[dim]{escape(message)}[/]")
+
     with (
-        kafka_broker(cfg.bootstrap, say=lambda m: console.print(f"[dim]{m}[/]")) as bootstrap,
+        scratch_dir(cfg.logs, "anonstream-bench-", say) as logs,
+        kafka_broker(cfg.bootstrap, say=say) as bootstrap,
         KafkaProbe(bootstrap) as probe,
     ):
         try:
@@ -595,7 +598,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             pipeline=args.pipeline, timeout=args.timeout, logs=args.logs,
             chart=args.chart or ROOT / "load" / "results" / "soak.png",
         )  # fmt: skip
-        soak_summary = run_soak(soak_cfg, console=console)
+        try:
+            soak_summary = run_soak(soak_cfg, console=console)
+        except Exception as exc:
+            console.print(f"[red]soak failed[/]: {escape(f'{type(exc).__name__}: {exc}')}")
+            print(json.dumps({"benchmark": "anonstream-soak", "ok": False, "error": str(exc)}))
+            return 1
         print_soak(soak_summary)
         return 0 if soak_summary["ok"] else 1
     cfg = BenchConfig(
@@ -603,9 +611,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs=args.runs, chart=args.chart or DEFAULT_CHART, timeout=args.timeout,
         bootstrap=args.bootstrap, pipeline=args.pipeline, logs=args.logs, profile=args.profile,
     )  # fmt: skip
-    summary = run_benchmark(cfg, console)
+    try:
+        summary = run_benchmark(cfg, console)
+    except Exception as exc:  # broker, topic or produce failures: say what, no traceback
+        console.print(f"[red]benchmark failed[/]: {escape(f'{type(exc).__name__}: {exc}')}")
+        print(json.dumps({"benchmark": "anonstream-load", "ok": False, "error": str(exc)}))
+        return 1
     out = Console(soft_wrap=True)
     out.print(render_table(summary))
+    for name, r in summary["runs"].items():
+        if not r["ok"]:
+            first_line = (r.get("error") or "failed").splitlines()[0]
+            out.print(f"[red]{name} failed[/]: {escape(first_line)}")
     for key in ("ratio_ceiling", "ratio_naive_faust", "ratio_quixstreams"):
         if summary[key] is not None:
             out.print(f"{key}: {summary[key]:.3f}")

@@ -20,9 +20,11 @@ import asyncio
 import contextlib
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import urllib.error
@@ -46,6 +48,7 @@ __all__ = [
     "metrics_value",
     "proc_memory_kib",
     "run_child",
+    "scratch_dir",
     "tail",
     "worker_supports_stop_at_end",
     "write_pipeline",
@@ -424,6 +427,23 @@ def kafka_broker(bootstrap: str | None, *, say: Callable[[str], None]) -> Iterat
         yield kafka.bootstrap_servers
     finally:
         kafka.stop()
+
+
+@contextlib.contextmanager
+def scratch_dir(keep: Path | None, prefix: str, say: Callable[[str], None]) -> Iterator[Path]:
+    """``keep`` (created if needed), or a temporary directory that is removed when the
+    block raises and holds nothing yet (the caller removes it after a clean run)."""
+    path = keep or Path(tempfile.mkdtemp(prefix=prefix))
+    path.mkdir(parents=True, exist_ok=True)
+    try:
+        yield path
+    except BaseException:
+        if keep is None:
+            if any(path.iterdir()):
+                say(f"logs kept in {path}")
+            else:
+                shutil.rmtree(path, ignore_errors=True)
+        raise
 
 
 def write_pipeline(

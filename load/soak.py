@@ -24,7 +24,6 @@ import math
 import shutil
 import signal
 import subprocess
-import tempfile
 import threading
 import time
 import urllib.error
@@ -50,6 +49,7 @@ from .harness import (
     kafka_broker,
     metrics_value,
     proc_memory_kib,
+    scratch_dir,
     tail,
     worker_command,
     worker_env,
@@ -234,8 +234,6 @@ def soak(cfg: SoakConfig, console: Console) -> dict[str, Any]:
     topic, out_topic = f"anonstream-soak-{soak_id}", f"anonstream-soak-{soak_id}.out"
     group = f"soak-{soak_id}"
     keep_logs = cfg.logs is not None
-    logs = cfg.logs or Path(tempfile.mkdtemp(prefix="anonstream-soak-"))
-    logs.mkdir(parents=True, exist_ok=True)
     window_ms, lateness_ms = cfg.window_s * 1000, cfg.lateness_s * 1000
     count = int(cfg.rate * cfg.seconds)
     summary: dict[str, Any] = {
@@ -248,8 +246,12 @@ def soak(cfg: SoakConfig, console: Console) -> dict[str, Any]:
     from anonstream.broker.local import free_ports
     from anonstream.broker.topics import create_topics
 
+    def say(message: str) -> None:
+        console.print(f"[dim]{escape(message)}[/]")
+
     with (
-        kafka_broker(cfg.bootstrap, say=lambda m: console.print(f"[dim]{m}[/]")) as bootstrap,
+        scratch_dir(cfg.logs, "anonstream-soak-", say) as logs,
+        kafka_broker(cfg.bootstrap, say=say) as bootstrap,
         KafkaProbe(bootstrap) as probe,
     ):
         create_topics(bootstrap, {topic: cfg.partitions, out_topic: 1})

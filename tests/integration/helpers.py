@@ -62,11 +62,14 @@ def isolated_pipelines(tmp: Path, bootstrap: str, partitions: int = 4) -> Setup:
 
 
 def start_worker(setup: Setup, bootstrap: str, tmp: Path, **kw: Any) -> WorkerProcess:
+    env = {"ANONSTREAM_DEAD_LETTER_TOPIC": setup.dead_letter_topic}
+    if "instance_id" in kw:
+        env["ANONSTREAM_INSTANCE_ID"] = kw.pop("instance_id")
+    n = len(list(tmp.glob("worker-*.log")))
     w = WorkerProcess(
         bootstrap, pipelines_dir=setup.dir, secret=SECRET, group_id=f"it-{setup.suffix}",
-        idle_close_seconds=kw.pop("idle_close_seconds", 3.0),
-        extra_env={"ANONSTREAM_DEAD_LETTER_TOPIC": setup.dead_letter_topic},
-        log_path=tmp / "worker.log", **kw,
+        idle_close_seconds=kw.pop("idle_close_seconds", 3.0), extra_env=env,
+        log_path=tmp / f"worker-{n}.log", **kw,
     )  # fmt: skip
     w.start()
     return w

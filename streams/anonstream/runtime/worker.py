@@ -60,6 +60,10 @@ class Worker:
             web_bind=settings.web_host,
             topic_replication_factor=1,
             autodiscover=False,
+            # The host joins a group of its own (Faust's leader election); after a crash,
+            # a restarted host waits for its dead predecessor to time out of it.
+            broker_session_timeout=10.0,
+            broker_heartbeat_interval=3.0,
             loghandlers=[],
         )
         self.faust_worker: faust.Worker | None = None
