@@ -78,8 +78,21 @@ def test_worker_releases_equal_replay_and_carry_no_identifier(
         produce_events(kafka_bootstrap, setup, events)
         records = read_all(kafka_bootstrap, setup, windows)
         metrics = worker.get("/metrics").decode()
+        health = orjson.loads(worker.get("/health"))
     finally:
         worker.stop()
+    # Health: consuming, and it has released.
+    assert health["status"] == "ok" and health["consuming"] is True
+    assert health["seconds_since_last_release"] is not None
+    # Metrics: the counters agree with what went in and what came out.
+    for name in ("web_activity", "service_usage"):
+        n_in = sum(1 for n, _ in events if n == name)
+        n_agg = sum(1 for r in records if r["pipeline"] == name and r["kind"] == "aggregate")
+        assert _metric(metrics, "anonstream_events_in_total", name) == n_in
+        assert _metric(metrics, "anonstream_events_accepted_total", name) == n_in
+        assert _metric(metrics, "anonstream_cells_released_total", name) == n_agg
+        assert _metric(metrics, "anonstream_open_windows", name) == 0
+    assert "anonstream_batch_seconds_count" in metrics
     assert sum(r["kind"] == "aggregate" for r in records) > 10
     for name, pipeline in setup.pipelines.items():
         expected = replay_events(pipeline, [ev for n, ev in events if n == name])
@@ -91,3 +104,10 @@ def test_worker_releases_equal_replay_and_carry_no_identifier(
     leaked = {i for _, ev in events for i in identifiers_of(ev) if len(i) >= 6 and i in text}
     assert not leaked
     assert 'anonstream_events_accepted_total{pipeline="web_activity"}' in metrics
+
+
+def _metric(text: str, name: str, pipeline: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + "{") and f'pipeline="{pipeline}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} for {pipeline} not in the metrics")

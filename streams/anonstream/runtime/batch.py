@@ -81,6 +81,7 @@ class BatchLoop:
         self.assigned: set[TopicPartition] = set()
         self.end_offsets: dict[TopicPartition, int] = {}
         self.consuming = False
+        self._positions: dict[TopicPartition, int] = {}
         self._stopping = asyncio.Event()
         self._in_txn = False
         self._dirty = False
@@ -174,6 +175,7 @@ class BatchLoop:
             now = time.monotonic()
             if now - last_tick >= TICK_INTERVAL_S:
                 last_tick = now
+                self._update_lag(data)
                 for engine in self.engines.values():
                     await self._deliver(engine, engine.tick())
             if self.stop_at_end and await self._at_end():
@@ -183,6 +185,20 @@ class BatchLoop:
                 log.info("reached the end offsets; every window released")
                 return
             await self._commit()
+
+    def _update_lag(self, data: dict[TopicPartition, list[Any]]) -> None:
+        """Messages behind the end of each partition, from the fetch's high watermarks."""
+        assert self.consumer is not None
+        for tp, msgs in data.items():
+            if msgs:
+                self._positions[tp] = msgs[-1].offset + 1
+        lag = {}
+        for tp in self.assigned:
+            high = self.consumer.highwater(tp)
+            pos = self._positions.get(tp)
+            if high is not None and pos is not None:
+                lag[(tp.topic, tp.partition)] = max(0, high - pos)
+        self.metrics.lag = lag
 
     async def _at_end(self) -> bool:
         assert self.consumer is not None
