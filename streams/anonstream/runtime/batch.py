@@ -175,7 +175,7 @@ class BatchLoop:
             now = time.monotonic()
             if now - last_tick >= TICK_INTERVAL_S:
                 last_tick = now
-                self._update_lag(data)
+                self._update_lag()
                 for engine in self.engines.values():
                     await self._deliver(engine, engine.tick())
             if self.stop_at_end and await self._at_end():
@@ -186,12 +186,9 @@ class BatchLoop:
                 return
             await self._commit()
 
-    def _update_lag(self, data: dict[TopicPartition, list[Any]]) -> None:
+    def _update_lag(self) -> None:
         """Messages behind the end of each partition, from the fetch's high watermarks."""
         assert self.consumer is not None
-        for tp, msgs in data.items():
-            if msgs:
-                self._positions[tp] = msgs[-1].offset + 1
         lag = {}
         for tp in self.assigned:
             high = self.consumer.highwater(tp)
@@ -213,6 +210,8 @@ class BatchLoop:
         # Columns straight from the fetch: no object per message on the hot path.
         by_topic: dict[str, tuple[list[bytes], list[int], list[int], list[Any]]] = {}
         for tp, msgs in data.items():
+            if msgs:
+                self._positions[tp] = msgs[-1].offset + 1
             values, pidx, offsets, parts = by_topic.setdefault(tp.topic, ([], [], [], []))
             values.extend([m.value or b"" for m in msgs])
             offsets.extend([m.offset for m in msgs])
