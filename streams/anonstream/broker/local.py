@@ -713,9 +713,28 @@ class LocalKafka:
                 f"{_tail(proc.stdout or '(no output)')}"
             )
 
+    def restart(self, pause: float = 0.0, timeout: float = 90) -> None:
+        """Stop the broker gracefully and start it again on the same ports and data, as an
+        operator's rolling restart does; clients must reconnect. Used by fault tests."""
+        if self._proc is None or self._data_dir is None:
+            raise BrokerError("restart needs a running broker started by this object")
+        self._proc.terminate()
+        try:
+            self._proc.wait(STOP_GRACE_SECONDS)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait(10)
+        time.sleep(pause)
+        self._launch(find_java(), ensure_jars(self.cache), time.monotonic() + timeout)
+
     def _start_once(self, java: str, libs: Path, deadline: float) -> None:
-        data_dir = self.prepare()
+        self.prepare()
         self._format(java, libs, deadline)
+        self._launch(java, libs, deadline)
+
+    def _launch(self, java: str, libs: Path, deadline: float) -> None:
+        data_dir = self._data_dir
+        assert data_dir is not None
         broker_options = [
             f"-Xms{self.heap_min}",
             f"-Xmx{self.heap_max}",
