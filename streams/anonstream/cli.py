@@ -10,7 +10,9 @@ from pathlib import Path
 from typing import Annotated, NoReturn
 
 import typer
+from pydantic import ValidationError
 from rich.console import Console
+from rich.markup import escape
 
 from anonstream.core.keys import SecretError, load_secret
 from anonstream.core.pipeline import Pipeline, PipelineError, find_pipeline, load_pipeline
@@ -32,7 +34,7 @@ PipelinesDir = Annotated[
 
 
 def fail(message: str, code: int = 2) -> NoReturn:
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {escape(message)}")
     raise typer.Exit(code)
 
 
@@ -94,7 +96,7 @@ def explain(
     """A readable report of what a pipeline does to each field and what it releases."""
     from anonstream.explain import explain_pipeline
 
-    out.print(explain_pipeline(_pipeline(pipeline, pipelines_dir)))
+    out.print(explain_pipeline(_pipeline(pipeline, pipelines_dir)), markup=False, highlight=False)
 
 
 @app.command()
@@ -122,18 +124,22 @@ def replay(
     assert isinstance(secret, MasterSecret)
     if not input.is_file():
         fail(f"input file not found: {input}")
+    for path in (output, rejects):
+        if path is not None and path.resolve() == input.resolve():
+            fail(f"{path} is the input file: replay would overwrite the events it reads")
     engine = PipelineEngine(p, secret)
-    size = input.stat().st_size
     show = progress and sys.stderr.isatty()
     with Progress(
         TextColumn("replay"), BarColumn(), TextColumn("{task.completed:,} lines"),
         TransferSpeedColumn(), console=err, disable=not show,
     ) as bar:  # fmt: skip
         task = bar.add_task("replay", total=None)
-        report = replay_file(
-            engine, input, output, rejects, progress=lambda n: bar.advance(task, n)
-        )
-    _ = size
+        try:
+            report = replay_file(
+                engine, input, output, rejects, progress=lambda n: bar.advance(task, n)
+            )
+        except OSError as exc:
+            fail(f"{exc.filename}: {exc.strerror}")
     err.print(
         f"{report.lines:,} lines, {report.aggregates:,} aggregates and "
         f"{report.releases - report.aggregates:,} window summaries written to {output}; "
@@ -157,11 +163,15 @@ def worker(
         float | None,
         typer.Option(envvar="ANONSTREAM_IDLE_CLOSE_SECONDS", help="Close windows when idle."),
     ] = None,
-    demo: Annotated[bool, typer.Option(help="Allow a throwaway key (never for real data).")] = False,
+    demo: Annotated[
+        bool, typer.Option(help="Allow a throwaway key (never for real data).")
+    ] = False,
     stop_at_end: Annotated[
         bool,
-        typer.Option(help="Backfill: stop once the end offsets seen at start are processed, "
-                     "releasing every window."),
+        typer.Option(
+            help="Backfill: stop once the end offsets seen at start are processed, "
+            "releasing every window."
+        ),
     ] = False,
     instance_id: Annotated[
         str | None,
@@ -181,7 +191,14 @@ def worker(
         }.items()
         if v is not None
     }  # fmt: skip
-    settings = Settings(**overrides)  # type: ignore[arg-type]
+    try:
+        settings = Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"ANONSTREAM_{'_'.join(str(x) for x in e['loc']).upper()}: {e['msg']}"
+            for e in exc.errors()
+        )
+        fail(f"bad setting: {problems}")
     pipes = _all_pipelines(pipelines_dir, pipeline)
     secret = _secret(demo)
     assert isinstance(secret, MasterSecret)
@@ -247,6 +264,41 @@ def bench(ctx: typer.Context) -> None:
     raise typer.Exit(bench_main(ctx.args))
 
 
+@app.command()
+def dashboard(
+    topic: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--topic", "-t", help="Output topic to show (repeat). Default: every pipeline's."
+        ),
+    ] = None,
+    bootstrap_servers: Annotated[
+        str, typer.Option("--bootstrap-servers", "-b", envvar="ANONSTREAM_BOOTSTRAP_SERVERS")
+    ] = "127.0.0.1:9092",
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port to listen on.")] = 8050,
+    pipelines_dir: PipelinesDir = Path("pipelines"),
+) -> None:
+    """A read-only web dashboard: the latest released aggregates of each pipeline as charts,
+    read from the output topics. Runs until Ctrl-C."""
+    from anonstream.dashboard import run_dashboard
+
+    topics = list(dict.fromkeys(topic or [])) or sorted(
+        {o.topic for p in _all_pipelines(pipelines_dir) for o in p.outputs}
+    )
+    url = f"http://{f'[{host}]' if ':' in host else host}:{port}/"
+
+    def ready() -> None:
+        from rich.markup import escape as esc
+
+        out.print(f"dashboard of {esc(', '.join(topics))} on [bold]{esc(url)}[/] (Ctrl-C to stop)")
+
+    try:
+        run_dashboard(bootstrap_servers, topics, host, port, on_ready=ready)
+    except OSError as exc:
+        fail(f"cannot serve the dashboard on {host}:{port}: {exc}", 1)
+
+
 @kafka_app.command("up")
 def kafka_up_cmd() -> None:
     """Start a detached local broker (jars fetched once from Maven Central)."""
@@ -276,9 +328,12 @@ def kafka_down_cmd() -> None:
 @kafka_app.command("status")
 def kafka_status_cmd() -> None:
     """Show the broker started by `anonstream kafka up`, if any."""
-    from anonstream.broker.local import kafka_status
+    from anonstream.broker.local import BrokerError, kafka_status
 
-    rec = kafka_status()
+    try:
+        rec = kafka_status()
+    except BrokerError as exc:
+        fail(str(exc), 1)
     if rec is None:
         out.print("no broker started by `anonstream kafka up` is running")
         raise typer.Exit(1)

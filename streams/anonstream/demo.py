@@ -23,7 +23,9 @@ console = Console(width=None if Console().is_terminal else 150)
 TOP_ROWS = 12  # per window: the demo shows the largest cells, the topic has them all
 
 
-def _table(pipeline: str, window: str, aggs: list[dict[str, Any]], summary: dict[str, Any]) -> Table:
+def _table(
+    pipeline: str, window: str, aggs: list[dict[str, Any]], summary: dict[str, Any]
+) -> Table:
     t = Table(
         title=f"{pipeline}  window {window}  (k={summary['k']}: {summary['cells_released']} "
         f"released, {summary['cells_rolled_up']} cells rolled up, "
@@ -52,7 +54,9 @@ def run_demo(*, events: int, users: int, pipelines_dir: Path) -> int:
     from anonstream_load.generator import EventGenerator, Workload
     from anonstream_load.produce import produce
 
-    pipelines = [load_pipeline(pipelines_dir / f"{n}.yaml") for n in ("web_activity", "service_usage")]
+    pipelines = [
+        load_pipeline(pipelines_dir / f"{n}.yaml") for n in ("web_activity", "service_usage")
+    ]
     by_topic: dict[str, Pipeline] = {p.source_topic: p for p in pipelines}
     span_s = 3 * 3600  # three hours of event time, so several windows close
     gen = EventGenerator(
@@ -77,7 +81,9 @@ def run_demo(*, events: int, users: int, pipelines_dir: Path) -> int:
         console.print("starting the worker (demo mode: throwaway key) ...")
         worker.start()
         try:
-            console.print(f"worker up; metrics at {worker.url}/metrics, health at {worker.url}/health")
+            console.print(
+                f"worker up; metrics at {worker.url}/metrics, health at {worker.url}/health"
+            )
             console.print(f"producing {events:,} synthetic events of {users} fake people ...")
             asyncio.run(produce(bootstrap, batch))
             aggs: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -99,8 +105,9 @@ def run_demo(*, events: int, users: int, pipelines_dir: Path) -> int:
             console.rule("[bold]done")
             console.print(f"{n_agg} aggregates released over {sum(want.values())} windows.")
             for line in metrics.splitlines():
-                if line.startswith(("anonstream_events_in", "anonstream_events_rejected",
-                                    "anonstream_cells_")) and not line.startswith("#"):
+                if line.startswith(
+                    ("anonstream_events_in", "anonstream_events_rejected", "anonstream_cells_")
+                ) and not line.startswith("#"):
                     console.print(f"  {line}")
             console.print(
                 "Where to look next: `anonstream worker` serves /metrics and /health on its web "

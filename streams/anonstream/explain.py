@@ -85,11 +85,12 @@ def explain_pipeline(p: Pipeline) -> str:
             f"  output {o.name} -> topic {o.topic}",
             f"    cells: window x ({', '.join(o.dimensions) or 'no dimension'}), k = {o.k} "
             "distinct people",
-            f"    metrics: events, users"
+            "    metrics: events, users"
             + "".join(f", {m}_sum" for m in p.sums)
             + "".join(f", {m}_mean" for m in p.means)
-            + "".join(f", {m}_histogram (bands merged until each has >= k people)"
-                      for m in p.histograms),  # fmt: skip
+            + "".join(
+                f", {m}_histogram (bands merged until each has >= k people)" for m in p.histograms
+            ),
             f"    {noise}",
         ]
     dims = list(p.dimensions)

@@ -32,7 +32,9 @@ class _EngineCollector(Collector):
             labels=["pipeline", "topic"],
         )  # fmt: skip
         rejected = CounterMetricFamily(
-            "anonstream_events_rejected", "Messages rejected, by reason", labels=["pipeline", "reason"]
+            "anonstream_events_rejected",
+            "Messages rejected, by reason",
+            labels=["pipeline", "reason"],
         )
         simple = {
             "accepted": ("anonstream_events_accepted", "Events past decode and policy"),

@@ -87,7 +87,7 @@ class WorkerProcess:
     def health(self) -> dict[str, Any] | None:
         try:
             with urllib.request.urlopen(self.url + "/health", timeout=1) as resp:
-                return orjson.loads(resp.read())  # type: ignore[no-any-return]
+                return orjson.loads(resp.read())
         except urllib.error.HTTPError as exc:
             if exc.code == 503:
                 return None
@@ -97,7 +97,7 @@ class WorkerProcess:
 
     def get(self, path: str) -> bytes:
         with urllib.request.urlopen(self.url + path, timeout=5) as resp:
-            return resp.read()  # type: ignore[no-any-return]
+            return resp.read()
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:

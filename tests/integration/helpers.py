@@ -54,7 +54,10 @@ def isolated_pipelines(tmp: Path, bootstrap: str, partitions: int = 4) -> Setup:
         doc["source_topic"] = f"{contract_topic[doc['contract']]}.{suffix}"
         for o in doc.get("outputs") or [{"name": "default"}]:
             o["topic"] = f"anon.aggregates.{doc['pipeline']}.{o['name']}.{suffix}"
-        doc.setdefault("outputs", [{"name": "default", "topic": f"anon.aggregates.{doc['pipeline']}.default.{suffix}"}])
+        doc.setdefault(
+            "outputs",
+            [{"name": "default", "topic": f"anon.aggregates.{doc['pipeline']}.default.{suffix}"}],
+        )
         (d / src.name).write_text(yaml.safe_dump(doc, sort_keys=False))
     pipes = {p.name: p for p in (load_pipeline(f) for f in sorted(d.glob("*.yaml")))}
     create_topics(bootstrap, {p.source_topic: partitions for p in pipes.values()})
@@ -94,7 +97,9 @@ def expected_windows(setup: Setup, events: Sequence[tuple[str, Any]]) -> dict[st
 
 def read_all(bootstrap: str, setup: Setup, windows: dict[str, int], timeout: float = 90):  # type: ignore[no-untyped-def]
     return asyncio.run(
-        read_releases(bootstrap, setup.output_topics, until=summaries_complete(windows), timeout=timeout)
+        read_releases(
+            bootstrap, setup.output_topics, until=summaries_complete(windows), timeout=timeout
+        )
     )
 
 
@@ -106,5 +111,9 @@ def replay_events(pipeline: Pipeline, payloads: Iterable[Any]) -> list[dict[str,
     return out
 
 
-def canonical(records: Iterable[dict[str, Any]], *, kinds: tuple[str, ...] = ("aggregate",)) -> list[bytes]:
-    return sorted(orjson.dumps(r, option=orjson.OPT_SORT_KEYS) for r in records if r["kind"] in kinds)
+def canonical(
+    records: Iterable[dict[str, Any]], *, kinds: tuple[str, ...] = ("aggregate",)
+) -> list[bytes]:
+    return sorted(
+        orjson.dumps(r, option=orjson.OPT_SORT_KEYS) for r in records if r["kind"] in kinds
+    )

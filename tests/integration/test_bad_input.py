@@ -73,7 +73,8 @@ def test_bad_messages_go_to_dead_letters_and_good_events_still_count(
     # And counted by reason on the metrics endpoint.
     for reason in {r for r, _ in bad}:
         m = re.search(
-            rf'anonstream_events_rejected_total{{pipeline="service_usage",reason="{reason}"}} (\S+)',
+            rf'anonstream_events_rejected_total{{pipeline="service_usage",'
+            rf'reason="{reason}"}} (\S+)',
             metrics,
         )
         assert m is not None, reason

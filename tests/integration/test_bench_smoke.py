@@ -12,6 +12,7 @@ import sys
 from pathlib import Path
 
 import pytest
+
 from anonstream_load.harness import worker_supports_stop_at_end
 
 pytestmark = pytest.mark.integration

@@ -25,7 +25,10 @@ BASE_MS = 1_796_000_400_000  # 2026-11-30T01:00:00Z
 
 def test_known_counts_come_out_of_the_output_topic(kafka_bootstrap: str, tmp_path: Path) -> None:
     setup = isolated_pipelines(tmp_path, kafka_bootstrap)
-    ua = "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/131.0.0.0 Safari/537.36"
+    ua = (
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 (KHTML, like Gecko) "
+        "Chrome/131.0.0.0 Safari/537.36"
+    )
     events = []
     for i in range(12):  # 12 people, 2 page views each of /pricing: one cell of 12 users
         for j in range(2):

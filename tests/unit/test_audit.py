@@ -385,12 +385,11 @@ def test_cli_exit_codes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> N
 
 def test_real_engine_output_passes() -> None:
     """The releases of the actual engine on synthetic traffic meet the contract."""
-    from anonstream_load.generator import EventGenerator, Workload
-
     from anonstream.core.engine import PipelineEngine
     from anonstream.core.keys import MasterSecret
     from anonstream.core.pipeline import load_pipeline
     from anonstream.runtime.replay import replay
+    from anonstream_load.generator import EventGenerator, Workload
 
     root = Path(__file__).resolve().parents[2]
     gen = EventGenerator(Workload(users=400, seed=5))

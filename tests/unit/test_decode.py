@@ -7,15 +7,6 @@ from typing import Any
 
 import orjson
 import pytest
-from anonstream_load.generator import (
-    DEFAULT_START_MS,
-    MAX_MESSAGE_BYTES,
-    TOPIC_USAGE,
-    TOPIC_WEB,
-    EventGenerator,
-    Workload,
-    bad_messages,
-)
 
 from anonstream.core.contract import CONTRACTS, SERVICE_USAGE, WEB_ACTIVITY, Contract
 from anonstream.core.decode import (
@@ -33,6 +24,15 @@ from anonstream.core.decode import (
     Decoder,
     Rejection,
     parse_ts,
+)
+from anonstream_load.generator import (
+    DEFAULT_START_MS,
+    MAX_MESSAGE_BYTES,
+    TOPIC_USAGE,
+    TOPIC_WEB,
+    EventGenerator,
+    Workload,
+    bad_messages,
 )
 
 NOW = DEFAULT_START_MS + 86_400_000  # the injected clock: a day after the generator's start

@@ -13,6 +13,7 @@ from urllib.parse import unquote_plus
 
 import orjson
 import pytest
+
 from anonstream_load.generator import (
     DEFAULT_START_MS,
     MAX_MESSAGE_BYTES,

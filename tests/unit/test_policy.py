@@ -20,6 +20,13 @@ from urllib.parse import quote, quote_plus
 import orjson
 import pytest
 import yaml
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from anonstream.core.decode import Decoded, Decoder, Rejection
+from anonstream.core.keys import EventHasher, MasterSecret, Pseudonymizer
+from anonstream.core.pipeline import Pipeline, load_pipeline, parse_pipeline
+from anonstream.core.policy import MAX_KEPT_LEN, NO_PRIVACY_UNIT, Policy, PolicyRecord
 from anonstream_load.generator import (
     DEFAULT_START_MS,
     SERVICES_FOR_TYPE,
@@ -30,13 +37,6 @@ from anonstream_load.generator import (
     identifiers_of,
     luhn_valid,
 )
-from hypothesis import HealthCheck, assume, given, settings
-from hypothesis import strategies as st
-
-from anonstream.core.decode import Decoded, Decoder, Rejection
-from anonstream.core.keys import EventHasher, MasterSecret, Pseudonymizer
-from anonstream.core.pipeline import Pipeline, load_pipeline, parse_pipeline
-from anonstream.core.policy import MAX_KEPT_LEN, NO_PRIVACY_UNIT, Policy, PolicyRecord
 
 PIPELINES = Path(__file__).resolve().parents[2] / "pipelines"
 SECRET = MasterSecret(b"policy-unit-test-secret-0123456789abcdef", "test")

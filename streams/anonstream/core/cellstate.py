@@ -126,7 +126,9 @@ class WindowState:
 
     def compact(self) -> Rows:
         parts = ([self.compacted] if self.compacted is not None else []) + self.pending
-        rows, stats = compact(Rows.concat(parts, self.n_measures), self.max_events_per_unit_per_cell)
+        rows, stats = compact(
+            Rows.concat(parts, self.n_measures), self.max_events_per_unit_per_cell
+        )
         self.duplicates += stats.duplicates
         self.over_limit += stats.over_limit
         self.compacted = rows

@@ -147,11 +147,12 @@ class ColumnPolicy:
         cols, bad2 = self._policy(objs)
         if bad2:
             flagged.update(keep[j] for j in bad2)
-            good = np.array([j for j in range(len(objs)) if j not in bad2], dtype=np.int64)
-            keep = [keep[j] for j in good.tolist()]
+            good_list = [j for j in range(len(objs)) if j not in bad2]
+            sel = np.array(good_list, dtype=np.int64)
+            keep = [keep[j] for j in good_list]
             cols = Columns(
-                np.empty(0, dtype=np.int64), cols.ts[good], cols.unit[good], cols.event[good],
-                [cols.dims[j] for j in good.tolist()], cols.measures[good],
+                np.empty(0, dtype=np.int64), cols.ts[sel], cols.unit[sel], cols.event[sel],
+                [cols.dims[j] for j in good_list], cols.measures[sel],
             )  # fmt: skip
         cols.index = np.array(keep, dtype=np.int64)
         return cols, sorted(flagged)
@@ -243,10 +244,11 @@ class ColumnPolicy:
         one_period = len(bad) == 0 and int(periods.min()) == int(periods.max())
         unit_list: list[int | None] = [None] * n
         for i, name in enumerate(self._unit_fields):
-            col = list(map(dict.get, objs, repeat(name)))
+            col: list[Any] = list(map(dict.get, objs, repeat(name)))
             if one_period:
                 # Absent or blank values are never cached, so a miss is None either way.
-                got = list(map(self._cache_for(int(periods[0]), name).get, col))
+                cache = self._cache_for(int(periods[0]), name)
+                got: list[int | None] = list(map(cache.get, col))
             else:
                 got = [None] * n
             if i == 0:
@@ -266,18 +268,18 @@ class ColumnPolicy:
         dim_cols = []
         for name in self._dim_names:
             col = list(map(dict.get, objs, repeat(name)))
-            cache = self._dim_cache[name]
-            out = list(map(cache.get, col))
+            dcache = self._dim_cache[name]
+            out: list[str | None] = list(map(dcache.get, col))
             if None in out:
                 fn = self._dim_fns[name]
-                if len(cache) > 200_000:
-                    cache.clear()
-                    cache[None] = NONE
+                if len(dcache) > 200_000:
+                    dcache.clear()
+                    dcache[None] = NONE
                 for j, v in enumerate(out):
                     if v is None:
-                        out[j] = cache[col[j]] = fn(col[j])
+                        out[j] = dcache[col[j]] = fn(col[j])
             dim_cols.append(out)
-        dims = list(zip(*dim_cols, strict=True)) if dim_cols else [()] * n
+        dims: list[tuple[str, ...]] = list(zip(*dim_cols, strict=True)) if dim_cols else [()] * n
         # Measures: NaN where absent.
         nan = float("nan")
         m = np.empty((n, len(self._measures)), dtype=np.float64)
@@ -285,9 +287,8 @@ class ColumnPolicy:
             col = list(map(dict.get, objs, repeat(name)))
             m[:, k] = [nan if v is None else v for v in col]
         hasher = self.policy.event_hash
-        events = np.fromiter(
-            map(hasher, map(dict.get, objs, repeat("event_id"))), dtype=np.uint64, count=n
-        )
+        ids: list[str] = list(map(dict.__getitem__, objs, repeat("event_id")))
+        events = np.fromiter(map(hasher, ids), dtype=np.uint64, count=n)
         cols = Columns(
             np.empty(0, dtype=np.int64), ts, np.array(unit_list, dtype=np.uint64), events,
             dims, m,

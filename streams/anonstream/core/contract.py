@@ -9,12 +9,12 @@ unknown: it is dropped and counted, never passed on.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from enum import Enum
+from enum import StrEnum
 
 CONTRACT_VERSION = 1
 
 
-class Sensitivity(str, Enum):
+class Sensitivity(StrEnum):
     """How much a field says about a person; decides which actions a pipeline may take."""
 
     META = "meta"  # event_id, ts: structural, used for dedupe and windowing only
@@ -24,7 +24,7 @@ class Sensitivity(str, Enum):
     SAFE = "safe"  # descriptive values: keep, generalize (bands) or measure
 
 
-class FieldType(str, Enum):
+class FieldType(StrEnum):
     STRING = "string"
     INT = "int"  # non-negative integer
     TIMESTAMP = "timestamp"  # RFC 3339 with offset, or integer epoch milliseconds
@@ -57,7 +57,7 @@ class Contract:
         return tuple(f.name for f in self.fields)
 
 
-S, I, T, O = FieldType.STRING, FieldType.INT, FieldType.TIMESTAMP, FieldType.OBJECT
+S, N, T, OBJ = FieldType.STRING, FieldType.INT, FieldType.TIMESTAMP, FieldType.OBJECT
 _COMMON = (
     FieldSpec("event_id", S, Sensitivity.META, required=True),
     FieldSpec("ts", T, Sensitivity.META, required=True),
@@ -78,7 +78,7 @@ WEB_ACTIVITY = Contract(
         FieldSpec("url", S, Sensitivity.QUASI),
         FieldSpec("referrer", S, Sensitivity.QUASI),
         FieldSpec("campaign_id", S, Sensitivity.SAFE),
-        FieldSpec("duration_ms", I, Sensitivity.SAFE),
+        FieldSpec("duration_ms", N, Sensitivity.SAFE),
     ),
 )
 
@@ -95,11 +95,11 @@ SERVICE_USAGE = Contract(
         FieldSpec("address", S, Sensitivity.IDENTIFIER),
         FieldSpec("ip", S, Sensitivity.QUASI),
         FieldSpec("user_agent", S, Sensitivity.QUASI),
-        FieldSpec("quantity", I, Sensitivity.SAFE),
-        FieldSpec("bytes", I, Sensitivity.SAFE),
+        FieldSpec("quantity", N, Sensitivity.SAFE),
+        FieldSpec("bytes", N, Sensitivity.SAFE),
         FieldSpec(
             "billing",
-            O,
+            OBJ,
             Sensitivity.IDENTIFIER,
             children=(
                 FieldSpec("card_number", S, Sensitivity.IDENTIFIER),

@@ -126,7 +126,9 @@ class Decoder:
         self.max_future_ms = max_future_ms
         self._specs = {f.name: f for f in contract.fields}
         self._required = tuple(f.name for f in contract.fields if f.required)
-        self._objects = {f.name: {c.name: c for c in f.children} for f in contract.fields if f.children}
+        self._objects = {
+            f.name: {c.name: c for c in f.children} for f in contract.fields if f.children
+        }
 
     def now_ms(self) -> int:
         return self._clock_ms()
@@ -159,7 +161,10 @@ class Decoder:
             spec = specs.get(name)
             if spec is None:
                 unknown += 1
-                if isinstance(value, dict | list) and _depth(value, self.max_depth) >= self.max_depth:
+                if (
+                    isinstance(value, dict | list)
+                    and _depth(value, self.max_depth) >= self.max_depth
+                ):
                     return Rejection(TOO_DEEP, None)
                 continue
             if value is None:

@@ -24,8 +24,8 @@ from anonstream.core.decode import Decoded, Decoder, Rejection
 from anonstream.core.keys import MasterSecret
 from anonstream.core.pipeline import Pipeline
 from anonstream.core.policy import Policy, PolicyRecord
-from anonstream.core.release import Accounting, Releaser
 from anonstream.core.records import summary_record
+from anonstream.core.release import Accounting, Releaser
 from anonstream.core.windows import NEG_INF, Watermark, window_starts_array
 
 
@@ -149,17 +149,21 @@ class PipelineEngine:
             if type(d) is Decoded:
                 unknown += d.unknown_fields
                 r = self.policy.apply(d)
-                if type(r) is PolicyRecord:
+                if isinstance(r, PolicyRecord):
                     slow_index.append(i)
                     slow_records.append(r)
                     continue
-                d = r
-            assert isinstance(d, Rejection)
+                rejection = r
+            else:
+                assert isinstance(d, Rejection)
+                rejection = d
             if again[i]:
                 continue  # dead-lettered before the restart
-            self.rejections[d.reason] += 1
+            self.rejections[rejection.reason] += 1
             self._rejected_pending[part] += 1
-            result.dead_letters.append(DeadLetter(raw, d.reason, d.field, part, offset))
+            result.dead_letters.append(
+                DeadLetter(raw, rejection.reason, rejection.field, part, offset)
+            )
         if slow_records:
             slow = Columns.from_records(slow_index, slow_records, self._n_measures, unknown)
             cols = Columns.concat(cols, slow)
@@ -218,9 +222,11 @@ class PipelineEngine:
                 w = self.windows.get(start)
                 if w is None:
                     w = self.windows[start] = WindowState(
-                        start, end, self._n_measures,
+                        start,
+                        end,
+                        self._n_measures,
                         self.pipeline.contribution.max_events_per_unit_per_cell,
-                    )  # fmt: skip
+                    )
                 for i in np.unique(pidx[sel]).tolist():
                     first = int(offs[sel & (pidx == i)].min())
                     prev = w.first_offsets.get(part_of[i])
@@ -272,12 +278,18 @@ class PipelineEngine:
             result.releases.extend(out.records)
             result.releases.append(
                 summary_record(
-                    pipeline=p.name, version=p.version, output=out.output.name,
-                    start_ms=w.start_ms, end_ms=w.end_ms, cells_released=out.cells_released,
-                    cells_rolled_up=out.cells_rolled_up, cells_suppressed=out.cells_suppressed,
+                    pipeline=p.name,
+                    version=p.version,
+                    output=out.output.name,
+                    start_ms=w.start_ms,
+                    end_ms=w.end_ms,
+                    cells_released=out.cells_released,
+                    cells_rolled_up=out.cells_rolled_up,
+                    cells_suppressed=out.cells_suppressed,
                     late_events=sum(self._late_pending.values()),
-                    rejected_events=sum(self._rejected_pending.values()), k=out.output.k,
-                )  # fmt: skip
+                    rejected_events=sum(self._rejected_pending.values()),
+                    k=out.output.k,
+                )
             )
             result.accounting.append((w.start_ms, out.output.name, out.accounting))
             self.counters["cells_released"] += out.cells_released
@@ -294,7 +306,9 @@ class PipelineEngine:
         it, so a restart that re-reads from here rebuilds all open state."""
         nxt = self._next_offset.get(partition)
         firsts = [
-            w.first_offsets[partition] for w in self.windows.values() if partition in w.first_offsets
+            w.first_offsets[partition]
+            for w in self.windows.values()
+            if partition in w.first_offsets
         ]
         if nxt is None:
             return min(firsts) if firsts else None

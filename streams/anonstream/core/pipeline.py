@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import re
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any, Literal
 
@@ -207,8 +208,11 @@ def _field_action(r: _Reader, spec: FieldSpec, raw: object, path: str) -> FieldA
         if g not in GENERALIZERS:
             raise r.fail(path, f"unknown generalizer {g!r}; expected one of {GENERALIZERS}")
         if g == "text" and spec.sensitivity is not Sensitivity.SAFE:
-            raise r.fail(path, "free-text scrubbing is not generalization enough for a "
-                         f"{spec.sensitivity.value} field; use its own generalizer")
+            raise r.fail(
+                path,
+                "free-text scrubbing is not generalization enough for a "
+                f"{spec.sensitivity.value} field; use its own generalizer",
+            )
         if g == "band" and spec.type is not FieldType.INT:
             raise r.fail(path, "band generalizes numeric fields only")
         kw["generalizer"] = g
@@ -226,7 +230,7 @@ def _field_action(r: _Reader, spec: FieldSpec, raw: object, path: str) -> FieldA
             or len(edges) < 1
             or not all(isinstance(e, int | float) for e in edges)
             or not all(math.isfinite(e) for e in edges)
-            or any(a >= b for a, b in zip(edges, edges[1:], strict=False))
+            or any(a >= b for a, b in pairwise(edges))
         ):
             raise r.fail(f"{path}.edges", "expected a strictly increasing list of numbers")
         kw["edges"] = tuple(float(e) for e in edges)
@@ -433,7 +437,8 @@ def load_pipeline(path: str | Path) -> Pipeline:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "(file)"
-        raise PipelineError(str(p), where, f"not valid YAML: {getattr(exc, 'problem', exc)}")
+        reason = f"not valid YAML: {getattr(exc, 'problem', exc)}"
+        raise PipelineError(str(p), where, reason) from None
     return parse_pipeline(doc, str(p))
 
 

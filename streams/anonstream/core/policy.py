@@ -131,7 +131,5 @@ class Policy:
             return Rejection(NO_PRIVACY_UNIT, "/".join(self._unit_fields))
         dims = tuple(fn(ev.get(name)) for name, fn in self._dims)
         nan = float("nan")
-        measures = tuple(
-            float(v) if (v := ev.get(m)) is not None else nan for m in self._measures
-        )
+        measures = tuple(float(v) if (v := ev.get(m)) is not None else nan for m in self._measures)
         return PolicyRecord(ts, unit, self.event_hash(ev["event_id"]), dims, measures)

@@ -139,8 +139,9 @@ class Releaser:
                 pos = [primary.dimensions.index(d) for d in out.dimensions]
                 ok = np.fromiter(
                     (c is not None and all(c[j] != STAR for j in pos) for c in primary_cell),
-                    dtype=bool, count=len(primary_cell),
-                )  # fmt: skip
+                    dtype=bool,
+                    count=len(primary_cell),
+                )
                 res, _ = self._release_output(state, bounded.take(ok), out)
                 res.accounting.rows_in = int(ok.sum())
             results.append(res)
@@ -172,7 +173,7 @@ class Releaser:
         by_code = {leaf_keys[int(row_code[g[0]])]: g for g in groups}
         # Distinct units per leaf cell in one pass: count (cell, unit) pair starts.
         pair_order = np.lexsort((rows.unit, row_code))
-        pair_start = group_starts(row_code[pair_order], rows.unit[pair_order])
+        pair_start = group_starts(row_code[pair_order].astype(np.uint64), rows.unit[pair_order])
         users = np.bincount(row_code[pair_order][pair_start], minlength=len(codes))
         leaf_users = {key: int(users[c]) for key, c in codes.items()}
 
@@ -249,9 +250,7 @@ class Releaser:
                 withheld.add(m)
             sums[m] = float(np.clip(vals[has], fa.clamp[0], fa.clamp[1]).sum())
             counts[m] = int(has.sum())
-        hists = {
-            m: self._histogram(rows, idx, m, out.k) for m in p.histograms if m not in withheld
-        }
+        hists = {m: self._histogram(rows, idx, m, out.k) for m in p.histograms if m not in withheld}
         if out.noise is not None:
             rid = release_id(
                 "aggregate", p.name, p.version, out.name, state.start_ms, state.end_ms, dims
@@ -270,15 +269,20 @@ class Releaser:
             metrics[f"{m}_histogram"] = hists.get(m)
         res.records.append(
             aggregate_record(
-                pipeline=p.name, version=p.version, output=out.name,
-                start_ms=state.start_ms, end_ms=state.end_ms, dims=dims, metrics=metrics,
-                k=out.k, level=level, noise=noise_meta,
-            )  # fmt: skip
+                pipeline=p.name,
+                version=p.version,
+                output=out.name,
+                start_ms=state.start_ms,
+                end_ms=state.end_ms,
+                dims=dims,
+                metrics=metrics,
+                k=out.k,
+                level=level,
+                noise=noise_meta,
+            )
         )
 
-    def _histogram(
-        self, rows: Rows, idx: npt.NDArray[np.intp], m: str, k: int
-    ) -> dict[str, int]:
+    def _histogram(self, rows: Rows, idx: npt.NDArray[np.intp], m: str, k: int) -> dict[str, int]:
         """Counts per band, with adjacent bands merged until each holds >= k units."""
         edges = self.p.fields[m].edges
         vals = rows.measures[idx, self._col[m]]

@@ -254,7 +254,7 @@ _HEXISH = frozenset("0123456789abcdefABCDEF-")
 def _token_repl(m: re.Match[str]) -> str:
     run = m.group()
     has_digit = any(c.isdigit() for c in run)
-    if has_digit and (len(run) >= 16 and any(c.isalpha() for c in run) or set(run) <= _HEXISH):
+    if has_digit and ((len(run) >= 16 and any(c.isalpha() for c in run)) or set(run) <= _HEXISH):
         return ID
     return run
 

@@ -41,7 +41,7 @@ COMMIT_INTERVAL_S = 1.0
 TICK_INTERVAL_S = 1.0
 
 
-class _Rebalance(ConsumerRebalanceListener):  # type: ignore[misc]
+class _Rebalance(ConsumerRebalanceListener):
     def __init__(self, loop: BatchLoop) -> None:
         self.loop = loop
 

@@ -49,6 +49,7 @@ class Worker:
         self.metrics = Metrics()
         self.loop = BatchLoop(settings, pipelines, secret, self.metrics)
         self.exit_code = 0
+        self._stopping: asyncio.Future[None] | None = None
         self.app = faust.App(
             f"{settings.group_id}-host",
             broker=[f"kafka://{h}" for h in settings.bootstrap_servers.split(",")],
@@ -77,7 +78,7 @@ class Worker:
             log.exception("the batch loop failed; stopping the worker")
             self.exit_code = 1
         if self.faust_worker is not None:
-            asyncio.ensure_future(self.faust_worker.stop())
+            self._stopping = asyncio.ensure_future(self.faust_worker.stop())
 
     def _add_pages(self) -> None:
         metrics, loop = self.metrics, self.loop
@@ -102,7 +103,7 @@ class Worker:
         async def on_before_shutdown(app: Any, **kwargs: Any) -> None:
             await self.stop_loop()
 
-        self.app.on_before_shutdown.connect(on_before_shutdown)
+        self.app.on_before_shutdown.connect(on_before_shutdown)  # type: ignore[arg-type]
         try:
             self.faust_worker.execute_from_commandline()
         except SystemExit as exc:
