@@ -61,7 +61,8 @@ CONTENT_SECURITY_POLICY = (
 
 
 def _num(v: Any) -> float:
-    return float(v) if isinstance(v, int | float) and not isinstance(v, bool) else 0.0
+    """A metric as a number (ints stay ints, so sums of counts print as counts)."""
+    return v if isinstance(v, int | float) and not isinstance(v, bool) else 0
 
 
 def _int_or_none(v: Any) -> int | None:
@@ -330,7 +331,8 @@ class Dashboard:
                 raise
             except Exception as exc:  # Kafka unreachable, auth failure, ...: retry
                 self.connected = False
-                self.error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+                name, text = type(exc).__name__, str(exc)
+                self.error = text if text.startswith(name) else f"{name}: {text}".rstrip(": ")
                 log.warning("dashboard consumer: %s; retrying in %.0f s", self.error, delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, RETRY_MAX_SECONDS)
@@ -348,8 +350,8 @@ class Dashboard:
             client_id="anonstream-dashboard",
             **self.client_options,
         )
-        await consumer.start()
         try:
+            await consumer.start()
             # Subscribing to a missing topic could auto-create it: only existing ones.
             existing = await consumer.topics()
             present = [t for t in self.topics if t in existing]

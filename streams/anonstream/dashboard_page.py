@@ -88,7 +88,9 @@ svg text { font-family: "DejaVu Sans", "Liberation Sans", Arial, sans-serif; }
   vertical-align: -1px;
 }
 .swatch.users { background: var(--users); }
-.swatch.rest { background: var(--rest-users); }
+.swatch.events { background: var(--events); }
+.swatch.users.rest { background: var(--rest-users); }
+.swatch.events.rest { background: var(--rest-events); }
 .note { color: var(--muted); font-size: 12.5px; margin: 12px 2px; }
 .note code { background: #f2f4f7; padding: 0 4px; border-radius: 4px; }
 .table-wrap { max-height: 420px; overflow: auto; }
@@ -157,11 +159,13 @@ PAGE_JS = """
   }
   function compact(v) { return Math.abs(v) < 10000 ? fmt(v) : nfc.format(v); }
   function num(v) { return typeof v === "number" && Number.isFinite(v) ? v : 0; }
-  function niceMax(v) {
-    if (!(v > 0)) return 1;
-    const p = Math.pow(10, Math.floor(Math.log10(v)));
-    for (const m of [1, 2, 2.5, 5, 10]) if (m * p >= v) return m * p;
-    return 10 * p;
+  function niceScale(v, ticks) {
+    // A round tick step (1, 2 or 5 times a power of ten) and the axis end it gives.
+    const raw = v > 0 ? v / ticks : 1;
+    const p = Math.pow(10, Math.floor(Math.log10(raw)));
+    const step = [1, 2, 5, 10].map((m) => m * p).find((x) => x >= raw) || 10 * p;
+    const n = Math.max(1, Math.ceil(v / step));
+    return {max: n * step, step, n};
   }
   function dimValue(v) { return v === "*" ? REST : String(v); }
   function isRest(cell) { return Object.values(cell.dims).includes("*"); }
@@ -169,7 +173,22 @@ PAGE_JS = """
     const names = dims.length ? dims : Object.keys(cell.dims);
     return names.map((d) => dimValue(cell.dims[d])).join(" · ");
   }
-  function clip(t, n) { return t.length > n ? t.slice(0, n - 1) + "…" : t; }
+  function fitLabels(root) {
+    // Shorten chart labels to their room, measured by the browser; the tooltip has all.
+    for (const t of root.querySelectorAll("text[data-fit]")) {
+      const room = Number(t.getAttribute("data-fit"));
+      const full = t.firstChild.nodeValue;
+      let lo = 1, hi = full.length;
+      if (t.getComputedTextLength() <= room) continue;
+      while (lo < hi) {
+        const mid = Math.ceil((lo + hi) / 2);
+        t.firstChild.nodeValue = full.slice(0, mid) + "…";
+        if (t.getComputedTextLength() <= room) lo = mid;
+        else hi = mid - 1;
+      }
+      t.firstChild.nodeValue = full.slice(0, lo).trimEnd() + "…";
+    }
+  }
   function parseTs(t) { const d = new Date(t); return Number.isNaN(d.getTime()) ? null : d; }
   function pad(n) { return String(n).padStart(2, "0"); }
   function ymd(d) {
@@ -185,19 +204,19 @@ PAGE_JS = """
   }
 
   function barChart(cells, metric, dims, unit) {
-    const W = 600, LABEL = 250, RIGHT = 64, ROW = 24, TOPPAD = 6, AXIS = 40;
+    const W = 600, LABEL = 290, RIGHT = 56, ROW = 24, TOPPAD = 6, AXIS = 40;
     const rows = cells.slice(0, TOP);
     const plotH = rows.length * ROW;
     const H = TOPPAD + plotH + AXIS;
-    const max = niceMax(Math.max(1, ...rows.map((c) => num(c[metric]))));
+    const scale = niceScale(Math.max(1, ...rows.map((c) => num(c[metric]))), 4);
     const plotW = W - LABEL - RIGHT;
-    const x = (v) => LABEL + (Math.max(0, v) / max) * plotW;
+    const x = (v) => LABEL + (Math.max(0, v) / scale.max) * plotW;
     const svg = s("svg", {
       viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img",
       "aria-label": `top cells by ${unit}`,
     });
-    for (let i = 0; i <= 4; i++) {
-      const v = (max * i) / 4, xx = x(v);
+    for (let i = 0; i <= scale.n; i++) {
+      const v = scale.step * i, xx = x(v);
       svg.append(s("line", {x1: xx, x2: xx, y1: TOPPAD, y2: TOPPAD + plotH, class: "grid"}));
       svg.append(s("text", {
         x: xx, y: TOPPAD + plotH + 15, "text-anchor": "middle", class: "tick", text: compact(v),
@@ -210,7 +229,7 @@ PAGE_JS = """
       const v = num(c[metric]);
       svg.append(s("text", {
         x: LABEL - 8, y: y + ROW / 2 + 4, "text-anchor": "end",
-        class: rest ? "label rest" : "label", text: clip(label, 38),
+        class: rest ? "label rest" : "label", text: label, "data-fit": LABEL - 14,
       }, s("title", {text: label})));
       svg.append(s("rect", {
         x: LABEL, y: y + 4, width: Math.max(1.5, x(v) - LABEL), height: ROW - 8, rx: 3,
@@ -228,18 +247,18 @@ PAGE_JS = """
   }
 
   function historyChart(history) {
-    const W = 1200, H = 230, L = 72, R = 16, T = 18, B = 52;
+    const W = 1200, H = 200, L = 72, R = 16, T = 18, B = 52;
     const plotW = W - L - R, plotH = H - T - B;
     const n = Math.max(history.length, 1);
-    const max = niceMax(Math.max(1, ...history.map((w) => num(w.released_events))));
-    const y = (v) => T + plotH - (Math.max(0, v) / max) * plotH;
-    const slot = plotW / n, bw = Math.min(64, slot * 0.6);
+    const scale = niceScale(Math.max(1, ...history.map((w) => num(w.released_events))), 4);
+    const y = (v) => T + plotH - (Math.max(0, v) / scale.max) * plotH;
+    const slot = Math.min(120, plotW / n), bw = Math.min(56, slot * 0.6);
     const svg = s("svg", {
       viewBox: `0 0 ${W} ${H}`, class: "chart", role: "img",
       "aria-label": "released events per window",
     });
-    for (let i = 0; i <= 4; i++) {
-      const v = (max * i) / 4, yy = y(v);
+    for (let i = 0; i <= scale.n; i++) {
+      const v = scale.step * i, yy = y(v);
       svg.append(s("line", {x1: L, x2: W - R, y1: yy, y2: yy, class: "grid"}));
       svg.append(s("text", {
         x: L - 8, y: yy + 4, "text-anchor": "end", class: "tick", text: compact(v),
@@ -286,7 +305,7 @@ PAGE_JS = """
       ["cells_released", "cells released", sm.cells_released, ""],
       ["cells_rolled_up", "rolled up into (rest)", sm.cells_rolled_up, "rolled"],
       ["cells_suppressed", "suppressed", sm.cells_suppressed, "suppressed"],
-      ["k", "k (min. people per cell)", sm.k, ""],
+      ["k", "k: min. people per cell", sm.k, ""],
       ["released_events", "events in released cells", st.released_events, ""],
       ["late_events", "late events", sm.late_events, ""],
       ["rejected_events", "rejected events", sm.rejected_events, ""],
@@ -335,13 +354,13 @@ PAGE_JS = """
         text: `${fmt(st.cells_received)} of ${fmt(st.summary.cells_released)} cells ` +
           "of this window received so far."}));
     }
-    const legend = h("div", {class: "legend"}, "top ", String(TOP), " cells",
-      h("span", {class: "swatch users"}), "released on its own",
-      h("span", {class: "swatch rest"}), REST + " cell");
+    const legend = (metric) => h("div", {class: "legend"}, `top ${TOP} cells`,
+      h("span", {class: `swatch ${metric}`}), "released on its own",
+      h("span", {class: `swatch ${metric} rest`}), `${REST} cell`);
     sec.append(h("div", {class: "grid2"},
-      h("div", {class: "card"}, h("h3", {text: "Top cells by users"}), legend,
+      h("div", {class: "card"}, h("h3", {text: "Top cells by users"}), legend("users"),
         barChart(st.top_users, "users", st.dimensions, "users (distinct people)")),
-      h("div", {class: "card"}, h("h3", {text: "Top cells by events"}), legend.cloneNode(true),
+      h("div", {class: "card"}, h("h3", {text: "Top cells by events"}), legend("events"),
         barChart(st.top_events, "events", st.dimensions, "events"))));
     sec.append(h("div", {class: "card wide"},
       h("h3", {}, "Released events per window",
@@ -379,6 +398,7 @@ PAGE_JS = """
     for (const st of data.streams) if (st.window) kids.push(section(st));
     for (const st of data.streams) if (!st.window) kids.push(section(st));
     app.replaceChildren(...kids);
+    fitLabels(app);
   }
 
   function setStatus(cls, text) {

@@ -56,9 +56,11 @@ def explain_pipeline(p: Pipeline) -> str:
     width = max(len(n) for n in p.fields)
     for spec in p.contract.fields:
         fa = p.fields[spec.name]
+        what = _describe(fa, p)
+        if fa.action in ("keep", "generalize") and spec.name not in p.dimensions:
+            what += "; not a dimension, so never released"
         lines.append(
-            f"  {spec.name:<{width}}  [{spec.sensitivity.value:<10}] {fa.action:<12} "
-            f"{_describe(fa, p)}"
+            f"  {spec.name:<{width}}  [{spec.sensitivity.value:<10}] {fa.action:<12} {what}"
         )
     w = p.window
     kind = "tumbling" if not w.hopping else f"hopping every {_fmt_ms(w.step_ms)}"

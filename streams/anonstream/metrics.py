@@ -38,7 +38,7 @@ class _EngineCollector(Collector):
         )
         simple = {
             "accepted": ("anonstream_events_accepted", "Events past decode and policy"),
-            "late": ("anonstream_events_late", "Event-window pairs too late for a released window"),
+            "late": ("anonstream_events_late", "Events too late for an already released window"),
             "unknown_fields_dropped": (
                 "anonstream_unknown_fields_dropped", "Fields outside the input contract, dropped",
             ),
@@ -56,7 +56,9 @@ class _EngineCollector(Collector):
             "anonstream_state_bytes", "Bytes of open-window state", labels=["pipeline"]
         )
         wm = GaugeMetricFamily(
-            "anonstream_watermark_seconds", "Event-time watermark (epoch s)", labels=["pipeline"]
+            "anonstream_released_until_seconds",
+            "Windows ending before this are released (epoch s)",
+            labels=["pipeline"],
         )
         for name, e in engines.items():
             events.add_metric([name, e.pipeline.source_topic], e.counters["events_in"])

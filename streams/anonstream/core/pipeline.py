@@ -204,8 +204,10 @@ def _field_action(r: _Reader, spec: FieldSpec, raw: object, path: str) -> FieldA
         raise r.fail(path, "only numeric fields can be measured")
     kw: dict[str, Any] = {}
     if action == "generalize":
-        g = params.pop("generalizer")
-        if g not in GENERALIZERS:
+        g = params.pop("generalizer", None)
+        if g is None:
+            raise r.fail(path, f"name the generalizer: {{generalize: one of {GENERALIZERS}}}")
+        if not isinstance(g, str) or g not in GENERALIZERS:
             raise r.fail(path, f"unknown generalizer {g!r}; expected one of {GENERALIZERS}")
         if g == "text" and spec.sensitivity is not Sensitivity.SAFE:
             raise r.fail(
@@ -265,7 +267,9 @@ def _noise(r: _Reader, raw: object, path: str) -> Noise | None:
     if not isinstance(eps, int | float) or isinstance(eps, bool) or not 0 < eps <= 20:
         raise r.fail(f"{path}.epsilon", "expected a number in (0, 20]")
     delta = d.get("delta", 0.0)
-    if mech == "gaussian" and not (isinstance(delta, int | float) and 0 < delta < 1e-3):
+    if not isinstance(delta, int | float) or isinstance(delta, bool):
+        raise r.fail(f"{path}.delta", "expected a number")
+    if mech == "gaussian" and not 0 < delta < 1e-3:
         raise r.fail(f"{path}.delta", "gaussian noise needs 0 < delta < 0.001")
     return Noise(mech, float(eps), float(delta))
 

@@ -95,6 +95,7 @@ class BatchLoop:
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap_servers, group_id=s.group_id,
             enable_auto_commit=False, auto_offset_reset="earliest",
+            isolation_level="read_committed",  # never count an upstream aborted write
             max_poll_records=s.batch_max, fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=8 * 1024 * 1024, client_id=f"anonstream-{s.group_id}",
             **client,

@@ -8,8 +8,10 @@ whole fetches with getmany instead of pushing each event through a Faust stream.
 from __future__ import annotations
 
 import asyncio
+import tempfile
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import faust
@@ -61,6 +63,9 @@ class Worker:
             web_bind=settings.web_host,
             topic_replication_factor=1,
             autodiscover=False,
+            # Faust keeps table data in a dir of its own; the host has no tables, keep it
+            # out of the working directory.
+            datadir=Path(tempfile.gettempdir()) / "anonstream-faust" / settings.group_id,
             # The host joins a group of its own (Faust's leader election); after a crash,
             # a restarted host waits for its dead predecessor to time out of it.
             broker_session_timeout=10.0,
