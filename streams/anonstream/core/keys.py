@@ -3,8 +3,9 @@
 Pseudonyms are keyed BLAKE2b of the value under a per-period key derived from the master
 secret, so that (a) nobody without the secret can enumerate emails or IPs back from them,
 and (b) pseudonyms of two periods cannot be linked by anyone without the master secret:
-period keys are derived from it, so retiring the master secret ends all linkability. The master secret comes from the environment or a file, never from a pipeline
-file, and is never logged: `MasterSecret.__repr__` hides it.
+period keys are derived from it, so retiring the master secret ends all linkability.
+The master secret comes from the environment or a file, never from a pipeline file, and
+is never logged: `MasterSecret.__repr__` hides it.
 """
 
 from __future__ import annotations

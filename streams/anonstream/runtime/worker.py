@@ -8,8 +8,8 @@ whole fetches with getmany instead of pushing each event through a Faust stream.
 from __future__ import annotations
 
 import asyncio
-import tempfile
 import logging
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
