@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
     demo: bool = False  # allows a throwaway secret, said loudly
+    # Several workers in one group: ingest and release stages through a partials topic
+    # partitioned by window, so that k is checked over every worker's events.
+    scale_out: bool = False
+    partials_partitions: int = 6
+    partials_retention_ms: int = 7 * 24 * 3600 * 1000
 
     def kafka_client_options(self) -> dict[str, Any]:
         """Security options for aiokafka clients."""

@@ -65,7 +65,7 @@ def isolated_pipelines(tmp: Path, bootstrap: str, partitions: int = 4) -> Setup:
 
 
 def start_worker(setup: Setup, bootstrap: str, tmp: Path, **kw: Any) -> WorkerProcess:
-    env = {"ANONSTREAM_DEAD_LETTER_TOPIC": setup.dead_letter_topic}
+    env = {"ANONSTREAM_DEAD_LETTER_TOPIC": setup.dead_letter_topic, **kw.pop("extra_env", {})}
     if "instance_id" in kw:
         env["ANONSTREAM_INSTANCE_ID"] = kw.pop("instance_id")
     n = len(list(tmp.glob("worker-*.log")))

@@ -58,11 +58,14 @@ class StepResult:
     releases: list[dict[str, Any]] = field(default_factory=list)
     dead_letters: list[DeadLetter] = field(default_factory=list)
     accounting: list[tuple[int, str, Accounting]] = field(default_factory=list)
+    # Scale-out: (topic, partition, key, value) records for the partials topic.
+    forward: list[tuple[str, int, bytes, bytes]] = field(default_factory=list)
 
     def extend(self, other: StepResult) -> None:
         self.releases.extend(other.releases)
         self.dead_letters.extend(other.dead_letters)
         self.accounting.extend(other.accounting)
+        self.forward.extend(other.forward)
 
 
 class PipelineEngine:
@@ -103,6 +106,10 @@ class PipelineEngine:
         self._next_offset: dict[Hashable, int] = {}
 
     # -- input -------------------------------------------------------------------------
+    @property
+    def input_topic(self) -> str:
+        return self.pipeline.source_topic
+
     def process(self, messages: Sequence[Message]) -> StepResult:
         """Process one batch fully: every message is accepted, rejected or late, and
         windows the watermark passed are released."""
@@ -123,12 +130,30 @@ class PipelineEngine:
     ) -> StepResult:
         """`process` for runtimes that already hold columns: the raw values, each one's
         partition as an index into `part_of`, and offsets."""
+        cols, again, result = self.ingest(values, pidx, part_of, offs)
+        now = self.clock_ms()
+        if len(cols):
+            cpidx = pidx[cols.index]
+            self._add(cols, cpidx, offs[cols.index], again[cols.index], part_of)
+            for i in np.unique(cpidx).tolist():
+                self.watermark.observe(part_of[i], int(cols.ts[cpidx == i].max()), now)
+        result.extend(self._close_until(self.watermark.current(now)))
+        return result
+
+    def ingest(
+        self,
+        values: list[bytes],
+        pidx: npt.NDArray[np.int64],
+        part_of: list[Hashable],
+        offs: npt.NDArray[np.int64],
+    ) -> tuple[Columns, npt.NDArray[np.bool_], StepResult]:
+        """Decode and policy: the accepted events as columns, which of the batch are
+        replays after a restart, and the dead letters."""
         result = StepResult()
         n = len(values)
-        if not n:
-            result.extend(self._close_until(self.watermark.current(self.clock_ms())))
-            return result
         again = np.zeros(n, dtype=bool)
+        if not n:
+            return Columns.from_records([], [], self._n_measures), again, result
         if self._resume_next:
             resume = np.array([self._resume_next.get(p, -1) for p in part_of], dtype=np.int64)
             again = offs < resume[pidx]
@@ -171,14 +196,35 @@ class PipelineEngine:
         self.counters["accepted"] += len(cols)
         self.counters["rejected"] += n - len(cols)
         self.counters["unknown_fields_dropped"] += unknown
-        now = self.clock_ms()
-        if len(cols):
-            cpidx = pidx[cols.index]
-            self._add(cols, cpidx, offs[cols.index], again[cols.index], part_of)
-            for i in np.unique(cpidx).tolist():
-                self.watermark.observe(part_of[i], int(cols.ts[cpidx == i].max()), now)
-        result.extend(self._close_until(self.watermark.current(now)))
-        return result
+        return cols, again, result
+
+    def add_rows(
+        self,
+        cols: Columns,
+        starts: npt.NDArray[np.int64],
+        pidx: npt.NDArray[np.int64],
+        offs: npt.NDArray[np.int64],
+        part_of: list[Hashable],
+    ) -> None:
+        """Rows already windowed elsewhere (scale-out: another worker's ingest), each for
+        the one window in `starts`; offsets are those of the partials topic."""
+        again = np.zeros(len(cols), dtype=bool)
+        if self._resume_next:
+            resume = np.array([self._resume_next.get(p, -1) for p in part_of], dtype=np.int64)
+            again = offs < resume[pidx]
+        for i, part in enumerate(part_of):
+            mine = offs[pidx == i]
+            if len(mine):
+                top = int(mine.max()) + 1
+                if top > self._next_offset.get(part, -1):
+                    self._next_offset[part] = top
+        self._add(cols, pidx, offs, again, part_of, starts[:, None])
+
+    def observe_progress(self, source: Hashable, max_ts: int) -> None:
+        self.watermark.observe(source, max_ts, self.clock_ms())
+
+    def advance(self) -> StepResult:
+        return self._close_until(self.watermark.current(self.clock_ms()))
 
     def _add(
         self,
@@ -187,6 +233,7 @@ class PipelineEngine:
         offs: npt.NDArray[np.int64],
         again: npt.NDArray[np.bool_],
         part_of: list[Hashable],
+        starts: npt.NDArray[np.int64] | None = None,
     ) -> None:
         spec = self.pipeline.window
         cells_map = self._cells
@@ -205,7 +252,8 @@ class PipelineEngine:
                         self._cell_dims[c] = dims
                     cell_list[j] = c
         cell = np.array(cell_list, dtype=np.uint64)
-        starts = window_starts_array(spec, cols.ts)
+        if starts is None:
+            starts = window_starts_array(spec, cols.ts)
         # An event is late once, however many of its (hopping) windows are already closed.
         late = (starts[:, 0] + spec.size_ms <= self.closed_until) & ~again
         if late.any():

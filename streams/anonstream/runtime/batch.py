@@ -33,6 +33,12 @@ from anonstream.core.engine import DeadLetter, PipelineEngine, StepResult
 from anonstream.core.keys import MasterSecret
 from anonstream.core.pipeline import Pipeline
 from anonstream.metrics import Metrics
+from anonstream.runtime.scaleout import (
+    IngestStage,
+    ReleaseStage,
+    StagesView,
+    partials_topic,
+)
 from anonstream.settings import Settings
 
 log = logging.getLogger("anonstream.worker")
@@ -68,12 +74,36 @@ class BatchLoop:
         self.metrics = metrics
         self.stop_at_end = stop_at_end
         idle_ms = 0 if stop_at_end else int(settings.idle_close_seconds * 1000)
-        self.engines = {p.name: PipelineEngine(p, secret, idle_close_ms=idle_ms) for p in pipelines}
-        self.by_topic: dict[str, list[PipelineEngine]] = defaultdict(list)
+        # A stage reads one topic: in single mode the engine itself (raw topic in, releases
+        # out); in scale-out mode an ingest stage (raw in, partials out) and a release stage
+        # (partials in, releases out) per pipeline.
+        self.engines: dict[str, Any] = {}
+        views: dict[str, Any] = {}
+        for p in pipelines:
+            if settings.scale_out:
+                topic = partials_topic(settings.group_id, p.name)
+                ingest = IngestStage(
+                    PipelineEngine(p, secret), topic, settings.partials_partitions
+                )
+                release = ReleaseStage(
+                    PipelineEngine(p, secret, idle_close_ms=idle_ms),
+                    topic,
+                    settings.partials_partitions,
+                )
+                self.engines[f"{p.name}/ingest"] = ingest
+                self.engines[f"{p.name}/release"] = release
+                views[p.name] = StagesView(ingest, release)
+            else:
+                self.engines[p.name] = views[p.name] = PipelineEngine(
+                    p, secret, idle_close_ms=idle_ms
+                )
+        self.by_topic: dict[str, list[Any]] = defaultdict(list)
         for e in self.engines.values():
-            self.by_topic[e.pipeline.source_topic].append(e)
+            self.by_topic[e.input_topic].append(e)
+        self.raw_topics = {p.source_topic for p in pipelines}
         self.outputs = {(p.name, o.name): o.topic for p in pipelines for o in p.outputs}
-        self.metrics.bind_engines(self.engines)
+        self.metrics.bind_engines(views)
+        self.misconfigured: str | None = None
         instance = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
         self.transactional_id = f"anonstream-{settings.group_id}-{instance}"
         self.consumer: AIOKafkaConsumer | None = None
@@ -127,6 +157,11 @@ class BatchLoop:
     async def on_assigned(self, tps: list[TopicPartition]) -> None:
         assert self.consumer is not None
         self.assigned |= set(tps)
+        self._check_single_mode()
+        for stage in self.engines.values():
+            if isinstance(stage, ReleaseStage):
+                parts = self.consumer.partitions_for_topic(stage.pipeline.source_topic) or set()
+                stage.sources = [(stage.pipeline.source_topic, p) for p in sorted(parts)]
         committed = await self.consumer._coordinator.fetch_committed_offsets(tps)
         for tp in tps:
             meta = committed.get(tp)
@@ -144,6 +179,21 @@ class BatchLoop:
             ends = await self.consumer.end_offsets(tps)
             self.end_offsets.update(ends)
         log.info("assigned %s", ", ".join(f"{t.topic}/{t.partition}" for t in sorted(tps)))
+
+    def _check_single_mode(self) -> None:
+        """In single mode one worker must own every raw partition: k is checked on what
+        this worker sees, which is everything only then."""
+        if self.settings.scale_out or self.consumer is None:
+            return
+        for topic in self.raw_topics:
+            total = self.consumer.partitions_for_topic(topic) or set()
+            mine = {tp.partition for tp in self.assigned if tp.topic == topic}
+            if total and mine != total:
+                self.misconfigured = (
+                    f"this worker owns {len(mine)} of {len(total)} partitions of {topic}: "
+                    "several workers share the group, and a k checked per worker would be "
+                    "wrong. Run one worker per group, or set ANONSTREAM_SCALE_OUT=true on all."
+                )
 
     async def on_revoked(self, tps: list[TopicPartition]) -> None:
         if tps:
@@ -167,6 +217,8 @@ class BatchLoop:
         s = self.settings
         last_tick = time.monotonic()
         while not self._stopping.is_set():
+            if self.misconfigured:
+                raise RuntimeError(self.misconfigured)
             data = await self.consumer.getmany(
                 timeout_ms=int(s.batch_within_seconds * 1000), max_records=s.batch_max
             )
@@ -235,13 +287,17 @@ class BatchLoop:
             await self.producer.begin_transaction()
             self._in_txn = True
 
-    async def _deliver(self, engine: PipelineEngine, step: StepResult) -> None:
-        if not step.releases and not step.dead_letters:
+    async def _deliver(self, engine: Any, step: StepResult) -> None:
+        if not step.releases and not step.dead_letters and not step.forward:
             return
         assert self.producer is not None
         await self._begin()
         p = engine.pipeline
         futures = []
+        for topic, partition, key, value in step.forward:
+            futures.append(
+                await self.producer.send(topic, value, key=key or None, partition=partition)
+            )
         for rec in step.releases:
             topic = self.outputs[(p.name, rec["output"])]
             futures.append(await self.producer.send(

@@ -18,6 +18,11 @@ def ensure_output_topics(settings: Settings, pipelines: Sequence[Pipeline]) -> N
 
     topics = {o.topic: 1 for p in pipelines for o in p.outputs}
     topics[settings.dead_letter_topic] = 1
+    if settings.scale_out:
+        from anonstream.runtime.scaleout import partials_topic
+
+        for p in pipelines:
+            topics[partials_topic(settings.group_id, p.name)] = settings.partials_partitions
     # retention only deletes closed segments, so roll them often too
     configs = {
         settings.dead_letter_topic: {
@@ -25,6 +30,13 @@ def ensure_output_topics(settings: Settings, pipelines: Sequence[Pipeline]) -> N
             "segment.ms": str(min(settings.dead_letter_retention_ms, 3_600_000)),
         }
     }
+    if settings.scale_out:
+        from anonstream.runtime.scaleout import partials_topic
+
+        for p in pipelines:
+            configs[partials_topic(settings.group_id, p.name)] = {
+                "retention.ms": str(settings.partials_retention_ms)
+            }
     try:
         create_topics(settings.bootstrap_servers, topics, configs)
     except Exception as exc:  # an existing topic with other settings is the operator's call

@@ -40,6 +40,12 @@ def _credentials(settings: Settings) -> Any:
     return None
 
 
+def _faust_datadir(group_id: str) -> Path:
+    path = Path(tempfile.gettempdir()) / "anonstream-faust" / group_id
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 class Worker:
     def __init__(
         self,
@@ -65,7 +71,7 @@ class Worker:
             autodiscover=False,
             # Faust keeps table data in a dir of its own; the host has no tables, keep it
             # out of the working directory.
-            datadir=Path(tempfile.gettempdir()) / "anonstream-faust" / settings.group_id,
+            datadir=_faust_datadir(settings.group_id),
             # The host joins a group of its own (Faust's leader election); after a crash,
             # a restarted host waits for its dead predecessor to time out of it.
             broker_session_timeout=10.0,

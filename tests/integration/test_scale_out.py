@@ -1,0 +1,71 @@
+"""Three workers share the partitions; k is still checked over everyone's events, and the
+releases equal replay's."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from anonstream_load.generator import EventGenerator, Workload
+from anonstream_load.produce import produce
+from tests.integration.helpers import (
+    canonical,
+    expected_windows,
+    isolated_pipelines,
+    read_all,
+    replay_events,
+    start_worker,
+)
+
+pytestmark = pytest.mark.integration
+
+SCALE_OUT = {"ANONSTREAM_SCALE_OUT": "true", "ANONSTREAM_PARTIALS_PARTITIONS": "6"}
+
+
+def test_three_workers_release_what_replay_does(kafka_bootstrap: str, tmp_path: Path) -> None:
+    setup = isolated_pipelines(tmp_path, kafka_bootstrap, partitions=6)
+    gen = EventGenerator(Workload(users=300, events_per_second_of_event_time=3.0, seed=17))
+    names = {"raw.web-activity": "web_activity", "raw.usage": "service_usage"}
+    events = [(names[t], ev) for t, ev in gen.mixed(15_000)]
+    routed = [(setup.source(n), ev) for n, ev in events]
+    workers = [
+        start_worker(setup, kafka_bootstrap, tmp_path, instance_id=f"slot-{i}",
+                     idle_close_seconds=6.0, extra_env=SCALE_OUT)  # fmt: skip
+        for i in range(3)
+    ]
+    try:
+        asyncio.run(produce(kafka_bootstrap, routed))
+        records = read_all(kafka_bootstrap, setup, expected_windows(setup, events), timeout=180)
+        for w in workers:
+            assert w.proc is not None and w.proc.poll() is None, "a worker died"
+    finally:
+        for w in workers:
+            w.stop()
+    ids = Counter(r["release_id"] for r in records)
+    assert not [rid for rid, n in ids.items() if n > 1]
+    for name, pipeline in setup.pipelines.items():
+        expected = replay_events(pipeline, [ev for n, ev in events if n == name])
+        got = [r for r in records if r["pipeline"] == name]
+        assert canonical(got) == canonical(expected), name
+
+
+def test_a_second_worker_in_single_mode_is_refused(kafka_bootstrap: str, tmp_path: Path) -> None:
+    """Without scale-out, two workers in one group would each check k on half the people."""
+    setup = isolated_pipelines(tmp_path, kafka_bootstrap, partitions=4)
+    first = start_worker(setup, kafka_bootstrap, tmp_path, instance_id="a")
+    try:
+        second = start_worker(setup, kafka_bootstrap, tmp_path, instance_id="b")
+        codes = []
+        for w in (first, second):
+            assert w.proc is not None
+            try:
+                codes.append(w.proc.wait(60))
+            except Exception:
+                codes.append(None)
+        assert 1 in codes, f"no worker refused the split assignment: {codes}"
+    finally:
+        first.stop()
+        second.stop()
