@@ -117,3 +117,27 @@ def canonical(
     return sorted(
         orjson.dumps(r, option=orjson.OPT_SORT_KEYS) for r in records if r["kind"] in kinds
     )
+
+
+def diff_summary(got: Iterable[dict[str, Any]], expected: Iterable[dict[str, Any]]) -> str:
+    """Which cells differ, by window and dims, with their event and user counts."""
+
+    def index(records: Iterable[dict[str, Any]]) -> dict[tuple[Any, ...], tuple[Any, ...]]:
+        return {
+            (r["window_start"], tuple(sorted(r["dims"].items()))): (
+                r["metrics"]["events"], r["metrics"]["users"],
+            )
+            for r in records
+            if r["kind"] == "aggregate"
+        }  # fmt: skip
+
+    g, e = index(got), index(expected)
+    lines = [
+        f"{key}: got {g.get(key)} expected {e.get(key)}"
+        for key in sorted(set(g) | set(e))
+        if g.get(key) != e.get(key)
+    ]
+    late = [
+        (r["window_start"], r["late_events"]) for r in got if r["kind"] == "window_summary"
+    ]
+    return f"{len(lines)} cells differ (late per summary {late}):\n" + "\n".join(lines[:30])

@@ -13,6 +13,7 @@ from anonstream_load.generator import EventGenerator, Workload
 from anonstream_load.produce import produce
 from tests.integration.helpers import (
     canonical,
+    diff_summary,
     expected_windows,
     isolated_pipelines,
     read_all,
@@ -49,7 +50,7 @@ def test_three_workers_release_what_replay_does(kafka_bootstrap: str, tmp_path: 
     for name, pipeline in setup.pipelines.items():
         expected = replay_events(pipeline, [ev for n, ev in events if n == name])
         got = [r for r in records if r["pipeline"] == name]
-        assert canonical(got) == canonical(expected), name
+        assert canonical(got) == canonical(expected), diff_summary(got, expected)
 
 
 def test_a_second_worker_in_single_mode_is_refused(kafka_bootstrap: str, tmp_path: Path) -> None:
