@@ -110,9 +110,14 @@ def run_demo(*, events: int, users: int, pipelines_dir: Path) -> int:
                 ) and not line.startswith("#"):
                     console.print(f"  {line}")
             console.print(
-                "Where to look next: `anonstream worker` serves /metrics and /health on its web "
-                "port; `anonstream explain -p web_activity` says what each field becomes; "
-                "`anonstream replay` runs a pipeline on a file; see README.md."
+                "Where to look next:\n"
+                f"  metrics  {worker.url}/metrics and health {worker.url}/health "
+                "(served by every `anonstream worker`, port ANONSTREAM_WEB_PORT)\n"
+                "  dashboard  `anonstream dashboard` charts the latest releases at "
+                "http://127.0.0.1:8050/\n"
+                "  `anonstream explain -p web_activity` says what each field becomes;\n"
+                "  `anonstream replay` runs a pipeline on a file; `anonstream audit` re-checks "
+                "releases; see README.md."
             )
         finally:
             worker.stop()
