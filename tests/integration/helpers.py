@@ -137,7 +137,5 @@ def diff_summary(got: Iterable[dict[str, Any]], expected: Iterable[dict[str, Any
         for key in sorted(set(g) | set(e))
         if g.get(key) != e.get(key)
     ]
-    late = [
-        (r["window_start"], r["late_events"]) for r in got if r["kind"] == "window_summary"
-    ]
+    late = [(r["window_start"], r["late_events"]) for r in got if r["kind"] == "window_summary"]
     return f"{len(lines)} cells differ (late per summary {late}):\n" + "\n".join(lines[:30])

@@ -33,8 +33,14 @@ def test_three_workers_release_what_replay_does(kafka_bootstrap: str, tmp_path: 
     events = [(names[t], ev) for t, ev in gen.mixed(15_000)]
     routed = [(setup.source(n), ev) for n, ev in events]
     workers = [
-        start_worker(setup, kafka_bootstrap, tmp_path, instance_id=f"slot-{i}",
-                     idle_close_seconds=6.0, extra_env=SCALE_OUT)  # fmt: skip
+        start_worker(
+            setup,
+            kafka_bootstrap,
+            tmp_path,
+            instance_id=f"slot-{i}",
+            idle_close_seconds=6.0,
+            extra_env=SCALE_OUT,
+        )
         for i in range(3)
     ]
     try:

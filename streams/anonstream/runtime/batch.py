@@ -82,9 +82,7 @@ class BatchLoop:
         for p in pipelines:
             if settings.scale_out:
                 topic = partials_topic(settings.group_id, p.name)
-                ingest = IngestStage(
-                    PipelineEngine(p, secret), topic, settings.partials_partitions
-                )
+                ingest = IngestStage(PipelineEngine(p, secret), topic, settings.partials_partitions)
                 release = ReleaseStage(
                     PipelineEngine(p, secret, idle_close_ms=idle_ms),
                     topic,

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Hashable
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -64,7 +64,7 @@ class IngestStage:
         if len(cols):
             cpidx = pidx[cols.index]
             for i in np.unique(cpidx).tolist():
-                topic, partition = part_of[i]  # type: ignore[misc]
+                topic, partition = cast(tuple[str, int], part_of[i])
                 progress[i] = [topic, partition, int(cols.ts[cpidx == i].max())]
             starts = window_starts_array(spec, cols.ts)
             for j in range(starts.shape[1]):
@@ -123,7 +123,8 @@ def _rows(cols: Columns, parts: list[tuple[npt.NDArray[np.bool_], int]]) -> dict
     idx = np.concatenate(idx_list)
     names: dict[tuple[str, ...], int] = {}
     dim_ref = [names.setdefault(cols.dims[i], len(names)) for i in idx.tolist()]
-    measures = np.where(np.isnan(cols.measures[idx]), None, cols.measures[idx]).tolist()
+    m = cols.measures[idx]
+    measures = [[None if x != x else x for x in row] for row in m.tolist()]  # NaN -> null
     return {
         "w": win,
         "ts": cols.ts[idx].tolist(),
@@ -196,8 +197,8 @@ class ReleaseStage:
                 top = int(mine.max()) + 1
                 if top > e._next_offset.get(part, -1):
                     e._next_offset[part] = top
-        for key, ts in progress.items():
-            e.observe_progress(key, ts)
+        for source, ts in progress.items():
+            e.observe_progress(source, ts)
         return e.advance()
 
     def safe_offset(self, partition: Hashable) -> int | None:
@@ -217,7 +218,7 @@ class ReleaseStage:
         """A partials partition moved to another worker: so do its windows, which the new
         owner rebuilds from the committed offset; keeping them here would release twice."""
         self.engine.forget(partition)
-        _, number = partition  # type: ignore[misc]
+        number = cast(tuple[str, int], partition)[1]
         step = self.pipeline.window.step_ms
         for start in [s for s in self.engine.windows if (s // step) % self.partitions == number]:
             del self.engine.windows[start]
