@@ -139,3 +139,20 @@ def diff_summary(got: Iterable[dict[str, Any]], expected: Iterable[dict[str, Any
     ]
     late = [(r["window_start"], r["late_events"]) for r in got if r["kind"] == "window_summary"]
     return f"{len(lines)} cells differ (late per summary {late}):\n" + "\n".join(lines[:30])
+
+
+def assert_equal_to_replay(
+    setup: Setup,
+    events: Sequence[tuple[str, Any]],
+    records: Sequence[dict[str, Any]],
+    kinds: tuple[str, ...] = ("aggregate", "window_summary"),
+) -> None:
+    """Each release delivered once, and exactly the releases replay gives for the events."""
+    ids = [r["release_id"] for r in records]
+    assert len(ids) == len(set(ids)), "a release was delivered twice"
+    for name, pipeline in setup.pipelines.items():
+        expected = replay_events(pipeline, [ev for n, ev in events if n == name])
+        got = [r for r in records if r["pipeline"] == name]
+        assert canonical(got, kinds=kinds) == canonical(expected, kinds=kinds), (
+            f"{name}: " + diff_summary(got, expected)
+        )

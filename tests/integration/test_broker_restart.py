@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -14,11 +13,10 @@ from anonstream.broker.local import LocalKafka
 from anonstream_load.generator import EventGenerator, Workload
 from anonstream_load.produce import produce
 from tests.integration.helpers import (
-    canonical,
+    assert_equal_to_replay,
     expected_windows,
     isolated_pipelines,
     read_all,
-    replay_events,
     start_worker,
 )
 
@@ -45,11 +43,4 @@ def test_worker_survives_a_broker_restart(tmp_path: Path) -> None:
             assert worker.proc is not None and worker.proc.poll() is None, "worker died"
         finally:
             worker.stop()
-    ids = Counter(r["release_id"] for r in records)
-    assert not [rid for rid, n in ids.items() if n > 1]
-    for name, pipeline in setup.pipelines.items():
-        expected = replay_events(pipeline, [ev for n, ev in events if n == name])
-        got = [r for r in records if r["pipeline"] == name]
-        assert canonical(got, kinds=("aggregate", "window_summary")) == canonical(
-            expected, kinds=("aggregate", "window_summary")
-        ), name
+    assert_equal_to_replay(setup, events, records)

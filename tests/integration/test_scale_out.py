@@ -4,7 +4,6 @@ releases equal replay's."""
 from __future__ import annotations
 
 import asyncio
-from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -12,12 +11,10 @@ import pytest
 from anonstream_load.generator import EventGenerator, Workload
 from anonstream_load.produce import produce
 from tests.integration.helpers import (
-    canonical,
-    diff_summary,
+    assert_equal_to_replay,
     expected_windows,
     isolated_pipelines,
     read_all,
-    replay_events,
     start_worker,
 )
 
@@ -51,12 +48,7 @@ def test_three_workers_release_what_replay_does(kafka_bootstrap: str, tmp_path: 
     finally:
         for w in workers:
             w.stop()
-    ids = Counter(r["release_id"] for r in records)
-    assert not [rid for rid, n in ids.items() if n > 1]
-    for name, pipeline in setup.pipelines.items():
-        expected = replay_events(pipeline, [ev for n, ev in events if n == name])
-        got = [r for r in records if r["pipeline"] == name]
-        assert canonical(got) == canonical(expected), diff_summary(got, expected)
+    assert_equal_to_replay(setup, events, records, kinds=("aggregate",))
 
 
 def test_a_second_worker_in_single_mode_is_refused(kafka_bootstrap: str, tmp_path: Path) -> None:

@@ -151,18 +151,9 @@ class PipelineEngine:
         replays after a restart, and the dead letters."""
         result = StepResult()
         n = len(values)
-        again = np.zeros(n, dtype=bool)
         if not n:
-            return Columns.from_records([], [], self._n_measures), again, result
-        if self._resume_next:
-            resume = np.array([self._resume_next.get(p, -1) for p in part_of], dtype=np.int64)
-            again = offs < resume[pidx]
-        for i, part in enumerate(part_of):
-            mine = offs[pidx == i]
-            if len(mine):
-                top = int(mine.max()) + 1
-                if top > self._next_offset.get(part, -1):
-                    self._next_offset[part] = top
+            return Columns.from_records([], [], self._n_measures), np.zeros(0, bool), result
+        again = self.track_offsets(pidx, part_of, offs)
 
         cols, flagged = self.columns.run(values)
         slow_index: list[int] = []
@@ -208,7 +199,15 @@ class PipelineEngine:
     ) -> None:
         """Rows already windowed elsewhere (scale-out: another worker's ingest), each for
         the one window in `starts`; offsets are those of the partials topic."""
-        again = np.zeros(len(cols), dtype=bool)
+        again = self.track_offsets(pidx, part_of, offs)
+        self._add(cols, pidx, offs, again, part_of, starts[:, None])
+
+    def track_offsets(
+        self, pidx: npt.NDArray[np.int64], part_of: list[Hashable], offs: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.bool_]:
+        """Move each partition's next offset past this batch; return which messages were
+        already processed before a restart (they rebuild state but count nothing twice)."""
+        again = np.zeros(len(offs), dtype=bool)
         if self._resume_next:
             resume = np.array([self._resume_next.get(p, -1) for p in part_of], dtype=np.int64)
             again = offs < resume[pidx]
@@ -218,7 +217,7 @@ class PipelineEngine:
                 top = int(mine.max()) + 1
                 if top > self._next_offset.get(part, -1):
                     self._next_offset[part] = top
-        self._add(cols, pidx, offs, again, part_of, starts[:, None])
+        return again
 
     def observe_progress(self, source: Hashable, max_ts: int) -> None:
         self.watermark.observe(source, max_ts, self.clock_ms())

@@ -191,12 +191,7 @@ class ReleaseStage:
                 cols, starts, np.full(n, pi, dtype=np.int64), np.full(n, offset, np.int64), part_of
             )
         # Offsets of messages without rows still move this partition forward.
-        for i, part in enumerate(part_of):
-            mine = offs[pidx == i]
-            if len(mine):
-                top = int(mine.max()) + 1
-                if top > e._next_offset.get(part, -1):
-                    e._next_offset[part] = top
+        e.track_offsets(pidx, part_of, offs)
         for source, ts in progress.items():
             e.observe_progress(source, ts)
         return e.advance()
