@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from anonstream.core.accumulators import DistinctUnits
+from anonstream.core.accumulators import DistinctUnits, Sum
 from anonstream.core.cellstate import Rows, WindowState, group_starts, rank_in_group
 from anonstream.core.pipeline import Noise, Output, Pipeline
 from anonstream.core.records import STAR, aggregate_record, release_id
@@ -248,8 +248,9 @@ class Releaser:
             # them, however many people the cell has: withhold it (null).
             if len(np.unique(rows.unit[idx][has])) < out.k:
                 withheld.add(m)
-            sums[m] = float(np.clip(vals[has], fa.clamp[0], fa.clamp[1]).sum())
-            counts[m] = int(has.sum())
+            acc = Sum(fa.clamp[0], fa.clamp[1])
+            acc.add(vals)
+            sums[m], counts[m] = acc.result(), acc.n
         hists = {m: self._histogram(rows, idx, m, out.k) for m in p.histograms if m not in withheld}
         if out.noise is not None:
             rid = release_id(
