@@ -82,6 +82,7 @@ class WorkerProcess:
             if self.health() is not None:
                 return
             time.sleep(0.3)
+        self.kill()  # never leave a half-started worker behind
         raise RuntimeError(f"worker not healthy within {timeout} s")
 
     def health(self) -> dict[str, Any] | None:
