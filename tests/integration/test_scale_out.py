@@ -4,10 +4,14 @@ releases equal replay's."""
 from __future__ import annotations
 
 import asyncio
+import random
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
+from anonstream.testing import WorkerProcess
 from anonstream_load.generator import EventGenerator, Workload
 from anonstream_load.produce import produce
 from tests.integration.helpers import (
@@ -68,3 +72,45 @@ def test_a_second_worker_in_single_mode_is_refused(kafka_bootstrap: str, tmp_pat
     finally:
         first.stop()
         second.stop()
+
+
+# Not yet shown, so not in the suite: a worker SIGKILLed mid-window in scale-out mode (seeds 5
+# and 23 lose rows of a window in about half the runs; see docs/operations.md#scaling).
+@pytest.mark.parametrize(("seed", "fault"), [(41, "add")])
+def test_faults_with_three_workers_still_release_what_replay_does(
+    kafka_bootstrap: str, tmp_path: Path, seed: int, fault: str
+) -> None:
+    """SIGKILL one worker at a random moment and restart it, or add a worker mid-stream
+    (a rebalance moves partitions and their open windows between workers)."""
+    rnd = random.Random(seed)
+    setup = isolated_pipelines(tmp_path, kafka_bootstrap, partitions=6)
+    gen = EventGenerator(Workload(users=300, events_per_second_of_event_time=3.0, seed=seed))
+    names = {"raw.web-activity": "web_activity", "raw.usage": "service_usage"}
+    events = [(names[t], ev) for t, ev in gen.mixed(18_000)]
+    routed = [(setup.source(n), ev) for n, ev in events]
+
+    def worker(slot: str) -> WorkerProcess:
+        return start_worker(
+            setup, kafka_bootstrap, tmp_path, instance_id=slot, idle_close_seconds=8.0,
+            extra_env=SCALE_OUT,
+        )  # fmt: skip
+
+    workers = [worker(f"slot-{i}") for i in range(3 if fault == "kill" else 2)]
+    producer = threading.Thread(
+        target=lambda: asyncio.run(produce(kafka_bootstrap, routed, rate=2500)), daemon=True
+    )
+    producer.start()
+    try:
+        time.sleep(rnd.uniform(1.5, 4.0))
+        if fault == "kill":
+            victim = rnd.randrange(len(workers))
+            workers[victim].kill()
+            workers[victim] = worker(f"slot-{victim}")
+        else:
+            workers.append(worker("slot-new"))
+        producer.join(90)
+        records = read_all(kafka_bootstrap, setup, expected_windows(setup, events), timeout=240)
+    finally:
+        for w in workers:
+            w.stop()
+    assert_equal_to_replay(setup, events, records, kinds=("aggregate",))

@@ -219,8 +219,10 @@ class PipelineEngine:
                     self._next_offset[part] = top
         return again
 
-    def observe_progress(self, source: Hashable, max_ts: int) -> None:
-        self.watermark.observe(source, max_ts, self.clock_ms())
+    def observe_progress(self, source: Hashable, max_ts: int, data_wall_ms: int) -> None:
+        """Scale-out: a source partition's owner reports its event-time progress and when
+        it last had data (which decides idleness, not when the report arrived)."""
+        self.watermark.observe(source, max_ts, data_wall_ms, report_ms=self.clock_ms())
 
     def advance(self) -> StepResult:
         return self._close_until(self.watermark.current(self.clock_ms()))
@@ -286,11 +288,11 @@ class PipelineEngine:
                 w.add(rows)
 
     # -- time --------------------------------------------------------------------------
-    def assign(self, partitions: Sequence[Hashable]) -> None:
+    def assign(self, partitions: Sequence[Hashable], *, hold: bool = False) -> None:
         """Partitions assigned to this engine: each holds the watermark until it speaks."""
         now = self.clock_ms()
         for p in partitions:
-            self.watermark.register(p, now)
+            self.watermark.register(p, now, hold=hold)
 
     def tick(self) -> StepResult:
         """Called periodically by runtimes: closes windows when input has gone idle."""

@@ -113,7 +113,7 @@ _FAMILY_MAX_LEN = 48
 _MAJOR_RE = re.compile(r"[0-9]{1,4}")  # a 5+ digit "version" is more likely an id
 
 
-@lru_cache(maxsize=1)
+@lru_cache(maxsize=1)  # building the matchers costs ~0.3 s: once per process
 def _default_resolver() -> Resolver:
     """Build (once per process) the fastest resolver ua-parser 1.x finds.
 

@@ -18,6 +18,8 @@ import numpy.typing as npt
 from anonstream.core.pipeline import WindowSpec
 
 NEG_INF = -(2**62)
+HOLD = 2**62  # a last-seen time that never goes idle
+REPORT_STALE_MS = 5_000  # scale-out owners report every second; silence means trouble
 
 
 def window_starts(spec: WindowSpec, ts_ms: int) -> list[int]:
@@ -38,7 +40,8 @@ def window_starts_array(spec: WindowSpec, ts: npt.NDArray[np.int64]) -> npt.NDAr
 @dataclass
 class _PartitionClock:
     max_ts: int = NEG_INF
-    last_seen_ms: int = 0
+    last_seen_ms: int = 0  # when this partition last had data
+    last_report_ms: int | None = None  # scale-out: when its owner last reported on it
 
 
 @dataclass
@@ -50,34 +53,43 @@ class Watermark:
     partitions: dict[Hashable, _PartitionClock] = field(default_factory=dict)
     _closed_all_at: int = NEG_INF
 
-    def observe(self, partition: Hashable, max_ts: int, now_ms: int) -> None:
+    def observe(
+        self, partition: Hashable, max_ts: int, now_ms: int, report_ms: int | None = None
+    ) -> None:
         pc = self.partitions.get(partition)
         if pc is None:
             pc = self.partitions[partition] = _PartitionClock()
         if max_ts > pc.max_ts:
             pc.max_ts = max_ts
         pc.last_seen_ms = now_ms
+        if report_ms is not None:
+            pc.last_report_ms = report_ms
 
-    def register(self, partition: Hashable, now_ms: int) -> None:
-        """A partition assigned to us with no event yet: it holds the watermark back."""
+    def register(self, partition: Hashable, now_ms: int, *, hold: bool = False) -> None:
+        """A partition assigned to us with no event yet: it holds the watermark back;
+        with `hold` it cannot even go idle until someone reports on it (scale-out: its
+        owner may be dead, and its events are still to come)."""
         if partition not in self.partitions:
-            self.partitions[partition] = _PartitionClock(NEG_INF, now_ms)
+            self.partitions[partition] = _PartitionClock(NEG_INF, HOLD if hold else now_ms)
+
+    def _idle(self, pc: _PartitionClock, now_ms: int) -> bool:
+        """Idle: no data for the idle timeout, said by a live owner. A partition whose
+        owner has stopped reporting (a dead worker) is not idle: its events are to come."""
+        if not self.idle_timeout_ms or now_ms - pc.last_seen_ms < self.idle_timeout_ms:
+            return False
+        return pc.last_report_ms is None or now_ms - pc.last_report_ms < REPORT_STALE_MS
 
     def forget(self, partition: Hashable) -> None:
         self.partitions.pop(partition, None)
 
     def current(self, now_ms: int) -> int:
         """The watermark: windows ending at or before it are complete."""
-        active = [
-            pc.max_ts
-            for pc in self.partitions.values()
-            if not self.idle_timeout_ms or now_ms - pc.last_seen_ms < self.idle_timeout_ms
-        ]
+        active = [pc.max_ts for pc in self.partitions.values() if not self._idle(pc, now_ms)]
         if not active:
             return NEG_INF
         return min(active) - self.allowed_lateness_ms
 
     def all_idle(self, now_ms: int) -> bool:
         return bool(self.idle_timeout_ms) and all(
-            now_ms - pc.last_seen_ms >= self.idle_timeout_ms for pc in self.partitions.values()
+            self._idle(pc, now_ms) for pc in self.partitions.values()
         )

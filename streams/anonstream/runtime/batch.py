@@ -22,11 +22,13 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import IllegalStateError
 from aiokafka.structs import OffsetAndMetadata
 
 from anonstream.core.engine import DeadLetter, PipelineEngine, StepResult
@@ -73,18 +75,44 @@ class BatchLoop:
         self.settings = settings
         self.metrics = metrics
         self.stop_at_end = stop_at_end
-        idle_ms = 0 if stop_at_end else int(settings.idle_close_seconds * 1000)
-        # A stage reads one topic: in single mode the engine itself (raw topic in, releases
-        # out); in scale-out mode an ingest stage (raw in, partials out) and a release stage
-        # (partials in, releases out) per pipeline.
+        self.pipelines = list(pipelines)
+        self.secret = secret
+        self._build_engines()
+        self.raw_topics = {p.source_topic for p in pipelines}
+        self.outputs = {(p.name, o.name): o.topic for p in pipelines for o in p.outputs}
+        self.misconfigured: str | None = None
+        instance = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.transactional_id = f"anonstream-{settings.group_id}-{instance}"
+        self.consumer: AIOKafkaConsumer | None = None
+        self.producer: AIOKafkaProducer | None = None
+        self.assigned: set[TopicPartition] = set()
+        self.end_offsets: dict[TopicPartition, int] = {}
+        self.consuming = False
+        self._positions: dict[TopicPartition, int] = {}
+        self._stopping = asyncio.Event()
+        self._generation = 0
+        self._reset_needed = False
+        self._commit_idle = asyncio.Event()
+        self._commit_idle.set()
+        self._in_txn = False
+        self._dirty = False
+        self._last_commit = 0.0
+        self.done = asyncio.Event()
+
+    def _build_engines(self) -> None:
+        """Fresh engines. A stage reads one topic: in single mode the engine itself (raw
+        topic in, releases out); in scale-out mode an ingest stage (raw in, partials out)
+        and a release stage (partials in, releases out) per pipeline."""
+        settings, secret = self.settings, self.secret
+        idle_ms = 0 if self.stop_at_end else int(settings.idle_close_seconds * 1000)
         self.engines: dict[str, Any] = {}
         views: dict[str, Any] = {}
-        for p in pipelines:
+        for p in self.pipelines:
             if settings.scale_out:
                 topic = partials_topic(settings.group_id, p.name)
                 ingest = IngestStage(PipelineEngine(p, secret), topic, settings.partials_partitions)
                 release = ReleaseStage(
-                    PipelineEngine(p, secret, idle_close_ms=idle_ms),
+                    partial(PipelineEngine, p, secret, idle_close_ms=idle_ms),
                     topic,
                     settings.partials_partitions,
                 )
@@ -98,23 +126,7 @@ class BatchLoop:
         self.by_topic: dict[str, list[Any]] = defaultdict(list)
         for e in self.engines.values():
             self.by_topic[e.input_topic].append(e)
-        self.raw_topics = {p.source_topic for p in pipelines}
-        self.outputs = {(p.name, o.name): o.topic for p in pipelines for o in p.outputs}
         self.metrics.bind_engines(views)
-        self.misconfigured: str | None = None
-        instance = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
-        self.transactional_id = f"anonstream-{settings.group_id}-{instance}"
-        self.consumer: AIOKafkaConsumer | None = None
-        self.producer: AIOKafkaProducer | None = None
-        self.assigned: set[TopicPartition] = set()
-        self.end_offsets: dict[TopicPartition, int] = {}
-        self.consuming = False
-        self._positions: dict[TopicPartition, int] = {}
-        self._stopping = asyncio.Event()
-        self._in_txn = False
-        self._dirty = False
-        self._last_commit = 0.0
-        self.done = asyncio.Event()
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -152,19 +164,47 @@ class BatchLoop:
                 await self.producer.stop()
 
     # -- rebalance -------------------------------------------------------------------------
+    # A rebalance is handled as a restart from the last checkpoint: the callbacks only
+    # flag it (they run beside the loop, which may be inside a transaction), and the loop
+    # aborts its open transaction, builds fresh engines and re-reads from the committed
+    # offsets. Re-read rows are idempotent (duplicates drop by keyed event hash) and
+    # checkpoints keep released windows from being released again.
     async def on_assigned(self, tps: list[TopicPartition]) -> None:
         assert self.consumer is not None
-        self.assigned |= set(tps)
+        self.assigned = set(tps)
+        self._generation += 1
+        self._reset_needed = True
+        if self.stop_at_end:
+            self.end_offsets.update(await self.consumer.end_offsets(tps))
+        log.info("assigned %s", ", ".join(f"{t.topic}/{t.partition}" for t in sorted(tps)))
+
+    async def on_revoked(self, tps: list[TopicPartition]) -> None:
+        self._generation += 1
+        self._reset_needed = True
+        await self._commit_idle.wait()  # a commit already on its way finishes first
+        self.assigned -= set(tps)
+
+    async def _reset(self) -> None:
+        """Back to the last checkpoint of every assigned partition."""
+        assert self.consumer is not None and self.producer is not None
+        self._reset_needed = False
+        if self._in_txn:
+            await self.producer.abort_transaction()
+            self._in_txn = False
+        self._dirty = False
+        self._build_engines()
         self._check_single_mode()
         for stage in self.engines.values():
             if isinstance(stage, ReleaseStage):
                 parts = self.consumer.partitions_for_topic(stage.pipeline.source_topic) or set()
                 stage.sources = [(stage.pipeline.source_topic, p) for p in sorted(parts)]
+        self.assigned &= self.consumer.assignment()
+        tps = sorted(self.assigned)
         committed = await self.consumer._coordinator.fetch_committed_offsets(tps)
         for tp in tps:
             meta = committed.get(tp)
+            key = (tp.topic, tp.partition)
             for engine in self.by_topic.get(tp.topic, []):
-                key = (tp.topic, tp.partition)
                 if meta is not None and meta.metadata:
                     try:
                         checkpoint = orjson.loads(meta.metadata).get(engine.pipeline.name)
@@ -173,10 +213,16 @@ class BatchLoop:
                     if checkpoint:
                         engine.restore(key, checkpoint)
                 engine.assign([key])
-        if self.stop_at_end:
-            ends = await self.consumer.end_offsets(tps)
-            self.end_offsets.update(ends)
-        log.info("assigned %s", ", ".join(f"{t.topic}/{t.partition}" for t in sorted(tps)))
+            # Records fetched before the reset are dropped: read them again.
+            try:
+                if meta is not None and meta.offset >= 0:
+                    self.consumer.seek(tp, meta.offset)
+                else:
+                    await self.consumer.seek_to_beginning(tp)
+            except IllegalStateError:  # revoked meanwhile: another rebalance is on its way
+                self._reset_needed = True
+                return
+        self._positions = {}
 
     def _check_single_mode(self) -> None:
         """In single mode one worker must own every raw partition: k is checked on what
@@ -192,14 +238,6 @@ class BatchLoop:
                     "several workers share the group, and a k checked per worker would be "
                     "wrong. Run one worker per group, or set ANONSTREAM_SCALE_OUT=true on all."
                 )
-
-    async def on_revoked(self, tps: list[TopicPartition]) -> None:
-        if tps:
-            await self._commit(force=True)
-        for tp in tps:
-            self.assigned.discard(tp)
-            for engine in self.by_topic.get(tp.topic, []):
-                engine.forget((tp.topic, tp.partition))
 
     # -- main loop -------------------------------------------------------------------------
     async def run(self) -> None:
@@ -217,9 +255,15 @@ class BatchLoop:
         while not self._stopping.is_set():
             if self.misconfigured:
                 raise RuntimeError(self.misconfigured)
+            if self._reset_needed:
+                await self._reset()
+                continue
+            generation = self._generation
             data = await self.consumer.getmany(
                 timeout_ms=int(s.batch_within_seconds * 1000), max_records=s.batch_max
             )
+            if self._reset_needed or generation != self._generation:
+                continue  # fetched across a rebalance: the reset reads it again
             if data:
                 self.consuming = True
                 await self._process(data)
@@ -322,6 +366,8 @@ class BatchLoop:
         """Offsets and checkpoints, in the same transaction as the releases before them."""
         if not self._dirty or self.producer is None or self.consumer is None:
             return
+        if self._reset_needed:
+            return  # a rebalance came: this transaction will be aborted
         now = time.monotonic()
         if not force and now - self._last_commit < COMMIT_INTERVAL_S:
             return
@@ -337,9 +383,13 @@ class BatchLoop:
         if not offsets and not self._in_txn:
             return
         await self._begin()
-        if offsets:
-            await self.producer.send_offsets_to_transaction(offsets, self.settings.group_id)
-        await self.producer.commit_transaction()
+        self._commit_idle.clear()
+        try:
+            if offsets:
+                await self.producer.send_offsets_to_transaction(offsets, self.settings.group_id)
+            await self.producer.commit_transaction()
+        finally:
+            self._commit_idle.set()
         self._in_txn = False
         self._dirty = False
         self._last_commit = now

@@ -19,7 +19,7 @@ the partials topic as internal (pseudonymous data, not for partners).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from typing import Any, cast
 
 import numpy as np
@@ -28,7 +28,7 @@ import orjson
 
 from anonstream.core.columns import Columns
 from anonstream.core.engine import PipelineEngine, StepResult
-from anonstream.core.windows import window_starts_array
+from anonstream.core.windows import NEG_INF, window_starts_array
 
 PARTIALS_VERSION = 1
 
@@ -45,6 +45,9 @@ class IngestStage:
         self.pipeline = engine.pipeline
         self.topic = topic
         self.partitions = partitions
+        # Per owned raw partition: highest event time read, and when data last came.
+        self._max_ts: dict[Hashable, int] = {}
+        self._last_data: dict[Hashable, int] = {}
 
     @property
     def input_topic(self) -> str:
@@ -61,11 +64,16 @@ class IngestStage:
         spec = self.pipeline.window
         progress: dict[int, list[Any]] = {}
         by_partition: dict[int, list[tuple[npt.NDArray[np.bool_], int]]] = {}
+        now = self.engine.clock_ms()
         if len(cols):
             cpidx = pidx[cols.index]
             for i in np.unique(cpidx).tolist():
-                topic, partition = cast(tuple[str, int], part_of[i])
-                progress[i] = [topic, partition, int(cols.ts[cpidx == i].max())]
+                key = part_of[i]
+                topic, partition = cast(tuple[str, int], key)
+                ts = max(int(cols.ts[cpidx == i].max()), self._max_ts.get(key, NEG_INF))
+                self._max_ts[key] = ts
+                self._last_data[key] = now
+                progress[i] = [topic, partition, ts, now]
             starts = window_starts_array(spec, cols.ts)
             for j in range(starts.shape[1]):
                 col = starts[:, j]
@@ -98,13 +106,30 @@ class IngestStage:
         return None
 
     def assign(self, partitions: list[Hashable]) -> None:
-        return None
+        now = self.engine.clock_ms()
+        for p in partitions:
+            self._last_data.setdefault(p, now)
 
     def forget(self, partition: Hashable) -> None:
         self.engine._next_offset.pop(partition, None)
+        self._max_ts.pop(partition, None)
+        self._last_data.pop(partition, None)
 
     def tick(self) -> StepResult:
-        return StepResult()
+        """A heartbeat for every owned raw partition, data or not: downstream, a partition
+        is idle only when its live owner says it has had no data for a while; a partition
+        whose owner is dead holds the watermark until a new owner reports."""
+        result = StepResult()
+        if not self._last_data:
+            return result
+        beat = []
+        for key, last in self._last_data.items():
+            topic, partition = cast(tuple[str, int], key)
+            beat.append([topic, partition, self._max_ts.get(key, NEG_INF), last])
+        doc = orjson.dumps({"v": PARTIALS_VERSION, "progress": beat})
+        for p in range(self.partitions):
+            result.forward.append((self.topic, p, b"", doc))
+        return result
 
     def close_all(self) -> StepResult:
         return StepResult()
@@ -137,11 +162,18 @@ def _rows(cols: Columns, parts: list[tuple[npt.NDArray[np.bool_], int]]) -> dict
 
 
 class ReleaseStage:
-    """Windows, watermark and release rules over the partials of the windows it owns."""
+    """Windows, watermark and release rules over the partials of the windows it owns.
 
-    def __init__(self, engine: PipelineEngine, topic: str, partitions: int) -> None:
-        self.engine = engine
-        self.pipeline = engine.pipeline
+    One engine per partials partition: a partition's stream carries its windows' rows and,
+    in the same order, every raw partition's progress, so each partition's watermark is
+    exact whatever order the consumer interleaves partitions in, and a partition moves
+    between workers with nothing of it left behind.
+    """
+
+    def __init__(self, factory: Callable[[], PipelineEngine], topic: str, partitions: int) -> None:
+        self.factory = factory
+        self.engines: dict[Hashable, PipelineEngine] = {}
+        self.pipeline = factory().pipeline
         self.topic = topic
         self.partitions = partitions
         self.sources: list[Hashable] = []  # every raw partition: each holds the watermark
@@ -150,6 +182,13 @@ class ReleaseStage:
     def input_topic(self) -> str:
         return self.topic
 
+    def _engine(self, partition: Hashable) -> PipelineEngine:
+        e = self.engines.get(partition)
+        if e is None:
+            e = self.engines[partition] = self.factory()
+            e.assign(self.sources, hold=True)
+        return e
+
     def process_batch(
         self,
         values: list[bytes],
@@ -157,16 +196,28 @@ class ReleaseStage:
         part_of: list[Hashable],
         offs: npt.NDArray[np.int64],
     ) -> StepResult:
-        e = self.engine
+        result = StepResult()
+        for i, part in enumerate(part_of):
+            mine = np.flatnonzero(pidx == i)
+            if len(mine):
+                result.extend(
+                    self._process_partition(part, [values[j] for j in mine.tolist()], offs[mine])
+                )
+        return result
+
+    def _process_partition(
+        self, part: Hashable, values: list[bytes], offs: npt.NDArray[np.int64]
+    ) -> StepResult:
+        e = self._engine(part)
         n_measures = len(self.pipeline.measures)
-        progress: dict[Hashable, int] = {}
-        chunks: list[tuple[Columns, npt.NDArray[np.int64], int, int]] = []
+        progress: dict[Hashable, tuple[int, int]] = {}
+        chunks: list[tuple[Columns, npt.NDArray[np.int64], int]] = []
         for k, raw in enumerate(values):
             doc = orjson.loads(raw)
-            for topic, partition, ts in doc.get("progress", []):
+            for topic, partition, ts, data_ms in doc.get("progress", []):
                 key = (topic, partition)
-                progress[key] = max(progress.get(key, ts), ts)
-            part = part_of[int(pidx[k])]
+                old = progress.get(key)
+                progress[key] = (max(old[0], ts), max(old[1], data_ms)) if old else (ts, data_ms)
             offset = int(offs[k])
             again = offset < e._resume_next.get(part, -1)
             if doc.get("rejected") and not again:
@@ -184,45 +235,47 @@ class ReleaseStage:
                     [names[i] for i in rows["d"]],
                     m,
                 )
-                chunks.append((cols, np.array(rows["w"], dtype=np.int64), int(pidx[k]), offset))
-        for cols, starts, pi, offset in chunks:
+                chunks.append((cols, np.array(rows["w"], dtype=np.int64), offset))
+        for cols, starts, offset in chunks:
             n = len(cols)
             e.add_rows(
-                cols, starts, np.full(n, pi, dtype=np.int64), np.full(n, offset, np.int64), part_of
+                cols, starts, np.zeros(n, dtype=np.int64), np.full(n, offset, np.int64), [part]
             )
         # Offsets of messages without rows still move this partition forward.
-        e.track_offsets(pidx, part_of, offs)
-        for source, ts in progress.items():
-            e.observe_progress(source, ts)
+        e.track_offsets(np.zeros(len(offs), dtype=np.int64), [part], offs)
+        for source, (ts, data_ms) in progress.items():
+            e.observe_progress(source, ts, data_ms)
         return e.advance()
 
     def safe_offset(self, partition: Hashable) -> int | None:
-        return self.engine.safe_offset(partition)
+        e = self.engines.get(partition)
+        return None if e is None else e.safe_offset(partition)
 
     def checkpoint(self, partition: Hashable) -> dict[str, int]:
-        return self.engine.checkpoint(partition)
+        e = self.engines.get(partition)
+        return {} if e is None else e.checkpoint(partition)
 
     def restore(self, partition: Hashable, checkpoint: dict[str, int]) -> None:
-        self.engine.restore(partition, checkpoint)
+        self._engine(partition).restore(partition, checkpoint)
 
     def assign(self, partitions: list[Hashable]) -> None:
-        # The watermark waits for every raw partition, not for partials partitions.
-        self.engine.assign(self.sources)
+        for p in partitions:
+            self._engine(p)
 
     def forget(self, partition: Hashable) -> None:
-        """A partials partition moved to another worker: so do its windows, which the new
-        owner rebuilds from the committed offset; keeping them here would release twice."""
-        self.engine.forget(partition)
-        number = cast(tuple[str, int], partition)[1]
-        step = self.pipeline.window.step_ms
-        for start in [s for s in self.engine.windows if (s // step) % self.partitions == number]:
-            del self.engine.windows[start]
+        self.engines.pop(partition, None)
 
     def tick(self) -> StepResult:
-        return self.engine.tick()
+        result = StepResult()
+        for e in self.engines.values():
+            result.extend(e.tick())
+        return result
 
     def close_all(self) -> StepResult:
-        return self.engine.close_all()
+        result = StepResult()
+        for e in self.engines.values():
+            result.extend(e.close_all())
+        return result
 
 
 class StagesView:
@@ -235,7 +288,10 @@ class StagesView:
 
     @property
     def counters(self) -> Counter[str]:
-        return self.ingest.engine.counters + self.release.engine.counters
+        total = Counter(self.ingest.engine.counters)
+        for e in self.release.engines.values():
+            total.update(e.counters)
+        return total
 
     @property
     def rejections(self) -> Counter[str]:
@@ -243,11 +299,11 @@ class StagesView:
 
     @property
     def open_windows(self) -> int:
-        return self.release.engine.open_windows
+        return sum(e.open_windows for e in self.release.engines.values())
 
     @property
     def closed_until(self) -> int:
-        return self.release.engine.closed_until
+        return max((e.closed_until for e in self.release.engines.values()), default=0)
 
     def state_bytes(self) -> int:
-        return self.release.engine.state_bytes()
+        return sum(e.state_bytes() for e in self.release.engines.values())
