@@ -29,6 +29,7 @@ from anonstream.core.engine import Message, PipelineEngine, StepResult
 from anonstream.core.keys import load_secret
 from anonstream.core.pipeline import parse_pipeline
 from anonstream.core.records import STAR, rfc3339
+from tests.unit.fields import web_test_fields
 
 DAY = 86_400_000
 HOUR = 3_600_000
@@ -52,21 +53,7 @@ def make_pipeline(
         "version": 1,
         "contract": "web_activity",
         "privacy_unit": ["visitor_id"],
-        "fields": {
-            "event_id": "dedupe",
-            "ts": "window",
-            "customer_id": "drop",
-            "reseller_id": "drop",
-            "type": "keep",
-            "visitor_id": "pseudonymize",
-            "user_email": "drop",
-            "ip": "drop",
-            "user_agent": "drop",
-            "url": {"generalize": "url"},
-            "referrer": "drop",
-            "campaign_id": "drop",
-            "duration_ms": {"measure": True, "clamp": [0, 1000], "edges": [100, 500]},
-        },
+        "fields": web_test_fields(),
         "window": {"size": "1h", "allowed_lateness": lateness},
         "dimensions": ["type", "url"],
         "metrics": {

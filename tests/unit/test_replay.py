@@ -13,6 +13,7 @@ from anonstream.core.keys import load_secret
 from anonstream.core.pipeline import parse_pipeline
 from anonstream.core.records import rfc3339
 from anonstream.runtime.replay import dump_dead_letter, replay, replay_file
+from tests.unit.fields import web_test_fields
 
 DAY = 86_400_000
 HOUR = 3_600_000
@@ -29,21 +30,7 @@ def make_pipeline(lateness: str = "2m", size: str = "1h", step: str | None = Non
             "version": 1,
             "contract": "web_activity",
             "privacy_unit": ["visitor_id"],
-            "fields": {
-                "event_id": "dedupe",
-                "ts": "window",
-                "customer_id": "drop",
-                "reseller_id": "drop",
-                "type": "keep",
-                "visitor_id": "pseudonymize",
-                "user_email": "drop",
-                "ip": "drop",
-                "user_agent": "drop",
-                "url": {"generalize": "url"},
-                "referrer": "drop",
-                "campaign_id": "drop",
-                "duration_ms": "drop",
-            },
+            "fields": web_test_fields(duration_ms="drop"),
             "window": {"size": size, "step": step or size, "allowed_lateness": lateness},
             "dimensions": ["type", "url"],
             "k": K,
