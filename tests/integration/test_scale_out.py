@@ -74,9 +74,7 @@ def test_a_second_worker_in_single_mode_is_refused(kafka_bootstrap: str, tmp_pat
         second.stop()
 
 
-# Not yet shown, so not in the suite: a worker SIGKILLed mid-window in scale-out mode (seeds 5
-# and 23 lose rows of a window in about half the runs; see docs/operations.md#scaling).
-@pytest.mark.parametrize(("seed", "fault"), [(41, "add")])
+@pytest.mark.parametrize(("seed", "fault"), [(5, "kill"), (23, "kill"), (41, "add")])
 def test_faults_with_three_workers_still_release_what_replay_does(
     kafka_bootstrap: str, tmp_path: Path, seed: int, fault: str
 ) -> None:

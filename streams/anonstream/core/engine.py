@@ -219,10 +219,13 @@ class PipelineEngine:
                     self._next_offset[part] = top
         return again
 
-    def observe_progress(self, source: Hashable, max_ts: int, data_wall_ms: int) -> None:
-        """Scale-out: a source partition's owner reports its event-time progress and when
-        it last had data (which decides idleness, not when the report arrived)."""
-        self.watermark.observe(source, max_ts, data_wall_ms, report_ms=self.clock_ms())
+    def observe_progress(
+        self, source: Hashable, max_ts: int, data_wall_ms: int, sent_ms: int
+    ) -> None:
+        """Scale-out: a source partition's owner reports its event-time progress, when it
+        last had data and when it said so. Only a fresh report can make a source idle: one
+        re-read after a restart is old news."""
+        self.watermark.observe(source, max_ts, data_wall_ms, report_ms=sent_ms)
 
     def advance(self) -> StepResult:
         return self._close_until(self.watermark.current(self.clock_ms()))

@@ -61,9 +61,10 @@ class Watermark:
             pc = self.partitions[partition] = _PartitionClock()
         if max_ts > pc.max_ts:
             pc.max_ts = max_ts
-        pc.last_seen_ms = now_ms
+        # Reports re-read after a restart are older than what is known: keep the newest.
+        pc.last_seen_ms = now_ms if pc.last_seen_ms == HOLD else max(pc.last_seen_ms, now_ms)
         if report_ms is not None:
-            pc.last_report_ms = report_ms
+            pc.last_report_ms = max(pc.last_report_ms or report_ms, report_ms)
 
     def register(self, partition: Hashable, now_ms: int, *, hold: bool = False) -> None:
         """A partition assigned to us with no event yet: it holds the watermark back;

@@ -73,7 +73,7 @@ class IngestStage:
                 ts = max(int(cols.ts[cpidx == i].max()), self._max_ts.get(key, NEG_INF))
                 self._max_ts[key] = ts
                 self._last_data[key] = now
-                progress[i] = [topic, partition, ts, now]
+                progress[i] = [topic, partition, ts, now, now]
             starts = window_starts_array(spec, cols.ts)
             for j in range(starts.shape[1]):
                 col = starts[:, j]
@@ -122,10 +122,11 @@ class IngestStage:
         result = StepResult()
         if not self._last_data:
             return result
+        now = self.engine.clock_ms()
         beat = []
         for key, last in self._last_data.items():
             topic, partition = cast(tuple[str, int], key)
-            beat.append([topic, partition, self._max_ts.get(key, NEG_INF), last])
+            beat.append([topic, partition, self._max_ts.get(key, NEG_INF), last, now])
         doc = orjson.dumps({"v": PARTIALS_VERSION, "progress": beat})
         for p in range(self.partitions):
             result.forward.append((self.topic, p, b"", doc))
@@ -210,14 +211,18 @@ class ReleaseStage:
     ) -> StepResult:
         e = self._engine(part)
         n_measures = len(self.pipeline.measures)
-        progress: dict[Hashable, tuple[int, int]] = {}
+        progress: dict[Hashable, tuple[int, int, int]] = {}
         chunks: list[tuple[Columns, npt.NDArray[np.int64], int]] = []
         for k, raw in enumerate(values):
             doc = orjson.loads(raw)
-            for topic, partition, ts, data_ms in doc.get("progress", []):
+            for topic, partition, ts, data_ms, sent_ms in doc.get("progress", []):
                 key = (topic, partition)
                 old = progress.get(key)
-                progress[key] = (max(old[0], ts), max(old[1], data_ms)) if old else (ts, data_ms)
+                progress[key] = (
+                    (max(old[0], ts), max(old[1], data_ms), max(old[2], sent_ms))
+                    if old
+                    else (ts, data_ms, sent_ms)
+                )
             offset = int(offs[k])
             again = offset < e._resume_next.get(part, -1)
             if doc.get("rejected") and not again:
@@ -243,8 +248,8 @@ class ReleaseStage:
             )
         # Offsets of messages without rows still move this partition forward.
         e.track_offsets(np.zeros(len(offs), dtype=np.int64), [part], offs)
-        for source, (ts, data_ms) in progress.items():
-            e.observe_progress(source, ts, data_ms)
+        for source, (ts, data_ms, sent_ms) in progress.items():
+            e.observe_progress(source, ts, data_ms, sent_ms)
         return e.advance()
 
     def safe_offset(self, partition: Hashable) -> int | None:
