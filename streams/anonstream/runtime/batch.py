@@ -113,6 +113,7 @@ class BatchLoop:
                 ingest = IngestStage(PipelineEngine(p, secret), topic, settings.partials_partitions)
                 release = ReleaseStage(
                     partial(PipelineEngine, p, secret, idle_close_ms=idle_ms),
+                    p,
                     topic,
                     settings.partials_partitions,
                 )

@@ -28,6 +28,7 @@ import orjson
 
 from anonstream.core.columns import Columns
 from anonstream.core.engine import PipelineEngine, StepResult
+from anonstream.core.pipeline import Pipeline
 from anonstream.core.windows import NEG_INF, window_starts_array
 
 PARTIALS_VERSION = 1
@@ -171,10 +172,16 @@ class ReleaseStage:
     between workers with nothing of it left behind.
     """
 
-    def __init__(self, factory: Callable[[], PipelineEngine], topic: str, partitions: int) -> None:
+    def __init__(
+        self,
+        factory: Callable[[], PipelineEngine],
+        pipeline: Pipeline,
+        topic: str,
+        partitions: int,
+    ) -> None:
         self.factory = factory
         self.engines: dict[Hashable, PipelineEngine] = {}
-        self.pipeline = factory().pipeline
+        self.pipeline = pipeline  # engines are made per partition, on assignment
         self.topic = topic
         self.partitions = partitions
         self.sources: list[Hashable] = []  # every raw partition: each holds the watermark
