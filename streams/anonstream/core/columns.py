@@ -1,33 +1,53 @@
 """Column-wise decode, validation and policy for a whole batch: the hot path.
 
 Per-event Python costs more than reading the event from Kafka, so a batch is handled one
-field at a time: pull a field out of every event with C-level `map`, check its types as a
-set, and generalize through dict caches (values repeat: user agents, pages, pseudonyms).
-Anything unusual in an event (bad JSON, a wrong type, an unknown field, a missing unit)
-sends that event alone down the per-event path of decode.py and policy.py, which is the
-reference: both paths give the same result for every input (property-tested).
+field at a time. msgspec decodes each message straight into a typed struct built from the
+contract, checking types, required fields and unknown fields in C; then each field is pulled
+out of every event with C-level `map` and generalized through dict caches (values repeat:
+user agents, pages, pseudonyms). Anything unusual in an event (bad JSON, a wrong type, an
+unknown field, a nested object, a missing unit) sends that event alone down the per-event
+path of decode.py and policy.py, which is the reference: both paths give the same result
+for every input (property-tested).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import repeat
-from typing import Any
+from operator import attrgetter
+from typing import Annotated, Any
 
+import msgspec
 import numpy as np
 import numpy.typing as npt
-import orjson
 
-from anonstream.core.contract import FieldType
+from anonstream.core.contract import Contract, FieldType
 from anonstream.core.decode import MIN_TS_MS, Decoder, parse_ts
 from anonstream.core.policy import NONE, Policy, PolicyRecord
 
-_NoneType = type(None)
-_TYPES: dict[FieldType, type] = {
+# The bounds make msgspec refuse what orjson (the reference decoder) would not read as
+# these ints (past 64 bits it makes floats, which the reference rejects); the rare ints
+# between 2**63 and 2**64 are left to the per-event path.
+_U63 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
+_TS_INT = Annotated[int, msgspec.Meta(ge=MIN_TS_MS, le=2**63 - 1)]
+_STRUCT_TYPES: dict[FieldType, Any] = {
     FieldType.STRING: str,
-    FieldType.INT: int,
-    FieldType.OBJECT: dict,
+    FieldType.INT: _U63,
+    FieldType.TIMESTAMP: _TS_INT | str,
+    FieldType.OBJECT: dict[str, Any],
 }
+
+
+def event_struct(contract: Contract) -> type[msgspec.Struct]:
+    """A struct type accepting exactly the well-formed events of `contract` that the fast
+    path handles; anything else fails to decode and takes the per-event path."""
+    fields: list[tuple[Any, ...]] = []
+    for f in contract.fields:
+        t = _STRUCT_TYPES[f.type]
+        # Required fields may not be null either: the reference calls that missing.
+        fields.append((f.name, t) if f.required else (f.name, t | None, None))
+    return msgspec.defstruct(
+        f"{contract.name}_event", fields, kw_only=True, forbid_unknown_fields=True, gc=False
+    )
 
 
 def _ts_or_zero(value: object) -> int:
@@ -90,16 +110,10 @@ class ColumnPolicy:
         self.decoder = decoder
         self.policy = policy
         contract = decoder.contract
-        self._known = frozenset(contract.names)
-        self._checks = []  # (name, allowed types, required, non-negative int, nested)
-        for f in contract.fields:
-            if f.type is FieldType.TIMESTAMP:
-                continue
-            allowed = frozenset({_TYPES[f.type], _NoneType})
-            self._checks.append((f.name, allowed, f.required, f.type is FieldType.INT,
-                                 bool(f.children)))  # fmt: skip
-        self._nonneg = tuple(c[0] for c in self._checks if c[3])
-        self._shape_ok: dict[tuple[tuple[str, ...], tuple[type, ...]], bool] = {}
+        self._decode = msgspec.json.Decoder(event_struct(contract)).decode
+        # Nested objects are rare and their sub-fields need checks: per-event path.
+        self._nested = tuple(attrgetter(f.name) for f in contract.fields if f.children)
+        self._get = {f.name: attrgetter(f.name) for f in contract.fields}
         p = policy.pipeline
         self._unit_fields = p.privacy_unit
         self._dim_names = p.dimensions
@@ -118,32 +132,31 @@ class ColumnPolicy:
         flagged: set[int] = set()
         if max(map(len, values)) > self.decoder.max_bytes:
             flagged.update(i for i, v in enumerate(values) if len(v) > self.decoder.max_bytes)
+        decode = self._decode
         objs: list[Any]
         try:
-            objs = list(map(orjson.loads, values))
-        except orjson.JSONDecodeError:
+            objs = list(map(decode, values))
+        except msgspec.DecodeError:  # includes ValidationError
             objs = []
             for i, v in enumerate(values):
                 try:
-                    objs.append(orjson.loads(v))
-                except orjson.JSONDecodeError:
+                    objs.append(decode(v))
+                except msgspec.DecodeError:
                     objs.append(None)
                     flagged.add(i)
-        if set(map(type, objs)) != {dict}:
-            flagged.update(i for i, o in enumerate(objs) if type(o) is not dict)
         if flagged:
             keep = [i for i in range(n) if i not in flagged]
             objs = [objs[i] for i in keep]
         else:
             keep = list(range(n))
+        for get in self._nested:
+            nested = {j for j, v in enumerate(map(get, objs)) if v is not None}
+            if nested:
+                flagged.update(keep[j] for j in nested)
+                objs = [o for j, o in enumerate(objs) if j not in nested]
+                keep = [k for j, k in enumerate(keep) if j not in nested]
         if not objs:
             return empty, sorted(flagged)
-        bad = self._check(objs)
-        if bad:
-            flagged.update(keep[j] for j in bad)
-            good = [j for j in range(len(objs)) if j not in bad]
-            objs = [objs[j] for j in good]
-            keep = [keep[j] for j in good]
         cols, bad2 = self._policy(objs)
         if bad2:
             flagged.update(keep[j] for j in bad2)
@@ -156,46 +169,6 @@ class ColumnPolicy:
             )  # fmt: skip
         cols.index = np.array(keep, dtype=np.int64)
         return cols, sorted(flagged)
-
-    def _check(self, objs: list[dict[str, Any]]) -> set[int]:
-        """Positions of events that need the per-event path for a precise verdict.
-
-        Events of one producer share a shape (which fields, of which types), so the verdict
-        is cached per shape: one tuple of keys and one of value types per event instead of
-        a pass per field. Only the sign of integers needs the values themselves.
-        """
-        keys = list(map(tuple, objs))
-        types = [tuple(map(type, vs)) for vs in map(dict.values, objs)]
-        verdicts = self._shape_ok
-        ok = list(map(verdicts.get, zip(keys, types, strict=True)))
-        bad: set[int] = set()
-        if None in ok:
-            for j, v in enumerate(ok):
-                if v is None:
-                    shape = (keys[j], types[j])
-                    if len(verdicts) > 10_000:
-                        verdicts.clear()
-                    v = verdicts[shape] = self._shape_verdict(*shape)
-                    ok[j] = v
-        if False in ok:
-            bad.update(j for j, v in enumerate(ok) if not v)
-        for name in self._nonneg:
-            col = list(map(dict.get, objs, repeat(name)))
-            ints = [v for v in col if type(v) is int]
-            if ints and min(ints) < 0:
-                bad.update(j for j, v in enumerate(col) if type(v) is int and v < 0)
-        return bad
-
-    def _shape_verdict(self, keys: tuple[str, ...], types: tuple[type, ...]) -> bool:
-        present = dict(zip(keys, types, strict=True))
-        for name, allowed, required, _nonneg, nested in self._checks:
-            t = present.get(name, _NoneType)
-            if t not in allowed or (required and t is _NoneType):
-                return False
-            if nested and t is not _NoneType:
-                return False  # nested objects are rare: checked per event
-        ts = present.get("ts", _NoneType)
-        return set(keys) <= self._known and ts in (int, str)
 
     def _cache_for(self, period: int, name: str) -> dict[str, int]:
         cache = self._unit_cache.get((period, name))
@@ -220,11 +193,11 @@ class ColumnPolicy:
             cache[raw] = u
         return u
 
-    def _policy(self, objs: list[dict[str, Any]]) -> tuple[Columns, set[int]]:
+    def _policy(self, objs: list[Any]) -> tuple[Columns, set[int]]:
         n = len(objs)
         bad: set[int] = set()
         # Event time: ints are epoch ms, strings RFC 3339; the rest is the slow path's job.
-        ts_col = list(map(dict.get, objs, repeat("ts")))
+        ts_col = list(map(self._get["ts"], objs))
         if set(map(type, ts_col)) == {int}:
             ts = np.array(ts_col, dtype=np.int64)
             early = ts < MIN_TS_MS
@@ -244,7 +217,7 @@ class ColumnPolicy:
         one_period = len(bad) == 0 and int(periods.min()) == int(periods.max())
         unit_list: list[int | None] = [None] * n
         for i, name in enumerate(self._unit_fields):
-            col: list[Any] = list(map(dict.get, objs, repeat(name)))
+            col: list[Any] = list(map(self._get[name], objs))
             if one_period:
                 # Absent or blank values are never cached, so a miss is None either way.
                 cache = self._cache_for(int(periods[0]), name)
@@ -267,7 +240,7 @@ class ColumnPolicy:
         # Dimensions: dict-cached generalizers.
         dim_cols = []
         for name in self._dim_names:
-            col = list(map(dict.get, objs, repeat(name)))
+            col = list(map(self._get[name], objs))
             dcache = self._dim_cache[name]
             out: list[str | None] = list(map(dcache.get, col))
             if None in out:
@@ -284,10 +257,10 @@ class ColumnPolicy:
         nan = float("nan")
         m = np.empty((n, len(self._measures)), dtype=np.float64)
         for k, name in enumerate(self._measures):
-            col = list(map(dict.get, objs, repeat(name)))
+            col = list(map(self._get[name], objs))
             m[:, k] = [nan if v is None else v for v in col]
         hasher = self.policy.event_hash
-        ids: list[str] = list(map(dict.__getitem__, objs, repeat("event_id")))
+        ids: list[str] = list(map(self._get["event_id"], objs))
         events = np.fromiter(map(hasher, ids), dtype=np.uint64, count=n)
         cols = Columns(
             np.empty(0, dtype=np.int64), ts, np.array(unit_list, dtype=np.uint64), events,
