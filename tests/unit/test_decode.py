@@ -7,6 +7,8 @@ from typing import Any
 
 import orjson
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from anonstream.core.contract import CONTRACTS, SERVICE_USAGE, WEB_ACTIVITY, Contract
 from anonstream.core.decode import (
@@ -23,6 +25,7 @@ from anonstream.core.decode import (
     Decoded,
     Decoder,
     Rejection,
+    TimestampCache,
     parse_ts,
 )
 from anonstream_load.generator import (
@@ -357,3 +360,40 @@ def test_generated_mixed_stream_decodes_per_topic() -> None:
 def test_validate_accepts_already_parsed_objects() -> None:
     out = decoder(WEB_ACTIVITY).validate(web_event())
     assert isinstance(out, Decoded) and out.ts_ms == T0
+
+
+_digits = st.text("0123456789", min_size=1, max_size=4)
+_rfc3339_like = st.builds(
+    lambda y, mo, d, sep, h, mi, se, frac, tz, junk: (
+        f"{y}-{mo}-{d}{sep}{h}:{mi}:{se}{frac}{tz}{junk}"
+    ),
+    st.sampled_from(["2026", "1970", "0001", "9999", "2000", "20x6"]),
+    st.sampled_from(["11", "02", "13", "1"]),
+    st.sampled_from(["30", "29", "31", "01", "00"]),
+    st.sampled_from(["T", "t", " ", "_"]),
+    st.sampled_from(["00", "12", "23", "24", "9"]),
+    st.sampled_from(["00", "59", "60"]),
+    st.sampled_from(["00", "59", "60", "5"]),
+    st.one_of(st.just(""), st.builds(lambda ds: "." + ds, st.text("0123456789", max_size=11))),
+    st.sampled_from(["Z", "z", "", "+00:00", "-00:00", "+05:30", "-23:59", "+24:00", "+0530",
+                     "+05:30:15", "+05:30:15.5", "+05", "UTC"]),
+    st.one_of(st.just(""), st.text(max_size=3), _digits),
+)  # fmt: skip
+
+
+@settings(max_examples=500)
+@given(st.lists(_rfc3339_like | st.text(max_size=40), min_size=1, max_size=20))
+def test_timestamp_cache_agrees_with_parse_ts_whenever_it_answers(texts: list[str]) -> None:
+    cache = TimestampCache(limit=8)  # small: the clearing path runs too
+    for text in texts * 2:  # the second pass reads the caches
+        got = cache(text)
+        if got:
+            assert got == parse_ts(text), text
+
+
+def test_timestamp_cache_answers_the_usual_shapes() -> None:
+    cache = TimestampCache()
+    usual = ["2026-11-30T12:00:01.123Z", "2026-11-30T13:00:01.123+01:00", "2026-11-30t12:00:01z"]
+    for text in [*usual, "2026-11-30T12:00:01Z", "2026-11-30 12:00:01.123456Z"]:
+        assert cache(text) == parse_ts(text) != 0, text
+    assert cache("2026-11-30T12:00:01") == 0  # no offset: the reference says no

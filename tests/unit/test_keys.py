@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from anonstream.core.keys import (
     MIN_SECRET_BYTES,
@@ -333,3 +335,9 @@ def test_event_hasher_differs_between_ids_and_from_pseudonyms() -> None:
     # The event-id key is not the pseudonym key.
     p = Pseudonymizer(s, "web_activity", DAY)
     assert h("x") != p.pseudonym("", "x", T0)
+
+
+@given(st.lists(st.text(max_size=40), max_size=30))
+def test_event_hasher_batch_equals_one_by_one(ids: list[str]) -> None:
+    h = EventHasher(secret(), "web_activity")
+    assert h.many(ids).tolist() == [h(i) for i in ids]

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from anonstream.core.contract import Contract, FieldType
-from anonstream.core.decode import MIN_TS_MS, Decoder, parse_ts
+from anonstream.core.decode import MIN_TS_MS, Decoder, TimestampCache, parse_ts
 from anonstream.core.policy import NONE, Policy, PolicyRecord
 
 # The bounds make msgspec refuse what orjson (the reference decoder) would not read as
@@ -48,12 +48,6 @@ def event_struct(contract: Contract) -> type[msgspec.Struct]:
     return msgspec.defstruct(
         f"{contract.name}_event", fields, kw_only=True, forbid_unknown_fields=True, gc=False
     )
-
-
-def _ts_or_zero(value: object) -> int:
-    if type(value) is int and value >= MIN_TS_MS:
-        return value
-    return parse_ts(value) or 0
 
 
 @dataclass
@@ -114,6 +108,7 @@ class ColumnPolicy:
         # Nested objects are rare and their sub-fields need checks: per-event path.
         self._nested = tuple(attrgetter(f.name) for f in contract.fields if f.children)
         self._get = {f.name: attrgetter(f.name) for f in contract.fields}
+        self._ts_strings = TimestampCache()
         p = policy.pipeline
         self._unit_fields = p.privacy_unit
         self._dim_names = p.dimensions
@@ -204,7 +199,12 @@ class ColumnPolicy:
             if early.any():
                 bad.update(np.flatnonzero(early).tolist())
         else:
-            ts_list = list(map(_ts_or_zero, ts_col))
+            # msgspec has checked the ints; strings that the cache cannot vouch for (0)
+            # get the reference parser, and the per-event path if it refuses them too.
+            strs = self._ts_strings
+            ts_list = [v if type(v) is int else strs(v) for v in ts_col]
+            if 0 in ts_list:
+                ts_list = [v or parse_ts(ts_col[j]) or 0 for j, v in enumerate(ts_list)]
             ts = np.array(ts_list, dtype=np.int64)
             bad.update(np.flatnonzero(ts == 0).tolist())
         future = ts > self.decoder.now_ms() + self.decoder.max_future_ms
@@ -259,9 +259,7 @@ class ColumnPolicy:
         for k, name in enumerate(self._measures):
             col = list(map(self._get[name], objs))
             m[:, k] = [nan if v is None else v for v in col]
-        hasher = self.policy.event_hash
-        ids: list[str] = list(map(self._get["event_id"], objs))
-        events = np.fromiter(map(hasher, ids), dtype=np.uint64, count=n)
+        events = self.policy.event_hash.many(list(map(self._get["event_id"], objs)))
         cols = Columns(
             np.empty(0, dtype=np.int64), ts, np.array(unit_list, dtype=np.uint64), events,
             dims, m,
