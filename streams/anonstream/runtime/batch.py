@@ -21,7 +21,7 @@ import os
 import socket
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
@@ -71,8 +71,10 @@ class BatchLoop:
         metrics: Metrics,
         *,
         stop_at_end: bool = False,
+        prepare: Callable[[], None] | None = None,
     ) -> None:
         self.settings = settings
+        self.prepare = prepare  # blocking set-up (topic creation) run beside start()
         self.metrics = metrics
         self.stop_at_end = stop_at_end
         self.pipelines = list(pipelines)
@@ -146,8 +148,8 @@ class BatchLoop:
             enable_idempotence=True, linger_ms=5, max_batch_size=512 * 1024,
             max_request_size=4 * 1024 * 1024, **client,
         )  # fmt: skip
-        await self.producer.start()
-        await self.consumer.start()
+        # Both clients connect (and the producer registers its transactional id) at once.
+        await asyncio.gather(self.producer.start(), self.consumer.start())
         self.consumer.subscribe(list(self.by_topic), listener=_Rebalance(self))
 
     async def stop(self) -> None:
@@ -242,7 +244,12 @@ class BatchLoop:
 
     # -- main loop -------------------------------------------------------------------------
     async def run(self) -> None:
-        await self.start()
+        prepared = asyncio.ensure_future(asyncio.to_thread(self.prepare)) if self.prepare else None
+        try:
+            await self.start()
+        finally:
+            if prepared is not None:
+                await prepared  # releases may go out only once their topics exist
         try:
             await self._loop()
         finally:

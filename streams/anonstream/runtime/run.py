@@ -52,9 +52,9 @@ def run_worker(
 ) -> int:
     from anonstream.runtime.worker import Worker
 
-    ensure_output_topics(settings, pipelines)
     if stop_at_end:
         return run_to_end(settings, pipelines, secret)
+    ensure_output_topics(settings, pipelines)
     worker = Worker(settings, pipelines, secret)
     log.info(
         "starting worker for %s on %s (secret %s, fingerprint %s)",
@@ -68,10 +68,14 @@ def run_to_end(settings: Settings, pipelines: Sequence[Pipeline], secret: Master
     """A backfill: the batch loop alone, no long-running host (no web server, no Faust
     group of its own), until the end offsets seen at start are processed."""
     import asyncio
+    from functools import partial
 
     from anonstream.metrics import Metrics
     from anonstream.runtime.batch import BatchLoop
 
-    loop = BatchLoop(settings, pipelines, secret, Metrics(), stop_at_end=True)
+    loop = BatchLoop(
+        settings, pipelines, secret, Metrics(), stop_at_end=True,
+        prepare=partial(ensure_output_topics, settings, pipelines),
+    )  # fmt: skip
     asyncio.run(loop.run())
     return 0
