@@ -23,6 +23,7 @@ from anonstream.core.accumulators import (
     Sum,
     _hll_estimate,
     _hll_registers,
+    distinct_count,
 )
 
 SETTINGS = settings(deadline=None, max_examples=75)
@@ -264,3 +265,14 @@ def test_float_sum_merge_is_close_for_arbitrary_floats() -> None:
     c = _from(lambda: Sum(-1e3, 1e3), np.concatenate(parts)).result()
     assert a == pytest.approx(b, rel=1e-9, abs=1e-6)
     assert a == pytest.approx(c, rel=1e-9, abs=1e-6)
+
+
+@SETTINGS
+@given(units_parts, st.sampled_from([SMALL_LIMIT, 4096]))
+def test_distinct_count_equals_distinct_units_fed_in_parts(
+    parts: list[np.ndarray], limit: int
+) -> None:
+    acc = DistinctUnits(limit)
+    for part in parts:
+        acc.add(part)
+    assert distinct_count(np.concatenate(parts), limit) == acc.result()

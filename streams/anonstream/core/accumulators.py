@@ -47,6 +47,16 @@ def _hll_estimate(regs: npt.NDArray[np.uint8]) -> int:
     return round(est)
 
 
+def distinct_count(units: U64, exact_limit: int) -> int:
+    """What a `DistinctUnits(exact_limit)` fed `units` (in any split) would report, in one
+    pass: HyperLogLog registers of a union are the maxima of its parts' registers, so the
+    order and grouping of the adds cannot change the result."""
+    exact = np.unique(units)
+    if len(exact) <= exact_limit:
+        return len(exact)
+    return max(_hll_estimate(_hll_registers(exact.astype(np.uint64))), exact_limit + 1)
+
+
 @dataclass
 class DistinctUnits:
     """Distinct privacy units: exact (sorted unique uint64) up to `exact_limit`, then a

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from anonstream.core.accumulators import DistinctUnits, Sum
+from anonstream.core.accumulators import distinct_count
 from anonstream.core.cellstate import Rows, WindowState, group_starts, rank_in_group
 from anonstream.core.pipeline import Noise, Output, Pipeline
 from anonstream.core.records import STAR, aggregate_record, release_id
@@ -93,6 +93,55 @@ def _band_label(lo: float, hi: float) -> str:
         return str(int(x)) if x == int(x) else str(x)
 
     return f"[{f(lo)},{f(hi)})"
+
+
+@dataclass(frozen=True, slots=True)
+class _Emit:
+    """A cell to release: its key, its rows, its distinct units, its roll-up level."""
+
+    key: tuple[str, ...]
+    idx: npt.NDArray[np.intp]
+    users: int
+    level: int
+
+
+def _distinct_per_group(
+    g: npt.NDArray[np.int64], units: U64, n_groups: int
+) -> npt.NDArray[np.int64]:
+    """Distinct units in each group 0..n_groups-1."""
+    order = np.lexsort((units, g))
+    gs = g[order]
+    starts = group_starts(gs.astype(np.uint64), units[order])
+    return np.bincount(gs[starts], minlength=n_groups)
+
+
+def band_histograms(
+    g: npt.NDArray[np.int64],
+    bands: npt.NDArray[np.intp],
+    units: U64,
+    n_groups: int,
+    edges: tuple[float, ...],
+    k: int,
+) -> list[dict[str, int] | None]:
+    """Per group, the histogram `Releaser._histogram` gives when no band needs merging with
+    a neighbour for k (every band with values has k units of its own: each is then cut on
+    its own, empty bands joining the next one); None for groups that need the merging."""
+    n_bands = len(edges) + 1
+    flat = g * n_bands + bands
+    counts = np.bincount(flat, minlength=n_groups * n_bands).reshape(n_groups, n_bands)
+    distinct = _distinct_per_group(flat, units, n_groups * n_bands).reshape(n_groups, n_bands)
+    simple = ((counts == 0) | (distinct >= k)).all(axis=1)
+    bounds = (-math.inf, *edges, math.inf)
+    out: list[dict[str, int] | None] = [None] * n_groups
+    for i in np.flatnonzero(simple).tolist():
+        h: dict[str, int] = {}
+        lo = bounds[0]
+        for b, c in enumerate(counts[i].tolist()):
+            if c:
+                h[_band_label(lo, bounds[b + 1])] = c
+                lo = bounds[b + 1]
+        out[i] = h
+    return out
 
 
 class Releaser:
@@ -178,12 +227,13 @@ class Releaser:
         leaf_users = {key: int(users[c]) for key, c in codes.items()}
 
         n = len(out.dimensions)
+        emits: list[_Emit] = []
         pending: dict[tuple[str, ...], list[npt.NDArray[np.intp]]] = {}
         leaf_count: dict[tuple[str, ...], int] = {}
         for key in sorted(by_code):
             idx = by_code[key]
             if leaf_users[key] >= out.k:
-                self._emit(res, state, rows, out, key, [idx], leaf_users[key], level=0)
+                emits.append(_Emit(key, idx, leaf_users[key], 0))
                 res.cells_released += 1
                 res.accounting.released += len(idx)
                 for r in idx.tolist():
@@ -201,11 +251,10 @@ class Releaser:
             pending, leaf_count = {}, {}
             for key in sorted(merged):
                 parts = merged[key]
-                units = DistinctUnits(self._exact_limit)
-                for part in parts:
-                    units.add(rows.unit[part])
-                if units.result() >= out.k:
-                    self._emit(res, state, rows, out, key, parts, units.result(), level=level)
+                rolled = np.concatenate(parts) if len(parts) > 1 else parts[0]
+                n_units = distinct_count(rows.unit[rolled], self._exact_limit)
+                if n_units >= out.k:
+                    emits.append(_Emit(key, rolled, n_units, level))
                     res.cells_released += 1
                     res.cells_rolled_up += merged_leaves[key]
                     res.accounting.rolled_up += sum(len(x) for x in parts)
@@ -218,40 +267,77 @@ class Releaser:
         for key, parts in pending.items():
             res.cells_suppressed += leaf_count[key]
             res.accounting.suppressed += sum(len(x) for x in parts)
+        self._emit_all(res, state, rows, out, emits)
         return res, released_in
+
+    def _emit_all(
+        self, res: OutputRelease, state: WindowState, rows: Rows, out: Output, emits: list[_Emit]
+    ) -> None:
+        """The records of every released cell. The per-cell figures come from one pass
+        over all released rows (each row belongs to at most one released cell)."""
+        if not emits:
+            return
+        p, k, n_cells = self.p, out.k, len(emits)
+        cell_of = np.full(len(rows), -1, dtype=np.int64)
+        for i, e in enumerate(emits):
+            cell_of[e.idx] = i
+        sel = np.flatnonzero(cell_of >= 0)
+        g = cell_of[sel]
+        units = rows.unit[sel]
+        events = np.bincount(g, minlength=n_cells)
+        sums: dict[str, npt.NDArray[Any]] = {}
+        counts: dict[str, npt.NDArray[Any]] = {}
+        withheld: dict[str, npt.NDArray[np.bool_]] = {}
+        hists: dict[str, list[dict[str, int] | None]] = {}
+        for m in p.measures:
+            fa = p.fields[m]
+            assert fa.clamp is not None
+            vals = rows.measures[sel, self._col[m]]
+            has = ~np.isnan(vals)
+            gh, uh = g[has], units[has]
+            # A sum, mean or histogram over fewer than k people with a value would describe
+            # them, however many people the cell has: withhold it (null).
+            withheld[m] = _distinct_per_group(gh, uh, n_cells) < k
+            clamped = np.clip(vals[has], fa.clamp[0], fa.clamp[1])
+            sums[m] = np.bincount(gh, weights=clamped, minlength=n_cells)
+            counts[m] = np.bincount(gh, minlength=n_cells)
+            if m in p.histograms:
+                bands = np.searchsorted(np.asarray(fa.edges), vals[has], side="right")
+                hists[m] = band_histograms(gh, bands, uh, n_cells, fa.edges, k)
+        for i, e in enumerate(emits):
+            cell_hists: dict[str, dict[str, int]] = {}
+            for m, per_cell in hists.items():
+                if withheld[m][i]:
+                    continue
+                h = per_cell[i]
+                # Cells whose bands need merging take the exact per-cell path.
+                cell_hists[m] = h if h is not None else self._histogram(rows, e.idx, m, k)
+            self._emit(
+                res, state, out, e.key, int(events[i]), e.users, e.level,
+                {m: float(v[i]) for m, v in sums.items()},
+                {m: int(v[i]) for m, v in counts.items()},
+                {m for m, w in withheld.items() if w[i]},
+                cell_hists,
+            )  # fmt: skip
 
     def _emit(
         self,
         res: OutputRelease,
         state: WindowState,
-        rows: Rows,
         out: Output,
         key: tuple[str, ...],
-        parts: list[npt.NDArray[np.intp]],
+        events: int,
         users: int,
         level: int,
+        sums: dict[str, float],
+        counts: dict[str, int],
+        withheld: set[str],
+        hists: dict[str, dict[str, int]],
     ) -> None:
         p = self.p
-        idx = np.concatenate(parts) if len(parts) > 1 else parts[0]
         dims = dict(zip(out.dimensions, key, strict=True))
-        metrics: dict[str, Any] = {"events": len(idx), "users": users}
+        metrics: dict[str, Any] = {"events": events, "users": users}
         noise_meta: dict[str, Any] | None = None
-        sums: dict[str, float] = {}
-        counts: dict[str, int] = {}
-        withheld: set[str] = set()
-        for m in p.measures:
-            fa = p.fields[m]
-            assert fa.clamp is not None
-            vals = rows.measures[idx, self._col[m]]
-            has = ~np.isnan(vals)
-            # A sum, mean or histogram over fewer than k people with a value would describe
-            # them, however many people the cell has: withhold it (null).
-            if len(np.unique(rows.unit[idx][has])) < out.k:
-                withheld.add(m)
-            acc = Sum(fa.clamp[0], fa.clamp[1])
-            acc.add(vals)
-            sums[m], counts[m] = acc.result(), acc.n
-        hists = {m: self._histogram(rows, idx, m, out.k) for m in p.histograms if m not in withheld}
         if out.noise is not None:
             rid = release_id(
                 "aggregate", p.name, p.version, out.name, state.start_ms, state.end_ms, dims
