@@ -94,6 +94,7 @@ class BatchLoop:
         self._stopping = asyncio.Event()
         self._generation = 0
         self._reset_needed = False
+        self._awaiting_assignment = True
         self._commit_idle = asyncio.Event()
         self._commit_idle.set()
         self._in_txn = False
@@ -175,6 +176,7 @@ class BatchLoop:
     async def on_assigned(self, tps: list[TopicPartition]) -> None:
         assert self.consumer is not None
         self.assigned = set(tps)
+        self._awaiting_assignment = False
         self._generation += 1
         self._reset_needed = True
         if self.stop_at_end:
@@ -182,6 +184,7 @@ class BatchLoop:
         log.info("assigned %s", ", ".join(f"{t.topic}/{t.partition}" for t in sorted(tps)))
 
     async def on_revoked(self, tps: list[TopicPartition]) -> None:
+        self._awaiting_assignment = True  # (also called, with nothing, before the first join)
         self._generation += 1
         self._reset_needed = True
         await self._commit_idle.wait()  # a commit already on its way finishes first
@@ -230,8 +233,8 @@ class BatchLoop:
     def _check_single_mode(self) -> None:
         """In single mode one worker must own every raw partition: k is checked on what
         this worker sees, which is everything only then."""
-        if self.settings.scale_out or self.consumer is None:
-            return
+        if self.settings.scale_out or self.consumer is None or self._awaiting_assignment:
+            return  # an assignment still on its way is no evidence of anything
         for topic in self.raw_topics:
             total = self.consumer.partitions_for_topic(topic) or set()
             mine = {tp.partition for tp in self.assigned if tp.topic == topic}
