@@ -175,14 +175,15 @@ class ColumnPolicy:
 
     def _pseudonym(self, name: str, raw: str, ts_ms: int) -> int | None:
         pseudonyms = self.policy.pseudonyms
-        cache = self._cache_for(ts_ms // pseudonyms.rotation_ms, name)
+        period = ts_ms // pseudonyms.rotation_ms
+        cache = self._cache_for(period, name)
         u = cache.get(raw)
         if u is None:
             if raw.isspace():
                 return None  # blank is absent: the next unit field decides
             # One person, one pseudonym: emails are case-insensitive in practice.
             norm = raw.strip().lower() if name.endswith("email") else raw
-            u = pseudonyms.pseudonym(name, norm, ts_ms)
+            u = pseudonyms.uncached(name, norm, period)
             if len(cache) > 500_000:
                 cache.clear()
             cache[raw] = u
@@ -199,13 +200,14 @@ class ColumnPolicy:
             if early.any():
                 bad.update(np.flatnonzero(early).tolist())
         else:
-            # msgspec has checked the ints; strings that the cache cannot vouch for (0)
-            # get the reference parser, and the per-event path if it refuses them too.
-            strs = self._ts_strings
-            ts_list = [v if type(v) is int else strs(v) for v in ts_col]
-            if 0 in ts_list:
-                ts_list = [v or parse_ts(ts_col[j]) or 0 for j, v in enumerate(ts_list)]
-            ts = np.array(ts_list, dtype=np.int64)
+            # msgspec has checked the ints (never 0); strings that the cache cannot vouch
+            # for (0) get the reference parser, and the per-event path if it refuses them.
+            ts = np.array([v if type(v) is int else 0 for v in ts_col], dtype=np.int64)
+            spos = np.flatnonzero(ts == 0)
+            parsed = self._ts_strings.many([ts_col[j] for j in spos.tolist()])
+            for j in np.flatnonzero(parsed == 0).tolist():
+                parsed[j] = parse_ts(ts_col[int(spos[j])]) or 0
+            ts[spos] = parsed
             bad.update(np.flatnonzero(ts == 0).tolist())
         future = ts > self.decoder.now_ms() + self.decoder.max_future_ms
         if future.any():

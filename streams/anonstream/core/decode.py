@@ -11,8 +11,12 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from itertools import repeat
+from operator import getitem
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 import orjson
 
 from anonstream.core.contract import Contract, FieldSpec, FieldType
@@ -87,7 +91,8 @@ def parse_ts(value: object) -> int | None:
 _HEAD_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]")
 _Y2K = "2000-01-01T00:00:00"
 _Y2K_MS = 946_684_800_000
-_INVALID = object()
+_BAD = -(2**62)  # cached "not a plain head/rest": far outside any event time
+_HEAD, _REST = slice(0, 19), slice(19, None)
 
 
 class TimestampCache:
@@ -101,38 +106,45 @@ class TimestampCache:
     """
 
     def __init__(self, limit: int = 100_000) -> None:
-        self._heads: dict[str, Any] = {}
-        self._tails: dict[str, Any] = {}
+        self._heads: dict[str, int] = {}  # _BAD: not a plain date-time
+        self._tails: dict[str, int] = {}  # _BAD: not a fraction and an offset
         self._limit = limit
 
     def __call__(self, value: str) -> int:
         """Epoch ms of an RFC 3339 string, or 0 when the caller must ask `parse_ts`."""
-        if not 20 <= len(value) <= 40:
-            return 0
-        head = self._heads.get(value[:19], _INVALID)
-        if head is _INVALID:
-            head = self._head(value[:19])
-        tail = self._tails.get(value[19:], _INVALID)
-        if tail is _INVALID:
-            tail = self._tail(value[19:])
-        if head is None or tail is None:
-            return 0
-        return int(head + tail)
+        return int(self.many([value])[0])
 
-    def _head(self, head: str) -> int | None:
+    def many(self, values: list[str]) -> npt.NDArray[np.int64]:
+        """Epoch ms of each string, 0 where `parse_ts` must decide; C-level passes over
+        the batch, Python only for values not seen before."""
+        n = len(values)
+        heads: list[str] = list(map(getitem, values, repeat(_HEAD)))
+        rests: list[str] = list(map(getitem, values, repeat(_REST)))
+        h = list(map(self._heads.get, heads))
+        t = list(map(self._tails.get, rests))
+        if None in h:
+            h = [self._head(heads[j]) if v is None else v for j, v in enumerate(h)]
+        if None in t:
+            t = [self._tail(rests[j]) if v is None else v for j, v in enumerate(t)]
+        ha, ta = np.array(h, dtype=np.int64), np.array(t, dtype=np.int64)
+        lens = np.fromiter(map(len, values), dtype=np.int64, count=n)
+        out = ha + ta
+        out[(ha == _BAD) | (ta == _BAD) | (lens < 20) | (lens > 40)] = 0
+        return out
+
+    def _head(self, head: str) -> int:
         ms = parse_ts(head + "Z") if _HEAD_RE.fullmatch(head) else None
         if len(self._heads) >= self._limit:
             self._heads.clear()
-        self._heads[head] = ms
-        return ms
+        self._heads[head] = got = _BAD if ms is None else ms
+        return got
 
-    def _tail(self, tail: str) -> int | None:
+    def _tail(self, tail: str) -> int:
         ms = parse_ts(_Y2K + tail)
-        delta = None if ms is None else ms - _Y2K_MS
         if len(self._tails) >= self._limit:
             self._tails.clear()
-        self._tails[tail] = delta
-        return delta
+        self._tails[tail] = got = _BAD if ms is None else ms - _Y2K_MS
+        return got
 
 
 def _depth(value: object, limit: int) -> int:

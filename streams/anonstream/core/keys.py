@@ -119,14 +119,18 @@ class Pseudonymizer:
         ck = (period, tag + "\x00" + value)
         p = self._cache.get(ck)
         if p is None:
-            digest = hashlib.blake2b(
-                ck[1].encode(), key=self.period_key(period), digest_size=8
-            ).digest()
-            p = int.from_bytes(digest, "little")
+            p = self.uncached(tag, value, period)
             if len(self._cache) >= self._cache_size:
                 self._cache.clear()
             self._cache[ck] = p
         return p
+
+    def uncached(self, tag: str, value: str, period: int) -> int:
+        """`pseudonym` for callers that keep their own cache (the batch path)."""
+        digest = hashlib.blake2b(
+            (tag + "\x00" + value).encode(), key=self.period_key(period), digest_size=8
+        ).digest()
+        return int.from_bytes(digest, "little")
 
     def pseudonym_hex(self, tag: str, value: str, ts_ms: int) -> str:
         return f"{self.pseudonym(tag, value, ts_ms):016x}"
