@@ -12,8 +12,10 @@ for every input (property-tested).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from operator import attrgetter
+from itertools import compress, repeat
+from operator import attrgetter, is_
 from typing import Annotated, Any
 
 import msgspec
@@ -218,26 +220,35 @@ class ColumnPolicy:
         periods = ts // rotation
         one_period = len(bad) == 0 and int(periods.min()) == int(periods.max())
         unit_list: list[int | None] = [None] * n
-        for i, name in enumerate(self._unit_fields):
-            col: list[Any] = list(map(self._get[name], objs))
+        todo: Sequence[int] = range(n)  # events without a unit yet: only they read the next field
+        for name in self._unit_fields:
+            sub = objs if len(todo) == n else list(map(objs.__getitem__, todo))
+            col: list[Any] = list(map(self._get[name], sub))
             if one_period:
                 # Absent or blank values are never cached, so a miss is None either way.
                 cache = self._cache_for(int(periods[0]), name)
                 got: list[int | None] = list(map(cache.get, col))
             else:
-                got = [None] * n
-            if i == 0:
+                got = [None] * len(col)
+            still: list[int] = []
+            for pos in compress(range(len(got)), map(is_, got, repeat(None))):
+                v = col[pos]
+                j = todo[pos]
+                u = self._pseudonym(name, v, int(ts[j])) if v else None
+                if u is None:
+                    still.append(j)
+                got[pos] = u
+            if len(todo) == n:
                 unit_list = got
             else:
-                unit_list = [g if u is None else u for u, g in zip(unit_list, got, strict=True)]
-            if None in unit_list:
-                for j in [j for j, (u, v) in enumerate(zip(unit_list, col, strict=True))
-                          if u is None and v]:  # fmt: skip
-                    unit_list[j] = self._pseudonym(name, col[j], int(ts[j]))
-        missing = [j for j, u in enumerate(unit_list) if u is None]
-        if missing:
-            bad.update(missing)
-            for j in missing:
+                for j, u in zip(todo, got, strict=True):
+                    unit_list[j] = u
+            todo = still
+            if not todo:
+                break
+        if todo:
+            bad.update(todo)
+            for j in todo:
                 unit_list[j] = 0
         # Dimensions: dict-cached generalizers.
         dim_cols = []
@@ -250,17 +261,14 @@ class ColumnPolicy:
                 if len(dcache) > 200_000:
                     dcache.clear()
                     dcache[None] = NONE
-                for j, v in enumerate(out):
-                    if v is None:
-                        out[j] = dcache[col[j]] = fn(col[j])
+                for j in compress(range(n), map(is_, out, repeat(None))):
+                    out[j] = dcache[col[j]] = fn(col[j])
             dim_cols.append(out)
         dims: list[tuple[str, ...]] = list(zip(*dim_cols, strict=True)) if dim_cols else [()] * n
         # Measures: NaN where absent.
-        nan = float("nan")
         m = np.empty((n, len(self._measures)), dtype=np.float64)
         for k, name in enumerate(self._measures):
-            col = list(map(self._get[name], objs))
-            m[:, k] = [nan if v is None else v for v in col]
+            m[:, k] = list(map(self._get[name], objs))  # numpy reads None as NaN
         events = self.policy.event_hash.many(list(map(self._get["event_id"], objs)))
         cols = Columns(
             np.empty(0, dtype=np.int64), ts, np.array(unit_list, dtype=np.uint64), events,
