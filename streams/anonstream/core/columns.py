@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import compress, repeat
-from operator import attrgetter, is_
+from operator import attrgetter, is_, is_not
 from typing import Annotated, Any
 
 import msgspec
@@ -219,7 +219,7 @@ class ColumnPolicy:
         rotation = self.policy.pseudonyms.rotation_ms
         periods = ts // rotation
         one_period = len(bad) == 0 and int(periods.min()) == int(periods.max())
-        unit_list: list[int | None] = [None] * n
+        unit = np.zeros(n, dtype=np.uint64)
         todo: Sequence[int] = range(n)  # events without a unit yet: only they read the next field
         for name in self._unit_fields:
             sub = objs if len(todo) == n else list(map(objs.__getitem__, todo))
@@ -230,26 +230,20 @@ class ColumnPolicy:
                 got: list[int | None] = list(map(cache.get, col))
             else:
                 got = [None] * len(col)
-            still: list[int] = []
-            for pos in compress(range(len(got)), map(is_, got, repeat(None))):
-                v = col[pos]
-                j = todo[pos]
-                u = self._pseudonym(name, v, int(ts[j])) if v else None
-                if u is None:
-                    still.append(j)
-                got[pos] = u
-            if len(todo) == n:
-                unit_list = got
-            else:
-                for j, u in zip(todo, got, strict=True):
-                    unit_list[j] = u
-            todo = still
+            # Positions by C-level passes; Python only for values not in the cache yet.
+            missed = list(compress(range(len(got)), map(is_, got, repeat(None))))
+            for pos in compress(missed, map(col.__getitem__, missed)):  # non-empty values
+                got[pos] = self._pseudonym(name, col[pos], int(ts[todo[pos]]))
+            found = list(compress(range(len(got)), map(is_not, got, repeat(None))))
+            if found:
+                where = found if len(todo) == n else list(map(todo.__getitem__, found))
+                unit[where] = np.array(list(map(got.__getitem__, found)), dtype=np.uint64)
+            still = list(compress(missed, map(is_, map(got.__getitem__, missed), repeat(None))))
+            todo = still if len(todo) == n else list(map(todo.__getitem__, still))
             if not todo:
                 break
         if todo:
             bad.update(todo)
-            for j in todo:
-                unit_list[j] = 0
         # Dimensions: dict-cached generalizers.
         dim_cols = []
         for name in self._dim_names:
@@ -271,7 +265,7 @@ class ColumnPolicy:
             m[:, k] = list(map(self._get[name], objs))  # numpy reads None as NaN
         events = self.policy.event_hash.many(list(map(self._get["event_id"], objs)))
         cols = Columns(
-            np.empty(0, dtype=np.int64), ts, np.array(unit_list, dtype=np.uint64), events,
+            np.empty(0, dtype=np.int64), ts, unit, events,
             dims, m,
         )  # fmt: skip
         return cols, bad

@@ -108,6 +108,7 @@ class TimestampCache:
     def __init__(self, limit: int = 100_000) -> None:
         self._heads: dict[str, int] = {}  # _BAD: not a plain date-time
         self._tails: dict[str, int] = {}  # _BAD: not a fraction and an offset
+        self._days: dict[str, int] = {}  # "YYYY-MM-DD" -> its first ms, or _BAD
         self._limit = limit
 
     def __call__(self, value: str) -> int:
@@ -133,10 +134,20 @@ class TimestampCache:
         return out
 
     def _head(self, head: str) -> int:
-        ms = parse_ts(head + "Z") if _HEAD_RE.fullmatch(head) else None
+        # A plain head is its date's first millisecond plus whole seconds: exactly what
+        # parse_ts(head + "Z") computes, without a datetime per second of event time.
+        got = _BAD
+        if _HEAD_RE.fullmatch(head):
+            day = self._days.get(head[:10])
+            if day is None:
+                day = self._days[head[:10]] = parse_ts(head[:10] + "T00:00:00Z") or _BAD
+            if day != _BAD:
+                secs = int(head[11:13]) * 3600 + int(head[14:16]) * 60 + int(head[17:19])
+                got = day + secs * 1000
         if len(self._heads) >= self._limit:
             self._heads.clear()
-        self._heads[head] = got = _BAD if ms is None else ms
+            self._days.clear()
+        self._heads[head] = got
         return got
 
     def _tail(self, tail: str) -> int:

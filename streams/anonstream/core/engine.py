@@ -12,6 +12,8 @@ import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
+from itertools import compress, repeat
+from operator import is_
 from typing import Any
 
 import mmh3
@@ -246,15 +248,14 @@ class PipelineEngine:
             self._cell_dims.clear()
         cell_list = list(map(cells_map.get, cols.dims))
         if None in cell_list:
-            for j, c in enumerate(cell_list):
+            for j in compress(range(len(cell_list)), map(is_, cell_list, repeat(None))):
+                dims = cols.dims[j]
+                c = cells_map.get(dims)
                 if c is None:
-                    dims = cols.dims[j]
-                    c = cells_map.get(dims)
-                    if c is None:
-                        c = mmh3.hash64("\x1f".join(dims), signed=False)[0]
-                        cells_map[dims] = c
-                        self._cell_dims[c] = dims
-                    cell_list[j] = c
+                    c = mmh3.hash64("\x1f".join(dims), signed=False)[0]
+                    cells_map[dims] = c
+                    self._cell_dims[c] = dims
+                cell_list[j] = c
         cell = np.array(cell_list, dtype=np.uint64)
         if starts is None:
             starts = window_starts_array(spec, cols.ts)
@@ -285,9 +286,8 @@ class PipelineEngine:
                     if prev is None or first < prev:
                         w.first_offsets[part_of[i]] = first
                 rows = Rows(cell[sel], cols.unit[sel], cols.event[sel], cols.measures[sel])
-                for c in np.unique(rows.cell).tolist():
-                    if c not in w.cells:
-                        w.cells[c] = self._cell_dims[c]
+                for c in set(np.unique(rows.cell).tolist()).difference(w.cells):
+                    w.cells[c] = self._cell_dims[c]
                 w.add(rows)
 
     # -- time --------------------------------------------------------------------------

@@ -24,6 +24,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from functools import partial
+from operator import attrgetter
 from typing import Any
 
 import numpy as np
@@ -331,8 +332,11 @@ class BatchLoop:
             if msgs:
                 self._positions[tp] = msgs[-1].offset + 1
             values, pidx, offsets, parts = by_topic.setdefault(tp.topic, ([], [], [], []))
-            values.extend([m.value or b"" for m in msgs])
-            offsets.extend([m.offset for m in msgs])
+            vals = list(map(_value, msgs))
+            if None in vals:  # tombstones: not JSON, dead-lettered like any other
+                vals = [v or b"" for v in vals]
+            values.extend(vals)
+            offsets.extend(map(_offset, msgs))
             pidx.extend([len(parts)] * len(msgs))
             parts.append((tp.topic, tp.partition))
         for topic, (values, pidx, offsets, parts) in by_topic.items():
@@ -416,6 +420,9 @@ class BatchLoop:
         self._in_txn = False
         self._dirty = False
         self._last_commit = now
+
+
+_value, _offset = attrgetter("value"), attrgetter("offset")
 
 
 def _where(dl: DeadLetter) -> str:
