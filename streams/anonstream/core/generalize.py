@@ -260,6 +260,7 @@ def _id_placeholder(token: str) -> str | None:
     return None
 
 
+@lru_cache(maxsize=65536)
 def _segment(raw: str) -> str:
     """Template one path segment: a placeholder if it looks like an identifier."""
     # Fast path for short plain segments ("api", "v2", "item-42", "555-123-4567"): too

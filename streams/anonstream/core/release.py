@@ -123,25 +123,43 @@ def band_histograms(
     edges: tuple[float, ...],
     k: int,
 ) -> list[dict[str, int] | None]:
-    """Per group, the histogram `Releaser._histogram` gives when no band needs merging with
-    a neighbour for k (every band with values has k units of its own: each is then cut on
-    its own, empty bands joining the next one); None for groups that need the merging."""
+    """`Releaser._histogram` for every group at once (None would mean: ask it).
+
+    Bands are walked left to right for all groups together; a group cuts a band (closing
+    the bands since its last cut) once the distinct units with a value in them reach k. Each
+    (group, unit) carries the set of bands it has values in as bits, so that count is one
+    masked bincount per band; the too-small tail folds into the last cut.
+    """
     n_bands = len(edges) + 1
-    flat = g * n_bands + bands
-    counts = np.bincount(flat, minlength=n_groups * n_bands).reshape(n_groups, n_bands)
-    distinct = _distinct_per_group(flat, units, n_groups * n_bands).reshape(n_groups, n_bands)
-    simple = ((counts == 0) | (distinct >= k)).all(axis=1)
     bounds = (-math.inf, *edges, math.inf)
-    out: list[dict[str, int] | None] = [None] * n_groups
-    for i in np.flatnonzero(simple).tolist():
-        h: dict[str, int] = {}
-        lo = bounds[0]
-        for b, c in enumerate(counts[i].tolist()):
-            if c:
-                h[_band_label(lo, bounds[b + 1])] = c
-                lo = bounds[b + 1]
-        out[i] = h
-    return out
+    counts = np.bincount(g * n_bands + bands, minlength=n_groups * n_bands).reshape(
+        n_groups, n_bands
+    )
+    order = np.lexsort((units, g))
+    gs, bs = g[order], bands[order].astype(np.int64)
+    start = group_starts(gs.astype(np.uint64), units[order])
+    pair = np.cumsum(start) - 1
+    bits = np.zeros(int(pair[-1]) + 1 if len(pair) else 0, dtype=np.int64)
+    np.bitwise_or.at(bits, pair, np.left_shift(np.int64(1), bs))
+    pair_g = gs[start]
+    lo = np.zeros(n_groups, dtype=np.int64)  # first band since the last cut
+    acc = np.zeros(n_groups, dtype=np.int64)  # values since the last cut
+    out: list[dict[str, int]] = [{} for _ in range(n_groups)]
+    for b in range(n_bands):
+        acc += counts[:, b]
+        since_lo = ((np.int64(1) << (b + 1)) - 1) & ~((np.int64(1) << lo) - 1)
+        hit = (bits & since_lo[pair_g]) != 0
+        cut = np.flatnonzero(np.bincount(pair_g[hit], minlength=n_groups) >= k)
+        for i, lo_b, c in zip(cut.tolist(), lo[cut].tolist(), acc[cut].tolist(), strict=True):
+            out[i][_band_label(bounds[lo_b], bounds[b + 1])] = c
+        acc[cut] = 0
+        lo[cut] = b + 1
+    for i in np.flatnonzero(acc).tolist():
+        h = out[i]
+        if h:  # fold the tail into the last band, widening its label
+            last = next(reversed(h))
+            h[last.split(",")[0] + ",inf)"] = h.pop(last) + int(acc[i])
+    return list(out)
 
 
 class Releaser:
@@ -310,7 +328,7 @@ class Releaser:
                 if withheld[m][i]:
                     continue
                 h = per_cell[i]
-                # Cells whose bands need merging take the exact per-cell path.
+                # None only where a test asks for the per-cell reference path.
                 cell_hists[m] = h if h is not None else self._histogram(rows, e.idx, m, k)
             self._emit(
                 res, state, out, e.key, int(events[i]), e.users, e.level,
