@@ -395,8 +395,8 @@ def test_different_seeds_give_different_counts() -> None:
 def test_histograms_of_the_one_pass_path_equal_the_per_cell_path(
     events: list[dict[str, Any]], k: int
 ) -> None:
-    """Cells whose bands each hold k people get their histogram from one pass over the
-    window; forcing every cell down the per-cell merging path changes no release."""
+    """Histograms of all cells come from one vectorised walk over the bands; forcing every
+    cell down the per-cell reference path changes no release."""
     pipe = make_pipeline(k)
     fast = canonical(run(pipe, events))
     every_cell_slow = lambda g, bands, units, n, edges, k: [None] * n  # noqa: E731
