@@ -11,8 +11,8 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from itertools import repeat
-from operator import getitem
+from itertools import compress, repeat
+from operator import getitem, is_
 from typing import Any
 
 import numpy as np
@@ -121,12 +121,14 @@ class TimestampCache:
         n = len(values)
         heads: list[str] = list(map(getitem, values, repeat(_HEAD)))
         rests: list[str] = list(map(getitem, values, repeat(_REST)))
-        h = list(map(self._heads.get, heads))
-        t = list(map(self._tails.get, rests))
+        h: list[int | None] = list(map(self._heads.get, heads))
+        t: list[int | None] = list(map(self._tails.get, rests))
         if None in h:
-            h = [self._head(heads[j]) if v is None else v for j, v in enumerate(h)]
+            for j in compress(range(n), map(is_, h, repeat(None))):
+                h[j] = self._head(heads[j])
         if None in t:
-            t = [self._tail(rests[j]) if v is None else v for j, v in enumerate(t)]
+            for j in compress(range(n), map(is_, t, repeat(None))):
+                t[j] = self._tail(rests[j])
         ha, ta = np.array(h, dtype=np.int64), np.array(t, dtype=np.int64)
         lens = np.fromiter(map(len, values), dtype=np.int64, count=n)
         out = ha + ta
