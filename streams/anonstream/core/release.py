@@ -195,7 +195,9 @@ class Releaser:
         primary_cell: list[tuple[str, ...] | None] = []
         for i, out in enumerate(self.p.outputs):
             if i == 0:
-                res, primary_cell = self._release_output(state, bounded, out)
+                res, primary_cell = self._release_output(
+                    state, bounded, out, track=len(self.p.outputs) > 1
+                )
                 acc = res.accounting
                 acc.rows_in = state.rows_in
                 acc.duplicates = state.duplicates
@@ -215,13 +217,14 @@ class Releaser:
         return results
 
     def _release_output(
-        self, state: WindowState, rows: Rows, out: Output
+        self, state: WindowState, rows: Rows, out: Output, track: bool = False
     ) -> tuple[OutputRelease, list[tuple[str, ...] | None]]:
-        """Releases of one output, and for each row the key of the cell it was released in
-        (None where suppressed)."""
+        """Releases of one output, and with `track` for each row the key of the cell it was
+        released in (None where suppressed)."""
         p = self.p
         res = OutputRelease(out)
-        released_in: list[tuple[str, ...] | None] = [None] * len(rows)
+        # Only the secondary outputs need to know where each row went.
+        released_in: list[tuple[str, ...] | None] = [None] * len(rows) if track else []
         dim_idx = [p.dimensions.index(d) for d in out.dimensions]
         # Project each pipeline cell onto this output's dimensions.
         codes: dict[tuple[str, ...], int] = {}
@@ -254,8 +257,9 @@ class Releaser:
                 emits.append(_Emit(key, idx, leaf_users[key], 0))
                 res.cells_released += 1
                 res.accounting.released += len(idx)
-                for r in idx.tolist():
-                    released_in[r] = key
+                if track:
+                    for r in idx.tolist():
+                        released_in[r] = key
             else:
                 pending[key] = [idx]
                 leaf_count[key] = 1
@@ -276,7 +280,7 @@ class Releaser:
                     res.cells_released += 1
                     res.cells_rolled_up += merged_leaves[key]
                     res.accounting.rolled_up += sum(len(x) for x in parts)
-                    for part in parts:
+                    for part in parts if track else ():
                         for r in part.tolist():
                             released_in[r] = key
                 else:
