@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from pathlib import Path
@@ -341,3 +342,16 @@ def test_event_hasher_differs_between_ids_and_from_pseudonyms() -> None:
 def test_event_hasher_batch_equals_one_by_one(ids: list[str]) -> None:
     h = EventHasher(secret(), "web_activity")
     assert h.many(ids).tolist() == [h(i) for i in ids]
+
+
+@given(st.text(max_size=30), st.integers(0, 5))
+def test_pseudonym_is_keyed_blake2b_of_tag_and_value_under_the_period_key(
+    value: str, day: int
+) -> None:
+    p = Pseudonymizer(secret(), "web_activity", DAY)
+    ts = T0 + day * DAY
+    expected = hashlib.blake2b(
+        ("user_email\x00" + value).encode(), key=p.period_key(ts // DAY), digest_size=8
+    ).digest()
+    assert p.pseudonym("user_email", value, ts) == int.from_bytes(expected, "little")
+    assert p.uncached("user_email", value, ts // DAY) == int.from_bytes(expected, "little")

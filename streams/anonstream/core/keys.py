@@ -17,6 +17,7 @@ import secrets
 from dataclasses import dataclass, field
 from itertools import repeat
 from pathlib import Path
+from typing import Any
 
 import mmh3
 import numpy as np
@@ -98,6 +99,7 @@ class Pseudonymizer:
         self._root = secret.derive(f"pseudonym/{pipeline}")
         self.rotation_ms = rotation_ms
         self._keys: dict[int, bytes] = {}
+        self._keyed: dict[int, Any] = {}  # period -> keyed BLAKE2b state, never fed data
         self._cache: dict[tuple[int, str], int] = {}
         self._cache_size = cache_size
 
@@ -127,10 +129,17 @@ class Pseudonymizer:
 
     def uncached(self, tag: str, value: str, period: int) -> int:
         """`pseudonym` for callers that keep their own cache (the batch path)."""
-        digest = hashlib.blake2b(
-            (tag + "\x00" + value).encode(), key=self.period_key(period), digest_size=8
-        ).digest()
-        return int.from_bytes(digest, "little")
+        keyed = self._keyed.get(period)
+        if keyed is None:
+            if len(self._keyed) > 64:
+                self._keyed.clear()
+            # The key block is hashed once per period; copies start from that state.
+            keyed = self._keyed[period] = hashlib.blake2b(
+                key=self.period_key(period), digest_size=8
+            )
+        h = keyed.copy()
+        h.update((tag + "\x00" + value).encode())
+        return int.from_bytes(h.digest(), "little")
 
     def pseudonym_hex(self, tag: str, value: str, ts_ms: int) -> str:
         return f"{self.pseudonym(tag, value, ts_ms):016x}"
