@@ -137,3 +137,19 @@ def test_fast_path_accepts_only_what_the_reference_accepts_identically(
             assert r.ts_ms == cols.ts[row] and r.unit == cols.unit[row]
             assert r.event_hash == cols.event[row] and r.dims == cols.dims[row]
             np.testing.assert_array_equal(np.array(r.measures), cols.measures[row])
+
+
+def test_a_deeply_nested_object_field_is_rejected_not_a_crash() -> None:
+    """Regression: msgspec overflows the stack on deep nesting inside an object field
+    (within the size limit); that event alone goes to the per-event path (too_deep)."""
+    gen = EventGenerator(Workload(users=20, seed=5))
+    events = [orjson.dumps(ev) for ev in gen.usage_events(30)]
+    good = orjson.loads(events[0])
+    good["billing"] = "@@"
+    deep = orjson.dumps(good).replace(b'"@@"', b'{"a":' * 10_000 + b"1" + b"}" * 10_000)
+    assert len(deep) < 64 * 1024
+    msgs = [Message(v, ("t", 0), i) for i, v in enumerate([*events[:15], deep, *events[15:]])]
+    e = _engine(TOPIC_USAGE, fast=True)
+    e.assign([("t", 0)])
+    step = e.process(msgs)
+    assert [(d.offset, d.reason) for d in step.dead_letters] == [(15, "too_deep")]

@@ -39,6 +39,10 @@ _STRUCT_TYPES: dict[FieldType, Any] = {
 }
 
 
+# Bad JSON or a wrong shape; very deep nesting in an object field overflows the stack.
+_DECODE_ERRORS = (msgspec.DecodeError, RecursionError)
+
+
 def event_struct(contract: Contract) -> type[msgspec.Struct]:
     """A struct type accepting exactly the well-formed events of `contract` that the fast
     path handles; anything else fails to decode and takes the per-event path."""
@@ -127,20 +131,10 @@ class ColumnPolicy:
         if not n:
             return empty, []
         flagged: set[int] = set()
-        if max(map(len, values)) > self.decoder.max_bytes:
-            flagged.update(i for i, v in enumerate(values) if len(v) > self.decoder.max_bytes)
-        decode = self._decode
-        objs: list[Any]
-        try:
-            objs = list(map(decode, values))
-        except msgspec.DecodeError:  # includes ValidationError
-            objs = []
-            for i, v in enumerate(values):
-                try:
-                    objs.append(decode(v))
-                except msgspec.DecodeError:
-                    objs.append(None)
-                    flagged.add(i)
+        limit = self.decoder.max_bytes
+        if max(map(len, values)) > limit:
+            flagged.update(i for i, v in enumerate(values) if len(v) > limit)
+        objs = self._decode_all(values, flagged)
         if flagged:
             keep = [i for i in range(n) if i not in flagged]
             objs = [objs[i] for i in keep]
@@ -166,6 +160,24 @@ class ColumnPolicy:
             )  # fmt: skip
         cols.index = np.array(keep, dtype=np.int64)
         return cols, sorted(flagged)
+
+    def _decode_all(self, values: list[bytes], flagged: set[int]) -> list[Any]:
+        """Structs in batch order; None (and the index added to `flagged`) where a value
+        is oversized or does not decode. One C-level pass unless something is wrong."""
+        decode = self._decode
+        if not flagged:
+            try:
+                return list(map(decode, values))
+            except _DECODE_ERRORS:
+                pass
+        objs: list[Any] = []
+        for i, v in enumerate(values):
+            try:
+                objs.append(None if i in flagged else decode(v))
+            except _DECODE_ERRORS:
+                objs.append(None)
+                flagged.add(i)
+        return objs
 
     def _cache_for(self, period: int, name: str) -> dict[str, int]:
         cache = self._unit_cache.get((period, name))
