@@ -255,8 +255,13 @@ class ReleaseStage:
             )
         # Offsets of messages without rows still move this partition forward.
         e.track_offsets(np.zeros(len(offs), dtype=np.int64), [part], offs)
+        # How long a source has had no data is the owner's word (sent - data, one clock),
+        # counted from when we read it: judged by our clock against the owner's data time,
+        # a release stage a few seconds behind the ingest would find busy sources idle and
+        # release their windows early.
+        now = e.clock_ms()
         for source, (ts, data_ms, sent_ms) in progress.items():
-            e.observe_progress(source, ts, data_ms, sent_ms)
+            e.observe_progress(source, ts, now - max(0, sent_ms - data_ms), sent_ms)
         return e.advance()
 
     def safe_offset(self, partition: Hashable) -> int | None:
