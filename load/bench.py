@@ -507,11 +507,18 @@ def _run_scale(ctx: _Ctx, workers: int, windows: int) -> ScaleResult:
     return run
 
 
-def _scale_runs(ctx: _Ctx, windows: int) -> list[ScaleResult]:
+def _scale_runs(ctx: _Ctx, windows: int, reference: dict[str, int] | None) -> list[ScaleResult]:
+    """Every worker count; each must release what the others (and the single-mode run,
+    when there is one) release: the same input gives the same releases."""
     out = []
     for n in ctx.cfg.scale:
         ctx.console.print(f"[bold]run scale[/]: {n} worker(s) in scale-out mode")
         run = _run_scale(ctx, n, windows)
+        if run.ok and reference is not None and run.releases != reference:
+            run.ok = False
+            run.error = f"released {run.releases}, not {reference} like the run before"
+        if run.ok and reference is None:
+            reference = run.releases
         out.append(run)
         if run.ok:
             ctx.console.print(
@@ -670,7 +677,9 @@ def run_benchmark(cfg: BenchConfig, console: Console | None = None) -> dict[str,
             ctx = _Ctx(cfg, bootstrap, topic, bench_id, probe, logs, console)
             for name in cfg.runs:
                 if name == "scale":
-                    scale = _scale_runs(ctx, produced["windows"])
+                    single = results.get("anonstream")
+                    reference = single.extra.get("releases") if single and single.ok else None
+                    scale = _scale_runs(ctx, produced["windows"], reference)
                     continue
                 console.print(f"[bold]run {name}[/]")
                 run = _run_anonstream(ctx) if name == "anonstream" else _run_peer(ctx, name)
@@ -782,6 +791,11 @@ def build_parser() -> argparse.ArgumentParser:
         "--partials-partitions", type=int, default=6,
         help="scale run: partitions of the partials topic (ANONSTREAM_PARTIALS_PARTITIONS)",
     )  # fmt: skip
+    p.add_argument(
+        "--scale-idle-close", type=float, default=2.0,
+        help="scale run: ANONSTREAM_IDLE_CLOSE_SECONDS of its workers (the last window is "
+        "released on idle close)",
+    )  # fmt: skip
     soak = p.add_argument_group("soak mode")
     soak.add_argument("--soak", action="store_true", help="run the soak test instead")
     soak.add_argument("--rate", type=float, default=2000.0, help="soak: events/s produced")
@@ -818,6 +832,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs=args.runs, chart=args.chart or DEFAULT_CHART, timeout=args.timeout,
         bootstrap=args.bootstrap, pipeline=args.pipeline, logs=args.logs, profile=args.profile,
         scale=args.scale, partials_partitions=args.partials_partitions,
+        scale_idle_close_s=args.scale_idle_close,
     )  # fmt: skip
     try:
         summary = run_benchmark(cfg, console)
