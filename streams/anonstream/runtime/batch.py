@@ -39,6 +39,7 @@ from anonstream.runtime.scaleout import (
     IngestStage,
     ReleaseStage,
     StagesView,
+    mark_busy,
     partials_topic,
 )
 from anonstream.settings import Settings
@@ -265,6 +266,7 @@ class BatchLoop:
             )
             if self._reset_needed or generation != self._generation:
                 continue  # fetched across a rebalance: the reset reads it again
+            self._mark_backlog()
             if data:
                 self.consuming = True
                 await self._process(data)
@@ -272,6 +274,7 @@ class BatchLoop:
             if now - last_tick >= TICK_INTERVAL_S:
                 last_tick = now
                 self._update_lag()
+                self._mark_backlog()
                 for engine in self.engines.values():
                     await self._deliver(engine, engine.tick())
             if self.stop_at_end and await self._at_end():
@@ -292,6 +295,15 @@ class BatchLoop:
             if high is not None and pos is not None:
                 lag[(tp.topic, tp.partition)] = max(0, high - pos)
         self.metrics.lag = lag
+
+    def _mark_backlog(self) -> None:
+        """Partitions read but not to their end hold data: never idle (see mark_busy)."""
+        assert self.consumer is not None
+        for tp in self.assigned:
+            high, pos = self.consumer.highwater(tp), self._positions.get(tp)
+            if high is not None and pos is not None and pos < high:
+                for engine in self.by_topic.get(tp.topic, []):
+                    mark_busy(engine, (tp.topic, tp.partition))
 
     async def _at_end(self) -> bool:
         assert self.consumer is not None
