@@ -297,11 +297,13 @@ class BatchLoop:
         self.metrics.lag = lag
 
     def _mark_backlog(self) -> None:
-        """Partitions read but not to their end hold data: never idle (see mark_busy)."""
+        """Partitions read but not to their end hold data: never idle (see mark_busy). The
+        end is the last stable offset: what lies above it is not readable yet."""
         assert self.consumer is not None
         for tp in self.assigned:
-            high, pos = self.consumer.highwater(tp), self._positions.get(tp)
-            if high is not None and pos is not None and pos < high:
+            end = self.consumer.last_stable_offset(tp) or self.consumer.highwater(tp)
+            pos = self._positions.get(tp)
+            if end is not None and pos is not None and pos < end:
                 for engine in self.by_topic.get(tp.topic, []):
                     mark_busy(engine, (tp.topic, tp.partition))
 

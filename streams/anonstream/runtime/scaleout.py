@@ -29,7 +29,7 @@ import orjson
 from anonstream.core.columns import Columns
 from anonstream.core.engine import PipelineEngine, StepResult
 from anonstream.core.pipeline import Pipeline
-from anonstream.core.windows import HOLD, NEG_INF, window_starts_array
+from anonstream.core.windows import NEG_INF, window_starts_array
 
 PARTIALS_VERSION = 1
 
@@ -284,17 +284,6 @@ class ReleaseStage:
         for p in partitions:
             self._engine(p)
 
-    def busy(self, partition: Hashable) -> None:
-        """Unread partials wait in this partition: its sources' reports are not read yet,
-        so none of them is idle for now (one still on hold stays on hold)."""
-        e = self.engines.get(partition)
-        if e is None:
-            return
-        now = e.clock_ms()
-        for source, clock in e.watermark.partitions.items():
-            if clock.last_seen_ms != HOLD:
-                e.watermark.observe(source, NEG_INF, now)
-
     def forget(self, partition: Hashable) -> None:
         self.engines.pop(partition, None)
 
@@ -345,8 +334,11 @@ class StagesView:
 def mark_busy(stage: Any, partition: Hashable) -> None:
     """Unread data waits in ``partition``: it must not count as idle however long the loop
     took to come back to it (a slow output, a long batch). Idle close is for silent input;
-    taking a backlog for silence releases windows before their events are read."""
-    if isinstance(stage, IngestStage | ReleaseStage):
+    taking a backlog for silence releases windows before their events are read.
+
+    Raw partitions only. A partials partition always has news (every owner's heartbeat,
+    each second), and its sources' idleness is the owners' word, read in order."""
+    if isinstance(stage, IngestStage):
         stage.busy(partition)
-    elif partition in stage.watermark.partitions:
+    elif isinstance(stage, PipelineEngine) and partition in stage.watermark.partitions:
         stage.watermark.observe(partition, NEG_INF, stage.clock_ms())
