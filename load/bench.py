@@ -36,6 +36,7 @@ import os
 import platform
 import shutil
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -466,6 +467,8 @@ def _run_scale(ctx: _Ctx, workers: int, windows: int) -> ScaleResult:
     finally:
         reading.cancel()
         ctx.probe.unwatch_group(group, ctx.topic)
+        # The Faust host of each worker made an (empty) data dir named after the group.
+        shutil.rmtree(Path(tempfile.gettempdir()) / "anonstream-faust" / group, ignore_errors=True)
     children = group_result.children
     peaks = [c.peak_rss_kib / 1024 for c in children if c.peak_rss_kib]
     cpus = [c.cpu_seconds for c in children if c.cpu_seconds is not None]
