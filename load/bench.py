@@ -12,12 +12,16 @@
    ``anonstream``   ``anonstream worker --stop-at-end`` with the shipped web-activity
                     pipeline (its source and output topics rewired), until its releases
                     for the whole input are out and it exits.
+   ``scale``        for each worker count of ``--scale`` (1,2,3 by default): that many
+                    ``anonstream worker`` processes in scale-out mode, one fresh group and
+                    output topic per count, from spawn until every window summary of the
+                    input is on the output topic; then SIGTERM by pid.
 
    Time is wall clock from spawn to exit (start-up included; the time to the first
    event is reported next to it); peak RSS is that process's own high-water mark.
 3. A table, a PNG chart and, as the LAST line of stdout, one JSON object with every figure
    and the ratios ``ratio_ceiling``, ``ratio_naive_faust``, ``ratio_quixstreams``
-   (anonstream's events/s over the other run's).
+   (anonstream's events/s over the other run's); the scale run under ``scale``.
 
 Progress goes to stderr.  ``--soak`` runs :func:`anonstream_load.soak.run_soak` instead.
 """
@@ -32,6 +36,7 @@ import os
 import platform
 import shutil
 import sys
+import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -40,6 +45,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+import orjson
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import (
@@ -61,6 +67,7 @@ from .harness import (
     kafka_broker,
     metrics_value,
     run_child,
+    run_until,
     scratch_dir,
     worker_command,
     worker_env,
@@ -78,7 +85,7 @@ __all__ = [
     "run_benchmark",
 ]
 
-RUN_NAMES = ("ceiling", "naive_faust", "quixstreams", "anonstream")
+RUN_NAMES = ("ceiling", "naive_faust", "quixstreams", "anonstream", "scale")
 _RUNNER_MODULES = {
     "ceiling": "anonstream_load.runners.ceiling",
     "naive_faust": "anonstream_load.runners.naive_faust",
@@ -102,6 +109,11 @@ class BenchConfig:
     pipeline: Path = DEFAULT_PIPELINE
     logs: Path | None = None
     profile: Path | None = None  # an extra, unmeasured anonstream run under pyinstrument
+    scale: tuple[int, ...] = (1, 2, 3)  # worker counts of the scale run
+    partials_partitions: int = 6
+    # The last window of the input is released on idle close; short, so that the scale
+    # run measures work rather than waiting.
+    scale_idle_close_s: float = 2.0
 
 
 @dataclass
@@ -144,13 +156,21 @@ def _round(x: float | None, digits: int) -> float | None:
 
 
 def produce_workload(
-    bootstrap: str, topic: str, cfg: BenchConfig, console: Console
+    bootstrap: str, topic: str, cfg: BenchConfig, console: Console, *, count_windows: bool = False
 ) -> dict[str, Any]:
-    """Create ``topic`` and produce the standard workload to it, with a progress bar."""
+    """Create ``topic`` and produce the standard workload to it, with a progress bar.
+
+    ``count_windows``: also count the pipeline's windows that the events fall in (the scale
+    run waits for one window summary each)."""
     from anonstream.broker.topics import create_topics
+    from anonstream.core.decode import parse_ts
+    from anonstream.core.pipeline import load_pipeline
+    from anonstream.core.windows import window_starts
 
     create_topics(bootstrap, {topic: cfg.partitions})
     gen = EventGenerator(Workload(users=cfg.users, seed=cfg.seed))
+    spec = load_pipeline(cfg.pipeline).window if count_windows else None
+    starts: set[int] = set()
     sent_bytes = 0
     progress = Progress(
         TextColumn("[bold]produce"), BarColumn(), MofNCompleteColumn(),
@@ -164,6 +184,8 @@ def produce_workload(
         nonlocal sent_bytes
         for i, value in enumerate(gen.encoded_web_events(cfg.events), 1):
             sent_bytes += len(value)
+            if spec is not None and (ts := parse_ts(orjson.loads(value).get("ts"))) is not None:
+                starts.update(window_starts(spec, ts))
             if i % 4096 == 0:
                 rate = i / max(time.monotonic() - t0, 1e-9)
                 progress.update(task, completed=i, rate=f"{rate:,.0f} ev/s")
@@ -180,6 +202,7 @@ def produce_workload(
         "events_per_s": round(sent / seconds, 1) if seconds > 0 else None,
         "mean_event_bytes": round(sent_bytes / sent, 1) if sent else None,
         "megabytes": round(sent_bytes / MIB, 1),
+        "windows": len(starts) if spec is not None else None,
     }
 
 
@@ -361,6 +384,155 @@ def _finish(run: RunResult, error: str | None, events: int) -> RunResult:
     return run
 
 
+@dataclass
+class ScaleResult:
+    """One worker count of the scale run; figures summed (CPU, RSS) or maxed over workers."""
+
+    workers: int
+    ok: bool
+    seconds: float | None = None
+    events_per_s: float | None = None
+    cpu_s: float | None = None
+    peak_rss_mib: float | None = None  # sum of the workers' own peaks
+    peak_rss_max_mib: float | None = None  # the largest single worker's peak
+    count: int | None = None  # committed offsets of the group on the input at the end
+    releases: dict[str, int] = field(default_factory=dict)
+    error: str | None = None
+    loadavg_1m_before: float | None = None
+
+    def figures(self) -> dict[str, Any]:
+        d = asdict(self)
+        for key, digits in (
+            ("seconds", 3), ("events_per_s", 1), ("cpu_s", 3), ("peak_rss_mib", 1),
+            ("peak_rss_max_mib", 1),
+        ):  # fmt: skip
+            d[key] = _round(d[key], digits)
+        return d
+
+
+def _run_scale(ctx: _Ctx, workers: int, windows: int) -> ScaleResult:
+    """``workers`` scale-out workers on the benchmark topic, a fresh group and output topic;
+    timed from the first spawn until every window summary of the input is released."""
+    from anonstream.broker.local import free_ports
+    from anonstream.broker.topics import create_topics
+    from anonstream.core.pipeline import load_pipeline
+    from anonstream.testing import read_releases, summaries_complete
+
+    name = f"scale{workers}"
+    group = f"bench-{ctx.bench_id}-{name}"
+    out_topic = f"{ctx.topic}.{name}.out"
+    pipe_dir = ctx.logs / f"pipelines-{name}"
+    pipeline = write_pipeline(
+        ctx.cfg.pipeline, pipe_dir, source_topic=ctx.topic, output_topic=out_topic
+    )
+    pipeline_name = load_pipeline(pipeline).name
+    # Made here, as the worker would make it, so that the reader below finds it at once.
+    create_topics(ctx.bootstrap, {out_topic: 1})
+    commands = []
+    for slot, port in enumerate(free_ports(workers)):
+        env = worker_env(
+            ctx.bootstrap, group=group, web_port=port,
+            dead_letter_topic=f"{ctx.topic}.{name}.deadletter",
+            ANONSTREAM_PIPELINES_DIR=str(pipe_dir), ANONSTREAM_SCALE_OUT="true",
+            ANONSTREAM_PARTIALS_PARTITIONS=str(ctx.cfg.partials_partitions),
+            ANONSTREAM_IDLE_CLOSE_SECONDS=str(ctx.cfg.scale_idle_close_s),
+            ANONSTREAM_INSTANCE_ID=f"slot-{slot}",
+        )  # fmt: skip
+        commands.append((worker_command(pipeline), env))
+    # The releases are read as they come, read_committed, until one summary per window.
+    timeout = ctx.cfg.timeout + 60
+    until = summaries_complete({pipeline_name: windows})
+    reading = ctx.probe.spawn(
+        lambda: read_releases(ctx.bootstrap, [out_topic], until=until, timeout=timeout)
+    )
+    ctx.probe.watch_group(group, ctx.topic)
+    progress = Progress(
+        SpinnerColumn(), TextColumn(f"[bold]{name:<12}"), BarColumn(), MofNCompleteColumn(),
+        TextColumn("RSS {task.fields[rss]}"), TimeElapsedColumn(), console=ctx.console,
+        transient=False,
+    )  # fmt: skip
+    task = progress.add_task(name, total=ctx.cfg.events, rss="-")
+
+    def on_poll(elapsed: float, rss_kib: int | None) -> None:
+        rss = f"{rss_kib / 1024:,.0f} MiB" if rss_kib else "-"
+        progress.update(task, completed=ctx.probe.watched(group, ctx.topic), rss=rss)
+
+    load_before = os.getloadavg()[0]
+    try:
+        with progress:
+            group_result = run_until(
+                commands, done=reading.done, timeout=ctx.cfg.timeout, log_dir=ctx.logs,
+                name=name, cwd=ROOT, on_poll=on_poll,
+            )  # fmt: skip
+    finally:
+        reading.cancel()
+        ctx.probe.unwatch_group(group, ctx.topic)
+        # The Faust host of each worker made an (empty) data dir named after the group.
+        shutil.rmtree(Path(tempfile.gettempdir()) / "anonstream-faust" / group, ignore_errors=True)
+    children = group_result.children
+    peaks = [c.peak_rss_kib / 1024 for c in children if c.peak_rss_kib]
+    cpus = [c.cpu_seconds for c in children if c.cpu_seconds is not None]
+    run = ScaleResult(
+        workers=workers, ok=False, seconds=group_result.seconds,
+        cpu_s=sum(cpus) if len(cpus) == workers else None,
+        peak_rss_mib=sum(peaks) if peaks else None, peak_rss_max_mib=max(peaks, default=None),
+        loadavg_1m_before=round(load_before, 2),
+    )  # fmt: skip
+    error = None
+    crashed = [i for i, c in enumerate(children) if c.exited_early]
+    if crashed:
+        i = crashed[0]
+        error = (
+            f"worker {i} exited with code {children[i].returncode} before the releases were "
+            f"out:\n{children[i].stderr_tail}"
+        )
+    elif group_result.timed_out or not group_result.done:
+        error = f"the releases were not complete within {ctx.cfg.timeout:.0f} s"
+    else:
+        try:
+            records = reading.result(timeout=0)
+        except Exception as exc:
+            records, error = [], f"reading the releases failed: {type(exc).__name__}: {exc}"
+        for rec in records:
+            kind = str(rec.get("kind"))
+            run.releases[kind] = run.releases.get(kind, 0) + 1
+        # Ingest commits its offsets with the partials the releases came from.
+        run.count = ctx.probe.committed(group, ctx.topic)
+        if error is None and run.count != ctx.cfg.events:
+            error = (
+                f"the window summaries are out but the group's committed offsets cover "
+                f"{run.count} of {ctx.cfg.events} events"
+            )
+    run.error = error
+    run.ok = error is None
+    if run.ok and run.seconds:
+        run.events_per_s = ctx.cfg.events / run.seconds
+    return run
+
+
+def _scale_runs(ctx: _Ctx, windows: int, reference: dict[str, int] | None) -> list[ScaleResult]:
+    """Every worker count; each must release what the others (and the single-mode run,
+    when there is one) release: the same input gives the same releases."""
+    out = []
+    for n in ctx.cfg.scale:
+        ctx.console.print(f"[bold]run scale[/]: {n} worker(s) in scale-out mode")
+        run = _run_scale(ctx, n, windows)
+        if run.ok and reference is not None and run.releases != reference:
+            run.ok = False
+            run.error = f"released {run.releases}, not {reference} like the run before"
+        if run.ok and reference is None:
+            reference = run.releases
+        out.append(run)
+        if run.ok:
+            ctx.console.print(
+                f"  scale x{n}: {run.events_per_s:,.0f} events/s, {run.seconds:.1f} s, "
+                f"CPU {run.cpu_s or 0:,.1f} s, peak RSS {run.peak_rss_mib or 0:,.0f} MiB summed"
+            )
+        else:
+            ctx.console.print(f"  [red]scale x{n} failed[/]: {escape(run.error or '')}")
+    return out
+
+
 # --------------------------------------------------------------------------------------------
 # Step 3: report
 # --------------------------------------------------------------------------------------------
@@ -400,20 +572,36 @@ def render_table(summary: dict[str, Any]) -> Table:
         title=f"{summary['events']:,} events, {summary['users']:,} users, "
         f"{summary['partitions']} partitions"
     )
-    for col in ("run", "events/s", "seconds", "first event s", "peak RSS MiB", "vs ceiling"):
+    cols = ("run", "events/s", "seconds", "first event s", "CPU s", "peak RSS MiB", "vs ceiling")
+    for col in cols:
         table.add_column(col, justify="left" if col == "run" else "right")
     ceiling = (summary["runs"].get("ceiling") or {}).get("events_per_s")
+
+    def num(value: float | None, fmt: str) -> str:
+        return "-" if value is None else format(value, fmt)
+
     for name, r in summary["runs"].items():
         if not r["ok"]:
-            table.add_row(name, "[red]FAILED[/]", "-", "-", "-", "-")
+            table.add_row(name, "[red]FAILED[/]", *["-"] * 5)
             continue
         eps = r["events_per_s"]
         vs = f"{eps / ceiling:.2f}" if ceiling and eps else "-"
-        first = r.get("first_event_s")
         table.add_row(
-            name, f"{eps:,.0f}", f"{r['seconds']:.1f}", "-" if first is None else f"{first:.1f}",
-            f"{r['peak_rss_mib']:.0f}" if r.get("peak_rss_mib") else "-", vs,
+            name, f"{eps:,.0f}", f"{r['seconds']:.1f}", num(r.get("first_event_s"), ".1f"),
+            num(r.get("cpu_seconds"), ".1f"), num(r.get("peak_rss_mib"), ".0f"), vs,
         )  # fmt: skip
+    for r in summary.get("scale") or []:
+        name = f"scale x{r['workers']}"
+        if not r["ok"]:
+            table.add_row(name, "[red]FAILED[/]", *["-"] * 5)
+            continue
+        eps = r["events_per_s"]
+        vs = f"{eps / ceiling:.2f}" if ceiling and eps else "-"
+        # RSS of several processes: their peaks summed, the largest one in brackets.
+        rss = f"{num(r['peak_rss_mib'], '.0f')} ({num(r['peak_rss_max_mib'], '.0f')})"
+        table.add_row(
+            name, f"{eps:,.0f}", f"{r['seconds']:.1f}", "-", num(r["cpu_s"], ".1f"), rss, vs
+        )
     return table
 
 
@@ -424,9 +612,12 @@ def draw_chart(summary: dict[str, Any], path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     runs = {n: r for n, r in summary["runs"].items() if r["ok"]}
+    # Scale-run bars: RSS is the workers' peaks summed.
+    runs.update({f"scale x{r['workers']}": r for r in summary.get("scale") or [] if r["ok"]})
     names = list(runs)
-    colors = ["#d62728" if n == "anonstream" else "#7f7f7f" for n in names]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 4.5))
+    palette = {"anonstream": "#d62728"}
+    colors = [palette.get(n, "#1f77b4" if n.startswith("scale") else "#7f7f7f") for n in names]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11 + 0.6 * len(summary.get("scale") or []), 4.5))
     eps = [runs[n]["events_per_s"] for n in names]
     rss = [runs[n]["peak_rss_mib"] or 0 for n in names]
     bars = ax1.bar(names, eps, color=colors)
@@ -435,7 +626,7 @@ def draw_chart(summary: dict[str, Any], path: Path) -> Path:
     ax1.set_ylabel("events/s")
     bars = ax2.bar(names, rss, color=colors)
     ax2.bar_label(bars, labels=[f"{v:,.0f}" for v in rss], fontsize=8)
-    ax2.set_title("peak RSS of the process (MiB)")
+    ax2.set_title("peak RSS (MiB; scale: summed over workers)")
     ax2.set_ylabel("MiB")
     for ax in (ax1, ax2):
         ax.tick_params(axis="x", labelrotation=15)
@@ -462,6 +653,7 @@ def run_benchmark(cfg: BenchConfig, console: Console | None = None) -> dict[str,
     bench_id = uuid.uuid4().hex[:8]
     topic = f"anonstream-bench-{bench_id}"
     results: dict[str, RunResult] = {}
+    scale: list[ScaleResult] = []
     produced: dict[str, Any] = {}
     profiled_info: dict[str, Any] | None = None
     keep_logs = cfg.logs is not None
@@ -479,12 +671,19 @@ def run_benchmark(cfg: BenchConfig, console: Console | None = None) -> dict[str,
                 f"[bold]producing {cfg.events:,} events[/] ({cfg.users:,} users) to {topic} "
                 f"({cfg.partitions} partitions)"
             )
-            produced = produce_workload(bootstrap, topic, cfg, console)
+            produced = produce_workload(
+                bootstrap, topic, cfg, console, count_windows="scale" in cfg.runs
+            )
             in_topic = sum(probe.end_offsets(topic).values())
             if in_topic != cfg.events:
                 raise RuntimeError(f"the topic holds {in_topic} events, not {cfg.events}")
             ctx = _Ctx(cfg, bootstrap, topic, bench_id, probe, logs, console)
             for name in cfg.runs:
+                if name == "scale":
+                    single = results.get("anonstream")
+                    reference = single.extra.get("releases") if single and single.ok else None
+                    scale = _scale_runs(ctx, produced["windows"], reference)
+                    continue
                 console.print(f"[bold]run {name}[/]")
                 run = _run_anonstream(ctx) if name == "anonstream" else _run_peer(ctx, name)
                 results[name] = run
@@ -506,7 +705,8 @@ def run_benchmark(cfg: BenchConfig, console: Console | None = None) -> dict[str,
             if cfg.bootstrap:  # a broker we do not own: remove what this run created
                 with contextlib.suppress(Exception):
                     probe.delete_topics([t for t in probe.topics() if bench_id in t])
-    ok = bool(results) and all(r.ok for r in results.values())
+    every: list[RunResult | ScaleResult] = [*results.values(), *scale]
+    ok = bool(every) and all(r.ok for r in every)
     summary: dict[str, Any] = {
         "benchmark": "anonstream-load",
         "ok": ok,
@@ -519,12 +719,13 @@ def run_benchmark(cfg: BenchConfig, console: Console | None = None) -> dict[str,
         "ratio_ceiling": _ratio(results, "ceiling"),
         "ratio_naive_faust": _ratio(results, "naive_faust"),
         "ratio_quixstreams": _ratio(results, "quixstreams"),
+        "scale": [r.figures() for r in scale],
         "machine": machine(),
         "chart": None,
     }
     if profiled_info is not None:
         summary["profile"] = profiled_info
-    if any(r.ok for r in results.values()):
+    if any(r.ok for r in every):
         summary["chart"] = str(draw_chart(summary, cfg.chart))
     if not ok or keep_logs:
         summary["logs"] = str(logs)
@@ -546,6 +747,16 @@ def _runs(text: str) -> tuple[str, ...]:
             f"unknown run(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(RUN_NAMES)}"
         )
     return tuple(dict.fromkeys(names))
+
+
+def _scale(text: str) -> tuple[int, ...]:
+    try:
+        counts = tuple(int(n) for n in text.split(",") if n.strip())
+    except ValueError:
+        counts = ()
+    if not counts or min(counts) < 1:
+        raise argparse.ArgumentTypeError("expected worker counts >= 1, e.g. 1,2,3")
+    return counts
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -575,6 +786,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="after the measured runs, run anonstream once more under pyinstrument and write "
         "its report here (.html: HTML, else text); not part of the figures",
     )  # fmt: skip
+    p.add_argument(
+        "--scale", type=_scale, default=(1, 2, 3),
+        help="scale run: worker counts, one configuration each (default 1,2,3)",
+    )  # fmt: skip
+    p.add_argument(
+        "--partials-partitions", type=int, default=6,
+        help="scale run: partitions of the partials topic (ANONSTREAM_PARTIALS_PARTITIONS)",
+    )  # fmt: skip
+    p.add_argument(
+        "--scale-idle-close", type=float, default=2.0,
+        help="scale run: ANONSTREAM_IDLE_CLOSE_SECONDS of its workers (the last window is "
+        "released on idle close)",
+    )  # fmt: skip
     soak = p.add_argument_group("soak mode")
     soak.add_argument("--soak", action="store_true", help="run the soak test instead")
     soak.add_argument("--rate", type=float, default=2000.0, help="soak: events/s produced")
@@ -585,7 +809,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
-    for flag in ("events", "users", "partitions"):
+    for flag in ("events", "users", "partitions", "partials_partitions"):
         if getattr(args, flag) < 1:
             console.print(f"[red]--{flag} must be >= 1[/]")
             return 2
@@ -610,6 +834,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         events=args.events, users=args.users, partitions=args.partitions, seed=args.seed,
         runs=args.runs, chart=args.chart or DEFAULT_CHART, timeout=args.timeout,
         bootstrap=args.bootstrap, pipeline=args.pipeline, logs=args.logs, profile=args.profile,
+        scale=args.scale, partials_partitions=args.partials_partitions,
+        scale_idle_close_s=args.scale_idle_close,
     )  # fmt: skip
     try:
         summary = run_benchmark(cfg, console)
@@ -619,10 +845,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     out = Console(soft_wrap=True)
     out.print(render_table(summary))
-    for name, r in summary["runs"].items():
-        if not r["ok"]:
-            first_line = (r.get("error") or "failed").splitlines()[0]
-            out.print(f"[red]{name} failed[/]: {escape(first_line)}")
+    failed = [(name, r) for name, r in summary["runs"].items() if not r["ok"]]
+    failed += [(f"scale x{r['workers']}", r) for r in summary["scale"] if not r["ok"]]
+    for name, r in failed:
+        first_line = (r.get("error") or "failed").splitlines()[0]
+        out.print(f"[red]{name} failed[/]: {escape(first_line)}")
     for key in ("ratio_ceiling", "ratio_naive_faust", "ratio_quixstreams"):
         if summary[key] is not None:
             out.print(f"{key}: {summary[key]:.3f}")

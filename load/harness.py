@@ -6,6 +6,8 @@
   a hard timeout after which the child (its pid only) is killed.  ``ru_maxrss`` is not
   used for the peak: a child started with vfork + exec inherits the parent's high-water
   mark, so it would report the benchmark harness's own peak when that is larger.
+* :func:`run_until`: several long-running children (scale-out workers) measured the same
+  way, from spawn until a condition holds, then stopped with SIGTERM by pid.
 * :class:`KafkaProbe`: a background event loop with its own Kafka clients, to read end
   offsets, committed offsets of a group (progress of a run, seen from outside without
   touching the run) and topics, from synchronous code.
@@ -48,6 +50,7 @@ __all__ = [
     "metrics_value",
     "proc_memory_kib",
     "run_child",
+    "run_until",
     "scratch_dir",
     "tail",
     "worker_supports_stop_at_end",
@@ -186,6 +189,127 @@ def run_child(
         cpu_seconds=usage.ru_utime + usage.ru_stime,
         rss_samples=samples,
     )
+
+
+@dataclass
+class StoppedChild:
+    """One child of :func:`run_until`."""
+
+    returncode: int | None
+    peak_rss_kib: int | None
+    cpu_seconds: float | None  # user + system up to the moment the condition held
+    stderr_tail: str
+    exited_early: bool  # gone before the condition held (a crash, for a worker)
+
+
+@dataclass
+class GroupResult:
+    """What :func:`run_until` saw: ``seconds`` from the first spawn to the condition."""
+
+    done: bool
+    timed_out: bool
+    seconds: float
+    children: list[StoppedChild]
+
+
+def run_until(
+    commands: Sequence[tuple[Sequence[str], Mapping[str, str]]],
+    *,
+    done: Callable[[], bool],
+    timeout: float,
+    log_dir: Path,
+    name: str,
+    cwd: Path | None = None,
+    on_poll: Callable[[float, int | None], None] | None = None,
+    stop_grace: float = 30.0,
+) -> GroupResult:
+    """Start every ``(cmd, env)``, wait until ``done()`` (polled every 0.1 s), ``timeout``
+    or a child's exit, then SIGTERM each child still running, by its pid, and wait for it.
+
+    Memory and CPU are measured per child as in :func:`run_child`; CPU is read when the
+    condition holds, so the shutdown is not counted.  ``on_poll`` gets the summed RSS.
+    """
+    log_dir.mkdir(parents=True, exist_ok=True)
+    procs: list[subprocess.Popen[bytes]] = []
+    reapers: list[threading.Thread] = []
+    reaped: list[dict[str, Any]] = []
+    files = []
+    peaks = [0] * len(commands)
+    cpu: list[float | None] = [None] * len(commands)
+    early = [False] * len(commands)
+    finished = timed_out = False
+    t0 = time.monotonic()
+    seconds = 0.0
+    try:
+        for i, (cmd, env) in enumerate(commands):
+            out = open(log_dir / f"{name}-{i}.stdout", "wb")  # noqa: SIM115
+            err = open(log_dir / f"{name}-{i}.stderr", "wb")  # noqa: SIM115
+            files += [out, err]
+            proc = subprocess.Popen(
+                list(cmd), env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
+                stderr=err,
+            )  # fmt: skip
+            slot: dict[str, Any] = {}
+
+            def reap(pid: int = proc.pid, slot: dict[str, Any] = slot) -> None:
+                _, status, usage = os.wait4(pid, 0)
+                slot.update(status=status, usage=usage)
+
+            reaper = threading.Thread(target=reap, name=f"reap-{name}-{i}", daemon=True)
+            reaper.start()
+            procs.append(proc)
+            reapers.append(reaper)
+            reaped.append(slot)
+        while True:
+            elapsed = time.monotonic() - t0
+            total = 0
+            for i, proc in enumerate(procs):
+                mem = proc_memory_kib(proc.pid)
+                if mem is not None and reapers[i].is_alive():  # never a recycled pid's
+                    total += mem[0]
+                    peaks[i] = max(peaks[i], mem[1])
+            if on_poll is not None:
+                on_poll(elapsed, total or None)
+            if done():
+                seconds = time.monotonic() - t0
+                finished = True
+                for i, proc in enumerate(procs):
+                    with contextlib.suppress(psutil.Error):
+                        times = psutil.Process(proc.pid).cpu_times()
+                        if reapers[i].is_alive():
+                            cpu[i] = times.user + times.system
+                break
+            gone = [i for i, r in enumerate(reapers) if not r.is_alive()]
+            if gone or elapsed > timeout:
+                seconds = elapsed
+                timed_out = not gone
+                for i in gone:
+                    early[i] = True
+                break
+            time.sleep(POLL_S)
+    finally:
+        for proc, reaper in zip(procs, reapers, strict=True):
+            if reaper.is_alive():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + stop_grace
+        for proc, reaper in zip(procs, reapers, strict=True):
+            reaper.join(max(0.0, deadline - time.monotonic()))
+            _kill(proc, reaper)  # did not stop in time: SIGKILL, its pid only
+        for f in files:
+            f.close()
+    children = []
+    for i, slot in enumerate(reaped):
+        code = os.waitstatus_to_exitcode(slot["status"]) if "status" in slot else None
+        if cpu[i] is None and "usage" in slot:
+            cpu[i] = slot["usage"].ru_utime + slot["usage"].ru_stime
+        err_text = (log_dir / f"{name}-{i}.stderr").read_text(encoding="utf-8", errors="replace")
+        child = StoppedChild(
+            returncode=code, peak_rss_kib=peaks[i] or None, cpu_seconds=cpu[i],
+            stderr_tail=tail(err_text), exited_early=early[i],
+        )  # fmt: skip
+        children.append(child)
+    return GroupResult(done=finished, timed_out=timed_out, seconds=seconds, children=children)
 
 
 def _kill(proc: subprocess.Popen[bytes], reaper: threading.Thread) -> None:

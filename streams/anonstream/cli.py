@@ -256,9 +256,10 @@ def audit(
     add_help_option=False,
 )
 def bench(ctx: typer.Context) -> None:
-    """The load benchmark (ceiling, naive Faust, quixstreams, anonstream) on a local broker.
-    Options are those of `python -m anonstream_load.bench --help` (--events, --users,
-    --partitions, --runs, --soak, ...)."""
+    """The load benchmark (ceiling, naive Faust, quixstreams, anonstream, and a scale run of
+    1, 2, 3 scale-out workers) on a local broker. Options are those of
+    `python -m anonstream_load.bench --help` (--events, --users, --partitions, --runs,
+    --scale, --soak, ...)."""
     from anonstream_load.bench import main as bench_main
 
     raise typer.Exit(bench_main(ctx.args))

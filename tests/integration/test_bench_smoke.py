@@ -1,7 +1,7 @@
-"""The load benchmark works end to end on a small workload (issue 5).
+"""The load benchmark works end to end on a small workload (issues 5 and 6).
 
-Only that it works: exit code, the shape of its last stdout line, event counts, the chart.
-No timing is asserted: the benchmark is not a test.
+Only that it works: exit code, the shape of its last stdout line, event counts, the scale
+run's releases, the chart. No timing is asserted: the benchmark is not a test.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ def test_bench_small_workload(kafka_bootstrap: str, tmp_path: Path) -> None:
         [
             sys.executable, "-m", "anonstream_load.bench", "--bootstrap", kafka_bootstrap,
             "--events", str(EVENTS), "--users", "2000", "--partitions", "2",
-            "--runs", ",".join(runs), "--chart", str(chart), "--timeout", "240",
+            "--runs", ",".join([*runs, "scale"]), "--scale", "1,2", "--chart", str(chart),
+            "--timeout", "240",
         ],
         cwd=ROOT, capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
@@ -52,4 +53,17 @@ def test_bench_small_workload(kafka_bootstrap: str, tmp_path: Path) -> None:
     if "anonstream" in runs:
         for key in ("ratio_ceiling", "ratio_naive_faust", "ratio_quixstreams"):
             assert summary[key] > 0, key
+    # The scale run: 1 and 2 scale-out workers, each read the whole input and released
+    # every window; the same number of aggregates whatever the worker count.
+    assert [s["workers"] for s in summary["scale"]] == [1, 2]
+    for s in summary["scale"]:
+        assert s["ok"], (s["workers"], s["error"])
+        assert s["count"] == EVENTS, s["workers"]
+        assert s["releases"]["window_summary"] == summary["produce"]["windows"] >= 1
+        for figure in ("events_per_s", "seconds", "cpu_s", "peak_rss_mib"):
+            assert s[figure] > 0, (s["workers"], figure)
+    aggregates = {s["releases"]["aggregate"] for s in summary["scale"]}
+    if "anonstream" in runs:
+        aggregates.add(summary["runs"]["anonstream"]["releases"]["aggregate"])
+    assert len(aggregates) == 1 and aggregates.pop() > 0
     assert chart.is_file() and chart.stat().st_size > 1000

@@ -43,6 +43,7 @@ from anonstream.runtime.scaleout import (
     IngestStage,
     ReleaseStage,
     StagesView,
+    mark_busy,
     partials_topic,
 )
 from anonstream.settings import Settings
@@ -288,6 +289,7 @@ class BatchLoop:
             )
             if self._reset_needed or generation != self._generation:
                 continue  # fetched across a rebalance: the reset reads it again
+            self._mark_backlog()
             if data:
                 self.consuming = True
                 await self._process(data)
@@ -295,6 +297,7 @@ class BatchLoop:
             if now - last_tick >= TICK_INTERVAL_S:
                 last_tick = now
                 self._update_lag()
+                self._mark_backlog()
                 for engine in self.engines.values():
                     await self._deliver(engine, engine.tick())
             if self.stop_at_end and await self._at_end():
@@ -315,6 +318,17 @@ class BatchLoop:
             if high is not None and pos is not None:
                 lag[(tp.topic, tp.partition)] = max(0, high - pos)
         self.metrics.lag = lag
+
+    def _mark_backlog(self) -> None:
+        """Partitions read but not to their end hold data: never idle (see mark_busy). The
+        end is the last stable offset: what lies above it is not readable yet."""
+        assert self.consumer is not None
+        for tp in self.assigned:
+            end = self.consumer.last_stable_offset(tp) or self.consumer.highwater(tp)
+            pos = self._positions.get(tp)
+            if end is not None and pos is not None and pos < end:
+                for engine in self.by_topic.get(tp.topic, []):
+                    mark_busy(engine, (tp.topic, tp.partition))
 
     async def _at_end(self) -> bool:
         assert self.consumer is not None

@@ -111,6 +111,11 @@ class IngestStage:
         for p in partitions:
             self._last_data.setdefault(p, now)
 
+    def busy(self, partition: Hashable) -> None:
+        """Unread data waits in this raw partition: it has data, whatever the clock says."""
+        if partition in self._last_data:
+            self._last_data[partition] = self.engine.clock_ms()
+
     def forget(self, partition: Hashable) -> None:
         self.engine._next_offset.pop(partition, None)
         self._max_ts.pop(partition, None)
@@ -255,8 +260,13 @@ class ReleaseStage:
             )
         # Offsets of messages without rows still move this partition forward.
         e.track_offsets(np.zeros(len(offs), dtype=np.int64), [part], offs)
+        # How long a source has had no data is the owner's word (sent - data, one clock),
+        # counted from when we read it: judged by our clock against the owner's data time,
+        # a release stage a few seconds behind the ingest would find busy sources idle and
+        # release their windows early.
+        now = e.clock_ms()
         for source, (ts, data_ms, sent_ms) in progress.items():
-            e.observe_progress(source, ts, data_ms, sent_ms)
+            e.observe_progress(source, ts, now - max(0, sent_ms - data_ms), sent_ms)
         return e.advance()
 
     def safe_offset(self, partition: Hashable) -> int | None:
@@ -319,3 +329,16 @@ class StagesView:
 
     def state_bytes(self) -> int:
         return sum(e.state_bytes() for e in self.release.engines.values())
+
+
+def mark_busy(stage: Any, partition: Hashable) -> None:
+    """Unread data waits in ``partition``: it must not count as idle however long the loop
+    took to come back to it (a slow output, a long batch). Idle close is for silent input;
+    taking a backlog for silence releases windows before their events are read.
+
+    Raw partitions only. A partials partition always has news (every owner's heartbeat,
+    each second), and its sources' idleness is the owners' word, read in order."""
+    if isinstance(stage, IngestStage):
+        stage.busy(partition)
+    elif isinstance(stage, PipelineEngine) and partition in stage.watermark.partitions:
+        stage.watermark.observe(partition, NEG_INF, stage.clock_ms())
