@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 
 from anonstream.core.contract import CONTRACTS, SERVICE_USAGE, WEB_ACTIVITY, Contract
 from anonstream.core.decode import (
+    _BAD,
     BAD_TIMESTAMP,
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_FUTURE_MS,
@@ -27,6 +28,7 @@ from anonstream.core.decode import (
     Rejection,
     TimestampCache,
     parse_ts,
+    plain_heads_ms,
 )
 from anonstream_load.generator import (
     DEFAULT_START_MS,
@@ -397,3 +399,39 @@ def test_timestamp_cache_answers_the_usual_shapes() -> None:
     for text in [*usual, "2026-11-30T12:00:01Z", "2026-11-30 12:00:01.123456Z"]:
         assert cache(text) == parse_ts(text) != 0, text
     assert cache("2026-11-30T12:00:01") == 0  # no offset: the reference says no
+
+
+_heads = st.builds(
+    lambda y, mo, d, sep, h, mi, s: f"{y}-{mo}-{d}{sep}{h}:{mi}:{s}",
+    st.integers(0, 9999).map(lambda y: f"{y:04d}") | st.sampled_from(["20x6", "١٢٣٤", "+202"]),
+    st.integers(0, 13).map(lambda m: f"{m:02d}") | st.just("1a"),
+    st.integers(0, 32).map(lambda d: f"{d:02d}"),
+    st.sampled_from(["T", "t", " ", "_", "é"]),
+    st.integers(0, 25).map(lambda h: f"{h:02d}"),
+    st.integers(0, 61).map(lambda m: f"{m:02d}"),
+    st.integers(0, 61).map(lambda s: f"{s:02d}"),
+)
+
+
+@settings(max_examples=300)
+@given(st.lists(_heads | st.text(max_size=21), min_size=1, max_size=30))
+def test_plain_heads_are_read_all_at_once_exactly_as_parse_ts_reads_them(heads: list[str]) -> None:
+    got = plain_heads_ms(heads).tolist()
+    for head, ms in zip(heads, got, strict=True):
+        ref = parse_ts(head + "Z") if len(head) == 19 and head[10] in "Tt " else None
+        if ms != _BAD:
+            assert ms == ref, head
+        elif ref is not None and head.isascii() and head[:4].isdigit():
+            # Only hand-checked shapes are read: ISO forms fromisoformat also takes
+            # (week dates, other separators) must not be answered here.
+            assert not all(head[i].isdigit() for i in (0, 1, 2, 3, 5, 6, 8, 9)), head
+
+
+def test_plain_heads_at_the_calendar_edges() -> None:
+    heads = ["1900-02-29T00:00:00", "2000-02-29T12:00:00", "2024-02-29t23:59:59",
+             "2023-02-29T00:00:00", "2100-02-29 00:00:00", "0001-01-01T00:00:00",
+             "9999-12-31T23:59:59", "1970-01-01T00:00:00", "0000-01-01T00:00:00",
+             "2026-04-31T00:00:00", "2026-12-31T24:00:00", "1969-12-31T23:59:59"]  # fmt: skip
+    got = plain_heads_ms(heads).tolist()
+    want = [_BAD if (ms := parse_ts(h + "Z")) is None else ms for h in heads]
+    assert got == want

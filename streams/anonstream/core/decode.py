@@ -7,7 +7,6 @@ route it to the dead-letter topic while the good events around it go on.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -86,13 +85,55 @@ def parse_ts(value: object) -> int | None:
     return None
 
 
-# "YYYY-MM-DDTHH:MM:SS" in ASCII digits with in-range time fields: the part of an RFC 3339
-# time whose meaning does not depend on what follows it.
-_HEAD_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[Tt ]([01][0-9]|2[0-3]):[0-5][0-9]:[0-5][0-9]")
 _Y2K = "2000-01-01T00:00:00"
 _Y2K_MS = 946_684_800_000
 _BAD = -(2**62)  # cached "not a plain head/rest": far outside any event time
 _HEAD, _REST = slice(0, 19), slice(19, None)
+# "YYYY-MM-DDTHH:MM:SS": the part of an RFC 3339 time whose meaning does not depend on
+# what follows it, when it is plain ASCII digits with in-range fields.
+_DIGITS = [0, 1, 2, 3, 5, 6, 8, 9, 11, 12, 14, 15, 17, 18]
+_DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], dtype=np.int64)
+
+
+def plain_heads_ms(heads: list[str]) -> npt.NDArray[np.int64]:
+    """Epoch ms of each "YYYY-MM-DD[Tt ]HH:MM:SS" read as UTC, all at once; _BAD for any
+    string of another shape or an impossible date or time (the per-string parser's
+    verdict: exactly what parse_ts(head + "Z") gives, or no answer)."""
+    n = len(heads)
+    out = np.full(n, _BAD, dtype=np.int64)
+    if not n:
+        return out
+    ok19 = np.fromiter(map(len, heads), dtype=np.int64, count=n) == 19
+    blob = "".join(h if len(h) == 19 else "?" * 19 for h in heads).encode("utf-8")
+    if len(blob) != 19 * n:  # non-ASCII somewhere: those go one by one
+        ascii_ok = [h.isascii() for h in heads]
+        ok19 &= np.array(ascii_ok, dtype=bool)
+        blob = "".join(h if a and len(h) == 19 else "?" * 19
+                       for h, a in zip(heads, ascii_ok, strict=True)).encode()  # fmt: skip
+    a = np.frombuffer(blob, dtype=np.uint8).reshape(n, 19).astype(np.int64)
+    d = a - 48
+    digits = d[:, _DIGITS]
+    ok = ok19 & ((digits >= 0) & (digits <= 9)).all(axis=1)
+    ok &= (a[:, 4] == 45) & (a[:, 7] == 45) & (a[:, 13] == 58) & (a[:, 16] == 58)
+    ok &= (a[:, 10] == 84) | (a[:, 10] == 116) | (a[:, 10] == 32)  # "T", "t", " "
+    year = d[:, 0] * 1000 + d[:, 1] * 100 + d[:, 2] * 10 + d[:, 3]
+    month = d[:, 5] * 10 + d[:, 6]
+    day = d[:, 8] * 10 + d[:, 9]
+    hour, minute, sec = d[:, 11] * 10 + d[:, 12], d[:, 14] * 10 + d[:, 15], d[:, 17] * 10 + d[:, 18]
+    leap = (year % 4 == 0) & ((year % 100 != 0) | (year % 400 == 0))
+    month_ok = (month >= 1) & (month <= 12)
+    last_day = _DAYS_IN_MONTH[np.where(month_ok, month, 0)] + (leap & (month == 2))
+    ok &= (year >= 1) & month_ok & (day >= 1) & (day <= last_day)
+    ok &= (hour < 24) & (minute < 60) & (sec < 60)
+    # Days since 1970-01-01 of a proleptic Gregorian date (March-based year).
+    y = year - (month <= 2)
+    era = y // 400
+    yoe = y - era * 400
+    doy = (153 * (month + np.where(month > 2, -3, 9)) + 2) // 5 + day - 1
+    days = era * 146_097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719_468
+    ms = days * 86_400_000 + (hour * 3600 + minute * 60 + sec) * 1000
+    out[ok] = ms[ok]
+    return out
 
 
 class TimestampCache:
@@ -108,7 +149,6 @@ class TimestampCache:
     def __init__(self, limit: int = 100_000) -> None:
         self._heads: dict[str, int] = {}  # _BAD: not a plain date-time
         self._tails: dict[str, int] = {}  # _BAD: not a fraction and an offset
-        self._days: dict[str, int] = {}  # "YYYY-MM-DD" -> its first ms, or _BAD
         self._limit = limit
 
     def __call__(self, value: str) -> int:
@@ -124,8 +164,9 @@ class TimestampCache:
         h: list[int | None] = list(map(self._heads.get, heads))
         t: list[int | None] = list(map(self._tails.get, rests))
         if None in h:
-            for j in compress(range(n), map(is_, h, repeat(None))):
-                h[j] = self._head(heads[j])
+            missed = list(compress(range(n), map(is_, h, repeat(None))))
+            for j, ms in zip(missed, self._new_heads([heads[j] for j in missed]), strict=True):
+                h[j] = ms
         if None in t:
             for j in compress(range(n), map(is_, t, repeat(None))):
                 t[j] = self._tail(rests[j])
@@ -135,22 +176,12 @@ class TimestampCache:
         out[(ha == _BAD) | (ta == _BAD) | (lens < 20) | (lens > 40)] = 0
         return out
 
-    def _head(self, head: str) -> int:
-        # A plain head is its date's first millisecond plus whole seconds: exactly what
-        # parse_ts(head + "Z") computes, without a datetime per second of event time.
-        got = _BAD
-        if _HEAD_RE.fullmatch(head):
-            day = self._days.get(head[:10])
-            if day is None:
-                day = self._days[head[:10]] = parse_ts(head[:10] + "T00:00:00Z") or _BAD
-            if day != _BAD:
-                secs = int(head[11:13]) * 3600 + int(head[14:16]) * 60 + int(head[17:19])
-                got = day + secs * 1000
-        if len(self._heads) >= self._limit:
+    def _new_heads(self, heads: list[str]) -> list[int]:
+        ms = plain_heads_ms(heads).tolist()
+        if len(self._heads) + len(heads) > self._limit:
             self._heads.clear()
-            self._days.clear()
-        self._heads[head] = got
-        return got
+        self._heads.update(zip(heads, ms, strict=True))
+        return ms
 
     def _tail(self, tail: str) -> int:
         ms = parse_ts(_Y2K + tail)

@@ -50,10 +50,10 @@ def run_worker(
     log_level: str = "info",
     stop_at_end: bool = False,
 ) -> int:
+    if stop_at_end:
+        return run_to_end(settings, pipelines, secret)  # no Faust host: not even imported
     from anonstream.runtime.worker import Worker
 
-    if stop_at_end:
-        return run_to_end(settings, pipelines, secret)
     ensure_output_topics(settings, pipelines)
     worker = Worker(settings, pipelines, secret)
     log.info(
