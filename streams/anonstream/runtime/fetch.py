@@ -26,24 +26,29 @@ def raw_records(value: bytes | None) -> bytes | None:
     return value
 
 
+# Called by the fetcher as `_consumer_record(tp, record)`: `{}.get(tp, record)` returns
+# the record itself, in C, with no Python frame per message.
+_RECORD_ITSELF: Any = {}.get
+
+
 def install() -> bool:
     """Idempotent; True if the fetcher now hands raw records to marked consumers."""
     try:
         from aiokafka.consumer.fetcher import PartitionRecords
     except ImportError:  # pragma: no cover - a different aiokafka layout
         return False
-    original = getattr(PartitionRecords, "_consumer_record", None)
-    if original is None:
+    if getattr(PartitionRecords, "_consumer_record", None) is None:
         log.info("aiokafka has no per-record conversion step; using ConsumerRecord")
         return False
+    original = PartitionRecords.__init__
     if getattr(original, "_anonstream_raw", False):
         return True
 
-    def _consumer_record(self: Any, tp: Any, record: Any) -> Any:
+    def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+        original(self, *args, **kwargs)
         if getattr(self, "_value_deserializer", None) is raw_records:
-            return record
-        return original(self, tp, record)
+            self._consumer_record = _RECORD_ITSELF  # shadows the method, for this fetch only
 
-    _consumer_record._anonstream_raw = True  # type: ignore[attr-defined]
-    PartitionRecords._consumer_record = _consumer_record
+    __init__._anonstream_raw = True  # type: ignore[attr-defined]
+    PartitionRecords.__init__ = __init__
     return True
