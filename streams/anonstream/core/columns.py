@@ -12,10 +12,9 @@ for every input (property-tested).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import compress, repeat
-from operator import attrgetter, is_, is_not
+from operator import attrgetter, is_
 from typing import Annotated, Any
 
 import msgspec
@@ -231,31 +230,32 @@ class ColumnPolicy:
         rotation = self.policy.pseudonyms.rotation_ms
         periods = ts // rotation
         one_period = len(bad) == 0 and int(periods.min()) == int(periods.max())
-        unit = np.zeros(n, dtype=np.uint64)
-        todo: Sequence[int] = range(n)  # events without a unit yet: only they read the next field
-        for name in self._unit_fields:
-            sub = objs if len(todo) == n else list(map(objs.__getitem__, todo))
-            col: list[Any] = list(map(self._get[name], sub))
+        unit_list: list[int | None] = [None] * n
+        # Plain list comprehensions: faster here than chains of map/compress (measured).
+        for i, name in enumerate(self._unit_fields):
+            col: list[Any] = list(map(self._get[name], objs))
             if one_period:
                 # Absent or blank values are never cached, so a miss is None either way.
                 cache = self._cache_for(int(periods[0]), name)
                 got: list[int | None] = list(map(cache.get, col))
             else:
-                got = [None] * len(col)
-            # Positions by C-level passes; Python only for values not in the cache yet.
-            missed = list(compress(range(len(got)), map(is_, got, repeat(None))))
-            for pos in compress(missed, map(col.__getitem__, missed)):  # non-empty values
-                got[pos] = self._pseudonym(name, col[pos], int(ts[todo[pos]]))
-            found = list(compress(range(len(got)), map(is_not, got, repeat(None))))
-            if found:
-                where = found if len(todo) == n else list(map(todo.__getitem__, found))
-                unit[where] = np.array(list(map(got.__getitem__, found)), dtype=np.uint64)
-            still = list(compress(missed, map(is_, map(got.__getitem__, missed), repeat(None))))
-            todo = still if len(todo) == n else list(map(todo.__getitem__, still))
-            if not todo:
+                got = [None] * n
+            if i == 0:
+                unit_list = got
+            else:
+                unit_list = [g if u is None else u for u, g in zip(unit_list, got, strict=True)]
+            if None in unit_list:
+                for j in [j for j, (u, v) in enumerate(zip(unit_list, col, strict=True))
+                          if u is None and v]:  # fmt: skip
+                    unit_list[j] = self._pseudonym(name, col[j], int(ts[j]))
+            if None not in unit_list:
                 break
-        if todo:
-            bad.update(todo)
+        missing = [j for j, u in enumerate(unit_list) if u is None]
+        if missing:
+            bad.update(missing)
+            for j in missing:
+                unit_list[j] = 0
+        unit = np.array(unit_list, dtype=np.uint64)
         # Dimensions: dict-cached generalizers.
         dim_cols = []
         for name in self._dim_names:
