@@ -547,7 +547,7 @@ def _ratio(results: dict[str, RunResult], other: str) -> float | None:
 
 def _versions() -> dict[str, str | None]:
     out: dict[str, str | None] = {}
-    for dist in ("faust-streaming", "quixstreams", "aiokafka", "orjson", "numpy"):
+    for dist in ("faust-streaming", "quixstreams", "aiokafka", "msgspec", "orjson", "numpy"):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
