@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import Counter as PromCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -93,6 +94,10 @@ class Metrics:
             "anonstream_batch_seconds", "Time to process one batch, release included",
             ["pipeline"], registry=self.registry,
             buckets=(0.001, 0.005, 0.01, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )  # fmt: skip
+        self.producer_restarts = PromCounter(
+            "anonstream_producer_restarts", "Producers replaced after a broken transaction",
+            registry=self.registry,
         )  # fmt: skip
         self.registry.register(_EngineCollector(self))
         self.started = time.time()

@@ -16,6 +16,7 @@ twice. Consumers reading with isolation_level=read_committed see each release ex
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
 import logging
 import os
@@ -30,7 +31,14 @@ from typing import Any
 import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import IllegalStateError
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    IllegalStateError,
+    KafkaError,
+    ProducerFenced,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+)
 from aiokafka.structs import OffsetAndMetadata
 
 from anonstream.core.engine import DeadLetter, PipelineEngine, StepResult
@@ -51,6 +59,7 @@ from anonstream.settings import Settings
 log = logging.getLogger("anonstream.worker")
 
 COMMIT_INTERVAL_S = 1.0
+MAX_PRODUCER_RESTARTS = 5  # within 5 minutes; past that the worker exits (1)
 GC_THRESHOLD = 100_000
 TICK_INTERVAL_S = 1.0
 
@@ -106,6 +115,9 @@ class BatchLoop:
         self._in_txn = False
         self._dirty = False
         self._last_commit = 0.0
+        self._last_tick = 0.0
+        self._producer_failures: list[float] = []
+        self.producer_restarts = 0
         self.done = asyncio.Event()
 
     def _build_engines(self) -> None:
@@ -152,14 +164,45 @@ class BatchLoop:
             value_deserializer=raw_records,  # offset and value only: see fetch.py
             **client,
         )  # fmt: skip
-        self.producer = AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap_servers, transactional_id=self.transactional_id,
-            enable_idempotence=True, linger_ms=5, max_batch_size=512 * 1024,
-            max_request_size=4 * 1024 * 1024, **client,
-        )  # fmt: skip
+        self.producer = self._new_producer()
         # Both clients connect (and the producer registers its transactional id) at once.
         await asyncio.gather(self.producer.start(), self.consumer.start())
         self.consumer.subscribe(list(self.by_topic), listener=_Rebalance(self))
+
+    def _new_producer(self) -> AIOKafkaProducer:
+        s = self.settings
+        return AIOKafkaProducer(
+            bootstrap_servers=s.bootstrap_servers, transactional_id=self.transactional_id,
+            enable_idempotence=True, linger_ms=5, max_batch_size=512 * 1024,
+            max_request_size=4 * 1024 * 1024, **s.kafka_client_options(),
+        )  # fmt: skip
+
+    async def _replace_producer(self, exc: KafkaError) -> None:
+        """A producer whose transaction broke (a produce request that timed out and left
+        its sequence numbers behind, an expired batch, a lost producer id) cannot go on.
+        Rather than exit, start a new one with the same transactional id, which aborts the
+        open transaction on the broker, and resume from the last commit as after a
+        rebalance: re-read rows rebuild state, and the aborted releases are made again,
+        the same. Too many in a short time is a real fault: give up (exit 1)."""
+        now = time.monotonic()
+        self._producer_failures = [t for t in self._producer_failures if now - t < 300] + [now]
+        if len(self._producer_failures) > MAX_PRODUCER_RESTARTS:
+            raise exc
+        log.warning(
+            "the producer failed (%s); restarting it and resuming from the last commit",
+            type(exc).__name__,
+        )
+        old, self.producer = self.producer, None
+        self._in_txn = False
+        self._dirty = False
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.stop()
+        self.producer = self._new_producer()
+        await self.producer.start()
+        self.producer_restarts += 1
+        self.metrics.producer_restarts.inc()
+        self._reset_needed = True
 
     async def stop(self) -> None:
         self._stopping.set()
@@ -276,7 +319,7 @@ class BatchLoop:
     async def _loop(self) -> None:
         assert self.consumer is not None
         s = self.settings
-        last_tick = time.monotonic()
+        self._last_tick = time.monotonic()
         while not self._stopping.is_set():
             if self.misconfigured:
                 raise RuntimeError(self.misconfigured)
@@ -289,24 +332,37 @@ class BatchLoop:
             )
             if self._reset_needed or generation != self._generation:
                 continue  # fetched across a rebalance: the reset reads it again
+            try:
+                if await self._step(data):
+                    return
+            except KafkaError as exc:
+                if isinstance(exc, _FATAL):
+                    raise
+                await self._replace_producer(exc)
+
+    async def _step(self, data: dict[TopicPartition, list[Any]]) -> bool:
+        """One fetch through the engines, then ticks and commits; True at the end of a
+        backfill. The Kafka calls in here are the producer's (and the consumer's position,
+        which fails only across a rebalance, itself a restart from the last commit)."""
+        self._mark_backlog()
+        if data:
+            self.consuming = True
+            await self._process(data)
+        now = time.monotonic()
+        if now - self._last_tick >= TICK_INTERVAL_S:
+            self._last_tick = now
+            self._update_lag()
             self._mark_backlog()
-            if data:
-                self.consuming = True
-                await self._process(data)
-            now = time.monotonic()
-            if now - last_tick >= TICK_INTERVAL_S:
-                last_tick = now
-                self._update_lag()
-                self._mark_backlog()
-                for engine in self.engines.values():
-                    await self._deliver(engine, engine.tick())
-            if self.stop_at_end and await self._at_end():
-                for engine in self.engines.values():
-                    await self._deliver(engine, engine.close_all())
-                await self._commit(force=True)
-                log.info("reached the end offsets; every window released")
-                return
-            await self._commit()
+            for engine in self.engines.values():
+                await self._deliver(engine, engine.tick())
+        if self.stop_at_end and await self._at_end():
+            for engine in self.engines.values():
+                await self._deliver(engine, engine.close_all())
+            await self._commit(force=True)
+            log.info("reached the end offsets; every window released")
+            return True
+        await self._commit()
+        return False
 
     def _update_lag(self) -> None:
         """Messages behind the end of each partition, from the fetch's high watermarks."""
@@ -437,6 +493,14 @@ class BatchLoop:
 
 
 _value, _offset = attrgetter("value"), attrgetter("offset")
+# Another worker took over this slot (a zombie must stop), or the broker says no: a new
+# producer would not help.
+_FATAL = (
+    ProducerFenced,
+    TransactionalIdAuthorizationFailed,
+    TopicAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+)
 
 
 def _where(dl: DeadLetter) -> str:
