@@ -13,8 +13,7 @@ for every input (property-tested).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from itertools import compress, repeat
-from operator import attrgetter, is_
+from operator import attrgetter
 from typing import Annotated, Any
 
 import msgspec
@@ -231,7 +230,7 @@ class ColumnPolicy:
         periods = ts // rotation
         one_period = len(bad) == 0 and int(periods.min()) == int(periods.max())
         unit_list: list[int | None] = [None] * n
-        # Plain list comprehensions: faster here than chains of map/compress (measured).
+        # Plain list comprehensions: faster here than map/compress chains (measured).
         for i, name in enumerate(self._unit_fields):
             col: list[Any] = list(map(self._get[name], objs))
             if one_period:
@@ -267,7 +266,7 @@ class ColumnPolicy:
                 if len(dcache) > 200_000:
                     dcache.clear()
                     dcache[None] = NONE
-                for j in compress(range(n), map(is_, out, repeat(None))):
+                for j in [j for j in range(n) if out[j] is None]:
                     out[j] = dcache[col[j]] = fn(col[j])
             dim_cols.append(out)
         dims: list[tuple[str, ...]] = list(zip(*dim_cols, strict=True)) if dim_cols else [()] * n

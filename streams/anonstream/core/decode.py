@@ -10,8 +10,8 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from itertools import compress, repeat
-from operator import getitem, is_
+from itertools import repeat
+from operator import getitem
 from typing import Any
 
 import numpy as np
@@ -156,19 +156,19 @@ class TimestampCache:
         return int(self.many([value])[0])
 
     def many(self, values: list[str]) -> npt.NDArray[np.int64]:
-        """Epoch ms of each string, 0 where `parse_ts` must decide; C-level passes over
-        the batch, Python only for values not seen before."""
+        """Epoch ms of each string, 0 where `parse_ts` must decide: cache look-ups over
+        the batch, and one numpy pass for the heads not seen before."""
         n = len(values)
         heads: list[str] = list(map(getitem, values, repeat(_HEAD)))
         rests: list[str] = list(map(getitem, values, repeat(_REST)))
         h: list[int | None] = list(map(self._heads.get, heads))
         t: list[int | None] = list(map(self._tails.get, rests))
         if None in h:
-            missed = list(compress(range(n), map(is_, h, repeat(None))))
+            missed = [j for j in range(n) if h[j] is None]
             for j, ms in zip(missed, self._new_heads([heads[j] for j in missed]), strict=True):
                 h[j] = ms
         if None in t:
-            for j in compress(range(n), map(is_, t, repeat(None))):
+            for j in [j for j in range(n) if t[j] is None]:
                 t[j] = self._tail(rests[j])
         ha, ta = np.array(h, dtype=np.int64), np.array(t, dtype=np.int64)
         lens = np.fromiter(map(len, values), dtype=np.int64, count=n)

@@ -12,8 +12,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from itertools import compress, repeat
-from operator import is_
 from typing import Any
 
 import mmh3
@@ -248,7 +246,7 @@ class PipelineEngine:
             self._cell_dims.clear()
         cell_list = list(map(cells_map.get, cols.dims))
         if None in cell_list:
-            for j in compress(range(len(cell_list)), map(is_, cell_list, repeat(None))):
+            for j in [j for j in range(len(cell_list)) if cell_list[j] is None]:
                 dims = cols.dims[j]
                 c = cells_map.get(dims)
                 if c is None:
