@@ -227,15 +227,11 @@ def _child_env() -> dict[str, str]:
     return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
 
-def _watched_child(
-    ctx: _Ctx,
-    name: str,
-    cmd: list[str],
-    env: dict[str, str],
-    group: str,
-    extra_poll: Callable[[float], None] | None = None,
-) -> ChildResult:
-    """Run one child with a progress line fed by its group's committed offsets."""
+def _group_progress(
+    ctx: _Ctx, name: str, group: str, extra_poll: Callable[[float], None] | None = None
+) -> tuple[Progress, Any, Callable[[float, int | None], None]]:
+    """A progress line for one run, fed by its group's committed offsets (the caller
+    unwatches the group), and the poll callback that feeds it."""
     ctx.probe.watch_group(group, ctx.topic)
     progress = Progress(
         SpinnerColumn(), TextColumn(f"[bold]{name:<12}"), BarColumn(), MofNCompleteColumn(),
@@ -249,6 +245,20 @@ def _watched_child(
         progress.update(task, completed=ctx.probe.watched(group, ctx.topic), rss=rss)
         if extra_poll is not None:
             extra_poll(elapsed)
+
+    return progress, task, on_poll
+
+
+def _watched_child(
+    ctx: _Ctx,
+    name: str,
+    cmd: list[str],
+    env: dict[str, str],
+    group: str,
+    extra_poll: Callable[[float], None] | None = None,
+) -> ChildResult:
+    """Run one child with a progress line fed by its group's committed offsets."""
+    progress, task, on_poll = _group_progress(ctx, name, group, extra_poll)
 
     try:
         with progress:
@@ -445,18 +455,7 @@ def _run_scale(ctx: _Ctx, workers: int, windows: int) -> ScaleResult:
     reading = ctx.probe.spawn(
         lambda: read_releases(ctx.bootstrap, [out_topic], until=until, timeout=timeout)
     )
-    ctx.probe.watch_group(group, ctx.topic)
-    progress = Progress(
-        SpinnerColumn(), TextColumn(f"[bold]{name:<12}"), BarColumn(), MofNCompleteColumn(),
-        TextColumn("RSS {task.fields[rss]}"), TimeElapsedColumn(), console=ctx.console,
-        transient=False,
-    )  # fmt: skip
-    task = progress.add_task(name, total=ctx.cfg.events, rss="-")
-
-    def on_poll(elapsed: float, rss_kib: int | None) -> None:
-        rss = f"{rss_kib / 1024:,.0f} MiB" if rss_kib else "-"
-        progress.update(task, completed=ctx.probe.watched(group, ctx.topic), rss=rss)
-
+    progress, _task, on_poll = _group_progress(ctx, name, group)
     load_before = os.getloadavg()[0]
     try:
         with progress:

@@ -207,10 +207,7 @@ class ColumnPolicy:
         # Event time: ints are epoch ms, strings RFC 3339; the rest is the slow path's job.
         ts_col = list(map(self._get["ts"], objs))
         if set(map(type, ts_col)) == {int}:
-            ts = np.array(ts_col, dtype=np.int64)
-            early = ts < MIN_TS_MS
-            if early.any():
-                bad.update(np.flatnonzero(early).tolist())
+            ts = np.array(ts_col, dtype=np.int64)  # msgspec kept them >= MIN_TS_MS
         else:
             # msgspec has checked the ints (never 0); strings that the cache cannot vouch
             # for (0) get the reference parser, and the per-event path if it refuses them.
