@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import random
 from typing import Any
+from unittest.mock import patch
 
 import numpy as np
 import orjson
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from anonstream.core import columns
 from anonstream.core.columns import Columns
 from anonstream.core.decode import Decoded
 from anonstream.core.engine import Message, PipelineEngine
@@ -56,6 +58,41 @@ def _mutate(ev: dict[str, Any], rnd: random.Random) -> bytes:
 @settings(max_examples=25, deadline=None)
 @given(seed=st.integers(0, 10_000), topic=st.sampled_from([TOPIC_WEB, TOPIC_USAGE]))
 def test_fast_path_equals_reference_path(seed: int, topic: str) -> None:
+    _assert_fast_equals_reference(seed, topic)
+
+
+def test_fast_path_in_chunks_equals_reference_path() -> None:
+    # Batches bigger than a chunk are cut into chunks: each row and each rejection in a
+    # later chunk must still point at its own message.
+    rnd = random.Random(5)
+    gen = EventGenerator(Workload(users=60, seed=5))
+    raws = [_mutate(ev, rnd) for ev in gen.web_events(300)]
+    with patch.object(columns, "CHUNK", 37):
+        e = _engine(TOPIC_WEB, fast=True)
+        cols, flagged = e.columns.run(raws)
+    assert sorted([*cols.index.tolist(), *flagged]) == list(range(len(raws)))
+    assert flagged and max(flagged) > 37
+    for i in flagged:
+        d = e.decoder.decode(raws[i])
+        assert (
+            not isinstance(d, Decoded)
+            or d.unknown_fields
+            or not isinstance(e.policy.apply(d), PolicyRecord)
+        )
+    for row, i in enumerate(cols.index.tolist()):
+        d = e.decoder.decode(raws[i])
+        assert isinstance(d, Decoded)
+        r = e.policy.apply(d)
+        assert isinstance(r, PolicyRecord)
+        assert (r.ts_ms, r.unit, r.event_hash, r.dims) == (
+            cols.ts[row],
+            cols.unit[row],
+            cols.event[row],
+            cols.dims[row],
+        )
+
+
+def _assert_fast_equals_reference(seed: int, topic: str) -> None:
     rnd = random.Random(seed)
     gen = EventGenerator(Workload(users=60, events_per_second_of_event_time=0.5, seed=seed))
     events = gen.web_events(400) if topic == TOPIC_WEB else gen.usage_events(400)

@@ -37,6 +37,9 @@ _STRUCT_TYPES: dict[FieldType, Any] = {
 }
 
 
+# Events per pass of the fast path: about 1 MB of decoded structs, the size of a core's L2.
+CHUNK = 1024
+
 # Bad JSON or a wrong shape; very deep nesting in an object field overflows the stack.
 _DECODE_ERRORS = (msgspec.DecodeError, RecursionError)
 
@@ -85,6 +88,21 @@ class Columns:
         )
 
     @staticmethod
+    def join(parts: list[Columns]) -> Columns:
+        parts = [p for p in parts if len(p)] or parts[:1]
+        if len(parts) == 1:
+            return parts[0]
+        return Columns(
+            np.concatenate([p.index for p in parts]),
+            np.concatenate([p.ts for p in parts]),
+            np.concatenate([p.unit for p in parts]),
+            np.concatenate([p.event for p in parts]),
+            [d for p in parts for d in p.dims],
+            np.concatenate([p.measures for p in parts]),
+            sum(p.unknown_fields for p in parts),
+        )
+
+    @staticmethod
     def concat(a: Columns, b: Columns) -> Columns:
         if not len(b):
             return a
@@ -124,6 +142,18 @@ class ColumnPolicy:
     def run(self, values: list[bytes]) -> tuple[Columns, list[int]]:
         """Columns of the events that pass every check, and the indices of the others
         (which the caller sends down the per-event path)."""
+        if len(values) <= CHUNK:
+            return self._run(values)
+        # Each pass over the decoded structs touches all of them: passes over a chunk that
+        # stays in the core's cache beat passes over the whole fetch (measured: load/).
+        parts = [self._run(values[i : i + CHUNK]) for i in range(0, len(values), CHUNK)]
+        flagged: list[int] = []
+        for c, (part, bad) in enumerate(parts):
+            part.index += c * CHUNK
+            flagged.extend(j + c * CHUNK for j in bad)
+        return Columns.join([part for part, _ in parts]), flagged
+
+    def _run(self, values: list[bytes]) -> tuple[Columns, list[int]]:
         n = len(values)
         empty = Columns.from_records([], [], len(self._measures))
         if not n:
