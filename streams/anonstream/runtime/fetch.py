@@ -1,21 +1,33 @@
-"""Fetched messages without a `ConsumerRecord` per message.
+"""Fetched messages without a `ConsumerRecord` per message, drained a record batch at a time.
 
 aiokafka's fetcher turns every record of a fetched batch into a `ConsumerRecord` (a
 dataclass of eleven fields, with the key and value lengths and a tuple of the headers)
-in Python. The batch loop reads only each message's value and offset, which the record
-objects of aiokafka's own record-batch reader already carry, so for its consumer that
-conversion costs about as much as decoding the JSON and buys nothing.
+in Python, and hands records to `getmany` one by one through a generator and a loop. The
+batch loop reads only each message's value and offset, which the record objects of
+aiokafka's own record-batch reader already carry; for its consumer that per-message Python
+costs about as much as decoding the JSON and buys nothing.
 
-`install()` makes the fetcher hand over the reader's record objects, but only to consumers
-created with `value_deserializer=raw_records`: every other consumer in the process (Faust's)
-keeps getting `ConsumerRecord`s. If this aiokafka has no such conversion step (a version
-we were not tested with), nothing is changed and the batch loop gets `ConsumerRecord`s,
-which have the same `offset` and `value` attributes.
+`install()` changes two things, only for consumers created with
+`value_deserializer=raw_records` (every other consumer in the process, Faust's, is
+untouched):
+
+- the fetcher hands over the reader's record objects instead of `ConsumerRecord`s;
+- `getmany` takes each record batch as one list (`list(batch)`, in C) instead of one
+  generator step per record. The batch-level rules are aiokafka's own, re-stated in
+  `_batches`: CRC check, aborted transactions skipped under read_committed, control
+  batches skipped, records before the fetch offset dropped. Positions advance exactly as
+  aiokafka's do: past the last record taken, or to the batch's next offset once a batch
+  is fully taken (tests/unit/test_fetch.py compares both drains record by record).
+
+If this aiokafka lacks the private pieces this relies on (a version we were not tested
+with), nothing is changed and the batch loop gets `ConsumerRecord`s one by one, which
+have the same `offset` and `value` attributes.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -30,25 +42,141 @@ def raw_records(value: bytes | None) -> bytes | None:
 # the record itself, in C, with no Python frame per message.
 _RECORD_ITSELF: Any = {}.get
 
+# What install() relies on, besides the classes themselves.
+_PARTITION_RECORDS_API = (
+    "_consumer_record", "_consume_aborted_up_to", "_contains_abort_marker", "_unpack_records",
+)  # fmt: skip
+_FETCH_RESULT_API = ("getall", "check_assignment", "has_more", "_update_position")
+
+
+def _batches(part: Any, read_committed: int) -> Iterator[tuple[list[Any], int]]:
+    """Each data batch of a fetch as (its records at or after the fetch offset, the batch's
+    next offset); the same batch-level rules as aiokafka's `_unpack_records`."""
+    from aiokafka.errors import CorruptRecordException
+
+    records = part._records
+    while records.has_next():
+        batch = records.next_batch()
+        if part._check_crcs and not batch.validate_crc():
+            # The fetch is dropped with the error and fetched again, as aiokafka does.
+            raise CorruptRecordException(f"Invalid CRC - {part._tp}")
+        if part._isolation_level == read_committed and batch.producer_id is not None:
+            part._consume_aborted_up_to(batch.base_offset)
+            if batch.is_control_batch and part._contains_abort_marker(batch):
+                part._aborted_producers.discard(batch.producer_id)
+            if batch.is_transactional and batch.producer_id in part._aborted_producers:
+                part.next_fetch_offset = batch.next_offset
+                continue
+        if batch.is_control_batch:
+            part.next_fetch_offset = batch.next_offset
+            continue
+        got = list(batch)
+        start = part.next_fetch_offset
+        if got and got[0].offset < start:  # a re-fetched batch starts before the position
+            got = [r for r in got if r.offset >= start]
+        yield got, batch.next_offset
+
+
+class _Drain:
+    """Takes records from one fetched partition, whole batches at a time."""
+
+    __slots__ = ("_batches", "_end", "_left", "_part")
+
+    def __init__(self, part: Any, read_committed: int) -> None:
+        self._part: Any = part
+        self._batches: Iterator[tuple[list[Any], int]] | None = _batches(part, read_committed)
+        self._left: list[Any] = []  # records of the current batch not yet taken
+        self._end = 0  # the current batch's next offset
+
+    def take(self, max_records: int | None) -> tuple[list[Any], bool]:
+        """Up to `max_records` records (None: all), and whether the fetch is used up."""
+        out: list[Any] = []
+        part = self._part
+        while max_records is None or len(out) < max_records:
+            if not self._left:
+                nxt = next(self._batches, None) if self._batches is not None else None
+                if nxt is None:
+                    return out, True
+                self._left, self._end = nxt
+                if not self._left:
+                    part.next_fetch_offset = self._end  # compacted away: nothing to take
+                    continue
+            left = self._left
+            room = len(left) if max_records is None else max_records - len(out)
+            if room >= len(left):
+                out.extend(left)
+                self._left = []
+                part.next_fetch_offset = self._end
+            else:
+                out.extend(left[:room])
+                self._left = left[room:]
+                part.next_fetch_offset = left[room - 1].offset + 1
+        return out, False
+
+    def close(self) -> None:
+        """Break the reference cycle through the partition's records: the fetch buffer
+        (megabytes) is then freed at once instead of at the next full collection."""
+        part = self._part
+        if part is not None:
+            part._anonstream_drain = None
+            part._records_iterator = None
+        self._part = self._batches = None
+        self._left = []
+
+    def one_by_one(self) -> Iterator[Any]:
+        """For `getone`, which iterates the partition's records."""
+        while True:
+            got, _ = self.take(1)
+            if not got:
+                return
+            yield got[0]
+
 
 def install() -> bool:
-    """Idempotent; True if the fetcher now hands raw records to marked consumers."""
+    """Idempotent; True if marked consumers now get raw records in whole batches."""
     try:
-        from aiokafka.consumer.fetcher import PartitionRecords
+        from aiokafka.consumer import fetcher
     except ImportError:  # pragma: no cover - a different aiokafka layout
         return False
-    if getattr(PartitionRecords, "_consumer_record", None) is None:
-        log.info("aiokafka has no per-record conversion step; using ConsumerRecord")
+    part_cls = getattr(fetcher, "PartitionRecords", None)
+    result_cls = getattr(fetcher, "FetchResult", None)
+    read_committed = getattr(fetcher, "READ_COMMITTED", None)
+    if (
+        part_cls is None
+        or result_cls is None
+        or read_committed is None
+        or not all(hasattr(part_cls, a) for a in _PARTITION_RECORDS_API)
+        or not all(hasattr(result_cls, a) for a in _FETCH_RESULT_API)
+    ):
+        log.info("this aiokafka's fetcher is not the one we know; using ConsumerRecord")
         return False
-    original = PartitionRecords.__init__
-    if getattr(original, "_anonstream_raw", False):
+    original_init = part_cls.__init__
+    if getattr(original_init, "_anonstream_raw", False):
         return True
+    original_getall = result_cls.getall
 
     def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
-        original(self, *args, **kwargs)
+        original_init(self, *args, **kwargs)
         if getattr(self, "_value_deserializer", None) is raw_records:
             self._consumer_record = _RECORD_ITSELF  # shadows the method, for this fetch only
+            self._anonstream_drain = drain = _Drain(self, read_committed)
+            self._records_iterator = drain.one_by_one()
+
+    def getall(self: Any, max_records: int | None = None) -> list[Any]:
+        drain = getattr(self._partition_records, "_anonstream_drain", None)
+        if drain is None:
+            return original_getall(self, max_records)
+        if not self.check_assignment(self._topic_partition) or not self.has_more():
+            drain.close()
+            return []
+        out, used_up = drain.take(max_records)
+        self._update_position()
+        if used_up:
+            drain.close()
+            self._partition_records = None
+        return out
 
     __init__._anonstream_raw = True  # type: ignore[attr-defined]
-    PartitionRecords.__init__ = __init__
+    part_cls.__init__ = __init__
+    result_cls.getall = getall
     return True
