@@ -12,7 +12,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
 
 import mmh3
 import numpy as np
@@ -135,7 +135,7 @@ class PipelineEngine:
         if len(cols):
             cpidx = pidx[cols.index]
             self._add(cols, cpidx, offs[cols.index], again[cols.index], part_of)
-            for i in np.unique(cpidx).tolist():
+            for i in np.flatnonzero(np.bincount(cpidx, minlength=len(part_of))).tolist():
                 self.watermark.observe(part_of[i], int(cols.ts[cpidx == i].max()), now)
         result.extend(self._close_until(self.watermark.current(now)))
         return result
@@ -255,6 +255,7 @@ class PipelineEngine:
                     self._cell_dims[c] = dims
                 cell_list[j] = c
         cell = np.array(cell_list, dtype=np.uint64)
+        batch_cells: set[int] | None = None  # the batch's cells, when it has one window
         if starts is None:
             starts = window_starts_array(spec, cols.ts)
         # An event is late once, however many of its (hopping) windows are already closed.
@@ -265,8 +266,8 @@ class PipelineEngine:
                 self._late_pending[part_of[i]] += int((late & (pidx == i)).sum())
         for j in range(starts.shape[1]):
             col = starts[:, j]
-            for start in np.unique(col).tolist():
-                sel = col == start
+            lo, hi = int(col.min()), int(col.max())
+            for start in [lo] if lo == hi else np.unique(col).tolist():
                 end = start + spec.size_ms
                 if end <= self.closed_until:
                     continue
@@ -278,13 +279,23 @@ class PipelineEngine:
                         self._n_measures,
                         self.pipeline.contribution.max_events_per_unit_per_cell,
                     )
-                for i in np.unique(pidx[sel]).tolist():
-                    first = int(offs[sel & (pidx == i)].min())
+                if lo == hi:  # the usual case: all of the batch in one window
+                    rows = Rows(cell, cols.unit, cols.event, cols.measures)
+                    psel, osel = pidx, offs
+                    if batch_cells is None:
+                        batch_cells = set(cast(list[int], cell_list))  # all filled in
+                    new_cells = batch_cells.difference(w.cells)
+                else:
+                    sel = col == start
+                    rows = Rows(cell[sel], cols.unit[sel], cols.event[sel], cols.measures[sel])
+                    psel, osel = pidx[sel], offs[sel]
+                    new_cells = set(np.unique(rows.cell).tolist()).difference(w.cells)
+                for i in np.flatnonzero(np.bincount(psel, minlength=len(part_of))).tolist():
+                    first = int(osel[psel == i].min())
                     prev = w.first_offsets.get(part_of[i])
                     if prev is None or first < prev:
                         w.first_offsets[part_of[i]] = first
-                rows = Rows(cell[sel], cols.unit[sel], cols.event[sel], cols.measures[sel])
-                for c in set(np.unique(rows.cell).tolist()).difference(w.cells):
+                for c in new_cells:
                     w.cells[c] = self._cell_dims[c]
                 w.add(rows)
 
