@@ -190,3 +190,24 @@ def test_a_deeply_nested_object_field_is_rejected_not_a_crash() -> None:
     e.assign([("t", 0)])
     step = e.process(msgs)
     assert [(d.offset, d.reason) for d in step.dead_letters] == [(15, "too_deep")]
+
+
+def test_new_pseudonyms_of_a_batch_match_the_reference_and_ignore_case_and_blanks() -> None:
+    gen = EventGenerator(Workload(users=20, seed=9))
+    events = list(gen.web_events(8))
+    emails = ["Ann@X.example", " ann@x.example ", "ann@x.example", "   ", "", None, "b@y", "B@Y"]
+    raws = []
+    for ev, email in zip(events, emails, strict=True):
+        ev = {k: v for k, v in ev.items() if k != "user_email"}
+        ev["ts"] = events[0]["ts"]  # one key period
+        raws.append(orjson.dumps(ev if email is None else {**ev, "user_email": email}))
+    e = _engine(TOPIC_WEB, fast=True)
+    cols, flagged = e.columns.run(raws)
+    assert flagged == [] and cols.index.tolist() == list(range(8))
+    for row, raw in enumerate(raws):
+        d = e.decoder.decode(raw)
+        assert isinstance(d, Decoded)
+        r = e.policy.apply(d)
+        assert isinstance(r, PolicyRecord) and r.unit == cols.unit[row]
+    units = cols.unit.tolist()
+    assert units[0] == units[1] == units[2] and units[6] == units[7] and units[0] != units[6]

@@ -393,12 +393,27 @@ def test_timestamp_cache_agrees_with_parse_ts_whenever_it_answers(texts: list[st
             assert got == parse_ts(text), text
 
 
+@settings(max_examples=300)
+@given(st.lists(_rfc3339_like | st.text(max_size=40), min_size=1, max_size=30))
+def test_timestamp_cache_reads_a_whole_batch_as_parse_ts_reads_each(texts: list[str]) -> None:
+    # Mixed lengths, non-ASCII and NUL characters in one batch, as the fast path sees them.
+    cache = TimestampCache(limit=8)
+    for batch in (texts, texts[::-1] + texts):
+        for text, got in zip(batch, cache.many(batch).tolist(), strict=True):
+            if got:
+                assert got == parse_ts(text), text
+
+
 def test_timestamp_cache_answers_the_usual_shapes() -> None:
     cache = TimestampCache()
     usual = ["2026-11-30T12:00:01.123Z", "2026-11-30T13:00:01.123+01:00", "2026-11-30t12:00:01z"]
     for text in [*usual, "2026-11-30T12:00:01Z", "2026-11-30 12:00:01.123456Z"]:
         assert cache(text) == parse_ts(text) != 0, text
     assert cache("2026-11-30T12:00:01") == 0  # no offset: the reference says no
+    batch = [*usual, "2026-11-30T12:00:01Z\x00", "2026-11-30T12:00:01.12é+01:00", *usual]
+    got = cache.many(batch).tolist()
+    # (fromisoformat reads up to a trailing NUL: the reference takes the first of those.)
+    assert got == [parse_ts(t) or 0 for t in batch] and got[4] == 0
 
 
 _heads = st.builds(

@@ -355,3 +355,4 @@ def test_pseudonym_is_keyed_blake2b_of_tag_and_value_under_the_period_key(
     ).digest()
     assert p.pseudonym("user_email", value, ts) == int.from_bytes(expected, "little")
     assert p.uncached("user_email", value, ts // DAY) == int.from_bytes(expected, "little")
+    assert p.many("user_email", [value, "x"], ts // DAY)[0] == int.from_bytes(expected, "little")

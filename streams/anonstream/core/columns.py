@@ -231,6 +231,19 @@ class ColumnPolicy:
             cache[raw] = u
         return u
 
+    def _new_pseudonyms(self, name: str, raws: set[str], period: int) -> dict[str, int]:
+        """`_pseudonym` for the distinct cache misses of a batch within one key period;
+        blank values are left out (absent: the next unit field decides)."""
+        keep = [r for r in raws if not r.isspace()]
+        # One person, one pseudonym: emails are case-insensitive in practice.
+        norm = [r.strip().lower() for r in keep] if name.endswith("email") else keep
+        new = dict(zip(keep, self.policy.pseudonyms.many(name, norm, period), strict=True))
+        cache = self._cache_for(period, name)
+        if len(cache) + len(new) > 500_000:
+            cache.clear()
+        cache.update(new)
+        return new
+
     def _policy(self, objs: list[Any]) -> tuple[Columns, set[int]]:
         n = len(objs)
         bad: set[int] = set()
@@ -271,9 +284,15 @@ class ColumnPolicy:
             else:
                 unit_list = [g if u is None else u for u, g in zip(unit_list, got, strict=True)]
             if None in unit_list:
-                for j in [j for j, (u, v) in enumerate(zip(unit_list, col, strict=True))
-                          if u is None and v]:  # fmt: skip
-                    unit_list[j] = self._pseudonym(name, col[j], int(ts[j]))
+                miss = [j for j, (u, v) in enumerate(zip(unit_list, col, strict=True))
+                        if u is None and v]  # fmt: skip
+                if one_period:
+                    new = self._new_pseudonyms(name, {col[j] for j in miss}, int(periods[0]))
+                    for j in miss:
+                        unit_list[j] = new.get(col[j])  # None if blank
+                else:
+                    for j in miss:
+                        unit_list[j] = self._pseudonym(name, col[j], int(ts[j]))
             if None not in unit_list:
                 break
         missing = [j for j, u in enumerate(unit_list) if u is None]

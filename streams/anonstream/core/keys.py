@@ -127,8 +127,7 @@ class Pseudonymizer:
             self._cache[ck] = p
         return p
 
-    def uncached(self, tag: str, value: str, period: int) -> int:
-        """`pseudonym` for callers that keep their own cache (the batch path)."""
+    def _keyed_state(self, period: int) -> Any:
         keyed = self._keyed.get(period)
         if keyed is None:
             if len(self._keyed) > 64:
@@ -137,9 +136,25 @@ class Pseudonymizer:
             keyed = self._keyed[period] = hashlib.blake2b(
                 key=self.period_key(period), digest_size=8
             )
-        h = keyed.copy()
+        return keyed
+
+    def uncached(self, tag: str, value: str, period: int) -> int:
+        """`pseudonym` for callers that keep their own cache (the batch path)."""
+        h = self._keyed_state(period).copy()
         h.update((tag + "\x00" + value).encode())
         return int.from_bytes(h.digest(), "little")
+
+    def many(self, tag: str, values: list[str], period: int) -> list[int]:
+        """`uncached` for many values of one tag and period."""
+        copy = self._keyed_state(period).copy
+        prefix = tag + "\x00"
+
+        def one(value: str) -> int:
+            h = copy()
+            h.update((prefix + value).encode())
+            return int.from_bytes(h.digest(), "little")
+
+        return [one(v) for v in values]
 
     def pseudonym_hex(self, tag: str, value: str, ts_ms: int) -> str:
         return f"{self.pseudonym(tag, value, ts_ms):016x}"
