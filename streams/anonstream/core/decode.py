@@ -110,18 +110,10 @@ def plain_heads_ms(heads: list[str]) -> npt.NDArray[np.int64]:
         ok19 &= np.array(ascii_ok, dtype=bool)
         blob = "".join(h if a and len(h) == 19 else "?" * 19
                        for h, a in zip(heads, ascii_ok, strict=True)).encode()  # fmt: skip
-    out[:] = _heads_ms(np.frombuffer(blob, dtype=np.uint8).reshape(n, 19), ok19)
-    return out
-
-
-def _heads_ms(raw: npt.NDArray[np.uint8], ok: npt.NDArray[np.bool_]) -> npt.NDArray[np.int64]:
-    """`plain_heads_ms` of heads already laid out as rows of 19 ASCII bytes; rows where
-    `ok` is False are _BAD whatever they hold."""
-    out = np.full(len(raw), _BAD, dtype=np.int64)
-    a = raw.astype(np.int64)
+    a = np.frombuffer(blob, dtype=np.uint8).reshape(n, 19).astype(np.int64)
     d = a - 48
     digits = d[:, _DIGITS]
-    ok = ok & ((digits >= 0) & (digits <= 9)).all(axis=1)
+    ok = ok19 & ((digits >= 0) & (digits <= 9)).all(axis=1)
     ok &= (a[:, 4] == 45) & (a[:, 7] == 45) & (a[:, 13] == 58) & (a[:, 16] == 58)
     ok &= (a[:, 10] == 84) | (a[:, 10] == 116) | (a[:, 10] == 32)  # "T", "t", " "
     year = d[:, 0] * 1000 + d[:, 1] * 100 + d[:, 2] * 10 + d[:, 3]
@@ -164,51 +156,8 @@ class TimestampCache:
         return int(self.many([value])[0])
 
     def many(self, values: list[str]) -> npt.NDArray[np.int64]:
-        """Epoch ms of each string, 0 where `parse_ts` must decide.
-
-        Strings of one length are read as rows of one byte array: heads with numpy, each
-        distinct rest once (through its cache). Groups with a non-ASCII or NUL character
-        (rare) go through the per-string caches instead."""
-        n = len(values)
-        out = np.zeros(n, dtype=np.int64)
-        if not n:
-            return out
-        lens = np.fromiter(map(len, values), dtype=np.int64, count=n)
-        lo, hi = int(lens.min()), int(lens.max())
-        for length in [lo] if lo == hi else np.unique(lens).tolist():
-            if not 20 <= length <= 40:
-                continue  # parse_ts refuses these lengths
-            if lo == hi:
-                idx: Any = slice(None)
-                group = values
-            else:
-                idx = np.flatnonzero(lens == length)
-                group = [values[i] for i in idx.tolist()]
-            blob = "".join(group).encode("utf-8", "surrogatepass")
-            rows = np.frombuffer(blob, dtype=np.uint8)
-            if len(blob) != length * len(group) or not rows.all():
-                out[idx] = self._cached(group)
-                continue
-            rows = rows.reshape(len(group), length)
-            heads = _heads_ms(rows[:, :19], np.ones(len(group), dtype=bool))
-            # Distinct rests as fixed-width byte strings (no NUL inside: checked above).
-            rests, where = np.unique(
-                np.ascontiguousarray(rows[:, 19:]).view(f"S{length - 19}").ravel(),
-                return_inverse=True,
-            )
-            get = self._tails.get
-            tail_ms = np.array(
-                [t if (t := get(r := b.decode())) is not None else self._tail(r)
-                 for b in rests.tolist()],
-                dtype=np.int64,
-            )[where.ravel()]  # fmt: skip
-            got = heads + tail_ms
-            got[(heads == _BAD) | (tail_ms == _BAD)] = 0
-            out[idx] = got
-        return out
-
-    def _cached(self, values: list[str]) -> npt.NDArray[np.int64]:
-        """`many` through per-string caches of heads and rests."""
+        """Epoch ms of each string, 0 where `parse_ts` must decide: cache look-ups over
+        the batch, and one numpy pass for the heads not seen before."""
         n = len(values)
         heads: list[str] = list(map(getitem, values, repeat(_HEAD)))
         rests: list[str] = list(map(getitem, values, repeat(_REST)))
