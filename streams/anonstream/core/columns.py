@@ -12,8 +12,10 @@ for every input (property-tested).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
-from operator import attrgetter
+from itertools import compress, repeat
+from operator import and_, attrgetter, is_
 from typing import Annotated, Any
 
 import msgspec
@@ -238,10 +240,7 @@ class ColumnPolicy:
         # One person, one pseudonym: emails are case-insensitive in practice.
         norm = [r.strip().lower() for r in keep] if name.endswith("email") else keep
         new = dict(zip(keep, self.policy.pseudonyms.many(name, norm, period), strict=True))
-        cache = self._cache_for(period, name)
-        if len(cache) + len(new) > 500_000:
-            cache.clear()
-        cache.update(new)
+        self._cache_for(period, name).update(new)
         return new
 
     def _policy(self, objs: list[Any]) -> tuple[Columns, set[int]]:
@@ -270,33 +269,39 @@ class ColumnPolicy:
         periods = ts // rotation
         one_period = len(bad) == 0 and int(periods.min()) == int(periods.max())
         unit_list: list[int | None] = [None] * n
-        # Plain list comprehensions: faster here than map/compress chains (measured).
         for i, name in enumerate(self._unit_fields):
             col: list[Any] = list(map(self._get[name], objs))
             if one_period:
-                # Absent or blank values are never cached, so a miss is None either way.
-                cache = self._cache_for(int(periods[0]), name)
+                period = int(periods[0])
+                cache = self._cache_for(period, name)
+                if len(cache) > 500_000:
+                    cache.clear()  # before the look-ups: the second pass must find every miss
                 got: list[int | None] = list(map(cache.get, col))
+                if None in got:
+                    # Distinct values not cached and not already decided by an earlier unit
+                    # field, picked out in C; absent and empty values are no pseudonyms.
+                    need: Iterator[bool] = map(is_, got, repeat(None))
+                    if i:
+                        need = map(and_, need, map(is_, unit_list, repeat(None)))
+                    todo = set(compress(col, need))
+                    todo.discard(None)
+                    todo.discard("")
+                    if todo:
+                        self._new_pseudonyms(name, todo, period)
+                        got = list(map(cache.get, col))  # blank values stay None
             else:
                 got = [None] * n
+                for j in range(n) if i == 0 else [j for j in range(n) if unit_list[j] is None]:
+                    if col[j]:
+                        got[j] = self._pseudonym(name, col[j], int(ts[j]))
             if i == 0:
                 unit_list = got
             else:
                 unit_list = [g if u is None else u for u, g in zip(unit_list, got, strict=True)]
-            if None in unit_list:
-                miss = [j for j, (u, v) in enumerate(zip(unit_list, col, strict=True))
-                        if u is None and v]  # fmt: skip
-                if one_period:
-                    new = self._new_pseudonyms(name, {col[j] for j in miss}, int(periods[0]))
-                    for j in miss:
-                        unit_list[j] = new.get(col[j])  # None if blank
-                else:
-                    for j in miss:
-                        unit_list[j] = self._pseudonym(name, col[j], int(ts[j]))
             if None not in unit_list:
                 break
-        missing = [j for j, u in enumerate(unit_list) if u is None]
-        if missing:
+        if None in unit_list:
+            missing = [j for j, u in enumerate(unit_list) if u is None]
             bad.update(missing)
             for j in missing:
                 unit_list[j] = 0
