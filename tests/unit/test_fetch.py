@@ -9,13 +9,15 @@ import weakref
 from typing import Any
 
 import pytest
+from aiokafka.consumer import fetcher
 from aiokafka.consumer.fetcher import READ_COMMITTED, FetchResult, PartitionRecords
+from aiokafka.errors import CorruptRecordException
 from aiokafka.record.default_records import DefaultRecordBatchBuilder
 from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.record.util import calc_crc32c
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from anonstream.runtime.fetch import install, raw_records
+from anonstream.runtime.fetch import crcs_ok, install, raw_records
 
 TP = TopicPartition("t", 0)
 EXPECTED = [(0, b'{"n":0}'), (1, b'{"n":1}'), (2, b'{"n":2}')]
@@ -179,3 +181,34 @@ def test_a_used_up_fetch_is_freed_without_waiting_for_the_cycle_collector() -> N
         assert alive() is None
     finally:
         gc.enable()
+
+
+def _corrupt(data: bytes, at: int) -> bytes:
+    return data[:at] + bytes([data[at] ^ 0xFF]) + data[at + 1 :]
+
+
+def test_crcs_are_checked_in_hardware_for_a_whole_fetch() -> None:
+    whole = _fetch(0)
+    assert crcs_ok(whole)
+    assert crcs_ok(whole[:-7])  # a last batch cut short by the fetch size is not read
+    second = len(BATCHES[0])
+    assert not crcs_ok(_corrupt(whole, second + 40))  # a payload byte of the second batch
+    assert not crcs_ok(_corrupt(whole, second + 16))  # its format (magic) byte
+
+
+@pytest.mark.parametrize("kept", [True, False])
+def test_a_corrupt_batch_fails_the_fetch_after_the_good_ones_as_aiokafka_does(kept: bool) -> None:
+    install()
+    reader = fetcher.MemoryRecords if kept else MemoryRecords  # kept: with the fetch's bytes
+    bad = _corrupt(_fetch(0), len(BATCHES[0]) + 40)
+    got: list[tuple[str, object]] = []
+    for deserializer in (raw_records, None):
+        part = PartitionRecords(TP, reader(bad), [], 0, None, deserializer, True,
+                                READ_UNCOMMITTED)  # fmt: skip
+        result = FetchResult(TP, assignment=_Assignment(0), partition_records=part, backoff=0)
+        first = result.getall(5)
+        with pytest.raises(CorruptRecordException):
+            result.getall(5)
+        got.append((type(part._records).__name__, [r.offset for r in first]))
+    assert got[0][1] == got[1][1] == [0, 1, 2, 3, 4]
+    assert (got[0][0] == "_KeptBytes") is kept

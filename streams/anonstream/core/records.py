@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Any
 
 import orjson
@@ -18,6 +19,7 @@ SCHEMA_VERSION = 1
 STAR = "*"  # dimension rolled up: "every value not released on its own at this level"
 
 
+@lru_cache(maxsize=256)  # a window's bounds, once per window rather than per record
 def rfc3339(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
