@@ -403,3 +403,24 @@ def test_histograms_of_the_one_pass_path_equal_the_per_cell_path(
     with patch.object(release, "band_histograms", every_cell_slow):
         slow = canonical(run(pipe, events))
     assert fast == slow
+
+
+@SETTINGS
+@given(event_sets(), st.integers(2, 6), st.integers(1, 3))
+def test_release_of_unsorted_rows_equals_release_of_compacted_rows(
+    events: list[dict[str, Any]], k: int, max_cells: int
+) -> None:
+    """Release skips its sorts when the compacted rows are sorted by (cell, unit); rows in
+    any other order take the sorting path and must give the same releases."""
+    pipe = make_pipeline(k, max_cells=max_cells)
+    sorted_path = canonical(run(pipe, events))
+    original = cellstate.WindowState.compact
+
+    def shuffled(self: cellstate.WindowState) -> cellstate.Rows:
+        rows = original(self)
+        perm = np.random.default_rng(len(rows)).permutation(len(rows))
+        return rows.take(perm)
+
+    with patch.object(cellstate.WindowState, "compact", shuffled):
+        unsorted_path = canonical(run(pipe, events))
+    assert sorted_path == unsorted_path

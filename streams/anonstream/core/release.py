@@ -38,6 +38,16 @@ def _mix64(x: U64) -> U64:
         return x ^ (x >> np.uint64(31))
 
 
+def _non_decreasing(a: npt.NDArray[Any], within: npt.NDArray[Any] | None = None) -> bool:
+    """Whether `a` never decreases (with `within`: inside each run of equal `within`)."""
+    if len(a) < 2:
+        return True
+    up = a[1:] >= a[:-1]
+    if within is not None:
+        up |= within[1:] != within[:-1]
+    return bool(up.all())
+
+
 def bound_cells_per_unit(rows: Rows, max_cells: int) -> tuple[Rows, int]:
     """Keep each unit's rows in at most `max_cells` cells, chosen by a hash of (unit, cell)
     rather than by arrival, so the choice is the same however events were batched."""
@@ -54,9 +64,11 @@ def bound_cells_per_unit(rows: Rows, max_cells: int) -> tuple[Rows, int]:
     rank_sorted = rank_in_group(group_starts(pu[porder]))
     keep_pair = np.empty(len(pu), dtype=bool)
     keep_pair[porder] = rank_sorted < max_cells
-    keep_row = keep_pair[pair_id]
-    dropped = int(len(keep_row) - keep_row.sum())
-    return (r.take(keep_row) if dropped else r), dropped
+    keep = np.empty(len(order), dtype=bool)
+    keep[order] = keep_pair[pair_id]
+    dropped = int(len(keep) - keep.sum())
+    # In the rows' own order: compacted rows stay sorted by cell, which release reuses.
+    return (rows.take(keep) if dropped else rows), dropped
 
 
 @dataclass
@@ -228,21 +240,34 @@ class Releaser:
         dim_idx = [p.dimensions.index(d) for d in out.dimensions]
         # Project each pipeline cell onto this output's dimensions.
         codes: dict[tuple[str, ...], int] = {}
-        cell_ids = np.unique(rows.cell)
+        cell, unit = rows.cell, rows.unit
+        # Compacted rows come sorted by (cell, unit): then no sort is needed below (each
+        # shortcut is taken only where a check over the rows shows it is valid).
+        if _non_decreasing(cell):
+            starts = group_starts(cell)
+            cell_ids = cell[starts]
+            row_cell = np.cumsum(starts) - 1
+        else:
+            cell_ids = np.unique(cell)
+            row_cell = np.searchsorted(cell_ids, cell)
         cell_code = np.empty(len(cell_ids), dtype=np.int64)
         for i, cid in enumerate(cell_ids.tolist()):
             full = state.cells[cid]
             key = tuple(full[j] for j in dim_idx)
             cell_code[i] = codes.setdefault(key, len(codes))
-        row_code = cell_code[np.searchsorted(cell_ids, rows.cell)]
-        order = np.argsort(row_code, kind="stable")
+        row_code = cell_code[row_cell]
+        codes_sorted = _non_decreasing(row_code)
+        order = np.arange(len(row_code)) if codes_sorted else np.argsort(row_code, kind="stable")
         sorted_codes = row_code[order]
         bounds = np.flatnonzero(np.diff(sorted_codes)) + 1
         groups = np.split(order, bounds) if len(order) else []
         leaf_keys = list(codes)
         by_code = {leaf_keys[int(row_code[g[0]])]: g for g in groups}
         # Distinct units per leaf cell in one pass: count (cell, unit) pair starts.
-        pair_order = np.lexsort((rows.unit, row_code))
+        if codes_sorted and _non_decreasing(unit, within=row_code):
+            pair_order = order
+        else:
+            pair_order = np.lexsort((unit, row_code))
         pair_start = group_starts(row_code[pair_order].astype(np.uint64), rows.unit[pair_order])
         users = np.bincount(row_code[pair_order][pair_start], minlength=len(codes))
         leaf_users = {key: int(users[c]) for key, c in codes.items()}
