@@ -15,6 +15,8 @@ from hypothesis import strategies as st
 from anonstream.core.generalize import (
     Bands,
     UserAgentGeneralizer,
+    _segment,
+    _segment_full,
     band,
     band_index,
     ip_prefix,
@@ -389,6 +391,198 @@ def test_url_template_garbage_is_safe(text: str) -> None:
     assert isinstance(out, str)
     assert len(out) <= 200
     assert RUN6.search(out) is None
+
+
+# Realistic URL pieces for the structural properties below: every segment shape the
+# generalizer distinguishes, plus the awkward spellings ("%40", "+", "\", ";", unicode).
+_HEX = "0123456789abcdef"
+_B64 = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789"
+words = st.sampled_from(
+    ["api", "v2", "users", "orders", "settings", "item-42", "Profile", "index.html", "café"]
+) | st.from_regex(r"[a-z][a-z\-_]{0,24}", fullmatch=True)
+numbers = st.integers(0, 10**25).map(str) | st.text("0123456789", min_size=1, max_size=30)
+uuids = st.uuids().map(str) | st.uuids().map(lambda u: str(u).upper())
+hexes = st.text(_HEX, min_size=12, max_size=64) | st.text(_HEX.upper(), min_size=16, max_size=40)
+tokens = st.text(_B64 + "_-", min_size=16, max_size=48) | st.builds(
+    lambda t, pad: t + pad, st.text(_B64 + "+/", min_size=18, max_size=40), st.sampled_from("==")
+)
+email_spellings = st.builds(
+    lambda e, how: [
+        e,
+        quote(e, safe=""),
+        e.replace("@", "%2540"),
+        e.replace("@", "+tag@"),
+        e.replace("@", "＠"),
+        e.upper(),
+    ][how],
+    emails,
+    st.integers(0, 5),
+)
+handles = st.builds(lambda p, w: p + w, st.sampled_from(["@", "~", "%7E", "%40"]), words)
+files = st.builds(
+    lambda stem, ext: stem + ext,
+    words | numbers | hexes | uuids,
+    st.sampled_from([".json", ".pdf", ".tar.gz", ".JPG", ".a1234567", ".", "._x"]),
+)
+oddities = st.sampled_from([".", "..", "...", "%", "%zz", "%e2%82%ac", "+", "a b", "\t"]) | (
+    st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12)
+)
+segments = st.one_of(
+    words,
+    numbers,
+    uuids,
+    hexes,
+    tokens,
+    email_spellings,
+    handles,
+    ipv4s,
+    ipv6s,
+    files,
+    phones,
+    cards,
+    oddities,
+    st.builds(lambda w, t: f"{w};jsessionid={t}", words, tokens),
+    st.builds(lambda w, n: f"{w}-{n}", words, numbers | uuids | hexes),
+    st.builds(lambda w, t: quote(w + t), words, st.text(max_size=6)),
+)
+# Segments that survive as they are in a "/"-joined path (no separators, no dot segments).
+plain_segments = segments.filter(
+    lambda s: s not in (".", "..") and not any(c in s for c in "/\\;?#")
+)
+url_hosts = st.one_of(
+    hosts,
+    hosts.map(str.upper),
+    ipv4s,
+    ipv6s.map(lambda ip: f"[{ip}]"),
+    st.sampled_from(["localhost", "3232235777", "0x7f.1", "12345678.tenant.example.com"]),
+    st.builds(lambda t, h: f"{t}.{h}", hexes | numbers | words, hosts),
+)
+authorities = st.builds(
+    lambda user, host, port: user + host + port,
+    st.sampled_from(["", "", "jane:secret@", "user@"]) | emails.map(lambda e: e + "@"),
+    url_hosts,
+    st.sampled_from(["", "", ":8080", ":443", ":"]),
+)
+schemes = st.sampled_from(["https://", "http://", "HTTPS://", "hTtP://", "ftp://", "//"])
+suffixes = st.builds(
+    lambda q, f: q + f,
+    st.sampled_from(["", "?", "?q=1"]) | emails.map(lambda e: f"?email={e}"),
+    st.sampled_from(["", "#", "#top"]) | numbers.map(lambda n: f"#{n}"),
+)
+urls = st.builds(
+    lambda scheme, auth, segs, slash, suffix: f"{scheme}{auth}/{'/'.join(segs)}{slash}{suffix}",
+    schemes,
+    authorities,
+    st.lists(segments, max_size=10),
+    st.sampled_from(["", "/"]),
+    suffixes,
+)
+
+
+def _template_of_segment(seg: str) -> str:
+    """The placeholder (or kept text) of one segment, read back from a 1-segment URL."""
+    out = url_template(f"https://x.com/{seg}/end")
+    assert out.startswith("x.com/") and out.endswith("/end"), (seg, out)
+    return out[len("x.com/") : -len("/end")]
+
+
+@PROPS
+@given(urls)
+def test_url_template_realistic_urls_are_safe(url: str) -> None:
+    out = url_template(url)
+    assert isinstance(out, str)
+    assert len(out) <= 200
+    assert RUN6.search(out) is None
+    assert "?" not in out and "#" not in out
+    assert out.count("/") <= 9  # host + at most 8 segments (+ "...")
+    host = out.partition("/")[0]
+    assert host == host.lower()
+
+
+@PROPS
+@given(urls, suffixes)
+def test_url_template_ignores_scheme_query_and_fragment(url: str, suffix: str) -> None:
+    base = url.partition("?")[0].partition("#")[0]
+    rest = base.partition("//")[2]
+    expected = url_template(url)
+    assert url_template(base + suffix) == expected
+    for scheme in ("https://", "HTTP://", "//", "ftp://"):
+        assert url_template(scheme + rest) == expected
+
+
+@PROPS
+@given(st.lists(plain_segments, min_size=1, max_size=7))
+def test_url_template_is_per_segment(segs: list[str]) -> None:
+    """A path's template is the templates of its segments, each judged on its own."""
+    out = url_template("https://x.com/" + "/".join(segs) + "/end")
+    parts = [_template_of_segment(s) for s in segs if s]
+    expected = "/".join(["x.com", *[p for p in parts if p], "end"])
+    assume(len(expected) < 200)
+    assert out == expected
+
+
+@PROPS
+@given(st.lists(segments, max_size=12), st.data())
+def test_url_template_dot_segments_and_params(segs: list[str], data: st.DataObject) -> None:
+    """ "." vanishes, ".." removes the previous segment, ";params" are dropped, "\\" is "/"."""
+    cut = data.draw(st.integers(0, len(segs)))
+    extra = data.draw(plain_segments.filter(bool))
+    head, tail = "/".join(segs[:cut]), "/".join(segs[cut:])
+    expected = url_template(f"https://x.com/{head}/{tail}/end")
+    assert url_template(f"https://x.com/{head}/./{tail}/end") == expected
+    assert url_template(f"https://x.com/{head}/{tail}/end".replace("/", "\\")) == expected
+    assert url_template(f"https://x.com/{head}/{extra};a=1;b={extra}/{tail}/end") == url_template(
+        f"https://x.com/{head}/{extra}/{tail}/end"
+    )
+    # The depth cap applies as the path is walked: ".." cannot undo a cut already made.
+    if len(re.split(r"[/\\]", head)) < 8:
+        assert url_template(f"https://x.com/{head}/{extra}/../{tail}/end") == expected
+
+
+@PROPS
+@given(
+    st.sampled_from(["https://x.com/a/", "/a/", "a/"]),
+    st.one_of(
+        numbers.map(lambda s: (s, ":num")),
+        st.text("٠١٢٣٤٥٦٧٨٩０１", min_size=1, max_size=20).map(lambda s: (s, ":num")),
+        uuids.map(lambda s: (s, ":uuid")),
+        st.text(_HEX, min_size=16, max_size=40)
+        .filter(lambda s: not s.isdigit() and any(c.isdigit() for c in s))
+        .map(lambda s: (s, ":hash")),
+        emails.map(lambda s: (s, ":email")),
+        emails.map(lambda s: (quote(s, safe=""), ":email")),
+        st.from_regex(r"[a-z][a-z0-9._]{0,14}", fullmatch=True).map(lambda s: ("@" + s, ":handle")),
+        ipv4s.map(lambda s: (s, ":ip")),
+        st.builds(lambda n, e: (n + e, ":num" + e), numbers, st.sampled_from([".json", ".pdf"])),
+    ),
+)
+def test_url_template_placeholders(prefix: str, case: tuple[str, str]) -> None:
+    seg, placeholder = case
+    out = url_template(f"{prefix}{seg}/end")
+    assert out.endswith(f"a/{placeholder}/end"), (seg, out)
+
+
+# Shapes next to the shortcuts' edges: other digits, 36-char non-UUIDs, odd addresses.
+near_misses = st.one_of(
+    st.text("0123456789٣١０²³¹½Ⅻ", min_size=1, max_size=20),
+    st.text(_HEX + "-ABCDEFG", min_size=36, max_size=36),
+    uuids.map(lambda u: u.replace("-", "", 1) + "-"),
+    st.builds(
+        lambda pre, local, at, dom: pre + local + at + dom,
+        st.sampled_from(["", "", "@", "~", ".", "-", "%7E", "+"]),
+        st.text("abz09._-+%~", max_size=8),
+        st.sampled_from(["@", "@@", "%40", "＠", "@."]),
+        st.text("abz09.-_[]:%+@é", max_size=12),
+    ),
+)
+
+
+@PROPS
+@given(segments | near_misses)
+def test_segment_shortcuts_match_full_checks(seg: str) -> None:
+    """_segment's shortcuts for common shapes give what the full sequence of checks gives."""
+    assume(seg)
+    assert _segment.__wrapped__(seg) == _segment_full(seg)
 
 
 # ---------------------------------------------------------------------- referrer_domain
