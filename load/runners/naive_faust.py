@@ -14,6 +14,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Sequence
 from datetime import timedelta
@@ -39,9 +41,12 @@ async def topic_partitions(bootstrap: str, topic: str) -> int:
     return len(partitions)
 
 
-def build_app(bootstrap: str, topic: str, app_id: str, partitions: int, target: int) -> faust.App:
+def build_app(
+    bootstrap: str, topic: str, app_id: str, partitions: int, target: int, datadir: str
+) -> faust.App:
     app = faust.App(
         app_id,
+        datadir=datadir,  # Faust's default is "<app id>-data" in the working directory
         broker=f"kafka://{bootstrap}",
         store="memory://",
         web_enabled=False,
@@ -75,6 +80,7 @@ def build_app(bootstrap: str, topic: str, app_id: str, partitions: int, target: 
             if seen == target:
                 await app.producer.flush()
                 report("naive_faust", seen, first, expected=target)
+                shutil.rmtree(datadir, ignore_errors=True)
                 os._exit(0)
 
     return app
@@ -83,12 +89,16 @@ def build_app(bootstrap: str, topic: str, app_id: str, partitions: int, target: 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args("anonstream_load.runners.naive_faust", argv)
     partitions = args.partitions or asyncio.run(topic_partitions(args.bootstrap, args.topic))
-    app = build_app(args.bootstrap, args.topic, args.group, partitions, args.events)
+    datadir = tempfile.mkdtemp(prefix="anonstream-naive-faust-")
+    app = build_app(args.bootstrap, args.topic, args.group, partitions, args.events, datadir)
     logging.getLogger("faust").setLevel(logging.WARNING)
     # The worker runs until the agent leaves the process; reaching here means it stopped
     # without having seen every event.
     worker = faust.Worker(app, loglevel="warning", quiet=True, redirect_stdouts=False)
-    worker.execute_from_commandline()
+    try:
+        worker.execute_from_commandline()
+    finally:
+        shutil.rmtree(datadir, ignore_errors=True)
     return 1
 
 

@@ -26,6 +26,7 @@ def test_bench_small_workload(kafka_bootstrap: str, tmp_path: Path) -> None:
     if worker_supports_stop_at_end():
         runs.append("anonstream")
     chart = tmp_path / "bench.png"
+    before = set(ROOT.glob("*-data"))
     proc = subprocess.run(
         [
             sys.executable, "-m", "anonstream_load.bench", "--bootstrap", kafka_bootstrap,
@@ -67,3 +68,4 @@ def test_bench_small_workload(kafka_bootstrap: str, tmp_path: Path) -> None:
         aggregates.add(summary["runs"]["anonstream"]["releases"]["aggregate"])
     assert len(aggregates) == 1 and aggregates.pop() > 0
     assert chart.is_file() and chart.stat().st_size > 1000
+    assert set(ROOT.glob("*-data")) == before  # no Faust data directory left in the checkout
