@@ -114,6 +114,31 @@ def tail(text: str, lines: int = 30) -> str:
     return "\n".join(text.rstrip().splitlines()[-lines:])
 
 
+def _spawn(
+    cmd: Sequence[str],
+    env: Mapping[str, str] | None,
+    cwd: Path | None,
+    out: Any,
+    err: Any,
+    name: str,
+) -> tuple[subprocess.Popen[bytes], threading.Thread, dict[str, Any]]:
+    """Start ``cmd`` with a thread blocked in ``os.wait4`` on its pid: the exit time is
+    exact and the child's CPU time known; the dict gets ``t``, ``status`` and ``usage``."""
+    proc = subprocess.Popen(
+        list(cmd), env=dict(env) if env is not None else None, cwd=cwd,
+        stdin=subprocess.DEVNULL, stdout=out, stderr=err,
+    )  # fmt: skip
+    reaped: dict[str, Any] = {}
+
+    def reap() -> None:
+        _, status, usage = os.wait4(proc.pid, 0)
+        reaped.update(t=time.monotonic(), status=status, usage=usage)
+
+    reaper = threading.Thread(target=reap, name=f"reap-{name}", daemon=True)
+    reaper.start()
+    return proc, reaper, reaped
+
+
 def run_child(
     cmd: Sequence[str],
     *,
@@ -137,21 +162,10 @@ def run_child(
     peak = 0
     samples: list[tuple[float, int]] = []
     timed_out = False
-    reaped: dict[str, Any] = {}
     with open(out_path, "wb") as out, open(err_path, "wb") as err:
         started_at = time.time()
         t0 = time.monotonic()
-        proc = subprocess.Popen(
-            list(cmd), env=dict(env) if env is not None else None, cwd=cwd,
-            stdin=subprocess.DEVNULL, stdout=out, stderr=err,
-        )  # fmt: skip
-
-        def reap() -> None:
-            _, status, usage = os.wait4(proc.pid, 0)
-            reaped.update(t=time.monotonic(), status=status, usage=usage)
-
-        reaper = threading.Thread(target=reap, name=f"reap-{name}", daemon=True)
-        reaper.start()
+        proc, reaper, reaped = _spawn(cmd, env, cwd, out, err, name)
         next_sample = 0.0
         try:
             while reaper.is_alive():
@@ -245,18 +259,7 @@ def run_until(
             out = open(log_dir / f"{name}-{i}.stdout", "wb")  # noqa: SIM115
             err = open(log_dir / f"{name}-{i}.stderr", "wb")  # noqa: SIM115
             files += [out, err]
-            proc = subprocess.Popen(
-                list(cmd), env=dict(env), cwd=cwd, stdin=subprocess.DEVNULL, stdout=out,
-                stderr=err,
-            )  # fmt: skip
-            slot: dict[str, Any] = {}
-
-            def reap(pid: int = proc.pid, slot: dict[str, Any] = slot) -> None:
-                _, status, usage = os.wait4(pid, 0)
-                slot.update(status=status, usage=usage)
-
-            reaper = threading.Thread(target=reap, name=f"reap-{name}-{i}", daemon=True)
-            reaper.start()
+            proc, reaper, slot = _spawn(cmd, env, cwd, out, err, f"{name}-{i}")
             procs.append(proc)
             reapers.append(reaper)
             reaped.append(slot)

@@ -106,19 +106,7 @@ class Columns:
 
     @staticmethod
     def concat(a: Columns, b: Columns) -> Columns:
-        if not len(b):
-            return a
-        if not len(a):
-            return b
-        return Columns(
-            np.concatenate([a.index, b.index]),
-            np.concatenate([a.ts, b.ts]),
-            np.concatenate([a.unit, b.unit]),
-            np.concatenate([a.event, b.event]),
-            a.dims + b.dims,
-            np.concatenate([a.measures, b.measures]),
-            a.unknown_fields + b.unknown_fields,
-        )
+        return Columns.join([a, b])
 
 
 class ColumnPolicy:
@@ -218,19 +206,15 @@ class ColumnPolicy:
         return cache
 
     def _pseudonym(self, name: str, raw: str, ts_ms: int) -> int | None:
-        pseudonyms = self.policy.pseudonyms
-        period = ts_ms // pseudonyms.rotation_ms
+        """One event's pseudonym, for batches that span key periods; None if blank."""
+        period = ts_ms // self.policy.pseudonyms.rotation_ms
         cache = self._cache_for(period, name)
         u = cache.get(raw)
         if u is None:
-            if raw.isspace():
-                return None  # blank is absent: the next unit field decides
-            # One person, one pseudonym: emails are case-insensitive in practice.
-            norm = raw.strip().lower() if name.endswith("email") else raw
-            u = pseudonyms.uncached(name, norm, period)
             if len(cache) > 500_000:
                 cache.clear()
-            cache[raw] = u
+            self._new_pseudonyms(name, {raw}, period)
+            u = cache.get(raw)
         return u
 
     def _new_pseudonyms(self, name: str, raws: set[str], period: int) -> None:

@@ -139,10 +139,8 @@ class Pseudonymizer:
         return keyed
 
     def uncached(self, tag: str, value: str, period: int) -> int:
-        """`pseudonym` for callers that keep their own cache (the batch path)."""
-        h = self._keyed_state(period).copy()
-        h.update((tag + "\x00" + value).encode())
-        return int.from_bytes(h.digest(), "little")
+        """`pseudonym` for callers that keep their own cache."""
+        return self.many(tag, [value], period)[0]
 
     def many(self, tag: str, values: list[str], period: int) -> list[int]:
         """`uncached` for many values of one tag and period."""

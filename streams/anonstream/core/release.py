@@ -118,12 +118,16 @@ class _Emit:
 
 
 def _distinct_per_group(
-    g: npt.NDArray[np.int64], units: U64, n_groups: int
+    g: npt.NDArray[np.int64], units: U64, n_groups: int, presorted: bool = False
 ) -> npt.NDArray[np.int64]:
-    """Distinct units in each group 0..n_groups-1."""
-    order = np.lexsort((units, g))
-    gs = g[order]
-    starts = group_starts(gs.astype(np.uint64), units[order])
+    """Distinct units in each group 0..n_groups-1 (`presorted`: rows already in (group,
+    unit) order, no sort needed)."""
+    if presorted:
+        gs, us = g, units
+    else:
+        order = np.lexsort((units, g))
+        gs, us = g[order], units[order]
+    starts = group_starts(gs.astype(np.uint64), us)
     return np.bincount(gs[starts], minlength=n_groups)
 
 
@@ -264,12 +268,8 @@ class Releaser:
         leaf_keys = list(codes)
         by_code = {leaf_keys[int(row_code[g[0]])]: g for g in groups}
         # Distinct units per leaf cell in one pass: count (cell, unit) pair starts.
-        if codes_sorted and _non_decreasing(unit, within=row_code):
-            pair_order = order
-        else:
-            pair_order = np.lexsort((unit, row_code))
-        pair_start = group_starts(row_code[pair_order].astype(np.uint64), rows.unit[pair_order])
-        users = np.bincount(row_code[pair_order][pair_start], minlength=len(codes))
+        presorted = codes_sorted and _non_decreasing(unit, within=row_code)
+        users = _distinct_per_group(row_code, unit, len(codes), presorted=presorted)
         leaf_users = {key: int(users[c]) for key, c in codes.items()}
 
         n = len(out.dimensions)
