@@ -131,6 +131,7 @@ def test_luhn_matches_reference(digits: str) -> None:
         ("mail jane.doe@example.com now", "mail <email> now"),
         ("to:Jane.Doe+news@Example.co.uk.", "to:<email>."),
         ("encoded jane%40x.com", "encoded <email>"),
+        ("chained 0@jane@example.com", "chained <email>"),  # "jane" must not stay behind
         ("full-width jane＠example.com", "full-width <email>"),
         ("literal jane@[2001:db8::1]", "literal <email>"),
         ("from 203.0.113.77, port 443", "from <ip>, port 443"),

@@ -41,7 +41,12 @@ _AT = r"(?:@|＠|﹫|%40)"
 _LOCAL_CH = r"[\w.!#$%&'*+^~\-]"
 # The look-behind pins the start of the local part to the start of its "word", so a
 # long token without "@" costs O(len) instead of O(len**2) in failed attempts.
-_EMAIL_PAT = rf"(?<!{_LOCAL_CH}){_LOCAL_CH}+{_AT}(?:[\w\-]+(?:\.[\w\-]+)*|\[[0-9A-Fa-f:.]+\])"
+# "x@jane@example.com" is one match: matched up to its first domain only, it would leave
+# "@example.com" behind with "jane" glued to the "@" before it, a local part in the clear.
+_EMAIL_PAT = (
+    rf"(?<!{_LOCAL_CH}){_LOCAL_CH}+(?:{_AT}{_LOCAL_CH}+)*?"
+    rf"{_AT}(?:[\w\-]++(?:\.[\w\-]++)*+|\[[0-9A-Fa-f:.]+\])(?!{_AT}[\w\-\[])"
+)
 
 # Leading zeros are accepted ("010.001.002.003"): over-matching is the safe failure.
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])"
