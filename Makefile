@@ -23,11 +23,25 @@ browser:
 	  echo "installing Debian's chromium for the dashboard browser test"; \
 	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
+## The alert-rule tests need promtool, from Debian's prometheus package. Only the promtool
+## binary is taken from the package (into .venv/bin): installing the package would also start
+## a Prometheus server on hosts with systemd.
+PROMTOOL := $(VENV)/bin/promtool
+$(PROMTOOL): | $(STAMP)
+	@if command -v promtool >/dev/null 2>&1; then ln -sf "$$(command -v promtool)" $@; else \
+	  echo "fetching Debian's prometheus package for promtool (the alert-rule tests)"; \
+	  rm -rf $(VENV)/prometheus-deb && mkdir -p $(VENV)/prometheus-deb && \
+	  { [ "$$(id -u)" != 0 ] || apt-get update -qq; } && \
+	  (cd $(VENV)/prometheus-deb && apt-get download -qq prometheus) && \
+	  dpkg-deb -x $(VENV)/prometheus-deb/prometheus_*.deb $(VENV)/prometheus-deb/root && \
+	  cp $(VENV)/prometheus-deb/root/usr/bin/promtool $@ && rm -rf $(VENV)/prometheus-deb; fi
+	@$@ --version >/dev/null
+
 ## make test: the whole suite, unit and integration (starts its own Kafka broker).
-test: $(STAMP) browser
+test: $(STAMP) browser $(PROMTOOL)
 	$(PY) -m pytest -q -p no:cacheprovider
 
-test-unit: $(STAMP)
+test-unit: $(STAMP) $(PROMTOOL)
 	$(PY) -m pytest -q -p no:cacheprovider tests/unit
 
 lint: $(STAMP)
