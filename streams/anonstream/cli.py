@@ -52,9 +52,14 @@ def _all_pipelines(directory: Path, names: list[str] | None = None) -> list[Pipe
     if not files:
         fail(f"no pipeline files (*.yaml) in {directory}")
     try:
-        return [load_pipeline(f) for f in files]
+        pipes = [load_pipeline(f) for f in files]
     except PipelineError as exc:
         fail(str(exc))
+    names = [p.name for p in pipes]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:  # engines, metrics and checkpoints are keyed by the name
+        fail(f"pipeline {twice[0]} is declared by more than one file in {directory}")
+    return pipes
 
 
 def _secret(demo: bool) -> object:
@@ -73,7 +78,9 @@ def _secret(demo: bool) -> object:
 @app.command()
 def validate(
     pipelines_dir: PipelinesDir = Path("pipelines"),
-    pipeline: Annotated[list[str] | None, typer.Option("--pipeline", "-p")] = None,
+    pipeline: Annotated[
+        list[str] | None, typer.Option("--pipeline", "-p", help="Pipeline name or YAML path.")
+    ] = None,
     check_secret: Annotated[bool, typer.Option(help="Also check the secret.")] = True,
 ) -> None:
     """Check pipeline files and the secret configuration without starting anything."""
@@ -90,7 +97,7 @@ def validate(
 
 @app.command()
 def explain(
-    pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="Name or YAML path.")],
+    pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="Pipeline name or YAML path.")],
     pipelines_dir: PipelinesDir = Path("pipelines"),
 ) -> None:
     """A readable report of what a pipeline does to each field and what it releases."""
@@ -101,7 +108,7 @@ def explain(
 
 @app.command()
 def replay(
-    pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="Name or YAML path.")],
+    pipeline: Annotated[str, typer.Option("--pipeline", "-p", help="Pipeline name or YAML path.")],
     input: Annotated[Path, typer.Option("--input", "-i", help="JSONL file of raw events.")],
     output: Annotated[Path, typer.Option("--output", "-o", help="JSONL file of releases.")],
     rejects: Annotated[
@@ -151,7 +158,8 @@ def replay(
 @app.command()
 def worker(
     pipeline: Annotated[
-        list[str] | None, typer.Option("--pipeline", "-p", help="Run only these pipelines.")
+        list[str] | None,
+        typer.Option("--pipeline", "-p", help="Run only these pipelines (names or YAML paths)."),
     ] = None,
     pipelines_dir: PipelinesDir = Path("pipelines"),
     bootstrap_servers: Annotated[

@@ -450,3 +450,27 @@ def test_find_pipeline_in_empty_directory(tmp_path: Path) -> None:
     with pytest.raises(PipelineError) as info:
         find_pipeline("web_activity", tmp_path)
     assert "known: none" in info.value.reason
+
+
+def test_find_pipeline_by_its_declared_name_not_its_file_name(tmp_path: Path) -> None:
+    """-p takes the name that validate prints (the `pipeline:` key), whatever the file is
+    called; the file's stem alone names nothing."""
+    d = web_doc()
+    d["pipeline"] = "clicks_eu"
+    (tmp_path / "web-v2.yaml").write_text(yaml.safe_dump(d), encoding="utf-8")
+    (tmp_path / "broken.yaml").write_text("pipeline: [unclosed", encoding="utf-8")
+    assert find_pipeline("clicks_eu", tmp_path).name == "clicks_eu"
+    with pytest.raises(PipelineError) as info:
+        find_pipeline("web-v2", tmp_path)
+    assert "declares pipeline 'clicks_eu': use -p clicks_eu" in info.value.reason
+    with pytest.raises(PipelineError) as info:
+        find_pipeline("web_activity", tmp_path)
+    assert info.value.reason == "no such pipeline; known: clicks_eu"
+
+
+def test_find_pipeline_named_twice_is_an_error(tmp_path: Path) -> None:
+    for stem in ("a", "b"):
+        (tmp_path / f"{stem}.yaml").write_text(yaml.safe_dump(web_doc()), encoding="utf-8")
+    with pytest.raises(PipelineError) as info:
+        find_pipeline("web_activity", tmp_path)
+    assert "declared by 2 files" in info.value.reason

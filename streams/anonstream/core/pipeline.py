@@ -447,14 +447,39 @@ def load_pipeline(path: str | Path) -> Pipeline:
 
 
 def find_pipeline(name_or_path: str, directory: str | Path = "pipelines") -> Pipeline:
-    """A pipeline by file path, or by name within the pipelines directory."""
+    """A pipeline by file path, or by its name (the `pipeline:` key, which `validate`
+    prints and the worker logs) within the pipelines directory, whatever the file is
+    called."""
     p = Path(name_or_path)
     if p.suffix in (".yaml", ".yml") or p.exists():
         return load_pipeline(p)
-    candidate = Path(directory) / f"{name_or_path}.yaml"
-    if not candidate.exists():
-        known = sorted(x.stem for x in Path(directory).glob("*.yaml"))
+    declared = {f: _declared_name(f) for f in sorted(Path(directory).glob("*.yaml"))}
+    matches = [f for f, name in declared.items() if name == name_or_path]
+    if len(matches) > 1:
         raise PipelineError(
-            str(candidate), "(file)", f"no such pipeline; known: {', '.join(known) or 'none'}"
-        )
-    return load_pipeline(candidate)
+            str(directory), "pipeline", f"{name_or_path!r} is declared by {len(matches)} files: "
+            f"{', '.join(str(f) for f in matches)}"
+        )  # fmt: skip
+    if matches:
+        return load_pipeline(matches[0])
+    candidate = Path(directory) / f"{name_or_path}.yaml"
+    if candidate in declared:  # named after the file: load it to report what is wrong
+        found = load_pipeline(candidate)
+        raise PipelineError(
+            str(candidate), "pipeline",
+            f"this file declares pipeline {found.name!r}: use -p {found.name}",
+        )  # fmt: skip
+    known = sorted({n for n in declared.values() if n})
+    raise PipelineError(
+        str(candidate), "(file)", f"no such pipeline; known: {', '.join(known) or 'none'}"
+    )
+
+
+def _declared_name(path: Path) -> str | None:
+    """The `pipeline:` key of a file, without validating the rest (None if unreadable)."""
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):
+        return None
+    name = doc.get("pipeline") if isinstance(doc, dict) else None
+    return name if isinstance(name, str) else None
