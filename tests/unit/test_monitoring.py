@@ -34,6 +34,7 @@ from tests.monitoring import (
 )
 
 ALERT_TESTS = MONITORING / "alerts.test.yml"
+PROMETHEUS = MONITORING / "prometheus.yml"
 SECRET = MasterSecret(b"monitoring-unit-test-secret-0123456789", "test")
 
 
@@ -115,6 +116,33 @@ def test_the_promtool_tests_would_catch_a_broken_rule(tmp_path: Path) -> None:
     )  # fmt: skip
     assert proc.returncode != 0
     assert "AnonstreamRejectsRising" in proc.stdout + proc.stderr
+
+
+def test_promtool_checks_the_prometheus_configuration() -> None:
+    out = run_promtool("check", "config", str(PROMETHEUS))
+    assert "SUCCESS: 1 rule files found" in out
+
+
+def test_the_scrape_job_is_the_one_the_rules_name_and_finds_the_pods() -> None:
+    """The job name in prometheus.yml is the one the alert rules select; its SRV name is
+    the workers' headless Service and port; its relabelling makes the pod name (the
+    worker's instance id) the instance label."""
+    (job,) = yaml.safe_load(PROMETHEUS.read_text(encoding="utf-8"))["scrape_configs"]
+    jobs = set(re.findall(r'job="([^"]+)"', " ".join(alert_expressions().values())))
+    assert jobs == {job["job_name"]}
+    k8s = ROOT / "docker" / "kubernetes"
+    service = yaml.safe_load((k8s / "service.yaml").read_text(encoding="utf-8"))
+    sts = yaml.safe_load((k8s / "statefulset.yaml").read_text(encoding="utf-8"))
+    assert sts["spec"]["serviceName"] == service["metadata"]["name"]
+    (srv,) = job["dns_sd_configs"][0]["names"]
+    port, proto, svc, namespace, *_ = srv.split(".")
+    assert (port, proto) == (f"_{service['spec']['ports'][0]['name']}", "_tcp")
+    assert svc == service["metadata"]["name"]
+    target = f"{sts['metadata']['name']}-0.{svc}.{namespace}.svc.cluster.local."
+    (rule,) = [r for r in job["relabel_configs"] if r.get("target_label") == "instance"]
+    assert rule["source_labels"] == ["__meta_dns_srv_record_target"]
+    m = re.fullmatch(rule["regex"], target)  # Prometheus anchors its regexes
+    assert m is not None and m.group(1) == f"{sts['metadata']['name']}-0"
 
 
 def test_alerts_carry_severity_summary_and_description() -> None:
