@@ -58,8 +58,9 @@ def run_promtool(*args: str) -> str:
 
 
 def scrape_of_engines() -> str:
-    """/metrics of a worker's collector over the shipped pipelines' engines, after a batch
-    (good and bad messages) and a producer restart: every family has samples."""
+    """/metrics of a worker's collector (metrics.py) over the shipped pipelines' engines,
+    with a batch timed, a producer restart and a lag reading, so that the histogram and the
+    lag have samples too. Families without samples are still declared (# TYPE)."""
     metrics = Metrics()
     engines = {}
     for f in sorted((ROOT / "pipelines").glob("*.yaml")):
