@@ -18,6 +18,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from anonstream.core import policy as policy_module
+from anonstream.core import release
 from anonstream.core.columns import Columns
 from anonstream.core.contract import SERVICE_USAGE, WEB_ACTIVITY, Contract
 from anonstream.core.decode import (
@@ -35,7 +36,13 @@ from anonstream.core.decode import (
 )
 from anonstream.core.engine import Message, PipelineEngine, StepResult
 from anonstream.core.keys import load_secret
-from anonstream.core.pipeline import Pipeline, load_pipeline, parse_pipeline
+from anonstream.core.pipeline import (
+    MAX_EDGES,
+    Pipeline,
+    PipelineError,
+    load_pipeline,
+    parse_pipeline,
+)
 from anonstream.core.policy import NO_PRIVACY_UNIT, PolicyRecord
 from anonstream.core.records import rfc3339
 from anonstream_load.generator import EventGenerator, Workload
@@ -441,3 +448,44 @@ def test_oversized_fields_are_one_rejection_each() -> None:
     for fast in (True, False):
         step = _run(_engine(PIPES["web_activity"], fast=fast), [big])
         assert [d.reason for d in step.dead_letters] == ["oversized"]
+
+
+# ------------------------------------------------------------------- histogram edges ---
+
+
+def _histogram_pipeline(n_edges: int) -> Pipeline:
+    edges = [i * 100 for i in range(n_edges)]
+    fields = {
+        **_web_fields(),
+        "duration_ms": {"measure": True, "clamp": [0, 10**6], "edges": edges},
+    }
+    return parse_pipeline(
+        {
+            "pipeline": "bands", "version": 1, "contract": "web_activity",
+            "privacy_unit": ["visitor_id"], "fields": fields, "window": {"size": "1h"},
+            "dimensions": ["type"], "metrics": {"histograms": ["duration_ms"]}, "k": 3,
+        }
+    )  # fmt: skip
+
+
+def test_too_many_histogram_edges_is_a_clear_error() -> None:
+    _histogram_pipeline(MAX_EDGES)
+    with pytest.raises(PipelineError, match=f"at most {MAX_EDGES} edges"):
+        _histogram_pipeline(MAX_EDGES + 1)
+
+
+def test_the_most_edges_give_the_reference_histogram(monkeypatch: pytest.MonkeyPatch) -> None:
+    """At the maximum, the bit-mask histogram is the per-cell reference's, not empty."""
+    ts = 1_795_996_800_000 + 600_000
+    raws = [
+        orjson.dumps({"event_id": f"e{i}", "ts": ts, "type": "t", "visitor_id": f"p{i % 40}",
+                      "duration_ms": (i * 37) % 6500})
+        for i in range(400)
+    ]  # fmt: skip
+    pipeline = _histogram_pipeline(MAX_EDGES)
+    fast = _run(_engine(pipeline), raws).releases
+    monkeypatch.setattr(release, "band_histograms", lambda g, b, u, n, e, k: [None] * n)
+    reference = _run(_engine(pipeline), raws).releases
+    hist = [r["metrics"]["duration_ms_histogram"] for r in fast if r["kind"] == "aggregate"]
+    assert hist and all(h and len(h) > 10 for h in hist)
+    assert fast == reference
