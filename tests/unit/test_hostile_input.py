@@ -142,7 +142,7 @@ def _field_overrides(contract: Contract) -> st.SearchStrategy[dict[str, Any]]:
     return st.one_of(plain, times, *objects)
 
 
-def _apply(ev: dict[str, Any], o: dict[str, Any]) -> bytes:
+def _apply(ev: dict[str, Any], o: dict[str, Any], ascii: bool = False) -> bytes:
     ev = dict(ev)
     for k, v in o.items():
         if v is ...:
@@ -150,21 +150,23 @@ def _apply(ev: dict[str, Any], o: dict[str, Any]) -> bytes:
         else:
             ev[k] = v
     # The stdlib encoder writes any int, NaN and lone surrogates: what a careless producer
-    # could send. Non-UTF-8 bytes come from the surrogates.
-    return json.dumps(ev, ensure_ascii=False).encode("utf-8", "surrogatepass")
+    # could send. Lone surrogates become non-UTF-8 bytes, or \\udXXX escapes with `ascii`.
+    return json.dumps(ev, ensure_ascii=ascii).encode("utf-8", "surrogatepass")
 
 
 @settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(
     name=st.sampled_from(sorted(PIPES)),
     overrides=st.data(),
+    ascii=st.booleans(),
 )
 def test_arbitrary_json_in_any_field_is_accepted_or_rejected_alike_by_both_paths(
-    name: str, overrides: st.DataObject
+    name: str, overrides: st.DataObject, ascii: bool
 ) -> None:
     contract = CONTRACTS[name]
     changes = overrides.draw(st.lists(_field_overrides(contract), min_size=1, max_size=6))
-    raws = [_apply(ev, o) for ev, o in zip(_base_events(name, len(changes)), changes, strict=True)]
+    base = _base_events(name, len(changes))
+    raws = [_apply(ev, o, ascii) for ev, o in zip(base, changes, strict=True)]
     pipeline = PIPES[name]
     fast, slow = _engine(pipeline), _engine(pipeline, fast=False)
     steps = [_run(fast, raws), _run(slow, raws)]
