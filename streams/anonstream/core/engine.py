@@ -91,7 +91,7 @@ class PipelineEngine:
         self.policy = Policy(pipeline, secret)
         self.columns = ColumnPolicy(self.decoder, self.policy)
         self.releaser = Releaser(pipeline, secret.derive(f"noise/{pipeline.name}"), rng_factory)
-        self._cell_key = secret.derive(f"cells/{pipeline.name}")[:32]
+        self._cell_key = secret.derive(f"cells/{pipeline.name}")
         self.watermark = Watermark(pipeline.window.allowed_lateness_ms, idle_close_ms)
         self.idle_close_ms = idle_close_ms
         self.windows: dict[int, WindowState] = {}
