@@ -921,9 +921,9 @@ def bad_messages(topic: str = TOPIC_USAGE) -> list[tuple[str, bytes]]:
     or :data:`TOPIC_WEB`), so exactly one rule is broken and decoding it against that
     topic's contract should yield the reason.  Reasons: not_json, not_object,
     missing_field (event_id, ts), wrong_type (ts as a list; a negative or string
-    ``quantity`` for usage, ``duration_ms`` for web), bad_timestamp, future_timestamp
-    (year 2100), oversized (> :data:`MAX_MESSAGE_BYTES`), not_utf8, too_deep (junk nested
-    200 levels).
+    ``quantity`` for usage, ``duration_ms`` for web), bad_timestamp (year 1, year 2100),
+    future_timestamp (year 2099), oversized (> :data:`MAX_MESSAGE_BYTES`), not_utf8,
+    too_deep (junk nested 200 levels).
     """
     if topic not in (TOPIC_WEB, TOPIC_USAGE):
         raise ValueError(f"unknown topic {topic!r}")
@@ -946,8 +946,11 @@ def bad_messages(topic: str = TOPIC_USAGE) -> list[tuple[str, bytes]]:
         ("wrong_type", _with(base, **{counter: "7"})),
         ("bad_timestamp", _with(base, ts="2026-13-45T99:61:00Z")),
         ("bad_timestamp", _with(base, ts="last tuesday")),
-        ("future_timestamp", _with(base, ts="2100-01-01T00:00:00Z")),
-        ("future_timestamp", _with(base, ts=4_102_444_800_000)),
+        ("bad_timestamp", _with(base, ts="0001-01-01T00:00:00+01:00")),  # year 0 in UTC
+        ("bad_timestamp", _with(base, ts="2100-01-01T00:00:00Z")),  # past the range
+        ("bad_timestamp", _with(base, ts=4_102_444_800_000)),
+        ("future_timestamp", _with(base, ts="2099-01-01T00:00:00Z")),
+        ("future_timestamp", _with(base, ts=4_070_908_800_000)),  # 2099-01-01
         ("oversized", _with(base, user_agent="Mozilla/5.0 " + pad)),
         ("not_utf8", not_utf8),
         ("too_deep", good[:-1] + b',"junk":' + deep.encode() + b"}"),

@@ -118,13 +118,20 @@ def replay(
     pipelines_dir: PipelinesDir = Path("pipelines"),
     demo: Annotated[bool, typer.Option(help="Allow a throwaway key.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    now: Annotated[
+        str | None,
+        typer.Option(
+            help="The clock future event times are judged against (max_future_skew): an "
+            "RFC 3339 time, epoch ms, or 'wall'. Default: the input file's modification time."
+        ),
+    ] = None,
 ) -> None:
     """Run a pipeline over a JSONL file of raw events, with no broker."""
     from rich.progress import BarColumn, Progress, TextColumn, TransferSpeedColumn
 
     from anonstream.core.engine import PipelineEngine
     from anonstream.core.keys import MasterSecret
-    from anonstream.runtime.replay import replay_file
+    from anonstream.runtime.replay import replay_clock, replay_file
 
     p = _pipeline(pipeline, pipelines_dir)
     secret = _secret(demo)
@@ -134,7 +141,11 @@ def replay(
     for path in (output, rejects):
         if path is not None and path.resolve() == input.resolve():
             fail(f"{path} is the input file: replay would overwrite the events it reads")
-    engine = PipelineEngine(p, secret)
+    try:
+        now_ms = replay_clock(now, input)
+    except ValueError as exc:
+        fail(str(exc))
+    engine = PipelineEngine(p, secret, clock_ms=lambda: now_ms)
     show = progress and sys.stderr.isatty()
     with Progress(
         TextColumn("replay"), BarColumn(), TextColumn("{task.completed:,} lines"),

@@ -69,7 +69,8 @@ def explain_pipeline(p: Pipeline) -> str:
         f"Privacy unit (a person, for k): first present of {', '.join(p.privacy_unit)}, "
         "pseudonymized.",
         f"Windows: {_fmt_ms(w.size_ms)} {kind}, event time, allowed lateness "
-        f"{_fmt_ms(w.allowed_lateness_ms)}; later events are counted late, never merged.",
+        f"{_fmt_ms(w.allowed_lateness_ms)}; later events are counted late, never merged; "
+        f"events more than {_fmt_ms(w.max_future_skew_ms)} ahead of the clock are rejected.",
         f"Contribution bounds: at most {c.max_events_per_unit_per_cell} events of one person "
         f"per cell, at most {c.max_cells_per_unit_per_window} cells per person per window "
         "(excess dropped by a keyed hash, not by arrival order).",

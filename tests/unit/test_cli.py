@@ -490,6 +490,37 @@ def test_replay_rejects_file_gets_the_bad_lines(raw: ReplayInput, replayed: dict
     assert all(isinstance(r["line"], int) and r["line"] >= 1 for r in rejects)
 
 
+def test_replay_survives_year_one_and_judges_future_times_by_its_clock(tmp_path: Path) -> None:
+    """Year-1 times used to crash window formatting (exit 1, empty output); a time ahead
+    of --now (or, by default, of the file's modification time) is future_timestamp."""
+    events = list(EventGenerator(Workload(users=300, seed=4)).web_events(3000))
+    ahead = {**events[0], "event_id": "ahead", "ts": "2026-11-30T07:00:00Z"}
+    lines = [orjson.dumps(ev) for ev in events]
+    lines[1000:1000] = [
+        orjson.dumps({**events[1], "event_id": "y1", "ts": "0001-01-01T00:00:00+01:00"}),
+        orjson.dumps({**events[2], "event_id": "y0", "ts": "0001-01-01T00:00:00Z"}),
+        orjson.dumps(ahead),
+    ]
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b"\n".join(lines) + b"\n")
+    reasons = {}
+    for now in ("2026-11-30T06:00:00Z", None):
+        out, rej = tmp_path / f"out-{now}.jsonl", tmp_path / f"rej-{now}.jsonl"
+        args = ["replay", "-p", "web_activity", "-i", str(path), "-o", str(out)]
+        args += ["--rejects", str(rej), *(["--now", now] if now else [])]
+        result = invoke(*args, secret=True)
+        assert result.exit_code == 0, result.output
+        records = [json.loads(x) for x in out.read_text().splitlines()]
+        assert any(r["kind"] == "aggregate" for r in records)
+        assert all(r["window_start"].startswith("2026-11-30T") for r in records)
+        reasons[now] = Counter(json.loads(x)["reason"] for x in rej.read_text().splitlines())
+    assert reasons["2026-11-30T06:00:00Z"] == {"bad_timestamp": 2, "future_timestamp": 1}
+    assert reasons[None] == {"bad_timestamp": 2}  # the file was written after 07:00
+    bad = invoke("replay", "-p", "web_activity", "-i", str(path), "-o", str(tmp_path / "x"),
+                 "--now", "soon", secret=True)  # fmt: skip
+    assert bad.exit_code == 2 and "--now" in flat(bad.stderr)
+
+
 def test_replay_missing_input(tmp_path: Path) -> None:
     out = tmp_path / "out.jsonl"
     result = invoke(

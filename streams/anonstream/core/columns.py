@@ -23,14 +23,14 @@ import numpy as np
 import numpy.typing as npt
 
 from anonstream.core.contract import Contract, FieldType
-from anonstream.core.decode import MIN_TS_MS, Decoder, TimestampCache, parse_ts
+from anonstream.core.decode import MAX_TS_MS, MIN_TS_MS, Decoder, TimestampCache, parse_ts
 from anonstream.core.policy import NONE, Policy, PolicyRecord
 
 # The bounds make msgspec refuse what orjson (the reference decoder) would not read as
 # these ints (past 64 bits it makes floats, which the reference rejects); the rare ints
 # between 2**63 and 2**64 are left to the per-event path.
 _U63 = Annotated[int, msgspec.Meta(ge=0, le=2**63 - 1)]
-_TS_INT = Annotated[int, msgspec.Meta(ge=MIN_TS_MS, le=2**63 - 1)]
+_TS_INT = Annotated[int, msgspec.Meta(ge=MIN_TS_MS, lt=MAX_TS_MS)]  # parse_ts's range
 _STRUCT_TYPES: dict[FieldType, Any] = {
     FieldType.STRING: str,
     FieldType.INT: _U63,
@@ -232,7 +232,7 @@ class ColumnPolicy:
         # Event time: ints are epoch ms, strings RFC 3339; the rest is the slow path's job.
         ts_col = list(map(self._get["ts"], objs))
         if set(map(type, ts_col)) == {int}:
-            ts = np.array(ts_col, dtype=np.int64)  # msgspec kept them >= MIN_TS_MS
+            ts = np.array(ts_col, dtype=np.int64)  # msgspec kept them in range
         else:
             # msgspec has checked the ints (never 0); strings that the cache cannot vouch
             # for (0) get the reference parser, and the per-event path if it refuses them.

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from itertools import repeat
 from operator import getitem
 from typing import Any
@@ -30,6 +30,8 @@ BAD_TIMESTAMP = "bad_timestamp"
 FUTURE_TIMESTAMP = "future_timestamp"
 OVERSIZED = "oversized"
 TOO_DEEP = "too_deep"
+# Anything else that went wrong with one message: it is set aside, never retried in place.
+INTERNAL_ERROR = "internal_error"
 REASONS = (
     NOT_JSON,
     NOT_UTF8,
@@ -40,14 +42,19 @@ REASONS = (
     FUTURE_TIMESTAMP,
     OVERSIZED,
     TOO_DEEP,
+    INTERNAL_ERROR,
 )
 
 DEFAULT_MAX_BYTES = 64 * 1024
 DEFAULT_MAX_DEPTH = 4
-DEFAULT_MAX_FUTURE_MS = 24 * 3600 * 1000
-# Epoch ms before 2000-01-01 is almost surely seconds or garbage, not a real event time.
+# The default of a pipeline's window.max_future_skew (see core/pipeline.py).
+DEFAULT_MAX_FUTURE_MS = 2 * 60_000
+# Event times, strings and integers alike, lie in [2000-01-01, 2100-01-01): before 2000
+# is almost surely seconds or garbage, and inside the range every window bound (an event
+# time give or take a window, at most a week) formats as a 4-digit-year RFC 3339 time.
 MIN_TS_MS = 946_684_800_000
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+MAX_TS_MS = 4_102_444_800_000
+_EPOCH = datetime(1970, 1, 1)
 _ONE_MS = timedelta(milliseconds=1)
 
 
@@ -68,9 +75,10 @@ class Decoded:
 
 
 def parse_ts(value: object) -> int | None:
-    """RFC 3339 with an explicit offset, or integer epoch milliseconds; None if neither."""
+    """RFC 3339 with an explicit offset, or integer epoch milliseconds, in
+    [MIN_TS_MS, MAX_TS_MS); None if neither."""
     if type(value) is int:
-        return value if value >= MIN_TS_MS else None
+        return value if MIN_TS_MS <= value < MAX_TS_MS else None
     if isinstance(value, str) and 20 <= len(value) <= 40:
         try:
             dt = datetime.fromisoformat(value)
@@ -79,14 +87,19 @@ def parse_ts(value: object) -> int | None:
                 dt = datetime.fromisoformat(value.upper())
             except ValueError:
                 return None
-        if dt.tzinfo is None or value[10] not in "Tt ":
+        offset = dt.utcoffset()
+        if offset is None or value[10] not in "Tt ":
             return None
-        return (dt - _EPOCH) // _ONE_MS  # exact: float seconds * 1000 can lose a ms
+        # Naive arithmetic on timedeltas: converting "0001-01-01T00:00:00+01:00" to UTC
+        # would overflow datetime. Exact: float seconds * 1000 can lose a ms.
+        ms = (dt.replace(tzinfo=None) - _EPOCH - offset) // _ONE_MS
+        return ms if MIN_TS_MS <= ms < MAX_TS_MS else None
     return None
 
 
-_Y2K = "2000-01-01T00:00:00"
-_Y2K_MS = 946_684_800_000
+# A plain date-time well inside the range, to read a rest (fraction and offset) against.
+_MID = "2050-01-01T00:00:00"
+_MID_MS = 2_524_608_000_000
 _BAD = -(2**62)  # cached "not a plain head/rest": far outside any event time
 _HEAD, _REST = slice(0, 19), slice(19, None)
 # "YYYY-MM-DDTHH:MM:SS": the part of an RFC 3339 time whose meaning does not depend on
@@ -97,8 +110,8 @@ _DAYS_IN_MONTH = np.array([0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31], d
 
 def plain_heads_ms(heads: list[str]) -> npt.NDArray[np.int64]:
     """Epoch ms of each "YYYY-MM-DD[Tt ]HH:MM:SS" read as UTC, all at once; _BAD for any
-    string of another shape or an impossible date or time (the per-string parser's
-    verdict: exactly what parse_ts(head + "Z") gives, or no answer)."""
+    string of another shape, an impossible date or time or one out of range (the
+    per-string parser's verdict: exactly what parse_ts(head + "Z") gives)."""
     n = len(heads)
     out = np.full(n, _BAD, dtype=np.int64)
     if not n:
@@ -132,6 +145,7 @@ def plain_heads_ms(heads: list[str]) -> npt.NDArray[np.int64]:
     doy = (153 * (month + np.where(month > 2, -3, 9)) + 2) // 5 + day - 1
     days = era * 146_097 + yoe * 365 + yoe // 4 - yoe // 100 + doy - 719_468
     ms = days * 86_400_000 + (hour * 3600 + minute * 60 + sec) * 1000
+    ok &= (ms >= MIN_TS_MS) & (ms < MAX_TS_MS)
     out[ok] = ms[ok]
     return out
 
@@ -142,8 +156,9 @@ class TimestampCache:
     Event times of one stream share their first 19 characters (date and time to the
     second) with many neighbours and their rest (fraction and offset) with many others.
     When the head is a plain date-time, the value is exactly head + rest: the head parsed
-    with "Z", plus the rest's offset from 2000-01-01T00:00:00. Anything else, and any
-    value this would call 0, is left to `parse_ts` by the caller.
+    with "Z", plus the rest's offset from 2050-01-01T00:00:00. Anything else, any value
+    this would call 0 and any value out of [MIN_TS_MS, MAX_TS_MS) is left to `parse_ts`
+    by the caller (which rejects the last).
     """
 
     def __init__(self, limit: int = 100_000) -> None:
@@ -174,6 +189,7 @@ class TimestampCache:
         lens = np.fromiter(map(len, values), dtype=np.int64, count=n)
         out = ha + ta
         out[(ha == _BAD) | (ta == _BAD) | (lens < 20) | (lens > 40)] = 0
+        out[(out < MIN_TS_MS) | (out >= MAX_TS_MS)] = 0
         return out
 
     def _new_heads(self, heads: list[str]) -> list[int]:
@@ -184,10 +200,10 @@ class TimestampCache:
         return ms
 
     def _tail(self, tail: str) -> int:
-        ms = parse_ts(_Y2K + tail)
+        ms = parse_ts(_MID + tail)
         if len(self._tails) >= self._limit:
             self._tails.clear()
-        self._tails[tail] = got = _BAD if ms is None else ms - _Y2K_MS
+        self._tails[tail] = got = _BAD if ms is None else ms - _MID_MS
         return got
 
 

@@ -18,10 +18,14 @@ from typing import Any, Literal
 import yaml
 
 from anonstream.core.contract import CONTRACTS, Contract, FieldSpec, FieldType, Sensitivity
+from anonstream.core.decode import DEFAULT_MAX_FUTURE_MS
 from anonstream.core.keys import ROTATION_MS
 
 GENERALIZERS = ("ip_prefix", "user_agent", "url", "referrer_domain", "band", "text")
 ACTIONS = ("drop", "keep", "pseudonymize", "generalize", "measure", "dedupe", "window")
+# release.band_histograms keeps each person's bands as bits of one int64 (with one bit
+# to spare for its masks): at most 62 bands. More than that would overflow silently.
+MAX_EDGES = 61
 
 _ALLOWED: dict[Sensitivity, set[str]] = {
     Sensitivity.META: {"dedupe", "window", "drop"},
@@ -58,6 +62,9 @@ class WindowSpec:
     size_ms: int
     step_ms: int
     allowed_lateness_ms: int
+    # Events further ahead of the engine's clock are rejected (future_timestamp): they
+    # would move the watermark and make everyone else's events late.
+    max_future_skew_ms: int = DEFAULT_MAX_FUTURE_MS
 
     @property
     def hopping(self) -> bool:
@@ -235,6 +242,8 @@ def _field_action(r: _Reader, spec: FieldSpec, raw: object, path: str) -> FieldA
             or any(a >= b for a, b in pairwise(edges))
         ):
             raise r.fail(f"{path}.edges", "expected a strictly increasing list of numbers")
+        if len(edges) > MAX_EDGES:
+            raise r.fail(f"{path}.edges", f"at most {MAX_EDGES} edges, got {len(edges)}")
         kw["edges"] = tuple(float(e) for e in edges)
     if kw.get("generalizer") == "band" and not kw.get("edges"):
         raise r.fail(f"{path}.edges", "band needs edges")
@@ -323,7 +332,7 @@ def parse_pipeline(doc: object, source: str = "<memory>") -> Pipeline:
     rotation_ms = ROTATION_MS[rotation]
 
     wd = r.mapping(d.get("window"), "window")
-    r.unknown_keys(wd, {"size", "step", "allowed_lateness"}, "window")
+    r.unknown_keys(wd, {"size", "step", "allowed_lateness", "max_future_skew"}, "window")
     size = r.duration(wd.get("size"), "window.size")
     step = r.duration(wd.get("step", wd.get("size")), "window.step")
     lateness = r.duration(wd.get("allowed_lateness", "0s"), "window.allowed_lateness")
@@ -334,7 +343,12 @@ def parse_pipeline(doc: object, source: str = "<memory>") -> Pipeline:
     if rotation_ms % size or rotation_ms % step:
         # A window straddling a key rotation would count one person twice.
         raise r.fail("window.size", f"must divide the pseudonym rotation period ({rotation})")
-    window = WindowSpec(size, step, lateness)
+    skew = r.duration(
+        wd.get("max_future_skew", f"{DEFAULT_MAX_FUTURE_MS}ms"), "window.max_future_skew"
+    )
+    if not 0 <= skew <= 86_400_000:
+        raise r.fail("window.max_future_skew", "expected a duration from 0s to 1d")
+    window = WindowSpec(size, step, lateness, skew)
 
     dims = r.string_list(d.get("dimensions"), "dimensions")
     for dim in dims:

@@ -3,10 +3,17 @@
 The embedded way to run a pipeline, and the way tests and auditors check one. It uses the
 very engine the Kafka worker uses; at the end of the file every open window is released,
 as a worker does when its input goes idle.
+
+A worker rejects events further ahead of its clock than the pipeline's max_future_skew.
+Replay holds one clock for the whole file (`replay_clock`), so its output does not depend
+on how fast it runs: by default the file's last-modification time, which for a capture of
+a topic is when its last event was read, so an old capture is judged as of then and not
+as of today (the wall clock would accept an event that was years ahead when it came).
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,6 +21,7 @@ from typing import IO, Any
 
 import orjson
 
+from anonstream.core.decode import parse_ts
 from anonstream.core.engine import DeadLetter, Message, PipelineEngine
 from anonstream.core.release import Accounting
 
@@ -29,6 +37,21 @@ class ReplayReport:
     late: int = 0
     rejections: dict[str, int] = field(default_factory=dict)
     accounting: list[tuple[int, str, Accounting]] = field(default_factory=list)
+
+
+def replay_clock(now: str | None, input_path: Path) -> int:
+    """Epoch ms of replay's clock: `now` as RFC 3339 or epoch ms, "wall" for the wall
+    clock, or (None) the input file's last-modification time."""
+    if now is None:
+        return input_path.stat().st_mtime_ns // 1_000_000
+    if now == "wall":
+        return time.time_ns() // 1_000_000
+    ms = parse_ts(int(now) if now.isdigit() else now)
+    if ms is None:
+        raise ValueError(
+            f"--now: expected an RFC 3339 time with offset, epoch ms or 'wall', got {now!r}"
+        )
+    return ms
 
 
 def _batches(lines: Iterable[bytes], size: int) -> Iterator[list[Message]]:
