@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from pydantic import ValidationError
@@ -16,6 +16,9 @@ from rich.markup import escape
 
 from anonstream.core.keys import SecretError, load_secret
 from anonstream.core.pipeline import Pipeline, PipelineError, find_pipeline, load_pipeline
+
+if TYPE_CHECKING:
+    from anonstream.settings import Settings
 
 app = typer.Typer(
     help="anonstream: de-identified, k-anonymous aggregates from raw event streams.",
@@ -178,35 +181,57 @@ def worker(
         typer.Option(envvar="ANONSTREAM_INSTANCE_ID", help="Stable id of this worker slot."),
     ] = None,
     log_level: Annotated[str, typer.Option(envvar="ANONSTREAM_LOG_LEVEL")] = "info",
+    exit_on_missing_topics: Annotated[
+        bool | None,
+        typer.Option(
+            "--exit-on-missing-topics",
+            envvar="ANONSTREAM_EXIT_ON_MISSING_TOPICS",
+            help="Exit (1) when an input topic is missing, instead of waiting for it.",
+        ),
+    ] = None,
+    startup_timeout: Annotated[
+        float | None,
+        typer.Option(
+            envvar="ANONSTREAM_STARTUP_TIMEOUT_SECONDS",
+            help="Seconds start-up may take before the worker exits (1).",
+        ),
+    ] = None,
 ) -> None:
     """Run the Kafka worker: raw topics in, de-identified aggregates out."""
     from anonstream.core.keys import MasterSecret
-    from anonstream.settings import Settings
 
-    overrides = {
-        k: v
-        for k, v in {
-            "bootstrap_servers": bootstrap_servers, "group_id": group_id, "web_port": web_port,
-            "idle_close_seconds": idle_close_seconds, "instance_id": instance_id,
-        }.items()
-        if v is not None
-    }  # fmt: skip
-    try:
-        settings = Settings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"ANONSTREAM_{'_'.join(str(x) for x in e['loc']).upper()}: {e['msg']}"
-            for e in exc.errors()
-        )
-        fail(f"bad setting: {problems}")
+    settings = _settings(
+        bootstrap_servers=bootstrap_servers, group_id=group_id, web_port=web_port,
+        idle_close_seconds=idle_close_seconds, instance_id=instance_id,
+        exit_on_missing_topics=exit_on_missing_topics, startup_timeout_seconds=startup_timeout,
+    )  # fmt: skip
     pipes = _all_pipelines(pipelines_dir, pipeline)
     secret = _secret(demo)
     assert isinstance(secret, MasterSecret)
     from anonstream.runtime.run import run_worker
 
+    logging.basicConfig(
+        level=log_level.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s",
+        force=True,
+    )  # fmt: skip
     raise typer.Exit(
         run_worker(settings, pipes, secret, log_level=log_level, stop_at_end=stop_at_end)
     )
+
+
+def _settings(**flags: object) -> Settings:
+    """Settings from ANONSTREAM_* variables, overridden by the flags given (not None)."""
+    from anonstream.settings import Settings
+
+    try:
+        return Settings(**{k: v for k, v in flags.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            (f"ANONSTREAM_{'_'.join(str(x) for x in e['loc']).upper()}: " if e["loc"] else "")
+            + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
+        )
+        fail(f"bad setting: {problems}")
 
 
 @app.command()

@@ -33,6 +33,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
     IllegalStateError,
     KafkaError,
     ProducerFenced,
@@ -54,6 +55,7 @@ from anonstream.runtime.scaleout import (
     mark_busy,
     partials_topic,
 )
+from anonstream.runtime.startup import Deadlines, StartupError, missing_topics_message
 from anonstream.settings import Settings
 
 log = logging.getLogger("anonstream.worker")
@@ -62,6 +64,8 @@ COMMIT_INTERVAL_S = 1.0
 MAX_PRODUCER_RESTARTS = 5  # within 5 minutes; past that the worker exits (1)
 GC_THRESHOLD = 100_000
 TICK_INTERVAL_S = 1.0
+MISSING_TOPICS_CHECK_S = 2.0
+MISSING_TOPICS_SAY_S = 10.0
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -87,8 +91,11 @@ class BatchLoop:
         *,
         stop_at_end: bool = False,
         prepare: Callable[[], None] | None = None,
+        deadlines: Deadlines | None = None,
     ) -> None:
         self.settings = settings
+        self.deadlines = deadlines  # start-up phases, for a bounded start
+        self.missing_topics: list[str] = []
         self.prepare = prepare  # blocking set-up (topic creation) run beside start()
         self.metrics = metrics
         self.stop_at_end = stop_at_end
@@ -165,9 +172,38 @@ class BatchLoop:
             **client,
         )  # fmt: skip
         self.producer = self._new_producer()
+        self._phase("connecting the consumer and the transactional producer")
         # Both clients connect (and the producer registers its transactional id) at once.
         await asyncio.gather(self.producer.start(), self.consumer.start())
+        await self._wait_for_topics()
+        if self.missing_topics:
+            return  # stopped while waiting: subscribing would let the broker auto-create them
+        self._phase("joining the consumer group")
         self.consumer.subscribe(list(self.by_topic), listener=_Rebalance(self))
+
+    def _phase(self, name: str) -> None:
+        if self.deadlines is not None:
+            self.deadlines.phase(name)
+
+    async def _wait_for_topics(self) -> None:
+        """A subscription to a missing topic finds it only at the next metadata refresh
+        (5 minutes): wait until every input topic exists, saying which do not."""
+        assert self.consumer is not None
+        said = 0.0
+        while not self._stopping.is_set():
+            self.missing_topics = sorted(set(self.by_topic) - await self.consumer.topics())
+            if not self.missing_topics:
+                return
+            message = missing_topics_message(self.missing_topics)
+            if self.settings.exit_on_missing_topics:
+                raise StartupError(message)
+            if self.deadlines is not None:
+                self.deadlines.pause()  # the operator has been told; not a hang
+            if time.monotonic() - said >= MISSING_TOPICS_SAY_S:
+                said = time.monotonic()
+                log.warning("%s; waiting for them", message)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), MISSING_TOPICS_CHECK_S)
 
     def _new_producer(self) -> AIOKafkaProducer:
         s = self.settings
@@ -228,6 +264,8 @@ class BatchLoop:
         assert self.consumer is not None
         self.assigned = set(tps)
         self._awaiting_assignment = False
+        if self.deadlines is not None:
+            self.deadlines.started()
         self._generation += 1
         self._reset_needed = True
         if self.stop_at_end:
@@ -306,15 +344,17 @@ class BatchLoop:
         gc.set_threshold(GC_THRESHOLD, 20, 50)
         prepared = asyncio.ensure_future(asyncio.to_thread(self.prepare)) if self.prepare else None
         try:
-            await self.start()
-        finally:
-            if prepared is not None:
-                await prepared  # releases may go out only once their topics exist
-        try:
+            try:
+                await self.start()
+            finally:
+                if prepared is not None:
+                    await prepared  # releases may go out only once their topics exist
             await self._loop()
         finally:
-            await self.close()
-            self.done.set()
+            try:
+                await self.close()
+            finally:
+                self.done.set()  # also after a failed start: a stop waits for this
 
     async def _loop(self) -> None:
         assert self.consumer is not None
@@ -497,6 +537,7 @@ _value, _offset = attrgetter("value"), attrgetter("offset")
 # producer would not help.
 _FATAL = (
     ProducerFenced,
+    GroupAuthorizationFailedError,
     TransactionalIdAuthorizationFailed,
     TopicAuthorizationFailedError,
     ClusterAuthorizationFailedError,
