@@ -64,7 +64,9 @@ class Settings(BaseSettings):
         if not isinstance(data, dict) or not data.get("sasl_password_file"):
             return data
         if data.get("sasl_password"):
-            raise ValueError("set ANONSTREAM_SASL_PASSWORD or ANONSTREAM_SASL_PASSWORD_FILE, not both")
+            raise ValueError(
+                "set ANONSTREAM_SASL_PASSWORD or ANONSTREAM_SASL_PASSWORD_FILE, not both"
+            )
         path = Path(data["sasl_password_file"])
         try:
             text = path.read_text(encoding="utf-8").rstrip("\r\n")

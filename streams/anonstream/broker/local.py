@@ -60,6 +60,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 KAFKA_VERSION = "4.1.1"
+DEFAULT_PORT = 9092  # `kafka up` takes it when free, so that examples with 9092 work
 NODE_ID = 1
 DATA_DIR_PREFIX = "anonstream-kafka-"
 STATE_FILE_NAME = "kafka-up.json"
@@ -396,7 +397,7 @@ async def _probe_metadata(
         await admin.close()
 
 
-def _port_is_free(host: str, port: int) -> bool:
+def port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))
@@ -605,7 +606,7 @@ class LocalKafka:
         data_dir = Path(tempfile.mkdtemp(prefix=DATA_DIR_PREFIX))
         self._data_dir = data_dir
         if self._fixed_port is not None:
-            if not _port_is_free(self.host, self._fixed_port):
+            if not port_is_free(self.host, self._fixed_port):
                 shutil.rmtree(data_dir, ignore_errors=True)
                 self._data_dir = None
                 raise BrokerError(

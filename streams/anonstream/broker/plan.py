@@ -104,17 +104,14 @@ def deployment_topics(
     return [*inputs.values(), *worker_topics(settings, pipelines), host]
 
 
-def acls(
-    settings: Settings, pipelines: Sequence[Pipeline], principals: Principals
-) -> list[Acl]:
+def acls(settings: Settings, pipelines: Sequence[Pipeline], principals: Principals) -> list[Acl]:
     topics = deployment_topics(settings, pipelines)
     by_role: dict[str, list[str]] = {}
     for t in topics:
         by_role.setdefault(t.role, []).append(t.name)
     w = principals.worker
     out = [
-        Acl(w, "topic", n, ("Read", "Describe"), why="read raw events")
-        for n in by_role["input"]
+        Acl(w, "topic", n, ("Read", "Describe"), why="read raw events") for n in by_role["input"]
     ]
     out += [
         Acl(w, "topic", n, ("Write", "Describe"), why="write aggregates and rejects")

@@ -84,7 +84,8 @@ class Scram:
             f"subjectAltName=IP:{host},DNS:localhost\nextendedKeyUsage=serverAuth\n"
         )
         run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key",
-            "-CAcreateserial", "-out", "server.crt", "-days", days, "-extfile", "san.ext")  # fmt: skip
+            "-CAcreateserial", "-out", "server.crt", "-days", days,
+            "-extfile", "san.ext")  # fmt: skip
         # Kafka's PEM key store: an unencrypted PKCS#8 key followed by the certificate chain.
         run("pkcs8", "-topk8", "-nocrypt", "-in", "server.key", "-out", "server.pk8")
         (d / "server.pem").write_text(
@@ -131,7 +132,9 @@ class Scram:
             args += ["--add-scram", f"{MECHANISM}=[name={name},password={password}]"]
         return args
 
-    def client_options(self, user: str | None = None, password: str | None = None) -> dict[str, Any]:
+    def client_options(
+        self, user: str | None = None, password: str | None = None
+    ) -> dict[str, Any]:
         """aiokafka options for ``user`` (default: the admin)."""
         user = user or self.admin
         return {

@@ -66,6 +66,8 @@ GC_THRESHOLD = 100_000
 TICK_INTERVAL_S = 1.0
 MISSING_TOPICS_CHECK_S = 2.0
 MISSING_TOPICS_SAY_S = 10.0
+LATE_WARN_FRACTION = 0.5  # a batch mostly too late for its windows: say so,
+LATE_WARN_INTERVAL_S = 60.0  # at most once a minute per pipeline
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -96,6 +98,7 @@ class BatchLoop:
         self.settings = settings
         self.deadlines = deadlines  # start-up phases, for a bounded start
         self.missing_topics: list[str] = []
+        self._late_said: dict[str, float] = {}
         self.prepare = prepare  # blocking set-up (topic creation) run beside start()
         self.metrics = metrics
         self.stop_at_end = stop_at_end
@@ -454,11 +457,29 @@ class BatchLoop:
             offs_a = np.array(offsets, dtype=np.int64)
             for engine in self.by_topic.get(topic, []):
                 name = engine.pipeline.name
+                late = _late(engine)
                 with self.metrics.batch_timer(name):
                     step = engine.process_batch(values, pidx_a, parts, offs_a)
                     await self._deliver(engine, step)
                 self.metrics.observe_batch(name, len(values), step)
+                self._warn_if_late(name, _late(engine) - late, len(values))
         self._dirty = True
+
+    def _warn_if_late(self, pipeline: str, late: int, n: int) -> None:
+        """Events for windows already released are counted, not lost silently: a batch
+        that is mostly such events (old data replayed, a generator started in the past)
+        is worth a line in the log."""
+        if n == 0 or late < LATE_WARN_FRACTION * n:
+            return
+        now = time.monotonic()
+        if now - self._late_said.get(pipeline, -LATE_WARN_INTERVAL_S) < LATE_WARN_INTERVAL_S:
+            return
+        self._late_said[pipeline] = now
+        log.warning(
+            "%s: %d of %d events in a batch came after their window was released and were "
+            "counted as late, not aggregated (old event times? see anonstream_events_late_total)",
+            pipeline, late, n,
+        )  # fmt: skip
 
     async def _begin(self) -> None:
         assert self.producer is not None
@@ -533,6 +554,13 @@ class BatchLoop:
 
 
 _value, _offset = attrgetter("value"), attrgetter("offset")
+
+
+def _late(engine: Any) -> int:
+    counters = getattr(engine, "counters", None)  # scale-out stages decide lateness later
+    return int(counters["late"]) if counters is not None else 0
+
+
 # Another worker took over this slot (a zombie must stop), or the broker says no: a new
 # producer would not help.
 _FATAL = (

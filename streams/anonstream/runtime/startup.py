@@ -9,6 +9,7 @@ so the deadlines are kept by a thread of their own that ends the process when on
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import ssl
@@ -173,10 +174,8 @@ def exit_now(code: int, message: str | None = None) -> None:
     if message:
         log.error("%s", message)
     for handler in logging.getLogger().handlers:
-        try:
+        with contextlib.suppress(Exception):  # exiting anyway
             handler.flush()
-        except Exception:  # noqa: S110 - exiting anyway
-            pass
     sys.stderr.flush()
     os._exit(code)
 
@@ -201,7 +200,7 @@ class Deadlines:
         self._stop_code = 0
         self._signalled = False
         self._wake = threading.Event()
-        self._thread = threading.Thread(target=self._watch, name="anonstream-deadlines", daemon=True)
+        self._thread = threading.Thread(target=self._watch, name="deadlines", daemon=True)
         self._thread.start()
 
     def phase(self, name: str) -> None:
@@ -249,8 +248,6 @@ class Deadlines:
             with self._lock:
                 start, stop, phase = self._start_deadline, self._stop_deadline, self._phase
             if start is not None and now > start:
-                exit_now(
-                    1, f"start-up did not finish within {self.startup_s:g} s (while {phase})"
-                )
+                exit_now(1, f"start-up did not finish within {self.startup_s:g} s (while {phase})")
             if stop is not None and now > stop:
                 exit_now(1, f"the worker did not stop within {self.stop_s:g} s; exiting")
