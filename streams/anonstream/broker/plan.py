@@ -118,8 +118,14 @@ def acls(settings: Settings, pipelines: Sequence[Pipeline], principals: Principa
         for n in by_role["output"] + by_role["dead-letter"]
     ]
     out += [
-        Acl(w, "topic", n, ("Read", "Write", "Describe"), why="internal topics of the worker")
-        for n in by_role.get("partials", []) + by_role["host-leader"]
+        Acl(w, "topic", n, ("Read", "Write", "Describe"), why="partials (scale-out)")
+        for n in by_role.get("partials", [])
+    ]
+    # Faust asks to create its leader topic at every start, existing or not; the broker
+    # answers "exists" only to a principal allowed to create it.
+    out += [
+        Acl(w, "topic", n, ("Read", "Write", "Describe", "Create"), why="the Faust host's own")
+        for n in by_role["host-leader"]
     ]
     out += [
         Acl(w, "group", settings.group_id, ("Read",), why="consume and commit in transactions"),

@@ -54,8 +54,9 @@ class _OneLine(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.exc_info and record.exc_info[1] is not None:
-            record.msg = f"{record.getMessage()}: {one_line(record.exc_info[1])}"
-            record.args = None
+            reason = one_line(record.exc_info[1]).replace("%", "%%")
+            if reason not in str(record.msg):
+                record.msg = f"{record.msg} ({reason})"
             record.exc_info = None
             record.exc_text = None
         return True
