@@ -234,6 +234,8 @@ def test_sigterm_during_a_fetch_stops_the_worker(kafka_bootstrap: str, tmp_path:
     text = (tmp_path / "worker-0.log").read_text()
     assert code == 0, text
     assert "[ERROR]" not in text, text
+    # the fingerprint is in the worker's log (it used to be logged before logging was set up)
+    assert re.search(r"\(secret env ANONSTREAM_SECRET, fingerprint [0-9a-f]{12}\)", text), text
 
 
 def test_sigterm_during_a_release_stops_the_worker(kafka_bootstrap: str, tmp_path: Path) -> None:
