@@ -205,6 +205,7 @@ def worker(
 ) -> None:
     """Run the Kafka worker: raw topics in, de-identified aggregates out."""
     from anonstream.core.keys import MasterSecret
+    from anonstream.runtime.run import run_worker
 
     settings = _settings(
         bootstrap_servers=bootstrap_servers, group_id=group_id, web_port=web_port,
@@ -214,8 +215,6 @@ def worker(
     pipes = _all_pipelines(pipelines_dir, pipeline)
     secret = _secret(demo)
     assert isinstance(secret, MasterSecret)
-    from anonstream.runtime.run import run_worker
-
     logging.basicConfig(
         level=log_level.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s",
         force=True,
@@ -554,6 +553,10 @@ def demo(
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["worker"]:  # stops on SIGTERM/SIGINT from the first moment
+        from anonstream.runtime.run import stop_on_signals
+
+        stop_on_signals()
     logging.basicConfig(level=os.environ.get("ANONSTREAM_LOG_LEVEL", "WARNING").upper())
     app()
 

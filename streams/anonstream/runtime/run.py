@@ -108,8 +108,15 @@ async def prepare(settings: Settings, pipelines: Sequence[Pipeline]) -> ClusterC
 
 
 def _exit_on_signal(signum: int, frame: Any) -> None:
-    # Between the checks and the host's own handlers nothing needs cleaning up.
+    # Before the checks, and between them and the host's own handlers, nothing needs
+    # cleaning up.
     exit_now(0, f"stopped by {signal.Signals(signum).name} during start-up")
+
+
+def stop_on_signals() -> None:
+    """SIGTERM and SIGINT end a worker that is still loading (exit 0, one line)."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, _exit_on_signal)
 
 
 def run_worker(
@@ -133,8 +140,7 @@ def run_worker(
         return run_to_end(settings, pipelines, secret, deadlines)  # no Faust host
     from anonstream.runtime.worker import Worker
 
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, _exit_on_signal)
+    stop_on_signals()
     deadlines.phase("starting the host")
     worker = Worker(settings, pipelines, secret, deadlines, brokers=check.brokers)
     return worker.run(log_level)

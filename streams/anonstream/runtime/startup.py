@@ -151,6 +151,14 @@ def one_line(exc: BaseException) -> str:
     return f"{name}: {text}" if text and not text.startswith(name) else text or name
 
 
+def failure_line(exc: BaseException) -> str:
+    """``one_line``, with what to do about a missing ACL."""
+    hint = ""
+    if "Authorization" in type(exc).__name__:
+        hint = " (grant the ACLs that `anonstream topics plan` prints)"
+    return one_line(exc) + hint
+
+
 def _principal(settings: Settings) -> str:
     if settings.security_protocol.startswith("SASL"):
         return f"User:{settings.sasl_username}"
@@ -172,7 +180,7 @@ def missing_topics_message(missing: Iterable[str]) -> str:
 def exit_now(code: int, message: str | None = None) -> None:
     """End the process at once (no clean-up: the caller knows there is none left to do)."""
     if message:
-        log.error("%s", message)
+        log.log(logging.ERROR if code else logging.WARNING, "%s", message)
     for handler in logging.getLogger().handlers:
         with contextlib.suppress(Exception):  # exiting anyway
             handler.flush()

@@ -22,7 +22,7 @@ from anonstream.core.keys import MasterSecret
 from anonstream.core.pipeline import Pipeline
 from anonstream.metrics import Metrics
 from anonstream.runtime.batch import BatchLoop
-from anonstream.runtime.startup import Deadlines, StartupError, exit_now, one_line
+from anonstream.runtime.startup import Deadlines, StartupError, exit_now, failure_line, one_line
 from anonstream.settings import Settings
 
 log = logging.getLogger("anonstream.worker")
@@ -83,7 +83,7 @@ class _Host(faust.Worker):
     def on_worker_shutdown(self) -> None:
         failure = sys.exc_info()[1]  # called from the `finally` of a start that raised
         if failure is not None and not isinstance(failure, asyncio.CancelledError):
-            exit_now(1, f"the worker's host (Faust) failed: {one_line(failure)}")
+            exit_now(1, f"the worker's host (Faust) failed: {failure_line(failure)}")
         self.deadlines.stopping(self.worker.exit_code)
 
 
@@ -147,10 +147,7 @@ class Worker:
             log.error("cannot start: %s", exc)
             self.exit_code = 1
         except Exception as exc:
-            hint = ""
-            if "Authorization" in type(exc).__name__:
-                hint = " (grant the ACLs that `anonstream topics plan` prints)"
-            log.error("the batch loop failed; stopping the worker: %s%s", one_line(exc), hint)
+            log.error("the batch loop failed; stopping the worker: %s", failure_line(exc))
             log.debug("the batch loop failed", exc_info=True)
             self.exit_code = 1
         self.deadlines.stopping(self.exit_code)
