@@ -54,7 +54,7 @@ class Settings(BaseSettings):
     # Start-up (connect, authenticate, check topics, join) must finish within this, or the
     # worker exits 1; waiting for missing input topics does not count. A stop that takes
     # longer than stop_timeout_seconds ends the process (exit 1).
-    startup_timeout_seconds: float = Field(default=30.0, gt=0)
+    startup_timeout_seconds: float = Field(default=45.0, gt=0)
     stop_timeout_seconds: float = Field(default=20.0, gt=0)
     exit_on_missing_topics: bool = False
 

@@ -42,7 +42,7 @@ USERS = {
     "partner": "partner-Secret-3",
     "dashboard": "dashboard-Secret-4",
 }
-BOUND_S = 60  # the worker's documented start-up bound (30 s by default) plus slack
+BOUND_S = 90  # the worker's documented start-up bound (45 s by default) plus slack
 
 
 @pytest.fixture(scope="module")
