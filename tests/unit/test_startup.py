@@ -82,3 +82,25 @@ def test_mostly_late_batch_warns_once_a_minute(caplog: pytest.LogCaptureFixture)
     assert len(lines) == 2, lines
     assert lines[0].startswith("web_activity: 90 of 100 events in a batch came after their")
     assert lines[1].startswith("service_usage: 5 of 5 events")
+
+
+def test_host_tracebacks_become_one_line() -> None:
+    """Faust logs a failed start with log.exception and %-style args: the filter keeps the
+    message formattable and drops the traceback for the error's one line."""
+    from anonstream.runtime.worker import _OneLine
+
+    try:
+        raise PermissionError("Cannot create topic: t (29): 100% denied")
+    except PermissionError:
+        import sys
+
+        exc_info = sys.exc_info()
+    record = logging.LogRecord(
+        "anonstream.runtime.worker", logging.ERROR, __file__, 1, "[^_Host]: Error: %r",
+        (exc_info[1],), exc_info,
+    )  # fmt: skip
+    assert _OneLine().filter(record)
+    text = logging.Formatter("%(message)s").format(record)
+    assert "Traceback" not in text and "\n" not in text
+    assert text.startswith("[^_Host]: Error: PermissionError('Cannot create topic: t (29): 100%")
+    assert text.endswith("(PermissionError: Cannot create topic: t (29): 100% denied)")
