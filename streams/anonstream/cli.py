@@ -7,15 +7,19 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
+from aiokafka.errors import KafkaError
 from pydantic import ValidationError
 from rich.console import Console
 from rich.markup import escape
 
 from anonstream.core.keys import SecretError, load_secret
 from anonstream.core.pipeline import Pipeline, PipelineError, find_pipeline, load_pipeline
+
+if TYPE_CHECKING:
+    from anonstream.settings import Settings
 
 app = typer.Typer(
     help="anonstream: de-identified, k-anonymous aggregates from raw event streams.",
@@ -25,6 +29,11 @@ app = typer.Typer(
 )
 kafka_app = typer.Typer(help="Run a local single-node Apache Kafka broker (KRaft).")
 app.add_typer(kafka_app, name="kafka")
+topics_app = typer.Typer(
+    help="The topics a deployment needs and the ACLs of each principal: plan, then create.",
+    no_args_is_help=True,
+)
+app.add_typer(topics_app, name="topics")
 err = Console(stderr=True)
 out = Console()
 
@@ -197,35 +206,56 @@ def worker(
         typer.Option(envvar="ANONSTREAM_INSTANCE_ID", help="Stable id of this worker slot."),
     ] = None,
     log_level: Annotated[str, typer.Option(envvar="ANONSTREAM_LOG_LEVEL")] = "info",
+    exit_on_missing_topics: Annotated[
+        bool | None,
+        typer.Option(
+            "--exit-on-missing-topics",
+            envvar="ANONSTREAM_EXIT_ON_MISSING_TOPICS",
+            help="Exit (1) when an input topic is missing, instead of waiting for it.",
+        ),
+    ] = None,
+    startup_timeout: Annotated[
+        float | None,
+        typer.Option(
+            envvar="ANONSTREAM_STARTUP_TIMEOUT_SECONDS",
+            help="Seconds start-up may take before the worker exits (1).",
+        ),
+    ] = None,
 ) -> None:
     """Run the Kafka worker: raw topics in, de-identified aggregates out."""
     from anonstream.core.keys import MasterSecret
-    from anonstream.settings import Settings
+    from anonstream.runtime.run import run_worker
 
-    overrides = {
-        k: v
-        for k, v in {
-            "bootstrap_servers": bootstrap_servers, "group_id": group_id, "web_port": web_port,
-            "idle_close_seconds": idle_close_seconds, "instance_id": instance_id,
-        }.items()
-        if v is not None
-    }  # fmt: skip
-    try:
-        settings = Settings(**overrides)  # type: ignore[arg-type]
-    except ValidationError as exc:
-        problems = "; ".join(
-            f"ANONSTREAM_{'_'.join(str(x) for x in e['loc']).upper()}: {e['msg']}"
-            for e in exc.errors()
-        )
-        fail(f"bad setting: {problems}")
+    settings = _settings(
+        bootstrap_servers=bootstrap_servers, group_id=group_id, web_port=web_port,
+        idle_close_seconds=idle_close_seconds, instance_id=instance_id,
+        exit_on_missing_topics=exit_on_missing_topics, startup_timeout_seconds=startup_timeout,
+    )  # fmt: skip
     pipes = _all_pipelines(pipelines_dir, pipeline)
     secret = _secret(demo)
     assert isinstance(secret, MasterSecret)
-    from anonstream.runtime.run import run_worker
-
+    logging.basicConfig(
+        level=log_level.upper(), format="[%(asctime)s] [%(process)d] [%(levelname)s] %(message)s",
+        force=True,
+    )  # fmt: skip
     raise typer.Exit(
         run_worker(settings, pipes, secret, log_level=log_level, stop_at_end=stop_at_end)
     )
+
+
+def _settings(**flags: object) -> Settings:
+    """Settings from ANONSTREAM_* variables, overridden by the flags given (not None)."""
+    from anonstream.settings import Settings
+
+    try:
+        return Settings(**{k: v for k, v in flags.items() if v is not None})  # type: ignore[arg-type]
+    except ValidationError as exc:
+        problems = "; ".join(
+            (f"ANONSTREAM_{'_'.join(str(x) for x in e['loc']).upper()}: " if e["loc"] else "")
+            + e["msg"].removeprefix("Value error, ")
+            for e in exc.errors()
+        )
+        fail(f"bad setting: {problems}")
 
 
 @app.command()
@@ -238,13 +268,23 @@ def generate(
     rate: Annotated[float, typer.Option(help="Events/s, 0 = as fast as possible.")] = 0.0,
     users: Annotated[int, typer.Option()] = 1000,
     seed: Annotated[int, typer.Option()] = 7,
+    start: Annotated[
+        str | None,
+        typer.Option(
+            help="Event time of the first event: epoch ms or RFC 3339 "
+            "(2026-11-30T00:00Z). Default: now, so that a second run is not late."
+        ),
+    ] = None,
 ) -> None:
     """Produce synthetic raw events (fake identifiers) to the raw topics."""
+    import time
+
     from anonstream_load.produce import main as produce_main
 
+    start = start or str(int(time.time() * 1000))
     code = produce_main(
         ["--bootstrap", bootstrap_servers, "--count", str(count), "--kind", kind,
-         "--rate", str(rate), "--users", str(users), "--seed", str(seed)]
+         "--rate", str(rate), "--users", str(users), "--seed", str(seed), "--start", start]
     )  # fmt: skip
     raise typer.Exit(code)
 
@@ -319,18 +359,164 @@ def dashboard(
         fail(f"cannot serve the dashboard on {host}:{port}: {exc}", 1)
 
 
-@kafka_app.command("up")
-def kafka_up_cmd() -> None:
-    """Start a detached local broker (jars fetched once from Maven Central)."""
-    from anonstream.broker.local import BrokerError, kafka_up
+Bootstrap = Annotated[
+    str | None, typer.Option("--bootstrap-servers", "-b", envvar="ANONSTREAM_BOOTSTRAP_SERVERS")
+]
+InputPartitions = Annotated[int, typer.Option(min=1, help="Partitions of each input (raw) topic.")]
+ReplicationFactor = Annotated[
+    int | None,
+    typer.Option(
+        min=1, envvar="ANONSTREAM_REPLICATION_FACTOR",
+        help="Replicas of each topic created. Default: 3, or the number of brokers if fewer.",
+    ),
+]  # fmt: skip
+PipelineNames = Annotated[
+    list[str] | None, typer.Option("--pipeline", "-p", help="Only these pipelines.")
+]
 
+
+def _plan_inputs(
+    pipelines_dir: Path, pipeline: list[str] | None, **flags: object
+) -> tuple[Settings, list[Pipeline]]:
+    return _settings(**flags), _all_pipelines(pipelines_dir, pipeline)
+
+
+@topics_app.command("plan")
+def topics_plan_cmd(
+    pipeline: PipelineNames = None,
+    pipelines_dir: PipelinesDir = Path("pipelines"),
+    bootstrap_servers: Bootstrap = None,
+    input_partitions: InputPartitions = 6,
+    replication_factor: ReplicationFactor = None,
+    worker_principal: Annotated[str, typer.Option(help="The worker's principal.")] = (
+        "User:anonstream"
+    ),
+    reader_principal: Annotated[str, typer.Option(help="A partner reading aggregates.")] = (
+        "User:partner"
+    ),
+    dashboard_principal: Annotated[str, typer.Option(help="The dashboard's principal.")] = (
+        "User:dashboard"
+    ),
+    as_json: Annotated[bool, typer.Option("--json", help="Print the plan as JSON.")] = False,
+) -> None:
+    """List the topics a deployment needs and the ACLs each principal must be granted
+    (as kafka-acls commands). Connects to nothing."""
+    import json
+
+    from anonstream.broker.plan import Principals, plan_document
+
+    settings, pipes = _plan_inputs(
+        pipelines_dir, pipeline, bootstrap_servers=bootstrap_servers,
+        replication_factor=replication_factor,
+    )  # fmt: skip
+    principals = Principals(worker_principal, reader_principal, dashboard_principal)
+    doc = plan_document(settings, pipes, principals, input_partitions)
+    if as_json:
+        out.print_json(json.dumps(doc))
+        return
+    rf = doc["replication_factor"] or "3 (or the number of brokers if fewer)"
+    out.print(f"[bold]Topics[/] (replication factor {rf})", highlight=False)
+    for t in doc["topics"]:
+        configs = ", ".join(f"{k}={v}" for k, v in t["configs"].items())
+        out.print(
+            f"  {t['name']}  partitions={t['partitions']}  {t['role']}"
+            + (f"  {configs}" if configs else "") + (f"  ({t['note']})" if t["note"] else ""),
+            markup=False, highlight=False, soft_wrap=True,
+        )  # fmt: skip
+    out.print("[bold]ACLs[/] (allow, any host)", highlight=False)
+    for a in doc["acls"]:
+        pattern = " (prefix)" if a["pattern_type"] == "prefixed" else ""
+        out.print(
+            f"  {a['principal']}: {'+'.join(a['operations'])} on {a['resource_type']} "
+            f"{a['name']}{pattern}  ({a['why']})",
+            markup=False, highlight=False, soft_wrap=True,
+        )  # fmt: skip
+    out.print("[bold]As kafka-acls commands[/] (admin.properties: the admin's client settings)")
+    for line in doc["commands"]:
+        out.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+@topics_app.command("create")
+def topics_create_cmd(
+    pipeline: PipelineNames = None,
+    pipelines_dir: PipelinesDir = Path("pipelines"),
+    bootstrap_servers: Bootstrap = None,
+    input_partitions: InputPartitions = 6,
+    replication_factor: ReplicationFactor = None,
+    only_inputs: Annotated[bool, typer.Option(help="Create only the input (raw) topics.")] = False,
+) -> None:
+    """Create the topics of `anonstream topics plan` that do not exist yet, with the
+    worker's SASL/TLS settings (ANONSTREAM_SECURITY_PROTOCOL, ...). Existing topics are
+    left as they are; one with another partition count is an error."""
+    from anonstream.broker.local import BrokerError
+    from anonstream.broker.plan import deployment_topics
+    from anonstream.broker.topics import create_topics
+
+    settings, pipes = _plan_inputs(
+        pipelines_dir, pipeline, bootstrap_servers=bootstrap_servers,
+        replication_factor=replication_factor,
+    )  # fmt: skip
+    specs = deployment_topics(settings, pipes, input_partitions)
+    if only_inputs:
+        specs = [t for t in specs if t.role == "input"]
     try:
-        rec = kafka_up()
+        created = create_topics(
+            settings.bootstrap_servers, {t.name: t.partitions for t in specs},
+            {t.name: t.configs for t in specs if t.configs},
+            replication_factor=settings.replication_factor,
+            timeout=settings.startup_timeout_seconds,
+            client_options=settings.kafka_client_options(),
+        )  # fmt: skip
+    except (BrokerError, KafkaError, OSError) as exc:
+        fail(f"could not create topics on {settings.bootstrap_servers}: {exc}", 1)
+    for t in specs:
+        state = "created" if t.name in created else "exists"
+        out.print(f"{state:8} {t.name} ({t.partitions} partitions)", markup=False, highlight=False)
+
+
+@kafka_app.command("up")
+def kafka_up_cmd(
+    port: Annotated[
+        int | None,
+        typer.Option(help="Client port. Default: 9092 when it is free, else any free port."),
+    ] = None,
+    topics: Annotated[
+        bool, typer.Option(help="Create the pipelines' input topics (see --partitions).")
+    ] = True,
+    partitions: Annotated[int, typer.Option(min=1, help="Partitions of each input topic.")] = 4,
+    pipelines_dir: PipelinesDir = Path("pipelines"),
+) -> None:
+    """Start a detached local broker (jars fetched once from Maven Central)."""
+    from anonstream.broker.local import DEFAULT_PORT, BrokerError, kafka_up, port_is_free
+
+    if port is None and port_is_free("127.0.0.1", DEFAULT_PORT):
+        port = DEFAULT_PORT
+    try:
+        rec = kafka_up(port=port)
     except BrokerError as exc:
         fail(str(exc), 1)
-    info = rec if isinstance(rec, dict) else {"bootstrap": getattr(rec, "bootstrap_servers", "")}
-    out.print(f"Kafka is up: bootstrap servers [bold]{info.get('bootstrap')}[/]")
-    out.print(f"export ANONSTREAM_BOOTSTRAP_SERVERS={info.get('bootstrap')}")
+    bootstrap = rec.bootstrap_servers
+    out.print(f"Kafka is up: bootstrap servers [bold]{bootstrap}[/]")
+    if not bootstrap.endswith(f":{DEFAULT_PORT}"):
+        out.print(f"(port {DEFAULT_PORT} was taken: use -b {bootstrap}, or the line below)")
+    out.print(f"export ANONSTREAM_BOOTSTRAP_SERVERS={bootstrap}")
+    if topics:
+        _create_local_inputs(bootstrap, pipelines_dir, partitions)
+
+
+def _create_local_inputs(bootstrap: str, pipelines_dir: Path, partitions: int) -> None:
+    from anonstream.broker.topics import create_topics
+
+    files = sorted(pipelines_dir.glob("*.yaml"))
+    if not files:
+        out.print(f"no pipeline files in {pipelines_dir}: no input topics created")
+        return
+    try:
+        names = sorted({load_pipeline(f).source_topic for f in files})
+        create_topics(bootstrap, dict.fromkeys(names, partitions))
+    except (PipelineError, KafkaError, OSError, RuntimeError) as exc:
+        fail(f"the broker is up, but the input topics could not be created: {exc}", 1)
+    out.print(f"input topics: {', '.join(names)} ({partitions} partitions each)")
 
 
 @kafka_app.command("down")
@@ -346,18 +532,31 @@ def kafka_down_cmd() -> None:
 
 
 @kafka_app.command("status")
-def kafka_status_cmd() -> None:
-    """Show the broker started by `anonstream kafka up`, if any."""
+def kafka_status_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
+) -> None:
+    """Show the broker started by `anonstream kafka up`, if any (exit 1 if none is running)."""
+    import json
+
     from anonstream.broker.local import BrokerError, kafka_status
 
     try:
         rec = kafka_status()
     except BrokerError as exc:
         fail(str(exc), 1)
-    if rec is None:
+    if as_json:
+        out.print_json(json.dumps(rec))
+    elif rec is None:
         out.print("no broker started by `anonstream kafka up` is running")
+    else:
+        state = "running" if rec["running"] else "not running (`kafka down` clears the record)"
+        rows = [("state", state), ("bootstrap", rec["bootstrap"]), ("pid", rec["pid"])]
+        rows += [(k.replace("_", " "), rec[k]) for k in (
+            "kafka_version", "started_at", "data_dir", "log_file") if k in rec]  # fmt: skip
+        for key, value in rows:
+            out.print(f"{key:<14} {value}", markup=False, highlight=False, soft_wrap=True)
+    if rec is None or not rec["running"]:
         raise typer.Exit(1)
-    out.print(rec)
 
 
 @app.command()
@@ -373,6 +572,10 @@ def demo(
 
 
 def main() -> None:
+    if sys.argv[1:2] == ["worker"]:  # stops on SIGTERM/SIGINT from the first moment
+        from anonstream.runtime.run import stop_on_signals
+
+        stop_on_signals()
     logging.basicConfig(level=os.environ.get("ANONSTREAM_LOG_LEVEL", "WARNING").upper())
     app()
 

@@ -11,7 +11,7 @@ import ssl
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -37,6 +37,8 @@ class Settings(BaseSettings):
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    # A mounted secret: read once at start, trailing newline dropped; not with sasl_password.
+    sasl_password_file: Path | None = None
     ssl_cafile: Path | None = None
     ssl_certfile: Path | None = None
     ssl_keyfile: Path | None = None
@@ -46,6 +48,33 @@ class Settings(BaseSettings):
     scale_out: bool = False
     partials_partitions: int = 6
     partials_retention_ms: int = 7 * 24 * 3600 * 1000
+    # Topics the worker (or `anonstream topics create`) creates; None: 3, or the number of
+    # brokers if fewer.
+    replication_factor: int | None = Field(default=None, ge=1)
+    # Start-up (connect, authenticate, check topics, join) must finish within this, or the
+    # worker exits 1; waiting for missing input topics does not count. A stop that takes
+    # longer than stop_timeout_seconds ends the process (exit 1).
+    startup_timeout_seconds: float = Field(default=45.0, gt=0)
+    stop_timeout_seconds: float = Field(default=20.0, gt=0)
+    exit_on_missing_topics: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _password_from_file(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or not data.get("sasl_password_file"):
+            return data
+        if data.get("sasl_password"):
+            raise ValueError(
+                "set ANONSTREAM_SASL_PASSWORD or ANONSTREAM_SASL_PASSWORD_FILE, not both"
+            )
+        path = Path(data["sasl_password_file"])
+        try:
+            text = path.read_text(encoding="utf-8").rstrip("\r\n")
+        except OSError as exc:
+            raise ValueError(f"cannot read the SASL password file {path}: {exc.strerror}") from None
+        if not text:
+            raise ValueError(f"the SASL password file {path} is empty")
+        return {**data, "sasl_password": text}
 
     def kafka_client_options(self) -> dict[str, Any]:
         """Security options for aiokafka clients."""

@@ -52,7 +52,7 @@ HOUR = 3_600_000
 # Leaf commands (as typed after `anonstream`) expected on the app; `dashboard` is optional.
 EXPECTED = {
     "validate", "explain", "replay", "worker", "generate", "audit", "bench", "demo",
-    "kafka up", "kafka down", "kafka status",
+    "kafka up", "kafka down", "kafka status", "topics plan", "topics create",
 }  # fmt: skip
 RUNNER = CliRunner()
 
@@ -782,6 +782,13 @@ def test_generate_passes_its_options_on(monkeypatch: pytest.MonkeyPatch) -> None
     assert argv[argv.index("--count") + 1] == "50"
     assert argv[argv.index("--kind") + 1] == "web"
     assert argv[argv.index("--users") + 1] == "9"
+    # no --start: now, so that a second run is not all late (it used to be a fixed instant)
+    before = time.time() * 1000
+    invoke("generate", "--count", "5")
+    start = int(seen[-1][seen[-1].index("--start") + 1])
+    assert before - 5_000 <= start <= time.time() * 1000
+    invoke("generate", "--count", "5", "--start", "2026-11-30T00:00Z")
+    assert seen[-1][seen[-1].index("--start") + 1] == "2026-11-30T00:00Z"
 
 
 def test_generate_bad_count_is_a_usage_error() -> None:
@@ -848,8 +855,11 @@ def test_kafka_stale_record(tmp_path: Path) -> None:
     rec = {"pid": os.getpid(), "bootstrap": "127.0.0.1:1", "data_dir": str(data_dir)}
     state = write_state(tmp_path, rec)
     result = invoke("kafka", "status")
+    assert result.exit_code == 1
     assert "127.0.0.1:1" in result.stdout
-    assert "'running': False" in flat(result.stdout)
+    assert "state not running" in flat(result.stdout)
+    result = invoke("kafka", "status", "--json")
+    assert json.loads(result.stdout)["running"] is False
     result = invoke("kafka", "down")
     assert result.exit_code == 0, result.output
     assert not state.exists()
@@ -885,6 +895,172 @@ def test_kafka_up_prints_the_bootstrap_servers(monkeypatch: pytest.MonkeyPatch) 
         bootstrap_servers = "127.0.0.1:39092"
 
     monkeypatch.setattr(local, "kafka_up", lambda *a, **kw: Started())
-    result = invoke("kafka", "up")
+    result = invoke("kafka", "up", "--no-topics")
     assert result.exit_code == 0, result.output
     assert "export ANONSTREAM_BOOTSTRAP_SERVERS=127.0.0.1:39092" in result.stdout
+    assert "port 9092 was taken: use -b 127.0.0.1:39092" in flat(result.stdout)
+
+
+@pytest.mark.parametrize("free", [True, False])
+def test_kafka_up_prefers_9092_and_creates_the_input_topics(
+    monkeypatch: pytest.MonkeyPatch, free: bool
+) -> None:
+    """The README's examples use 9092: `kafka up` takes it when it is free; and it makes
+    the pipelines' input topics, so that a worker started next does not wait for them."""
+    import anonstream.broker.local as local
+    import anonstream.broker.topics as topics
+
+    asked: list[int | None] = []
+    created: list[dict[str, int]] = []
+
+    class Started:
+        def __init__(self, port: int | None) -> None:
+            self.bootstrap_servers = f"127.0.0.1:{port or 40001}"
+
+    monkeypatch.setattr(local, "port_is_free", lambda host, port: free)
+    monkeypatch.setattr(local, "kafka_up", lambda port=None: asked.append(port) or Started(port))
+    monkeypatch.setattr(topics, "create_topics", lambda b, t, *a, **kw: created.append(t))
+    result = invoke("kafka", "up", "--partitions", "3")
+    assert result.exit_code == 0, result.output
+    assert asked == [9092 if free else None]
+    assert ("9092 was taken" in result.stdout) is not free
+    assert created == [{"raw.usage": 3, "raw.web-activity": 3}]
+    assert "input topics: raw.usage, raw.web-activity (3 partitions each)" in result.stdout
+
+
+def test_kafka_status_is_a_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import anonstream.broker.local as local
+
+    data_dir = tmp_path / f"{DATA_DIR_PREFIX}live"
+    rec = {"pid": 4242, "bootstrap": "127.0.0.1:9092", "data_dir": str(data_dir),
+           "kafka_version": "4.1.1", "started_at": "2026-12-01T00:00:00+00:00"}  # fmt: skip
+    write_state(tmp_path, rec)
+    monkeypatch.setattr(local, "_is_our_broker", lambda pid, d: True)
+    result = invoke("kafka", "status")
+    assert result.exit_code == 0, result.output
+    lines = [flat(line) for line in result.stdout.splitlines()]
+    assert "state running" in lines
+    assert "bootstrap 127.0.0.1:9092" in lines
+    assert "pid 4242" in lines
+    assert "{" not in result.stdout  # not a Python dict any more
+    doc = json.loads(invoke("kafka", "status", "--json").stdout)
+    assert doc["bootstrap"] == "127.0.0.1:9092" and doc["running"] is True
+
+
+# --------------------------------------------------------------------------------------
+# topics plan / create
+# --------------------------------------------------------------------------------------
+
+
+def plan(*args: str, env: dict[str, str] | None = None) -> dict[str, Any]:
+    result = invoke("topics", "plan", "--json", *args, env=env)
+    assert result.exit_code == 0, result.output
+    doc: dict[str, Any] = json.loads(result.stdout)
+    return doc
+
+
+def test_topics_plan_lists_every_topic_a_deployment_needs() -> None:
+    doc = plan("--input-partitions", "12", "--replication-factor", "3")
+    topics = {t["name"]: t for t in doc["topics"]}
+    assert doc["replication_factor"] == 3
+    assert {n: t["role"] for n, t in topics.items()} == {
+        "raw.web-activity": "input", "raw.usage": "input",
+        "anon.aggregates.web_activity": "output", "anon.aggregates.service_usage": "output",
+        "anon.deadletter": "dead-letter",
+        "anonstream-host-__assignor-__leader": "host-leader",
+    }  # fmt: skip
+    assert topics["raw.usage"]["partitions"] == 12
+    assert topics["anon.deadletter"]["configs"]["retention.ms"] == str(3 * 24 * HOUR)
+    scale = plan(env={"ANONSTREAM_SCALE_OUT": "true", "ANONSTREAM_GROUP_ID": "g"})
+    partials = [t for t in scale["topics"] if t["role"] == "partials"]
+    assert {t["name"] for t in partials} == {
+        "anonstream.partials.g.web_activity", "anonstream.partials.g.service_usage",
+    }  # fmt: skip
+    assert all(t["partitions"] == 6 and t["configs"]["retention.ms"] for t in partials)
+
+
+def test_topics_plan_acls_least_privilege() -> None:
+    """A reader (partner or dashboard) may read the aggregates and nothing else: never a
+    raw topic, the dead-letter topic or the partials (the attacker's first try)."""
+    doc = plan(
+        "--worker-principal", "User:w", "--reader-principal", "User:p",
+        "--dashboard-principal", "User:d",
+        env={"ANONSTREAM_SCALE_OUT": "true", "ANONSTREAM_GROUP_ID": "g"},
+    )  # fmt: skip
+    roles = {t["name"]: t["role"] for t in doc["topics"]}
+    for acl in doc["acls"]:
+        assert acl["principal"] in {"User:w", "User:p", "User:d"}
+        assert "All" not in acl["operations"]
+        if "Create" in acl["operations"]:  # Faust asks to create it at every start
+            assert roles[acl["name"]] == "host-leader", acl
+        if acl["principal"] != "User:w":
+            assert acl["resource_type"] == "topic", acl
+            assert roles[acl["name"]] == "output", acl
+            assert set(acl["operations"]) == {"Read", "Describe"}
+    worker = {(a["resource_type"], a["name"], a["pattern_type"]): set(a["operations"])
+              for a in doc["acls"] if a["principal"] == "User:w"}  # fmt: skip
+    assert worker[("transactional-id", "anonstream-g-", "prefixed")] == {"Write", "Describe"}
+    assert worker[("group", "g", "literal")] == {"Read"}
+    assert worker[("group", "g-host", "literal")] == {"Read"}
+    assert worker[("topic", "raw.usage", "literal")] == {"Read", "Describe"}
+    assert "Read" not in worker[("topic", "anon.deadletter", "literal")]
+    partials = worker[("topic", "anonstream.partials.g.web_activity", "literal")]
+    assert partials == {"Read", "Write", "Describe"}
+    commands = doc["commands"]
+    assert all(c.startswith("kafka-acls.sh --bootstrap-server") for c in commands)
+    assert any("--resource-pattern-type prefixed --transactional-id anonstream-g-" in c
+               for c in commands)  # fmt: skip
+
+
+def test_topics_plan_text_names_topics_and_commands() -> None:
+    result = invoke("topics", "plan", "-p", "web_activity")
+    assert result.exit_code == 0, result.output
+    assert "raw.web-activity partitions=6 input" in flat(result.stdout)
+    assert "raw.usage" not in result.stdout
+    assert "kafka-acls.sh --bootstrap-server 127.0.0.1:9092" in result.stdout
+
+
+def test_topics_create_uses_the_security_settings(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The same SASL/TLS settings as the worker, the password from a file, the replication
+    factor asked for; only the input topics with --only-inputs."""
+    import anonstream.broker.topics as topics
+
+    seen: list[tuple[dict[str, int], dict[str, Any]]] = []
+
+    def fake(bootstrap: str, t: dict[str, int], configs: Any = None, **kw: Any) -> list[str]:
+        seen.append((t, kw))
+        return list(t)[:1]
+
+    monkeypatch.setattr(topics, "create_topics", fake)
+    pw = tmp_path / "pw"
+    pw.write_text("file-password-123\n")
+    env = {
+        "ANONSTREAM_SECURITY_PROTOCOL": "SASL_PLAINTEXT", "ANONSTREAM_SASL_USERNAME": "u",
+        "ANONSTREAM_SASL_MECHANISM": "SCRAM-SHA-512", "ANONSTREAM_SASL_PASSWORD_FILE": str(pw),
+    }  # fmt: skip
+    result = invoke("topics", "create", "--only-inputs", "--replication-factor", "2", env=env)
+    assert result.exit_code == 0, result.output
+    assert "file-password-123" not in result.output
+    ((t, kw),) = seen
+    assert t == {"raw.usage": 6, "raw.web-activity": 6}
+    assert kw["replication_factor"] == 2
+    assert kw["client_options"]["sasl_plain_password"] == "file-password-123"
+    assert kw["client_options"]["sasl_mechanism"] == "SCRAM-SHA-512"
+    assert "created  raw.usage" in result.stdout and "exists   raw.web-activity" in result.stdout
+
+
+def test_password_variable_and_file_together_is_a_clean_error(tmp_path: Path) -> None:
+    pw = tmp_path / "pw"
+    pw.write_text("file-password-123")
+    env = {"ANONSTREAM_SASL_PASSWORD": "var-password-456", "ANONSTREAM_SASL_PASSWORD_FILE": str(pw)}
+    result = invoke("topics", "create", env=env)
+    assert result.exit_code == 2
+    assert "ANONSTREAM_SASL_PASSWORD_FILE, not both" in flat(result.stderr)
+    assert "password-123" not in result.output and "password-456" not in result.output
+    missing = invoke(
+        "topics", "create", env={"ANONSTREAM_SASL_PASSWORD_FILE": str(tmp_path / "no")}
+    )
+    assert missing.exit_code == 2
+    assert "cannot read the SASL password file" in flat(missing.stderr)

@@ -39,6 +39,8 @@ from typing import Any, TypeVar
 
 import psutil
 
+from anonstream.broker.secure import Scram
+
 __all__ = [
     "KAFKA_VERSION",
     "BrokerError",
@@ -58,6 +60,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 KAFKA_VERSION = "4.1.1"
+DEFAULT_PORT = 9092  # `kafka up` takes it when free, so that examples with 9092 work
 NODE_ID = 1
 DATA_DIR_PREFIX = "anonstream-kafka-"
 STATE_FILE_NAME = "kafka-up.json"
@@ -375,13 +378,16 @@ def run_sync(factory: Callable[[], Coroutine[Any, Any, _T]]) -> _T:
         return pool.submit(lambda: asyncio.run(factory())).result()
 
 
-async def _probe_metadata(bootstrap: str, timeout: float) -> dict[str, Any]:
+async def _probe_metadata(
+    bootstrap: str, timeout: float, client_options: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
     from aiokafka.admin import AIOKafkaAdminClient
 
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap,
         request_timeout_ms=max(1000, int(timeout * 1000)),
         client_id="anonstream-readiness",
+        **(client_options or {}),
     )
     try:
         await admin.start()
@@ -391,7 +397,7 @@ async def _probe_metadata(bootstrap: str, timeout: float) -> dict[str, Any]:
         await admin.close()
 
 
-def _port_is_free(host: str, port: int) -> bool:
+def port_is_free(host: str, port: int) -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         try:
             sock.bind((host, port))
@@ -532,8 +538,11 @@ class LocalKafka:
         cache: Path | None = None,
         detached: bool = False,
         die_with_parent: bool = True,
+        security: Scram | None = None,
     ) -> None:
         self.overrides: dict[str, object] = dict(overrides or {})
+        # SASL_SSL (SCRAM-SHA-512) with the standard authorizer instead of PLAINTEXT.
+        self.security = security
         self.host = host
         self.heap_min = heap_min
         self.heap_max = heap_max
@@ -597,7 +606,7 @@ class LocalKafka:
         data_dir = Path(tempfile.mkdtemp(prefix=DATA_DIR_PREFIX))
         self._data_dir = data_dir
         if self._fixed_port is not None:
-            if not _port_is_free(self.host, self._fixed_port):
+            if not port_is_free(self.host, self._fixed_port):
                 shutil.rmtree(data_dir, ignore_errors=True)
                 self._data_dir = None
                 raise BrokerError(
@@ -612,8 +621,13 @@ class LocalKafka:
             self._port, self._controller_port = free_ports(2, self.host)
         (data_dir / "logs").mkdir()
         (data_dir / "kafka-data").mkdir()
+        overrides = dict(self.overrides)
+        if self.security is not None:
+            self.security.make_certificates(data_dir / "tls", self.host)
+            secured = self.security.broker_overrides(self._port, self._controller_port, self.host)
+            overrides = {**secured, **overrides}
         props = broker_properties(
-            self._port, self._controller_port, data_dir / "kafka-data", self.overrides, self.host
+            self._port, self._controller_port, data_dir / "kafka-data", overrides, self.host
         )
         (data_dir / "server.properties").write_text(render_properties(props), encoding="utf-8")
         (data_dir / "log4j2.properties").write_text(
@@ -691,6 +705,7 @@ class LocalKafka:
             "-c",
             str(self._data_dir / "server.properties"),
             "--standalone",
+            *(self.security.format_arguments() if self.security else []),
         ]
         t0 = time.monotonic()
         try:
@@ -800,9 +815,10 @@ class LocalKafka:
                 try:
                     cluster = run_sync(
                         functools.partial(
-                            _probe_metadata, self.bootstrap_servers, min(5.0, remaining)
+                            _probe_metadata, self.bootstrap_servers, min(5.0, remaining),
+                            self.security.client_options() if self.security else None,
                         )
-                    )
+                    )  # fmt: skip
                 except Exception as exc:
                     last_error = f"metadata request failed: {exc!r}"
                 else:

@@ -26,17 +26,22 @@ async def acreate_topics(
     topics: Mapping[str, int],
     configs: Mapping[str, Mapping[str, str]] | None = None,
     *,
-    replication_factor: int = 1,
+    replication_factor: int | None = 1,
     timeout: float = 30.0,
-) -> None:
-    """Create ``topics`` ({name: partitions}) with optional per-topic ``configs``.
+    client_options: Mapping[str, Any] | None = None,
+) -> list[str]:
+    """Create ``topics`` ({name: partitions}) with optional per-topic ``configs``; return
+    the names it created.
 
-    Topics that already exist are left as they are, but an existing topic with a different
-    partition count is an error (tests and the worker rely on the count). Returns once every
-    partition of every topic has a leader, so producing right away works.
+    Topics that already exist are left as they are (and not asked for again, so a client
+    allowed to describe but not create them is fine), but an existing topic with a
+    different partition count is an error (tests and the worker rely on the count).
+    ``replication_factor`` None means 3, or the number of brokers if fewer.
+    ``client_options`` are the security options (``Settings.kafka_client_options()``).
+    Returns once every partition of every topic has a leader, so producing right away works.
     """
     if not topics:
-        return
+        return []
     configs = configs or {}
     unknown = set(configs) - set(topics)
     if unknown:
@@ -45,9 +50,14 @@ async def acreate_topics(
         bootstrap_servers=bootstrap,
         request_timeout_ms=int(timeout * 1000),
         client_id="anonstream-topics",
+        **(client_options or {}),
     )
     await admin.start()
     try:
+        existing = set(await admin.list_topics())
+        if replication_factor is None:
+            brokers = (await admin.describe_cluster()).get("brokers") or [None]
+            replication_factor = min(3, len(brokers))
         new = [
             NewTopic(
                 name,
@@ -56,17 +66,23 @@ async def acreate_topics(
                 topic_configs={k: str(v) for k, v in configs.get(name, {}).items()},
             )
             for name, partitions in topics.items()
+            if name not in existing
         ]
-        response = await admin.create_topics(new, timeout_ms=int(timeout * 1000))
-        problems = []
-        for entry in response.topic_errors:
-            name, code = entry[0], entry[1]
-            if code not in (0, TOPIC_ALREADY_EXISTS):
-                message = entry[2] if len(entry) > 2 and entry[2] else for_code(code).__name__
-                problems.append(f"{name}: {message}")
-        if problems:
-            raise BrokerError("could not create topics: " + "; ".join(problems))
+        created = []
+        if new:
+            response = await admin.create_topics(new, timeout_ms=int(timeout * 1000))
+            problems = []
+            for entry in response.topic_errors:
+                name, code = entry[0], entry[1]
+                if code == 0:
+                    created.append(name)
+                elif code != TOPIC_ALREADY_EXISTS:
+                    message = entry[2] if len(entry) > 2 and entry[2] else for_code(code).__name__
+                    problems.append(f"{name}: {message}")
+            if problems:
+                raise BrokerError("could not create topics: " + "; ".join(problems))
         await _wait_for_leaders(admin, dict(topics), time.monotonic() + timeout)
+        return created
     finally:
         await admin.close()
 
@@ -108,12 +124,14 @@ def create_topics(
     topics: dict[str, int],
     configs: dict[str, dict[str, str]] | None = None,
     *,
-    replication_factor: int = 1,
+    replication_factor: int | None = 1,
     timeout: float = 30.0,
-) -> None:
+    client_options: Mapping[str, Any] | None = None,
+) -> list[str]:
     """Sync wrapper of ``acreate_topics`` (safe to call from inside a running event loop)."""
-    run_sync(
+    return run_sync(
         lambda: acreate_topics(
-            bootstrap, topics, configs, replication_factor=replication_factor, timeout=timeout
+            bootstrap, topics, configs, replication_factor=replication_factor, timeout=timeout,
+            client_options=client_options,
         )
-    )
+    )  # fmt: skip

@@ -33,6 +33,7 @@ import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
     IllegalStateError,
     KafkaError,
     ProducerFenced,
@@ -54,6 +55,7 @@ from anonstream.runtime.scaleout import (
     mark_busy,
     partials_topic,
 )
+from anonstream.runtime.startup import Deadlines, StartupError, missing_topics_message
 from anonstream.settings import Settings
 
 log = logging.getLogger("anonstream.worker")
@@ -62,6 +64,10 @@ COMMIT_INTERVAL_S = 1.0
 MAX_PRODUCER_RESTARTS = 5  # within 5 minutes; past that the worker exits (1)
 GC_THRESHOLD = 100_000
 TICK_INTERVAL_S = 1.0
+MISSING_TOPICS_CHECK_S = 2.0
+MISSING_TOPICS_SAY_S = 10.0
+LATE_WARN_FRACTION = 0.5  # a batch mostly too late for its windows: say so,
+LATE_WARN_INTERVAL_S = 60.0  # at most once a minute per pipeline
 
 
 class _Rebalance(ConsumerRebalanceListener):
@@ -87,8 +93,12 @@ class BatchLoop:
         *,
         stop_at_end: bool = False,
         prepare: Callable[[], None] | None = None,
+        deadlines: Deadlines | None = None,
     ) -> None:
         self.settings = settings
+        self.deadlines = deadlines  # start-up phases, for a bounded start
+        self.missing_topics: list[str] = []
+        self._late_said: dict[str, float] = {}
         self.prepare = prepare  # blocking set-up (topic creation) run beside start()
         self.metrics = metrics
         self.stop_at_end = stop_at_end
@@ -165,9 +175,38 @@ class BatchLoop:
             **client,
         )  # fmt: skip
         self.producer = self._new_producer()
+        self._phase("connecting the consumer and the transactional producer")
         # Both clients connect (and the producer registers its transactional id) at once.
         await asyncio.gather(self.producer.start(), self.consumer.start())
+        await self._wait_for_topics()
+        if self.missing_topics:
+            return  # stopped while waiting: subscribing would let the broker auto-create them
+        self._phase("joining the consumer group")
         self.consumer.subscribe(list(self.by_topic), listener=_Rebalance(self))
+
+    def _phase(self, name: str) -> None:
+        if self.deadlines is not None:
+            self.deadlines.phase(name)
+
+    async def _wait_for_topics(self) -> None:
+        """A subscription to a missing topic finds it only at the next metadata refresh
+        (5 minutes): wait until every input topic exists, saying which do not."""
+        assert self.consumer is not None
+        said = 0.0
+        while not self._stopping.is_set():
+            self.missing_topics = sorted(set(self.by_topic) - await self.consumer.topics())
+            if not self.missing_topics:
+                return
+            message = missing_topics_message(self.missing_topics)
+            if self.settings.exit_on_missing_topics:
+                raise StartupError(message)
+            if self.deadlines is not None:
+                self.deadlines.pause()  # the operator has been told; not a hang
+            if time.monotonic() - said >= MISSING_TOPICS_SAY_S:
+                said = time.monotonic()
+                log.warning("%s; waiting for them", message)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopping.wait(), MISSING_TOPICS_CHECK_S)
 
     def _new_producer(self) -> AIOKafkaProducer:
         s = self.settings
@@ -228,6 +267,8 @@ class BatchLoop:
         assert self.consumer is not None
         self.assigned = set(tps)
         self._awaiting_assignment = False
+        if self.deadlines is not None:
+            self.deadlines.started()
         self._generation += 1
         self._reset_needed = True
         if self.stop_at_end:
@@ -306,15 +347,17 @@ class BatchLoop:
         gc.set_threshold(GC_THRESHOLD, 20, 50)
         prepared = asyncio.ensure_future(asyncio.to_thread(self.prepare)) if self.prepare else None
         try:
-            await self.start()
-        finally:
-            if prepared is not None:
-                await prepared  # releases may go out only once their topics exist
-        try:
+            try:
+                await self.start()
+            finally:
+                if prepared is not None:
+                    await prepared  # releases may go out only once their topics exist
             await self._loop()
         finally:
-            await self.close()
-            self.done.set()
+            try:
+                await self.close()
+            finally:
+                self.done.set()  # also after a failed start: a stop waits for this
 
     async def _loop(self) -> None:
         assert self.consumer is not None
@@ -414,11 +457,29 @@ class BatchLoop:
             offs_a = np.array(offsets, dtype=np.int64)
             for engine in self.by_topic.get(topic, []):
                 name = engine.pipeline.name
+                late = _late(engine)
                 with self.metrics.batch_timer(name):
                     step = engine.process_batch(values, pidx_a, parts, offs_a)
                     await self._deliver(engine, step)
                 self.metrics.observe_batch(name, len(values), step)
+                self._warn_if_late(name, _late(engine) - late, len(values))
         self._dirty = True
+
+    def _warn_if_late(self, pipeline: str, late: int, n: int) -> None:
+        """Events for windows already released are counted, not lost silently: a batch
+        that is mostly such events (old data replayed, a generator started in the past)
+        is worth a line in the log."""
+        if n == 0 or late < LATE_WARN_FRACTION * n:
+            return
+        now = time.monotonic()
+        if now - self._late_said.get(pipeline, -LATE_WARN_INTERVAL_S) < LATE_WARN_INTERVAL_S:
+            return
+        self._late_said[pipeline] = now
+        log.warning(
+            "%s: %d of %d events in a batch came after their window was released and were "
+            "counted as late, not aggregated (old event times? see anonstream_events_late_total)",
+            pipeline, late, n,
+        )  # fmt: skip
 
     async def _begin(self) -> None:
         assert self.producer is not None
@@ -493,10 +554,18 @@ class BatchLoop:
 
 
 _value, _offset = attrgetter("value"), attrgetter("offset")
+
+
+def _late(engine: Any) -> int:
+    counters = getattr(engine, "counters", None)  # scale-out stages decide lateness later
+    return int(counters["late"]) if counters is not None else 0
+
+
 # Another worker took over this slot (a zombie must stop), or the broker says no: a new
 # producer would not help.
 _FATAL = (
     ProducerFenced,
+    GroupAuthorizationFailedError,
     TransactionalIdAuthorizationFailed,
     TopicAuthorizationFailedError,
     ClusterAuthorizationFailedError,

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import signal
+import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,6 +22,7 @@ from anonstream.core.keys import MasterSecret
 from anonstream.core.pipeline import Pipeline
 from anonstream.metrics import Metrics
 from anonstream.runtime.batch import BatchLoop
+from anonstream.runtime.startup import Deadlines, StartupError, exit_now, failure_line, one_line
 from anonstream.settings import Settings
 
 log = logging.getLogger("anonstream.worker")
@@ -46,17 +49,62 @@ def _faust_datadir(group_id: str) -> Path:
     return path
 
 
+class _OneLine(logging.Filter):
+    """Tracebacks only at debug level: a failure is one line saying what went wrong."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and record.exc_info[1] is not None:
+            reason = one_line(record.exc_info[1]).replace("%", "%%")
+            if reason not in str(record.msg):
+                record.msg = f"{record.msg} ({reason})"
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+class _Host(faust.Worker):
+    """Faust's worker, with the stop deadline armed by the first signal (a second one
+    exits at once) and a start that fails ending the process in one line."""
+
+    deadlines: Deadlines
+    secret: MasterSecret
+    worker: Worker
+
+    def _schedule_shutdown(self, sig: signal.Signals) -> None:
+        self.deadlines.signalled(sig.name)
+        super()._schedule_shutdown(sig)
+
+    def on_setup_root_logger(self, logger: logging.Logger, level: int) -> None:
+        super().on_setup_root_logger(logger, level)
+        if level > logging.DEBUG:
+            for handler in logger.handlers:
+                handler.addFilter(_OneLine())
+
+    def on_worker_shutdown(self) -> None:
+        failure = sys.exc_info()[1]  # called from the `finally` of a start that raised
+        if failure is not None and not isinstance(failure, asyncio.CancelledError):
+            exit_now(1, f"the worker's host (Faust) failed: {failure_line(failure)}")
+        self.deadlines.stopping(self.worker.exit_code)
+
+
 class Worker:
     def __init__(
         self,
         settings: Settings,
         pipelines: Sequence[Pipeline],
         secret: MasterSecret,
+        deadlines: Deadlines | None = None,
+        brokers: int | None = None,
     ) -> None:
         self.settings = settings
+        self.secret = secret
         self.metrics = Metrics()
-        self.loop = BatchLoop(settings, pipelines, secret, self.metrics)
+        self.deadlines = deadlines or Deadlines(
+            settings.startup_timeout_seconds, settings.stop_timeout_seconds
+        )
+        self.loop = BatchLoop(settings, pipelines, secret, self.metrics, deadlines=self.deadlines)
         self.exit_code = 0
+        self._loop_running = False
         self._stopping: asyncio.Future[None] | None = None
         self.app = faust.App(
             f"{settings.group_id}-host",
@@ -67,7 +115,8 @@ class Worker:
             web_port=settings.web_port,
             web_host=settings.web_host,
             web_bind=settings.web_host,
-            topic_replication_factor=1,
+            # its leader topic, if it has to create it
+            topic_replication_factor=settings.replication_factor or min(3, brokers or 1),
             autodiscover=False,
             # Faust keeps table data in a dir of its own; the host has no tables, keep it
             # out of the working directory.
@@ -83,11 +132,25 @@ class Worker:
         self._add_pages()
 
     async def _run(self) -> None:
+        if self.deadlines.is_stopping:
+            return  # stopped before the host got here
+        self._loop_running = True
+        # Logged here, once Faust has set up logging (before, the line was lost).
+        log.info(
+            "worker for %s on %s (secret %s, fingerprint %s)",
+            ", ".join(p.name for p in self.loop.pipelines), self.settings.bootstrap_servers,
+            self.secret.source, self.secret.fingerprint(),
+        )  # fmt: skip
         try:
             await self.loop.run()
-        except Exception:
-            log.exception("the batch loop failed; stopping the worker")
+        except StartupError as exc:
+            log.error("cannot start: %s", exc)
             self.exit_code = 1
+        except Exception as exc:
+            log.error("the batch loop failed; stopping the worker: %s", failure_line(exc))
+            log.debug("the batch loop failed", exc_info=True)
+            self.exit_code = 1
+        self.deadlines.stopping(self.exit_code)
         if self.faust_worker is not None:
             self._stopping = asyncio.ensure_future(self.faust_worker.stop())
 
@@ -99,6 +162,8 @@ class Worker:
 
         async def health_page(web: Any, request: Any) -> Any:
             body = metrics.health(consuming=bool(loop.assigned))
+            if loop.missing_topics:
+                body.update(status="waiting_for_topics", missing_topics=loop.missing_topics)
             return web.json(body, status=200 if loop.assigned else 503)
 
         self.app.page("/metrics")(metrics_page)
@@ -106,10 +171,13 @@ class Worker:
 
     async def stop_loop(self) -> None:
         await self.loop.stop()
-        await self.loop.done.wait()
+        if self._loop_running:
+            await self.loop.done.wait()
 
     def run(self, log_level: str = "info") -> int:
-        self.faust_worker = faust.Worker(self.app, loglevel=log_level, quiet=True)
+        host = _Host(self.app, loglevel=log_level, quiet=True)
+        host.deadlines, host.secret, host.worker = self.deadlines, self.secret, self
+        self.faust_worker = host
 
         async def on_before_shutdown(app: Any, **kwargs: Any) -> None:
             await self.stop_loop()
