@@ -80,6 +80,11 @@ def validate(
     pipes = _all_pipelines(pipelines_dir, pipeline)
     for p in pipes:
         out.print(f"[green]ok[/] {p.source_file}: pipeline {p.name} v{p.version}, k={p.k}")
+        if any(o.privacy == "dp" for o in p.outputs):
+            from anonstream.explain_dp import warnings
+
+            for w in warnings(p):
+                out.print(f"[yellow]warning[/] {p.name}: {w}", markup=True, highlight=False)
     if check_secret:
         try:
             s = load_secret()

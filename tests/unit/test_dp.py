@@ -152,12 +152,29 @@ def test_compose_matches_opendp_composition() -> None:
 def test_explain_reports_the_plan(tmp_path: Path) -> None:
     from anonstream.explain import explain_pipeline
 
-    p = load_pipeline(Path(__file__).parents[2] / "pipelines/web_activity_dp.yaml")
+    p = load_pipeline(Path(__file__).parents[2] / "pipelines/examples/web_activity_dp.yaml")
     plan = D.plan_output(p, p.outputs[0])
     text = explain_pipeline(p)
     assert f"epsilon {plan.epsilon:.4g}" in text
+    assert "k-mode" not in text and "Warnings" not in text
     for q in plan.quantities:
-        assert f"{q.name}" in text and f"scale {q.scale:.4g}" in text
+        row = next(line for line in text.splitlines() if line.strip().startswith(q.name))
+        assert f" {q.scale:.4g} " in row and f"+/-{q.error95:.4g}" in row
+        assert f" {q.epsilon:.4g} " in row
+
+
+def test_explain_and_validate_warn_about_useless_noise() -> None:
+    from anonstream.explain import explain_pipeline
+    from anonstream.explain_dp import warnings
+
+    # The partner example of the issue, in dp mode: default bounds, epsilon 1 per window.
+    p = make_pipeline(L=10, M=20, epsilon=1.0, budget=(2.0, 1e-3), k=10)
+    warn = warnings(p)
+    assert any(w.startswith("output default: events has a 95% error") for w in warn)
+    assert any("pays for 2 of the 24 windows" in w for w in warn)
+    assert "Warnings:" in explain_pipeline(p)
+    # Tight bounds and a larger budget: no warning.
+    assert warnings(make_pipeline(L=1, M=1, epsilon=4.0, k=20, budget=(96.0, 1e-3))) == []
 
 
 # -- releases -----------------------------------------------------------------------------
@@ -384,3 +401,21 @@ def test_k_mode_stays_the_default_and_unchanged() -> None:
     res = run(PipelineEngine(doc_k, SECRET), crowd(20, "/a"))
     assert all(r["schema_version"] == 1 for r in res.releases)
     assert "privacy" not in kinds(res, "window_summary")[0]
+
+
+def test_validate_prints_dp_warnings(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from anonstream.cli import app
+
+    src = Path(__file__).parents[2] / "pipelines/examples/web_activity_dp.yaml"
+    text = src.read_text().replace(
+        "max_cells_per_unit_per_window: 3", "max_cells_per_unit_per_window: 30"
+    )
+    (tmp_path / "noisy.yaml").write_text(text)
+    result = CliRunner().invoke(
+        app, ["validate", "--pipelines-dir", str(tmp_path), "--no-check-secret"]
+    )
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.stdout.split())
+    assert "warning web_activity_dp: output default: events has a 95% error" in out
