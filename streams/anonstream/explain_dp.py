@@ -59,7 +59,7 @@ def budget_lines(p: Pipeline) -> list[str]:
         f"{b.epsilon:g}, delta {b.delta:g}, spent by basic composition over windows and "
         "outputs.",
         f"  one window of all dp outputs costs epsilon {eps:.4g}, delta {delta:.3g}; a period "
-        f"has {per_period} windows; {min(fits, per_period)} of them can be released, later "
+        f"has {per_period} window(s); {min(fits, per_period)} can be released, later "
         "ones are not (their window summary says budget_exhausted).",
     ]
 
