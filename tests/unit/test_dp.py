@@ -419,3 +419,34 @@ def test_validate_prints_dp_warnings(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     out = " ".join(result.stdout.split())
     assert "warning web_activity_dp: output default: events has a 95% error" in out
+
+
+# -- audit ----------------------------------------------------------------------------------
+
+
+def test_audit_accepts_a_dp_stream_and_catches_overspending() -> None:
+    from anonstream.audit import audit_records
+
+    p = make_pipeline(epsilon=2.0, budget=(5.0, 1e-3))
+    engine = PipelineEngine(p, SECRET)
+    recs: list[dict[str, Any]] = []
+    for h in range(3):
+        recs += run(engine, crowd(200, "/a", ts=T0 + h * HOUR + 60_000)).releases
+    report = audit_records(recs)
+    assert report.ok, report.render()
+    assert report.findings == []
+    # Tampered: the third window claims to be released and paid, past the budget.
+    forged = json.loads(json.dumps(recs))
+    last = forged[-1]
+    assert last["privacy"]["status"] == "budget_exhausted"
+    last["privacy"].update(status="released", window_epsilon=2.0)
+    report = audit_records(forged)
+    assert any(f.rule == "budget" and "over the budget" in f.message for f in report.failures)
+    # Tampered: aggregates in a refused window.
+    forged = json.loads(json.dumps(recs))
+    agg = json.loads(json.dumps(recs[0]))
+    agg["window_start"], agg["window_end"] = forged[-1]["window_start"], forged[-1]["window_end"]
+    agg["release_id"] = "f" * 32
+    forged.insert(len(forged) - 1, agg)
+    report = audit_records(forged)
+    assert any(f.rule == "budget" and "refused" in f.message for f in report.failures)
