@@ -37,6 +37,11 @@ def ensure_output_topics(settings: Settings, pipelines: Sequence[Pipeline]) -> N
             configs[partials_topic(settings.group_id, p.name)] = {
                 "retention.ms": str(settings.partials_retention_ms)
             }
+    if any(p.dp_budget is not None for p in pipelines):
+        from anonstream.runtime.ledger import COMPACTED, ledger_topic
+
+        topics[ledger_topic(settings.group_id)] = 1  # one partition: one ordered history
+        configs[ledger_topic(settings.group_id)] = COMPACTED
     try:
         create_topics(settings.bootstrap_servers, topics, configs)
     except Exception as exc:  # an existing topic with other settings is the operator's call
