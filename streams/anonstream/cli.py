@@ -116,6 +116,13 @@ def replay(
     pipelines_dir: PipelinesDir = Path("pipelines"),
     demo: Annotated[bool, typer.Option(help="Allow a throwaway key.")] = False,
     progress: Annotated[bool, typer.Option(help="Show a progress bar.")] = True,
+    ledger: Annotated[
+        Path | None,
+        typer.Option(help="dp outputs: JSONL privacy ledger kept across replays."),
+    ] = None,
+    allow_rerelease: Annotated[
+        bool, typer.Option(help="dp outputs: release already charged windows again (charged).")
+    ] = False,
 ) -> None:
     """Run a pipeline over a JSONL file of raw events, with no broker."""
     from rich.progress import BarColumn, Progress, TextColumn, TransferSpeedColumn
@@ -132,7 +139,18 @@ def replay(
     for path in (output, rejects):
         if path is not None and path.resolve() == input.resolve():
             fail(f"{path} is the input file: replay would overwrite the events it reads")
-    engine = PipelineEngine(p, secret)
+    book = None
+    if ledger is not None or allow_rerelease:
+        from anonstream.core.budget import JsonlLedgerStore, Ledger, MemoryLedgerStore
+
+        if p.dp_budget is None:
+            fail(f"pipeline {p.name} has no dp output: --ledger and --allow-rerelease need one")
+        store = JsonlLedgerStore(ledger) if ledger is not None else MemoryLedgerStore()
+        try:
+            book = Ledger(p, store, allow_rerelease=allow_rerelease)
+        except ValueError as exc:
+            fail(str(exc))
+    engine = PipelineEngine(p, secret, ledger=book)
     show = progress and sys.stderr.isatty()
     with Progress(
         TextColumn("replay"), BarColumn(), TextColumn("{task.completed:,} lines"),

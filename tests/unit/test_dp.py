@@ -450,3 +450,52 @@ def test_audit_accepts_a_dp_stream_and_catches_overspending() -> None:
     forged.insert(len(forged) - 1, agg)
     report = audit_records(forged)
     assert any(f.rule == "budget" and "refused" in f.message for f in report.failures)
+
+
+def test_kafka_ledger_store_forgets_aborted_charges() -> None:
+    """The worker's store: charges count once their transaction commits; an aborted
+    transaction's charges never happened (the step is redone and charged again)."""
+    from anonstream.runtime.ledger import KafkaLedgerStore
+
+    store = KafkaLedgerStore("anon.ledger.test")
+    c1 = Charge("p", "default", T0, T0 + HOUR, T0, 1.0, 1e-9)
+    store.append(c1)
+    ((key, value),) = store.drain()
+    assert key == f"p/default/{T0}/0".encode() and Charge(**json.loads(value)) == c1
+    assert store.load() == []  # sent, not yet committed
+    store.abort()
+    assert store.drain() == [] and store.load() == []
+    store.append(c1)
+    store.drain()
+    store.committed()
+    assert store.load() == [c1]
+    again = Charge("p", "default", T0, T0 + HOUR, T0, 1.0, 1e-9, rerelease=True)
+    store.append(again)
+    ((key, _),) = store.drain()
+    assert key == f"p/default/{T0}/1".encode()  # a re-release keeps its own compacted key
+
+
+def test_replay_with_a_ledger_file_does_not_release_a_window_twice(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from anonstream.cli import app
+
+    pipeline = Path(__file__).parents[2] / "pipelines/examples/web_activity_dp.yaml"
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(crowd(300, "/a")) + b"\n")
+    ledger = tmp_path / "ledger.jsonl"
+    env = {"ANONSTREAM_SECRET": "x" * 32}
+
+    def replay(out: Path, *extra: str) -> list[dict[str, Any]]:
+        args = ["replay", "-p", str(pipeline), "-i", str(events), "-o", str(out), *extra]
+        result = CliRunner().invoke(app, args, env=env)
+        assert result.exit_code == 0, result.output
+        return [json.loads(line) for line in out.read_text().splitlines()]
+
+    first = replay(tmp_path / "1.jsonl", "--ledger", str(ledger))
+    assert [r["kind"] for r in first] == ["aggregate", "window_summary"]
+    assert replay(tmp_path / "2.jsonl", "--ledger", str(ledger)) == []
+    # Allowed again, it would exceed this example's budget (one window per day): refused.
+    third = replay(tmp_path / "3.jsonl", "--ledger", str(ledger), "--allow-rerelease")
+    assert [r["privacy"]["status"] for r in third] == ["budget_exhausted"]
+    assert len(JsonlLedgerStore(ledger).load()) == 1
