@@ -499,3 +499,81 @@ def test_replay_with_a_ledger_file_does_not_release_a_window_twice(tmp_path: Pat
     third = replay(tmp_path / "3.jsonl", "--ledger", str(ledger), "--allow-rerelease")
     assert [r["privacy"]["status"] for r in third] == ["budget_exhausted"]
     assert len(JsonlLedgerStore(ledger).load()) == 1
+
+
+# -- sensitivity: what one person can change, as an attacker would try ------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_paths = st.sampled_from(["/a", "/b", "/c", "/d", "/e", "/f", "/g", "/h"])
+_types = st.sampled_from(["page_view", "click", "beacon"])
+_durations = st.one_of(st.none(), st.integers(-(10**9), 10**9))
+_event = st.tuples(_types, _paths, _durations, st.integers(0, HOUR - 1))
+
+
+def _exact(p: Any, evs: list[tuple[str, str, str, int | None, int]]) -> dict[Any, dict[str, Any]]:
+    values = []
+    for i, (user, typ, path, dur, off) in enumerate(evs):
+        ev: dict[str, Any] = {
+            "event_id": f"id-{i}-{user}", "ts": T0 + off, "type": typ, "visitor_id": user,
+            "url": "https://shop.example.com" + path,
+        }  # fmt: skip
+        if dur is not None:
+            ev["duration_ms"] = dur
+        values.append(orjson.dumps(ev))
+    state, rows = _window_rows(p, values)
+    ex = D.exact_cells(p, p.outputs[0], state, rows)
+    out: dict[Any, dict[str, Any]] = {}
+    for i, key in enumerate(ex.keys):
+        out[key] = {"users": int(ex.users[i])}
+        for name in ex.numbers:
+            out[key][name] = ex.take(name, [i]).tolist()
+    return out
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    base=st.lists(st.tuples(st.integers(0, 5), _event), min_size=1, max_size=40),
+    extra=st.lists(_event, min_size=1, max_size=60),
+    L=st.integers(1, 3),
+    M=st.integers(1, 3),
+    outdims=st.sampled_from([("type", "url"), ("type",), ("url",)]),
+)
+def test_one_person_changes_no_figure_by_more_than_its_sensitivity(
+    base: list[Any], extra: list[Any], L: int, M: int, outdims: tuple[str, ...]
+) -> None:
+    """Adding one person with any events (many cells, many events, extreme values) moves
+    the exact figures a window's dp release is computed from by at most the sensitivities
+    the privacy maps are evaluated at."""
+    p = make_pipeline(
+        L=L, M=M, clamp=[0, 200],
+        metrics={"sums": ["duration_ms"], "means": ["duration_ms"], "histograms": ["duration_ms"]},
+        outputs=[{"name": "default", "dimensions": list(outdims), "privacy": "dp",
+                  "dp": {"epsilon": 1.0, "delta": 1e-6}}],
+    )  # fmt: skip
+    before_evs = [(f"u{u}", *e) for u, e in base]
+    after_evs = before_evs + [("attacker", *e) for e in extra]
+    before, after = _exact(p, before_evs), _exact(p, after_evs)
+    keys = set(before) | set(after)
+    zero = {
+        name: [0] * len(v) if isinstance(v, list) else 0
+        for name, v in next(iter(after.values())).items()
+    }
+
+    def diff(name: str) -> list[int]:
+        return [
+            abs(a - b)
+            for key in keys
+            for a, b in zip(
+                np.atleast_1d(after.get(key, zero)[name]),
+                np.atleast_1d(before.get(key, zero)[name]),
+                strict=True,
+            )
+        ]
+
+    users = diff("users")
+    l0, l1, linf = D.sensitivity(p, "users")
+    assert sum(1 for d in users if d) <= l0 and max(users) <= linf and sum(users) <= l1
+    for name in ("events", "duration_ms_sum", "duration_ms_count", "duration_ms_histogram"):
+        assert sum(diff(name)) <= D.sensitivity(p, name), name

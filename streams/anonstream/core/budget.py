@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from anonstream.core.dp import compose
+from anonstream.core.dp import compose, plans
 from anonstream.core.pipeline import Pipeline
 
 Status = Literal["released", "budget_exhausted", "already_released"]
@@ -116,6 +116,7 @@ class Ledger:
         if pipeline.dp_budget is None:
             raise ValueError(f"pipeline {pipeline.name} has no dp_budget")
         self.p = pipeline
+        plans(pipeline)  # scales and thresholds searched at start, not at the first window
         self.budget = (pipeline.dp_budget.epsilon, pipeline.dp_budget.delta)
         self.store = store if store is not None else MemoryLedgerStore()
         self.allow_rerelease = allow_rerelease

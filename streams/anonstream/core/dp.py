@@ -218,11 +218,26 @@ def _band_labels(edges: tuple[float, ...]) -> list[str]:
     return [f"[{f(a)},{f(b)})" for a, b in pairwise(bounds)]
 
 
-def release_dp(p: Pipeline, out: Output, state: WindowState, rows: Rows) -> DpResult:
-    """One window of a dp output. `rows` are bounded per unit (at most L events per cell,
-    M cells per window): that is what the sensitivities assume."""
-    plan = plan_output(p, out)
-    res = DpResult()
+@dataclass
+class ExactCells:
+    """A window's exact figures per output cell, before any noise: internal, never released.
+    Histograms are flattened per cell (cell * bands + band)."""
+
+    keys: list[tuple[str, ...]]
+    users: npt.NDArray[np.int64]
+    rows: npt.NDArray[np.int64]  # bounded rows (events) per cell
+    numbers: dict[str, npt.NDArray[np.int64]]
+
+    def take(self, name: str, cells: list[int]) -> npt.NDArray[np.int64]:
+        v = self.numbers[name]
+        width = len(v) // len(self.keys)
+        return v.reshape(len(self.keys), width)[cells].ravel()
+
+
+def exact_cells(p: Pipeline, out: Output, state: WindowState, rows: Rows) -> ExactCells:
+    """Distinct units, events, integer sums of clamped values, counts of values and band
+    counts per cell of `out`, from rows already bounded per unit (at most L events per
+    pipeline cell, M cells per window): the figures whose sensitivity `sensitivity` states."""
     dim_idx = [p.dimensions.index(d) for d in out.dimensions]
     codes: dict[tuple[str, ...], int] = {}
     cell_ids, row_cell = np.unique(rows.cell, return_inverse=True)
@@ -231,47 +246,50 @@ def release_dp(p: Pipeline, out: Output, state: WindowState, rows: Rows) -> DpRe
          for c in cell_ids.tolist()),
         dtype=np.int64, count=len(cell_ids),
     )  # fmt: skip
-    code = cell_code[row_cell] if len(rows) else np.zeros(0, dtype=np.int64)
+    g = cell_code[row_cell.ravel()] if len(rows) else np.zeros(0, dtype=np.int64)
     n = len(codes)
-    pairs = np.unique(np.stack([code.astype(np.uint64), rows.unit]), axis=1)
+    pairs = np.unique(np.stack([g.astype(np.uint64), rows.unit]), axis=1)
     users = np.bincount(pairs[0].astype(np.int64), minlength=n)
-    # Pre-threshold of k exact people, then DP selection on the shifted counts.
-    pre = np.flatnonzero(users >= out.k)
-    shifted = {int(c): int(users[c]) - (out.k - 1) for c in pre}
-    sel_q = plan.quantities[0]
-    chosen = sel_q.measurement()(shifted) if shifted else {}
-    keys = list(codes)
-    released = sorted(chosen, key=lambda c: keys[c])  # a stable order, by dims
-    if not released:
-        return res
-    pos = np.full(n, -1, dtype=np.int64)
-    pos[released] = np.arange(len(released))
-    row_pos = pos[code]
-    sel = row_pos >= 0
-    g = row_pos[sel]
-    nr = len(released)
-    res.cells_released, res.rows_released = nr, int(sel.sum())
-    numbers: dict[str, npt.NDArray[np.int64]] = {
-        "events": np.bincount(g, minlength=nr).astype(np.int64)
-    }
+    events = np.bincount(g, minlength=n).astype(np.int64)
+    numbers: dict[str, npt.NDArray[np.int64]] = {"events": events}
     col = {m: i for i, m in enumerate(p.measures)}
     for m in p.measures:
         fa = p.fields[m]
         assert fa.clamp is not None
-        vals = rows.measures[sel, col[m]]
+        vals = rows.measures[:, col[m]]
         has = ~np.isnan(vals)
         gh = g[has]
         clamped = np.clip(vals[has], fa.clamp[0], fa.clamp[1]).astype(np.int64)
         if m in p.sums or m in p.means:
-            numbers[f"{m}_sum"] = np.bincount(gh, weights=clamped, minlength=nr).astype(np.int64)
+            numbers[f"{m}_sum"] = np.bincount(gh, weights=clamped, minlength=n).astype(np.int64)
         if m in p.means:
-            numbers[f"{m}_count"] = np.bincount(gh, minlength=nr).astype(np.int64)
+            numbers[f"{m}_count"] = np.bincount(gh, minlength=n).astype(np.int64)
         if m in p.histograms:
             nb = len(fa.edges) + 1
             band = np.searchsorted(np.asarray(fa.edges), vals[has], side="right")
-            numbers[f"{m}_histogram"] = np.bincount(gh * nb + band, minlength=nr * nb).astype(
+            numbers[f"{m}_histogram"] = np.bincount(gh * nb + band, minlength=n * nb).astype(
                 np.int64
             )
+    return ExactCells(list(codes), users.astype(np.int64), events, numbers)
+
+
+def release_dp(p: Pipeline, out: Output, state: WindowState, rows: Rows) -> DpResult:
+    """One window of a dp output. `rows` are bounded per unit (at most L events per cell,
+    M cells per window): that is what the sensitivities assume."""
+    plan = plan_output(p, out)
+    res = DpResult()
+    exact = exact_cells(p, out, state, rows)
+    keys = exact.keys
+    # Pre-threshold of k exact people, then DP selection on the shifted counts.
+    pre = np.flatnonzero(exact.users >= out.k)
+    shifted = {int(c): int(exact.users[c]) - (out.k - 1) for c in pre}
+    chosen = plan.quantities[0].measurement()(shifted) if shifted else {}
+    released = sorted(chosen, key=lambda c: keys[c])  # a stable order, by dims
+    if not released:
+        return res
+    res.cells_released = len(released)
+    res.rows_released = int(exact.rows[released].sum())
+    numbers = {name: exact.take(name, released) for name in exact.numbers}
     noisy = {name: _noisy(plan.get(name), v) for name, v in numbers.items()}
     noisy["users"] = np.array([chosen[c] + out.k - 1 for c in released], dtype=np.int64)
     meta = noise_meta(plan, out)
