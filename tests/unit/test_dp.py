@@ -583,3 +583,14 @@ def test_one_person_changes_no_figure_by_more_than_its_sensitivity(
     assert sum(1 for d in users if d) <= l0 and max(users) <= linf and sum(users) <= l1
     for name in ("events", "duration_ms_sum", "duration_ms_count", "duration_ms_histogram"):
         assert sum(diff(name)) <= D.sensitivity(p, name), name
+
+
+def test_worker_refuses_dp_in_scale_out_mode() -> None:
+    """Several workers would each spend the period's budget on their own view of it."""
+    from anonstream.metrics import Metrics
+    from anonstream.runtime.batch import BatchLoop
+    from anonstream.settings import Settings
+
+    settings = Settings(bootstrap_servers="127.0.0.1:1", scale_out=True, web_enabled=False)
+    with pytest.raises(ValueError, match="single mode"):
+        BatchLoop(settings, [make_pipeline()], SECRET, Metrics())

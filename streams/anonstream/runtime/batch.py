@@ -102,6 +102,10 @@ class BatchLoop:
             if any(p.dp_budget is not None for p in pipelines)
             else None
         )
+        if self.ledger is not None and settings.scale_out:
+            # Windows of one period would be released by several workers, each spending
+            # the budget on its own ledger view.
+            raise ValueError("dp outputs run in single mode only (ANONSTREAM_SCALE_OUT=false)")
         self._build_engines()
         self.raw_topics = {p.source_topic for p in pipelines}
         self.outputs = {(p.name, o.name): o.topic for p in pipelines for o in p.outputs}
