@@ -40,6 +40,13 @@ def output_lines(p: Pipeline, o: Output) -> list[str]:
             f"      {q.name:<22} {q.epsilon:>7.4g}  {_KIND.get(q.name, 'discrete Laplace'):<33}"
             f" {q.scale:>6.4g}  +/-{q.error95:.4g}"
         )
+    n = plan.min_cell_users
+    lines.append(
+        f"    at a cell of {n} people (one event each): users +/-"
+        f"{100 * plan.get('users').error95 / n:.0f}%, events +/-"
+        f"{100 * plan.get('events').error95 / n:.0f}% (95%); larger cells have the same "
+        "absolute error"
+    )
     return lines
 
 

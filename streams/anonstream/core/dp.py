@@ -167,6 +167,8 @@ def _selection(d_in: tuple[int, int, int], eps: float, delta: float) -> Quantity
     scale = dp.binary_search(eps_ok, bounds=(1e-6, 1e9), T=float)
     threshold = int(dp.binary_search(delta_ok, bounds=(1, never), T=int))
     e, d = laplace_threshold(scale, threshold).map(d_in)
+    if e > eps or d > delta:  # the searches assume epsilon does not grow with the threshold
+        raise ValueError(f"no threshold meets epsilon {eps:g}, delta {delta:g}")
     return Quantity(
         "users", d_in, scale, float(e), float(d),
         dp.discrete_laplacian_scale_to_accuracy(scale, ALPHA), int(threshold),
