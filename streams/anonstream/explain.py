@@ -3,7 +3,6 @@ for a privacy reviewer rather than a programmer."""
 
 from __future__ import annotations
 
-from anonstream import explain_dp
 from anonstream.core.keys import ROTATION_MS
 from anonstream.core.pipeline import FieldAction, Pipeline
 
@@ -44,6 +43,8 @@ def _describe(fa: FieldAction, p: Pipeline) -> str:
 
 
 def explain_pipeline(p: Pipeline) -> str:
+    from anonstream import explain_dp  # loads OpenDP: not for `import anonstream.explain`
+
     c = p.contribution
     lines = [
         f"Pipeline {p.name} v{p.version}  ({p.source_file})",

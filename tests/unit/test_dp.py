@@ -21,7 +21,7 @@ import orjson
 import pytest
 
 from anonstream.core import dp as D
-from anonstream.core.budget import Charge, JsonlLedgerStore, Ledger
+from anonstream.core.budget import Charge, JsonlLedgerStore, Ledger, compose
 from anonstream.core.engine import Message, PipelineEngine, StepResult
 from anonstream.core.keys import load_secret
 from anonstream.core.pipeline import PipelineError, load_pipeline, parse_pipeline
@@ -146,7 +146,7 @@ def test_compose_matches_opendp_composition() -> None:
     ms = [dp.m.make_laplace_threshold(cells, metric, s, t) for s, t in ((2.0, 30), (5.0, 90))]
     d_in = (3, 3, 1)
     composed = dp.c.make_composition(ms).map(d_in)
-    assert D.compose([m.map(d_in) for m in ms]) == pytest.approx(composed, rel=1e-12)
+    assert compose([m.map(d_in) for m in ms]) == pytest.approx(composed, rel=1e-12)
 
 
 def test_explain_reports_the_plan(tmp_path: Path) -> None:

@@ -2,7 +2,7 @@
 
 The period is the pseudonym rotation period: within it one person has one pseudonym, so
 contribution bounds hold per window and losses of the period's windows and dp outputs add
-up (basic composition, `dp.compose`). Before a window of a dp output is released, the
+up (basic composition, `compose`). Before a window of a dp output is released, the
 ledger checks that its cost (from OpenDP's maps, `dp.plan_output`) still fits the period's
 budget and records the charge; a window that does not fit is not released. A window
 already charged is not released again, unless the operator allows re-releases, and then it
@@ -15,15 +15,22 @@ replay), or a Kafka topic in a later step.
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
-from anonstream.core.dp import compose, plans
 from anonstream.core.pipeline import Pipeline
 
 Status = Literal["released", "budget_exhausted", "already_released"]
+
+
+def compose(losses: list[tuple[float, float]]) -> tuple[float, float]:
+    """Basic sequential composition of (epsilon, delta) losses, for a window's quantities
+    and for a period's windows (OpenDP's `make_composition` for approximate DP gives the
+    same; see the tests)."""
+    return (math.fsum(e for e, _ in losses), math.fsum(d for _, d in losses))
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +122,8 @@ class Ledger:
     ) -> None:
         if pipeline.dp_budget is None:
             raise ValueError(f"pipeline {pipeline.name} has no dp_budget")
+        from anonstream.core.dp import plans  # OpenDP loads only for dp pipelines
+
         self.p = pipeline
         plans(pipeline)  # scales and thresholds searched at start, not at the first window
         self.budget = (pipeline.dp_budget.epsilon, pipeline.dp_budget.delta)

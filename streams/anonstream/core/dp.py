@@ -33,13 +33,20 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import opendp.prelude as dp
+from opendp.accuracy import discrete_laplacian_scale_to_accuracy
+from opendp.domains import atom_domain, map_domain, vector_domain
+from opendp.measurements import make_laplace, make_laplace_threshold
+from opendp.metrics import absolute_distance, l01inf_distance, l1_distance
+from opendp.mod import Measurement, binary_search, binary_search_param, enable_features
+from opendp.typing import i64
 
+from anonstream.core.budget import compose
 from anonstream.core.cellstate import Rows, WindowState
 from anonstream.core.pipeline import Output, Pipeline
 from anonstream.core.records import DP_SCHEMA_VERSION, aggregate_record
 
-dp.enable_features("contrib")
+# Not opendp.prelude: it also imports OpenDP's optional extras, a slower start.
+enable_features("contrib")
 
 MECHANISM = "discrete_laplace"
 ALPHA = 0.05  # error bounds are 95 %: |noise| <= error95 with probability 0.95
@@ -47,26 +54,26 @@ ALPHA = 0.05  # error bounds are 95 %: |noise| <= error95 with probability 0.95
 
 @cache
 def _vec_domain() -> Any:
-    return dp.vector_domain(dp.atom_domain(T=dp.i64))
+    return vector_domain(atom_domain(T=i64))
 
 
 @cache
 def _map_domain() -> Any:
-    return dp.map_domain(dp.atom_domain(T=dp.i64), dp.atom_domain(T=dp.i64))
+    return map_domain(atom_domain(T=i64), atom_domain(T=i64))
 
 
 @cache  # a measurement is reusable: built once per scale, not once per window
-def laplace_vector(scale: float) -> dp.Measurement:
+def laplace_vector(scale: float) -> Measurement:
     """Discrete Laplace noise on each entry of an integer vector (L1 distance)."""
-    return dp.m.make_laplace(_vec_domain(), dp.l1_distance(T=dp.i64), scale)
+    return make_laplace(_vec_domain(), l1_distance(T=i64), scale)
 
 
 @cache
-def laplace_threshold(scale: float, threshold: int) -> dp.Measurement:
+def laplace_threshold(scale: float, threshold: int) -> Measurement:
     """Partition selection: the cells of a map cell -> count whose noisy count reaches
     `threshold`, with their noisy counts."""
-    return dp.m.make_laplace_threshold(
-        _map_domain(), dp.l01inf_distance(dp.absolute_distance(T=dp.i64)), scale, threshold
+    return make_laplace_threshold(
+        _map_domain(), l01inf_distance(absolute_distance(T=i64)), scale, threshold
     )
 
 
@@ -82,7 +89,7 @@ class Quantity:
     error95: float  # |noise| <= error95 with probability 0.95 (per number)
     threshold: int | None = None  # selection only: noisy shifted users must reach this
 
-    def measurement(self) -> dp.Measurement:
+    def measurement(self) -> Measurement:
         if self.threshold is not None:
             return laplace_threshold(self.scale, self.threshold)
         return laplace_vector(self.scale)
@@ -108,12 +115,6 @@ class DpPlan:
         sel = self.quantities[0]
         assert sel.threshold is not None
         return sel.threshold + self.k - 1
-
-
-def compose(losses: list[tuple[float, float]]) -> tuple[float, float]:
-    """Basic sequential composition of (epsilon, delta) losses (OpenDP's
-    `make_composition` for approximate DP gives the same; see the tests)."""
-    return (math.fsum(e for e, _ in losses), math.fsum(d for _, d in losses))
 
 
 def quantity_names(p: Pipeline) -> list[str]:
@@ -143,10 +144,10 @@ def sensitivity(p: Pipeline, name: str) -> Any:
 def _vector_quantity(name: str, d_in: int, eps: float) -> Quantity:
     if d_in == 0:  # clamp [0, 0]: the sum is always 0 and needs no noise
         return Quantity(name, 0, 0.0, 0.0, 0.0, 0.0)
-    scale = dp.binary_search_param(laplace_vector, d_in=d_in, d_out=eps, bounds=(1e-6, 1e15))
+    scale = binary_search_param(laplace_vector, d_in=d_in, d_out=eps, bounds=(1e-6, 1e15))
     spent = laplace_vector(scale).map(d_in)
     return Quantity(
-        name, d_in, scale, float(spent), 0.0, dp.discrete_laplacian_scale_to_accuracy(scale, ALPHA)
+        name, d_in, scale, float(spent), 0.0, discrete_laplacian_scale_to_accuracy(scale, ALPHA)
     )
 
 
@@ -164,14 +165,14 @@ def _selection(d_in: tuple[int, int, int], eps: float, delta: float) -> Quantity
     def delta_ok(t: float) -> bool:
         return bool(laplace_threshold(scale, int(t)).map(d_in)[1] <= delta)
 
-    scale = dp.binary_search(eps_ok, bounds=(1e-6, 1e9), T=float)
-    threshold = int(dp.binary_search(delta_ok, bounds=(1, never), T=int))
+    scale = binary_search(eps_ok, bounds=(1e-6, 1e9), T=float)
+    threshold = int(binary_search(delta_ok, bounds=(1, never), T=int))
     e, d = laplace_threshold(scale, threshold).map(d_in)
     if e > eps or d > delta:  # the searches assume epsilon does not grow with the threshold
         raise ValueError(f"no threshold meets epsilon {eps:g}, delta {delta:g}")
     return Quantity(
         "users", d_in, scale, float(e), float(d),
-        dp.discrete_laplacian_scale_to_accuracy(scale, ALPHA), int(threshold),
+        discrete_laplacian_scale_to_accuracy(scale, ALPHA), int(threshold),
     )  # fmt: skip
 
 

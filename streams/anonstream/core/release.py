@@ -24,7 +24,6 @@ import numpy.typing as npt
 from anonstream.core.accumulators import distinct_count
 from anonstream.core.budget import Ledger
 from anonstream.core.cellstate import Rows, WindowState, group_starts, rank_in_group
-from anonstream.core.dp import plan_output, release_dp
 from anonstream.core.pipeline import Noise, Output, Pipeline
 from anonstream.core.records import STAR, aggregate_record, release_id
 
@@ -256,6 +255,8 @@ class Releaser:
 
     def _release_dp(self, state: WindowState, rows: Rows, out: Output) -> OutputRelease:
         """A dp output: released only if the ledger accepts the window's cost."""
+        from anonstream.core.dp import plan_output, release_dp  # OpenDP: dp pipelines only
+
         assert self.ledger is not None, "a pipeline with dp outputs needs a ledger"
         res = OutputRelease(out)
         plan = plan_output(self.p, out)
