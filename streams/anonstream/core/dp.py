@@ -41,7 +41,7 @@ from opendp.mod import Measurement, binary_search, binary_search_param, enable_f
 from opendp.typing import i64
 
 from anonstream.core.budget import compose
-from anonstream.core.cellstate import Rows, WindowState
+from anonstream.core.cellstate import Rows, WindowState, group_starts
 from anonstream.core.pipeline import Output, Pipeline
 from anonstream.core.records import DP_SCHEMA_VERSION, aggregate_record
 
@@ -251,8 +251,9 @@ def exact_cells(p: Pipeline, out: Output, state: WindowState, rows: Rows) -> Exa
     )  # fmt: skip
     g = cell_code[row_cell.ravel()] if len(rows) else np.zeros(0, dtype=np.int64)
     n = len(codes)
-    pairs = np.unique(np.stack([g.astype(np.uint64), rows.unit]), axis=1)
-    users = np.bincount(pairs[0].astype(np.int64), minlength=n)
+    order = np.lexsort((rows.unit, g))  # distinct (cell, unit) pairs: starts of runs
+    gs = g[order]
+    users = np.bincount(gs[group_starts(gs.astype(np.uint64), rows.unit[order])], minlength=n)
     events = np.bincount(g, minlength=n).astype(np.int64)
     numbers: dict[str, npt.NDArray[np.int64]] = {"events": events}
     col = {m: i for i, m in enumerate(p.measures)}
