@@ -12,6 +12,8 @@ itself by also being in the checker. What it can see:
 - ``differencing``: no two released numbers of one window whose difference describes fewer
   than k people (identical cells, cells of two outputs, a "*" cell that looks like a total).
 - ``noise`` / ``sanity``: declared noise is coherent; exact counts are internally consistent.
+- ``budget``: dp outputs (contract v2): no period spends more than its declared budget, the
+  summaries' spending adds up, and no aggregate belongs to a window the budget refused.
 
 Findings never echo a suspected identifier: it is masked to its first two characters.
 """
@@ -52,7 +54,9 @@ __all__ = [
 ]
 
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "release-v1.json"
-RULES = ("schema", "k", "identifier", "duplicate", "differencing", "noise", "sanity")
+# Records of dp outputs (schema_version 2); any other version is checked against v1.
+SCHEMA_PATHS = {1: SCHEMA_PATH, 2: SCHEMA_PATH.with_name("release-v2.json")}
+RULES = ("schema", "k", "identifier", "duplicate", "differencing", "noise", "sanity", "budget")
 STAR = "*"
 IDLE_SECONDS = 2.0  # a topic with no new message for this long is read to its end
 CLI_TOPIC_TIMEOUT = 60.0
@@ -256,9 +260,9 @@ def _digest(rec: dict[str, Any]) -> bytes:
 
 
 @cache
-def _validator() -> Draft202012Validator:
-    """The contract schema, loaded and compiled once per process."""
-    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+def _validator(version: int = 1) -> Draft202012Validator:
+    """The contract schema of a version, loaded and compiled once per process."""
+    schema = json.loads(SCHEMA_PATHS[version].read_text(encoding="utf-8"))
     Draft202012Validator.check_schema(schema)
     return Draft202012Validator(schema)
 
@@ -301,7 +305,8 @@ _KIND_BRANCH = {"aggregate": 0, "window_summary": 1}  # order of the schema's to
 
 def _schema_errors(rec: dict[str, Any]) -> list[str]:
     """Errors of the branch the record's kind selects (the oneOf error alone says nothing)."""
-    errors = list(_validator().iter_errors(rec))
+    version = 2 if rec.get("schema_version") == 2 else 1
+    errors = list(_validator(version).iter_errors(rec))
     if not errors:
         return []
     kind = rec.get("kind")
@@ -318,7 +323,7 @@ def _schema_errors(rec: dict[str, Any]) -> list[str]:
             )
         else:
             out.append(_describe(err))
-    return out or ["does not match output contract v1"]
+    return out or [f"does not match output contract v{version}"]
 
 
 def _walk_strings(obj: object, path: tuple[str, ...]) -> Iterator[tuple[tuple[str, ...], str]]:
@@ -362,6 +367,7 @@ class _Summary:
     line: int | None
     cells_released: int
     k: int
+    privacy: dict[str, Any] | None = None  # dp outputs only
 
 
 class _Auditor:
@@ -511,7 +517,9 @@ class _Auditor:
             rec["window_start"], rec["window_end"],
         )  # fmt: skip
         self._window_order(rec, rid, line)
-        self.summaries[key].append(_Summary(rid, line, rec["cells_released"], rec["k"]))
+        self.summaries[key].append(
+            _Summary(rid, line, rec["cells_released"], rec["k"], rec.get("privacy"))
+        )
 
     def _window_order(self, rec: dict[str, Any], rid: str, line: int | None) -> None:
         start, end = _ts(rec["window_start"]), _ts(rec["window_end"])
@@ -540,6 +548,7 @@ class _Auditor:
                     "noise (or none): noise is set per output",
                     "warning",
                 )  # fmt: skip
+        self._budget()
         by_window: dict[tuple[str, int, str, str], dict[str, list[_Cell]]] = defaultdict(dict)
         for (p, v, o, s, e), cells in self.cells.items():
             by_window[(p, v, s, e)][o] = cells
@@ -554,6 +563,49 @@ class _Auditor:
                 "info",
             )  # fmt: skip
         return self.report
+
+    def _budget(self) -> None:
+        """dp outputs: per pipeline and privacy period, the windows' charges add up to no
+        more than the budget every summary declares, and refused windows release nothing."""
+        periods: dict[tuple[str, int], list[tuple[_Summary, dict[str, Any]]]] = defaultdict(list)
+        for key, summaries in self.summaries.items():
+            s = summaries[0]
+            if s.privacy is None:
+                continue
+            periods[(key[0], s.privacy["period_start_ms"])].append((s, s.privacy))
+            if s.privacy["status"] != "released" and self.cells.get(key):
+                self.find(
+                    s.release_id, s.line, "budget",
+                    f"{_window_name(key)}: aggregates released for a window whose budget "
+                    "was refused",
+                )  # fmt: skip
+        for (pipeline, start), items in periods.items():
+            s0, pv0 = items[0]
+            budget = (pv0["period_epsilon_budget"], pv0["period_delta_budget"])
+            eps = sum(pv["window_epsilon"] for _, pv in items)
+            delta = sum(pv["window_delta"] for _, pv in items)
+            declared = max(pv["period_epsilon_spent"] for _, pv in items)
+            where = f"pipeline {_safe(pipeline)}, period starting {start} ms"
+            tol = 1e-9 * max(1.0, budget[0])
+            if eps > budget[0] + tol or delta > budget[1] * (1 + 1e-9):
+                self.find(
+                    s0.release_id, s0.line, "budget",
+                    f"{where}: windows charged epsilon {eps:.6g}, delta {delta:.3g}, over the "
+                    f"budget epsilon {budget[0]:g}, delta {budget[1]:g}",
+                )  # fmt: skip
+            if eps > declared + tol:
+                self.find(
+                    s0.release_id, s0.line, "budget",
+                    f"{where}: windows charged epsilon {eps:.6g} but the summaries say "
+                    f"{declared:.6g} was spent",
+                )  # fmt: skip
+            if any((pv["period_epsilon_budget"], pv["period_delta_budget"]) != budget
+                   for _, pv in items):  # fmt: skip
+                self.find(
+                    s0.release_id, s0.line, "budget",
+                    f"{where}: summaries declare different budgets",
+                    "warning",
+                )  # fmt: skip
 
     def _summary_count(
         self, key: WindowKey, cells: list[_Cell], is_first: bool, is_last: bool

@@ -96,6 +96,11 @@ def validate(
     pipes = _all_pipelines(pipelines_dir, pipeline)
     for p in pipes:
         out.print(f"[green]ok[/] {p.source_file}: pipeline {p.name} v{p.version}, k={p.k}")
+        if any(o.privacy == "dp" for o in p.outputs):
+            from anonstream.explain_dp import warnings
+
+            for w in warnings(p):
+                out.print(f"[yellow]warning[/] {p.name}: {w}", markup=True, highlight=False)
     if check_secret:
         try:
             s = load_secret()
@@ -134,6 +139,13 @@ def replay(
             "RFC 3339 time, epoch ms, or 'wall'. Default: the input file's modification time."
         ),
     ] = None,
+    ledger: Annotated[
+        Path | None,
+        typer.Option(help="dp outputs: JSONL privacy ledger kept across replays."),
+    ] = None,
+    allow_rerelease: Annotated[
+        bool, typer.Option(help="dp outputs: release already charged windows again (charged).")
+    ] = False,
 ) -> None:
     """Run a pipeline over a JSONL file of raw events, with no broker."""
     from rich.progress import BarColumn, Progress, TextColumn, TransferSpeedColumn
@@ -154,7 +166,18 @@ def replay(
         now_ms = replay_clock(now, input)
     except ValueError as exc:
         fail(str(exc))
-    engine = PipelineEngine(p, secret, clock_ms=lambda: now_ms)
+    book = None
+    if ledger is not None or allow_rerelease:
+        from anonstream.core.budget import JsonlLedgerStore, Ledger, MemoryLedgerStore
+
+        if p.dp_budget is None:
+            fail(f"pipeline {p.name} has no dp output: --ledger and --allow-rerelease need one")
+        store = JsonlLedgerStore(ledger) if ledger is not None else MemoryLedgerStore()
+        try:
+            book = Ledger(p, store, allow_rerelease=allow_rerelease)
+        except ValueError as exc:
+            fail(str(exc))
+    engine = PipelineEngine(p, secret, clock_ms=lambda: now_ms, ledger=book)
     show = progress and sys.stderr.isatty()
     with Progress(
         TextColumn("replay"), BarColumn(), TextColumn("{task.completed:,} lines"),

@@ -43,6 +43,8 @@ def _describe(fa: FieldAction, p: Pipeline) -> str:
 
 
 def explain_pipeline(p: Pipeline) -> str:
+    from anonstream import explain_dp  # loads OpenDP: not for `import anonstream.explain`
+
     c = p.contribution
     lines = [
         f"Pipeline {p.name} v{p.version}  ({p.source_file})",
@@ -78,6 +80,13 @@ def explain_pipeline(p: Pipeline) -> str:
         "Releases:",
     ]
     for o in p.outputs:
+        if o.privacy == "dp":
+            lines += [
+                f"  output {o.name} -> topic {o.topic}",
+                f"    cells: window x ({', '.join(o.dimensions) or 'no dimension'})",
+                *explain_dp.output_lines(p, o),
+            ]
+            continue
         noise = (
             f"{o.noise.mechanism} noise, epsilon {o.noise.epsilon:g} per window"
             + (f", delta {o.noise.delta:g}" if o.noise.delta else "")
@@ -96,10 +105,13 @@ def explain_pipeline(p: Pipeline) -> str:
             ),
             f"    {noise}",
         ]
+    lines += explain_dp.budget_lines(p)
     dims = list(p.dimensions)
-    lines += [
+    k_rules = [
         "",
-        "Release rules:",
+        "Release rules"
+        + (" (k-mode outputs)" if any(o.privacy == "dp" for o in p.outputs) else "")
+        + ":",
         "  1. a cell with at least k distinct people is released as it is;",
         f"  2. smaller cells are rolled up: {' then '.join(reversed(dims)) or '-'} becomes '*'"
         " in turn, merging small siblings; a merged cell is released once it reaches k;",
@@ -109,4 +121,9 @@ def explain_pipeline(p: Pipeline) -> str:
         "  4. what never reaches k is suppressed; only the number of suppressed cells is "
         "reported, in the window summary.",
     ]
+    if any(o.privacy == "k" for o in p.outputs):
+        lines += k_rules
+    warn = explain_dp.warnings(p)
+    if warn:
+        lines += ["", "Warnings:", *(f"  ! {w}" for w in warn)]
     return "\n".join(line for line in lines if line is not None)

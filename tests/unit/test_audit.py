@@ -117,7 +117,7 @@ def test_example_records_pass_the_audit() -> None:
     [
         (lambda r: r.update(extra=1), "unexpected field(s) extra"),
         (lambda r: r.pop("k"), "missing k"),
-        (lambda r: r.update(schema_version=2), "schema_version: expected 1"),
+        (lambda r: r.update(schema_version=3), "schema_version: expected 1"),
         (lambda r: r["metrics"].update(bogus=3), "metrics: unexpected field(s) bogus"),
         (lambda r: r["metrics"].update(users=-1), "metrics.users"),
         (lambda r: r.update(noise={"mechanism": "laplace", "epsilon": 0, "delta": 0}), "noise"),

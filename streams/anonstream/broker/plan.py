@@ -17,7 +17,7 @@ from typing import Any, Literal
 from anonstream.core.pipeline import Pipeline
 from anonstream.settings import Settings
 
-Role = Literal["input", "output", "dead-letter", "partials", "host-leader"]
+Role = Literal["input", "output", "dead-letter", "partials", "ledger", "host-leader"]
 ResourceType = Literal["topic", "group", "transactional-id"]
 
 DEFAULT_INPUT_PARTITIONS = 6
@@ -86,6 +86,13 @@ def worker_topics(settings: Settings, pipelines: Sequence[Pipeline]) -> list[Top
                 {"retention.ms": str(settings.partials_retention_ms)},
                 f"internal: keyed pseudonyms of {p.name}",
             )  # fmt: skip
+    if any(p.dp_budget is not None for p in pipelines):
+        from anonstream.runtime.ledger import COMPACTED, ledger_topic
+
+        name = ledger_topic(settings.group_id)
+        specs[name] = TopicSpec(  # one partition: one ordered history
+            name, 1, "ledger", dict(COMPACTED), "internal: dp privacy ledger (no identifiers)"
+        )
     return list(specs.values())
 
 
@@ -120,6 +127,10 @@ def acls(settings: Settings, pipelines: Sequence[Pipeline], principals: Principa
     out += [
         Acl(w, "topic", n, ("Read", "Write", "Describe"), why="partials (scale-out)")
         for n in by_role.get("partials", [])
+    ]
+    out += [
+        Acl(w, "topic", n, ("Read", "Write", "Describe"), why="dp privacy ledger")
+        for n in by_role.get("ledger", [])
     ]
     # Faust asks to create its leader topic at every start, existing or not; the broker
     # answers "exists" only to a principal allowed to create it.

@@ -19,6 +19,7 @@ from typing import Any, cast
 import numpy as np
 import numpy.typing as npt
 
+from anonstream.core.budget import Ledger
 from anonstream.core.cellstate import Rows, WindowState
 from anonstream.core.columns import ColumnPolicy, Columns
 from anonstream.core.decode import INTERNAL_ERROR, Decoded, Decoder, Rejection
@@ -83,14 +84,20 @@ class PipelineEngine:
         idle_close_ms: int = 0,
         rng_factory: Any = None,
         decoder_options: dict[str, int] | None = None,
+        ledger: Ledger | None = None,
     ) -> None:
         self.pipeline = pipeline
+        if ledger is None and pipeline.dp_budget is not None:
+            ledger = Ledger(pipeline)  # in memory: spending is not kept across restarts
+        self.ledger = ledger
         self.clock_ms = clock_ms
         options = {"max_future_ms": pipeline.window.max_future_skew_ms, **(decoder_options or {})}
         self.decoder = Decoder(pipeline.contract, clock_ms=clock_ms, **options)
         self.policy = Policy(pipeline, secret)
         self.columns = ColumnPolicy(self.decoder, self.policy)
-        self.releaser = Releaser(pipeline, secret.derive(f"noise/{pipeline.name}"), rng_factory)
+        self.releaser = Releaser(
+            pipeline, secret.derive(f"noise/{pipeline.name}"), rng_factory, ledger
+        )
         self._cell_key = secret.derive(f"cells/{pipeline.name}")
         self.watermark = Watermark(pipeline.window.allowed_lateness_ms, idle_close_ms)
         self.idle_close_ms = idle_close_ms
@@ -370,6 +377,9 @@ class PipelineEngine:
         result = StepResult()
         for out in self.releaser.release(w):
             result.releases.extend(out.records)
+            result.accounting.append((w.start_ms, out.output.name, out.accounting))
+            if not out.publish_summary:
+                continue
             result.releases.append(
                 summary_record(
                     pipeline=p.name,
@@ -383,9 +393,9 @@ class PipelineEngine:
                     late_events=sum(self._late_pending.values()),
                     rejected_events=sum(self._rejected_pending.values()),
                     k=out.output.k,
+                    privacy=out.privacy,
                 )
             )
-            result.accounting.append((w.start_ms, out.output.name, out.accounting))
             self.counters["cells_released"] += out.cells_released
             self.counters["cells_rolled_up"] += out.cells_rolled_up
             self.counters["cells_suppressed"] += out.cells_suppressed

@@ -19,6 +19,14 @@ import yaml
 
 from anonstream.core.contract import CONTRACTS, Contract, FieldSpec, FieldType, Sensitivity
 from anonstream.core.decode import DEFAULT_MAX_FUTURE_MS
+from anonstream.core.dpspec import (
+    DpBudget,
+    DpSpec,
+    check_dp_pipeline,
+    parse_budget,
+    parse_dp,
+    parse_mode,
+)
 from anonstream.core.keys import ROTATION_MS
 
 GENERALIZERS = ("ip_prefix", "user_agent", "url", "referrer_domain", "band", "text")
@@ -91,6 +99,8 @@ class Output:
     dimensions: tuple[str, ...]
     k: int
     noise: Noise | None = None
+    privacy: str = "k"  # "k" (default) or "dp": see core/dpspec.py and core/dp.py
+    dp: DpSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,6 +123,7 @@ class Pipeline:
     noise: Noise | None
     outputs: tuple[Output, ...]
     source_file: str = field(default="<memory>", compare=False)
+    dp_budget: DpBudget | None = None
 
     @property
     def measures(self) -> tuple[str, ...]:
@@ -291,7 +302,7 @@ def parse_pipeline(doc: object, source: str = "<memory>") -> Pipeline:
         {
             "pipeline", "version", "description", "contract", "source_topic", "privacy_unit",
             "pseudonym_rotation", "fields", "window", "dimensions", "metrics", "contribution",
-            "k", "noise", "outputs",
+            "k", "noise", "outputs", "dp_budget",
         },
         "",
     )  # fmt: skip
@@ -398,7 +409,7 @@ def parse_pipeline(doc: object, source: str = "<memory>") -> Pipeline:
     for i, ro in enumerate(raw_outputs):
         p = f"outputs[{i}]"
         od = r.mapping(ro, p)
-        r.unknown_keys(od, {"name", "topic", "dimensions", "k", "noise"}, p)
+        r.unknown_keys(od, {"name", "topic", "dimensions", "k", "noise", "privacy", "dp"}, p)
         oname = od.get("name", "default")
         if not isinstance(oname, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", oname):
             raise r.fail(f"{p}.name", "expected a lowercase name")
@@ -411,7 +422,14 @@ def parse_pipeline(doc: object, source: str = "<memory>") -> Pipeline:
         if ok < k:
             raise r.fail(f"{p}.k", f"an output cannot lower the pipeline's k ({k})")
         onoise = _noise(r, od["noise"], f"{p}.noise") if "noise" in od else noise
-        outputs.append(Output(oname, str(topic), odims, ok, onoise))
+        mode = parse_mode(od.get("privacy", "k"), f"{p}.privacy", r.fail)
+        odp = parse_dp(od.get("dp"), f"{p}.dp", r.fail) if mode == "dp" else None
+        if mode == "dp" and "noise" in od:
+            raise r.fail(f"{p}.noise", "a dp output draws its own noise: use dp, not noise")
+        if mode != "dp" and "dp" in od:
+            raise r.fail(f"{p}.dp", "needs privacy: dp")
+        onoise = None if mode == "dp" else onoise
+        outputs.append(Output(oname, str(topic), odims, ok, onoise, mode, odp))
     if len({o.name for o in outputs}) != len(outputs):
         raise r.fail("outputs", "output names must be unique")
     for i, o in enumerate(outputs[1:], start=1):
@@ -421,6 +439,13 @@ def parse_pipeline(doc: object, source: str = "<memory>") -> Pipeline:
                 f"outputs[{i}].dimensions",
                 f"must be a subset of the first output's dimensions {list(outputs[0].dimensions)}",
             )
+    dp_budget = parse_budget(d.get("dp_budget"), "dp_budget", r.fail)
+    clamps = {
+        n: fa.clamp
+        for n, fa in fields.items()
+        if fa.clamp is not None and n in (*sums, *means, *hists)
+    }
+    check_dp_pipeline(outputs, dp_budget, clamps, r.fail)
 
     return Pipeline(
         name=name,
@@ -441,6 +466,7 @@ def parse_pipeline(doc: object, source: str = "<memory>") -> Pipeline:
         noise=noise,
         outputs=tuple(outputs),
         source_file=source,
+        dp_budget=dp_budget,
     )
 
 

@@ -16,6 +16,7 @@ from typing import Any
 import orjson
 
 SCHEMA_VERSION = 1
+DP_SCHEMA_VERSION = 2  # records of dp outputs: schemas/release-v2.json
 STAR = "*"  # dimension rolled up: "every value not released on its own at this level"
 
 
@@ -59,9 +60,9 @@ def aggregate_record(
 def summary_record(
     *, pipeline: str, version: int, output: str, start_ms: int, end_ms: int,
     cells_released: int, cells_rolled_up: int, cells_suppressed: int,
-    late_events: int, rejected_events: int, k: int,
+    late_events: int, rejected_events: int, k: int, privacy: dict[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
-    return {
+    rec = {
         "kind": "window_summary",
         "schema_version": SCHEMA_VERSION,
         "pipeline": pipeline,
@@ -77,3 +78,11 @@ def summary_record(
         "k": k,
         "release_id": release_id("window_summary", pipeline, version, output, start_ms, end_ms),
     }
+    if privacy is not None:
+        # dp mode (contract v2): exact counts of suppressed cells and of late or rejected
+        # events are not differentially private, so they are not released.
+        rec.update(
+            schema_version=DP_SCHEMA_VERSION, cells_suppressed=None, late_events=None,
+            rejected_events=None, privacy=privacy,
+        )  # fmt: skip
+    return rec

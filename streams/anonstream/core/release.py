@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from anonstream.core.accumulators import distinct_count
+from anonstream.core.budget import Ledger
 from anonstream.core.cellstate import Rows, WindowState, group_starts, rank_in_group
 from anonstream.core.pipeline import Noise, Output, Pipeline
 from anonstream.core.records import STAR, aggregate_record, release_id
@@ -96,6 +97,8 @@ class OutputRelease:
     cells_rolled_up: int = 0
     cells_suppressed: int = 0
     accounting: Accounting = field(default_factory=Accounting)
+    privacy: dict[str, Any] | None = None  # dp mode: the window summary's privacy block
+    publish_summary: bool = True  # dp mode: False for a window already released
 
 
 def _band_label(lo: float, hi: float) -> str:
@@ -181,8 +184,15 @@ def band_histograms(
 class Releaser:
     """Turns one closed window's state into the records of each output."""
 
-    def __init__(self, pipeline: Pipeline, noise_key: bytes, rng_factory: Any = None) -> None:
+    def __init__(
+        self,
+        pipeline: Pipeline,
+        noise_key: bytes,
+        rng_factory: Any = None,
+        ledger: Ledger | None = None,
+    ) -> None:
         self.p = pipeline
+        self.ledger = ledger
         self._noise_key = noise_key
         # Injectable for tests; by default one generator per release, seeded from a secret
         # key and the release id, so a re-run after a crash releases the very same noise.
@@ -210,7 +220,18 @@ class Releaser:
         results: list[OutputRelease] = []
         primary_cell: list[tuple[str, ...] | None] = []
         for i, out in enumerate(self.p.outputs):
-            if i == 0:
+            if out.privacy == "dp":
+                # Every dp output sees all bounded rows (a k-primary's choice of cells is
+                # exact, so building on it would void the guarantee); see core/dp.py.
+                res = self._release_dp(state, bounded, out)
+                if i == 0:
+                    res.accounting.rows_in = state.rows_in
+                    res.accounting.duplicates = state.duplicates
+                    res.accounting.over_event_limit = state.over_limit
+                    res.accounting.over_cell_limit = over_cells
+                else:
+                    res.accounting.rows_in = len(bounded)
+            elif i == 0:
                 res, primary_cell = self._release_output(
                     state, bounded, out, track=len(self.p.outputs) > 1
                 )
@@ -231,6 +252,28 @@ class Releaser:
                 res.accounting.rows_in = int(ok.sum())
             results.append(res)
         return results
+
+    def _release_dp(self, state: WindowState, rows: Rows, out: Output) -> OutputRelease:
+        """A dp output: released only if the ledger accepts the window's cost."""
+        from anonstream.core.dp import plan_output, release_dp  # OpenDP: dp pipelines only
+
+        assert self.ledger is not None, "a pipeline with dp outputs needs a ledger"
+        res = OutputRelease(out)
+        plan = plan_output(self.p, out)
+        cost = (plan.epsilon, plan.delta)
+        decision = self.ledger.request(out.name, state.start_ms, state.end_ms, cost)
+        res.privacy = decision.summary(cost)
+        if decision.status == "already_released":
+            res.publish_summary = False
+        if decision.status != "released":
+            res.accounting.suppressed = len(rows)
+            return res
+        r = release_dp(self.p, out, state, rows)
+        res.records = r.records
+        res.cells_released = r.cells_released
+        res.accounting.released = r.rows_released
+        res.accounting.suppressed = len(rows) - r.rows_released
+        return res
 
     def _release_output(
         self, state: WindowState, rows: Rows, out: Output, track: bool = False

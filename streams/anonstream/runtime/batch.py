@@ -42,12 +42,14 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import OffsetAndMetadata
 
+from anonstream.core.budget import Ledger
 from anonstream.core.engine import DeadLetter, PipelineEngine, StepResult
 from anonstream.core.keys import MasterSecret
 from anonstream.core.pipeline import Pipeline
 from anonstream.metrics import Metrics
 from anonstream.runtime.fetch import install as install_raw_records
 from anonstream.runtime.fetch import raw_records
+from anonstream.runtime.ledger import KafkaLedgerStore, ledger_topic
 from anonstream.runtime.scaleout import (
     IngestStage,
     ReleaseStage,
@@ -104,6 +106,16 @@ class BatchLoop:
         self.stop_at_end = stop_at_end
         self.pipelines = list(pipelines)
         self.secret = secret
+        # dp pipelines: their budget's ledger, on a topic written in the release transaction
+        self.ledger = (
+            KafkaLedgerStore(ledger_topic(settings.group_id))
+            if any(p.dp_budget is not None for p in pipelines)
+            else None
+        )
+        if self.ledger is not None and settings.scale_out:
+            # Windows of one period would be released by several workers, each spending
+            # the budget on its own ledger view.
+            raise ValueError("dp outputs run in single mode only (ANONSTREAM_SCALE_OUT=false)")
         self._build_engines()
         self.raw_topics = {p.source_topic for p in pipelines}
         self.outputs = {(p.name, o.name): o.topic for p in pipelines for o in p.outputs}
@@ -143,7 +155,9 @@ class BatchLoop:
                 topic = partials_topic(settings.group_id, p.name)
                 ingest = IngestStage(PipelineEngine(p, secret), topic, settings.partials_partitions)
                 release = ReleaseStage(
-                    partial(PipelineEngine, p, secret, idle_close_ms=idle_ms),
+                    partial(
+                        PipelineEngine, p, secret, idle_close_ms=idle_ms, ledger=self._ledger(p)
+                    ),
                     p,
                     topic,
                     settings.partials_partitions,
@@ -153,12 +167,17 @@ class BatchLoop:
                 views[p.name] = StagesView(ingest, release)
             else:
                 self.engines[p.name] = views[p.name] = PipelineEngine(
-                    p, secret, idle_close_ms=idle_ms
+                    p, secret, idle_close_ms=idle_ms, ledger=self._ledger(p)
                 )
         self.by_topic: dict[str, list[Any]] = defaultdict(list)
         for e in self.engines.values():
             self.by_topic[e.input_topic].append(e)
         self.metrics.bind_engines(views)
+
+    def _ledger(self, p: Pipeline) -> Ledger | None:
+        if self.ledger is None or p.dp_budget is None:
+            return None
+        return Ledger(p, self.ledger)
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
@@ -289,6 +308,8 @@ class BatchLoop:
         if self._in_txn:
             await self.producer.abort_transaction()
             self._in_txn = False
+        if self.ledger is not None:
+            self.ledger.abort()
         self._dirty = False
         self._build_engines()
         self._check_single_mode()
@@ -352,6 +373,11 @@ class BatchLoop:
             finally:
                 if prepared is not None:
                     await prepared  # releases may go out only once their topics exist
+            if self.ledger is not None:  # what the budget has spent, before any release
+                await self.ledger.read(
+                    self.settings.bootstrap_servers, self.settings.kafka_client_options()
+                )
+                self._reset_needed = True  # engines are rebuilt on the charges just read
             await self._loop()
         finally:
             try:
@@ -503,6 +529,9 @@ class BatchLoop:
             futures.append(await self.producer.send(
                 topic, orjson.dumps(rec), key=rec["release_id"].encode()
             ))  # fmt: skip
+        if self.ledger is not None:  # the charges of this step's windows, same transaction
+            for key, value in self.ledger.drain():
+                futures.append(await self.producer.send(self.ledger.topic, value, key=key))
         for dl in step.dead_letters:
             futures.append(await self.producer.send(
                 self.settings.dead_letter_topic, dl.value, headers=_dl_headers(p, dl)
@@ -546,6 +575,8 @@ class BatchLoop:
             if offsets:
                 await self.producer.send_offsets_to_transaction(offsets, self.settings.group_id)
             await self.producer.commit_transaction()
+            if self.ledger is not None:
+                self.ledger.committed()
         finally:
             self._commit_idle.set()
         self._in_txn = False

@@ -1,0 +1,353 @@
+"""The `dp` privacy mode: user-level (epsilon, delta)-DP for each window of an output.
+
+Every mechanism is OpenDP's, and every privacy loss reported here is read from OpenDP's
+privacy maps of the very measurements that run (no loss formula is typed in this file):
+
+- **Which cells exist, and `users`**: pre-threshold of k exact people (as Privacy on Beam),
+  then OpenDP's Laplace threshold (`make_laplace_threshold`, discrete noise) over the map
+  cell -> users - (k - 1). The shift by a constant changes no distance, so the map's
+  (epsilon, delta) holds for the shifted counts; the released `users` is noisy + k - 1.
+- **Every other number** of the released cells (events, integer sums of clamped measures,
+  counts of values, fixed histogram bands): one discrete Laplace vector measurement
+  (`make_laplace` on integer vectors, L1 distance) per quantity over all released cells.
+- **Sensitivity** comes from the contribution bounds: a person is in at most M cells of a
+  window with at most L events per cell, each clamped to [lo, hi]. Adding or removing one
+  person changes at most M cells' user counts by 1 (d_in = (M, M, 1)), events and value
+  counts by L*M in total (L1), sums by L*M*max(|lo|, |hi|) in total, histogram bands by L*M.
+- **Composition** of a window's quantities: the selection runs first and the others run on
+  the cells it chose (sequential, adaptive); their losses add up (basic composition, as
+  OpenDP's `make_composition` of approximate-DP measurements: tests compare the two).
+
+No roll-up in dp mode: partition selection decides which cells exist, and a cell that is
+not selected is in no released number. Histograms keep their declared bands (merging bands
+to k people would be an exact, data-dependent choice).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from functools import cache
+from itertools import pairwise
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from opendp.accuracy import discrete_laplacian_scale_to_accuracy
+from opendp.domains import atom_domain, map_domain, vector_domain
+from opendp.measurements import make_laplace, make_laplace_threshold
+from opendp.metrics import absolute_distance, l01inf_distance, l1_distance
+from opendp.mod import Measurement, binary_search, binary_search_param, enable_features
+from opendp.typing import i64
+
+from anonstream.core.budget import compose
+from anonstream.core.cellstate import Rows, WindowState, group_starts
+from anonstream.core.pipeline import Output, Pipeline
+from anonstream.core.records import DP_SCHEMA_VERSION, aggregate_record
+
+# Not opendp.prelude: it also imports OpenDP's optional extras, a slower start.
+enable_features("contrib")
+
+MECHANISM = "discrete_laplace"
+ALPHA = 0.05  # error bounds are 95 %: |noise| <= error95 with probability 0.95
+
+
+@cache
+def _vec_domain() -> Any:
+    return vector_domain(atom_domain(T=i64))
+
+
+@cache
+def _map_domain() -> Any:
+    return map_domain(atom_domain(T=i64), atom_domain(T=i64))
+
+
+@cache  # a measurement is reusable: built once per scale, not once per window
+def laplace_vector(scale: float) -> Measurement:
+    """Discrete Laplace noise on each entry of an integer vector (L1 distance)."""
+    return make_laplace(_vec_domain(), l1_distance(T=i64), scale)
+
+
+@cache
+def laplace_threshold(scale: float, threshold: int) -> Measurement:
+    """Partition selection: the cells of a map cell -> count whose noisy count reaches
+    `threshold`, with their noisy counts."""
+    return make_laplace_threshold(
+        _map_domain(), l01inf_distance(absolute_distance(T=i64)), scale, threshold
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Quantity:
+    """One noisy quantity of an output: how it is measured and what it costs per window."""
+
+    name: str  # users, events, <m>_sum, <m>_count, <m>_histogram
+    d_in: Any  # the sensitivity, in the measurement's input metric
+    scale: float
+    epsilon: float  # from OpenDP's map at d_in
+    delta: float
+    error95: float  # |noise| <= error95 with probability 0.95 (per number)
+    threshold: int | None = None  # selection only: noisy shifted users must reach this
+
+    def measurement(self) -> Measurement:
+        if self.threshold is not None:
+            return laplace_threshold(self.scale, self.threshold)
+        return laplace_vector(self.scale)
+
+
+@dataclass(frozen=True, slots=True)
+class DpPlan:
+    """What one window of a dp output releases and costs; data-independent, so explain,
+    the ledger and the release all use the same plan."""
+
+    output: str
+    k: int
+    quantities: tuple[Quantity, ...]
+    epsilon: float  # the window's loss: basic composition of the quantities
+    delta: float
+
+    def get(self, name: str) -> Quantity:
+        return next(q for q in self.quantities if q.name == name)
+
+    @property
+    def min_cell_users(self) -> int:
+        """Exact people at which a cell is released with probability about 1/2."""
+        sel = self.quantities[0]
+        assert sel.threshold is not None
+        return sel.threshold + self.k - 1
+
+
+def quantity_names(p: Pipeline) -> list[str]:
+    names = ["users", "events"]
+    for m in p.measures:
+        if m in p.sums or m in p.means:
+            names.append(f"{m}_sum")
+        if m in p.means:
+            names.append(f"{m}_count")
+        if m in p.histograms:
+            names.append(f"{m}_histogram")
+    return names
+
+
+def sensitivity(p: Pipeline, name: str) -> Any:
+    """d_in of a quantity when one person is added or removed (see the module docstring)."""
+    c = p.contribution
+    L, M = c.max_events_per_unit_per_cell, c.max_cells_per_unit_per_window
+    if name == "users":
+        return (M, M, 1)
+    if name.endswith("_sum"):
+        lo, hi = p.fields[name[: -len("_sum")]].clamp or (0.0, 0.0)
+        return L * M * int(max(abs(lo), abs(hi)))
+    return L * M
+
+
+def _vector_quantity(name: str, d_in: int, eps: float) -> Quantity:
+    if d_in == 0:  # clamp [0, 0]: the sum is always 0 and needs no noise
+        return Quantity(name, 0, 0.0, 0.0, 0.0, 0.0)
+    scale = binary_search_param(laplace_vector, d_in=d_in, d_out=eps, bounds=(1e-6, 1e15))
+    spent = laplace_vector(scale).map(d_in)
+    return Quantity(
+        name, d_in, scale, float(spent), 0.0, discrete_laplacian_scale_to_accuracy(scale, ALPHA)
+    )
+
+
+def _selection(d_in: tuple[int, int, int], eps: float, delta: float) -> Quantity:
+    # The threshold drives delta and the scale drives epsilon: first the smallest scale that
+    # meets epsilon at a threshold so high that delta does not bind, then the smallest
+    # threshold that meets delta at that scale. Both are searched against OpenDP's map.
+    # (OpenDP's check cannot order two (epsilon, delta) pairs where one is larger in each,
+    # so each search compares one coordinate of the map.)
+    never = 2**30
+
+    def eps_ok(s: float) -> bool:
+        return bool(laplace_threshold(s, never).map(d_in)[0] <= eps)
+
+    def delta_ok(t: float) -> bool:
+        return bool(laplace_threshold(scale, int(t)).map(d_in)[1] <= delta)
+
+    scale = binary_search(eps_ok, bounds=(1e-6, 1e9), T=float)
+    threshold = int(binary_search(delta_ok, bounds=(1, never), T=int))
+    e, d = laplace_threshold(scale, threshold).map(d_in)
+    if e > eps or d > delta:  # the searches assume epsilon does not grow with the threshold
+        raise ValueError(f"no threshold meets epsilon {eps:g}, delta {delta:g}")
+    return Quantity(
+        "users", d_in, scale, float(e), float(d),
+        discrete_laplacian_scale_to_accuracy(scale, ALPHA), int(threshold),
+    )  # fmt: skip
+
+
+def plan_output(p: Pipeline, out: Output) -> DpPlan:
+    """Split the output's per-window epsilon evenly over its quantities (delta all to the
+    selection), and find each mechanism's scale with OpenDP's binary search."""
+    assert out.privacy == "dp" and out.dp is not None
+    names = quantity_names(p)
+    return _plan(out, tuple((n, sensitivity(p, n)) for n in names))
+
+
+@cache
+def _plan(out: Output, sens: tuple[tuple[str, Any], ...]) -> DpPlan:
+    assert out.dp is not None
+    eps = out.dp.epsilon / len(sens)
+    qs = [_selection(sens[0][1], eps, out.dp.delta)]
+    qs += [_vector_quantity(n, d_in, eps) for n, d_in in sens[1:]]
+    total = compose([(q.epsilon, q.delta) for q in qs])
+    return DpPlan(out.name, out.k, tuple(qs), *total)
+
+
+def plans(p: Pipeline) -> dict[str, DpPlan]:
+    return {o.name: plan_output(p, o) for o in p.outputs if o.privacy == "dp"}
+
+
+def _noisy(q: Quantity, values: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
+    if not len(values) or q.scale == 0.0:
+        return values
+    return np.asarray(q.measurement()(values.tolist()), dtype=np.int64)
+
+
+@dataclass
+class DpResult:
+    records: list[dict[str, Any]] = field(default_factory=list)
+    cells_released: int = 0
+    rows_released: int = 0
+
+
+def _band_labels(edges: tuple[float, ...]) -> list[str]:
+    def f(x: float) -> str:
+        if math.isinf(x):
+            return "inf" if x > 0 else "-inf"
+        return str(int(x)) if x == int(x) else str(x)
+
+    bounds = (-math.inf, *edges, math.inf)
+    return [f"[{f(a)},{f(b)})" for a, b in pairwise(bounds)]
+
+
+@dataclass
+class ExactCells:
+    """A window's exact figures per output cell, before any noise: internal, never released.
+    Histograms are flattened per cell (cell * bands + band)."""
+
+    keys: list[tuple[str, ...]]
+    users: npt.NDArray[np.int64]
+    rows: npt.NDArray[np.int64]  # bounded rows (events) per cell
+    numbers: dict[str, npt.NDArray[np.int64]]
+
+    def take(self, name: str, cells: list[int]) -> npt.NDArray[np.int64]:
+        v = self.numbers[name]
+        width = len(v) // len(self.keys)
+        return v.reshape(len(self.keys), width)[cells].ravel()
+
+
+def exact_cells(p: Pipeline, out: Output, state: WindowState, rows: Rows) -> ExactCells:
+    """Distinct units, events, integer sums of clamped values, counts of values and band
+    counts per cell of `out`, from rows already bounded per unit (at most L events per
+    pipeline cell, M cells per window): the figures whose sensitivity `sensitivity` states."""
+    dim_idx = [p.dimensions.index(d) for d in out.dimensions]
+    codes: dict[tuple[str, ...], int] = {}
+    cell_ids, row_cell = np.unique(rows.cell, return_inverse=True)
+    cell_code = np.fromiter(
+        (codes.setdefault(tuple(state.cells[c][j] for j in dim_idx), len(codes))
+         for c in cell_ids.tolist()),
+        dtype=np.int64, count=len(cell_ids),
+    )  # fmt: skip
+    g = cell_code[row_cell.ravel()] if len(rows) else np.zeros(0, dtype=np.int64)
+    n = len(codes)
+    order = np.lexsort((rows.unit, g))  # distinct (cell, unit) pairs: starts of runs
+    gs = g[order]
+    users = np.bincount(gs[group_starts(gs.astype(np.uint64), rows.unit[order])], minlength=n)
+    events = np.bincount(g, minlength=n).astype(np.int64)
+    numbers: dict[str, npt.NDArray[np.int64]] = {"events": events}
+    col = {m: i for i, m in enumerate(p.measures)}
+    for m in p.measures:
+        fa = p.fields[m]
+        assert fa.clamp is not None
+        vals = rows.measures[:, col[m]]
+        has = ~np.isnan(vals)
+        gh = g[has]
+        clamped = np.clip(vals[has], fa.clamp[0], fa.clamp[1]).astype(np.int64)
+        if m in p.sums or m in p.means:
+            numbers[f"{m}_sum"] = np.bincount(gh, weights=clamped, minlength=n).astype(np.int64)
+        if m in p.means:
+            numbers[f"{m}_count"] = np.bincount(gh, minlength=n).astype(np.int64)
+        if m in p.histograms:
+            nb = len(fa.edges) + 1
+            band = np.searchsorted(np.asarray(fa.edges), vals[has], side="right")
+            numbers[f"{m}_histogram"] = np.bincount(gh * nb + band, minlength=n * nb).astype(
+                np.int64
+            )
+    return ExactCells(list(codes), users.astype(np.int64), events, numbers)
+
+
+def release_dp(p: Pipeline, out: Output, state: WindowState, rows: Rows) -> DpResult:
+    """One window of a dp output. `rows` are bounded per unit (at most L events per cell,
+    M cells per window): that is what the sensitivities assume."""
+    plan = plan_output(p, out)
+    res = DpResult()
+    exact = exact_cells(p, out, state, rows)
+    keys = exact.keys
+    # Pre-threshold of k exact people, then DP selection on the shifted counts.
+    pre = np.flatnonzero(exact.users >= out.k)
+    shifted = {int(c): int(exact.users[c]) - (out.k - 1) for c in pre}
+    chosen = plan.quantities[0].measurement()(shifted) if shifted else {}
+    released = sorted(chosen, key=lambda c: keys[c])  # a stable order, by dims
+    if not released:
+        return res
+    res.cells_released = len(released)
+    res.rows_released = int(exact.rows[released].sum())
+    numbers = {name: exact.take(name, released) for name in exact.numbers}
+    noisy = {name: _noisy(plan.get(name), v) for name, v in numbers.items()}
+    noisy["users"] = np.array([chosen[c] + out.k - 1 for c in released], dtype=np.int64)
+    meta = noise_meta(plan, out)
+    for i, c in enumerate(released):
+        dims = dict(zip(out.dimensions, keys[c], strict=True))
+        metrics: dict[str, Any] = {
+            "events": max(0, int(noisy["events"][i])),
+            "users": int(noisy["users"][i]),
+        }
+        for m in p.measures:
+            fa = p.fields[m]
+            assert fa.clamp is not None
+            if m in p.sums:
+                metrics[f"{m}_sum"] = int(noisy[f"{m}_sum"][i])
+            if m in p.means:
+                cnt = int(noisy[f"{m}_count"][i])
+                mean = noisy[f"{m}_sum"][i] / cnt if cnt > 0 else (fa.clamp[0] + fa.clamp[1]) / 2
+                metrics[f"{m}_mean"] = round(min(max(float(mean), fa.clamp[0]), fa.clamp[1]), 3)
+            if m in p.histograms:
+                nb = len(fa.edges) + 1
+                band_counts = noisy[f"{m}_histogram"][i * nb : (i + 1) * nb]
+                metrics[f"{m}_histogram"] = {
+                    label: max(0, int(v))
+                    for label, v in zip(_band_labels(fa.edges), band_counts, strict=True)
+                }
+        rec = aggregate_record(
+            pipeline=p.name, version=p.version, output=out.name, start_ms=state.start_ms,
+            end_ms=state.end_ms, dims=dims, metrics=metrics, k=out.k, level=0, noise=meta,
+        )  # fmt: skip
+        rec["schema_version"] = DP_SCHEMA_VERSION
+        res.records.append(rec)
+    return res
+
+
+@cache
+def _noise_meta(plan: DpPlan) -> dict[str, Any]:
+    return {
+        "mechanism": MECHANISM,
+        "epsilon": plan.epsilon,
+        "delta": plan.delta,
+        "quantities": {
+            q.name: {
+                "scale": q.scale,
+                "error95": q.error95,
+                "epsilon": q.epsilon,
+                **({"threshold": q.threshold + plan.k - 1} if q.threshold is not None else {}),
+            }
+            for q in plan.quantities
+        },
+    }
+
+
+def noise_meta(plan: DpPlan, out: Output) -> dict[str, Any]:
+    """The record's `noise` object: mechanism, the window's loss, and per quantity its
+    scale, 95 % error bound and share of epsilon (a copy: records must not share it)."""
+    m = _noise_meta(plan)
+    return {**m, "quantities": {k: dict(v) for k, v in m["quantities"].items()}}

@@ -1,0 +1,114 @@
+"""Declarations of the `dp` privacy mode: what a pipeline file says, parsed and checked.
+
+Kept apart from core/dp.py (the mechanisms, built on OpenDP) so that loading a pipeline
+needs no OpenDP import, and so that pipeline.py only calls in here.
+
+    outputs:
+      - name: default
+        privacy: dp
+        dp: {epsilon: 1.0, delta: 1.0e-7}     # per window, for this output
+    dp_budget: {epsilon: 24, delta: 1.0e-5}   # per pipeline and pseudonym period
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+PRIVACY_MODES = ("k", "dp")
+
+
+@dataclass(frozen=True, slots=True)
+class DpSpec:
+    """(epsilon, delta)-DP for one window of one output, against one privacy unit."""
+
+    epsilon: float
+    delta: float
+    mechanism: Literal["laplace"] = "laplace"
+
+
+@dataclass(frozen=True, slots=True)
+class DpBudget:
+    """Cap on the total loss of all dp outputs of a pipeline in one pseudonym period."""
+
+    epsilon: float
+    delta: float
+
+
+Fail = Callable[[str, str], Exception]
+
+
+def _number(d: dict[str, Any], key: str, path: str, fail: Fail) -> float:
+    v = d.get(key)
+    if not isinstance(v, int | float) or isinstance(v, bool):
+        raise fail(f"{path}.{key}", "expected a number")
+    return float(v)
+
+
+def _mapping(raw: object, path: str, keys: set[str], fail: Fail) -> dict[str, Any]:
+    if not isinstance(raw, dict):
+        raise fail(path, "expected a mapping")
+    extra = sorted(set(raw) - keys)
+    if extra:
+        raise fail(f"{path}.{extra[0]}", "unknown key")
+    return raw
+
+
+def parse_dp(raw: object, path: str, fail: Fail) -> DpSpec:
+    d = _mapping(raw, path, {"epsilon", "delta", "mechanism"}, fail)
+    mech = d.get("mechanism", "laplace")
+    if mech != "laplace":
+        raise fail(f"{path}.mechanism", "only laplace (discrete) is supported in dp mode")
+    eps = _number(d, "epsilon", path, fail)
+    if not 0 < eps <= 10:
+        raise fail(f"{path}.epsilon", "expected a number in (0, 10] per window")
+    delta = _number(d, "delta", path, fail)
+    # delta pays for partition selection (which cells exist); 0 would release no cell.
+    if not 0 < delta <= 1e-4:
+        raise fail(f"{path}.delta", "expected 0 < delta <= 1e-4 (it pays for choosing cells)")
+    return DpSpec(eps, delta)
+
+
+def parse_budget(raw: object, path: str, fail: Fail) -> DpBudget | None:
+    if raw is None:
+        return None
+    d = _mapping(raw, path, {"epsilon", "delta"}, fail)
+    eps, delta = _number(d, "epsilon", path, fail), _number(d, "delta", path, fail)
+    if not eps > 0 or not 0 < delta < 1:
+        raise fail(path, "expected epsilon > 0 and 0 < delta < 1")
+    return DpBudget(eps, delta)
+
+
+def parse_mode(raw: object, path: str, fail: Fail) -> str:
+    if raw not in PRIVACY_MODES:
+        raise fail(path, f"expected one of {', '.join(PRIVACY_MODES)}")
+    return str(raw)
+
+
+def check_dp_pipeline(
+    outputs: list[Any], budget: DpBudget | None, clamps: dict[str, tuple[float, float]],
+    fail: Fail,
+) -> None:  # fmt: skip
+    """Rules across the file: a dp output needs a period budget that fits one window; sums
+    are released as integers, so clamps must be integers; a k-mode output cannot be built
+    from a dp primary's cells (it has no exact cells to build from)."""
+    dp_outs = [(i, o) for i, o in enumerate(outputs) if o.privacy == "dp"]
+    if not dp_outs:
+        if budget is not None:
+            raise fail("dp_budget", "no output has privacy: dp")
+        return
+    if budget is None:
+        raise fail("dp_budget", "a dp output needs dp_budget: {epsilon, delta} per period")
+    assert all(o.dp is not None for _, o in dp_outs)
+    per_window_eps = sum(o.dp.epsilon for _, o in dp_outs)
+    per_window_delta = sum(o.dp.delta for _, o in dp_outs)
+    if per_window_eps > budget.epsilon or per_window_delta > budget.delta:
+        raise fail("dp_budget", "smaller than one window of the dp outputs")
+    for name, (lo, hi) in clamps.items():
+        if lo != int(lo) or hi != int(hi):
+            raise fail(f"fields.{name}.clamp", "dp mode releases integer sums: integer clamps")
+    if outputs[0].privacy == "dp":
+        for i, o in enumerate(outputs[1:], start=1):
+            if o.privacy != "dp":
+                raise fail(f"outputs[{i}].privacy", "a secondary of a dp primary must be dp")

@@ -1,0 +1,137 @@
+"""dp mode on the real broker: the budget's ledger is a topic written in the release
+transaction, so a restarted worker continues the period's spending instead of resetting it.
+
+A dp pipeline whose period budget pays for two hourly windows. The first run releases one
+window; a second worker process-equivalent (a new loop, same group) then sees two more
+windows of the same day: it releases the first and refuses the second. Without the ledger
+topic it would start again at 0 and release both.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+import yaml
+from aiokafka import AIOKafkaProducer
+
+from anonstream.broker.topics import create_topics
+from anonstream.core.keys import load_secret
+from anonstream.core.pipeline import load_pipeline
+from anonstream.metrics import Metrics
+from anonstream.runtime.batch import BatchLoop
+from anonstream.runtime.ledger import KafkaLedgerStore, ledger_topic
+from anonstream.settings import Settings
+from anonstream.testing import read_releases
+from tests.integration.helpers import SECRET
+
+pytestmark = pytest.mark.integration
+
+DAY, HOUR = 86_400_000, 3_600_000
+T0 = (1_700_000_000_000 // DAY + 1) * DAY
+
+
+def _pipeline(tmp: Path, suffix: str) -> Path:
+    d = tmp / "pipelines"
+    d.mkdir()
+    doc: dict[str, Any] = {
+        "pipeline": "dpledger",
+        "version": 1,
+        "contract": "web_activity",
+        "source_topic": f"raw.web-activity.{suffix}",
+        "privacy_unit": ["visitor_id"],
+        "fields": {
+            "event_id": "dedupe", "ts": "window", "customer_id": "drop", "reseller_id": "drop",
+            "type": "keep", "visitor_id": "pseudonymize", "user_email": "drop", "ip": "drop",
+            "user_agent": "drop", "url": "drop", "referrer": "drop", "campaign_id": "drop",
+            "duration_ms": "drop",
+        },
+        "window": {"size": "1h", "allowed_lateness": "0s"},
+        "dimensions": ["type"],
+        "contribution": {"max_events_per_unit_per_cell": 1, "max_cells_per_unit_per_window": 1},
+        "k": 5,
+        "outputs": [{
+            "name": "default", "topic": f"anon.aggregates.dpledger.{suffix}",
+            "privacy": "dp", "dp": {"epsilon": 2.0, "delta": 1e-6},
+        }],
+        "dp_budget": {"epsilon": 5.0, "delta": 1e-4},
+    }  # fmt: skip
+    (d / "dpledger.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return d
+
+
+async def _produce(bootstrap: str, topic: str, hours: list[int]) -> None:
+    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
+    await producer.start()
+    try:
+        for h in hours:
+            for u in range(150):
+                ev = {
+                    "event_id": f"e-{h}-{u}", "ts": T0 + h * HOUR + 60_000, "type": "page_view",
+                    "visitor_id": f"visitor-{u}", "url": "https://www.example.com/",
+                }  # fmt: skip
+                await producer.send(topic, orjson.dumps(ev), partition=0)
+        await producer.flush()
+    finally:
+        await producer.stop()
+
+
+def _run_to_end(settings: Settings, pipelines_dir: Path) -> None:
+    p = load_pipeline(pipelines_dir / "dpledger.yaml")
+    from anonstream.runtime.run import ensure_output_topics
+
+    loop = BatchLoop(
+        settings, [p], load_secret({"ANONSTREAM_SECRET": SECRET}), Metrics(), stop_at_end=True,
+        prepare=lambda: ensure_output_topics(settings, [p]),
+    )  # fmt: skip
+    asyncio.run(asyncio.wait_for(loop.run(), timeout=120))
+
+
+def _summaries(records: list[dict[str, Any]]) -> list[tuple[str, str]]:
+    return sorted(
+        (r["window_start"], r["privacy"]["status"])
+        for r in records
+        if r["kind"] == "window_summary"
+    )
+
+
+def test_restart_does_not_reset_the_period_budget(kafka_bootstrap: str, tmp_path: Path) -> None:
+    suffix = uuid.uuid4().hex[:8]
+    pdir = _pipeline(tmp_path, suffix)
+    source, out = f"raw.web-activity.{suffix}", f"anon.aggregates.dpledger.{suffix}"
+    create_topics(kafka_bootstrap, {source: 1})
+    settings = Settings(
+        bootstrap_servers=kafka_bootstrap, group_id=f"it-dp-{suffix}", pipelines_dir=pdir,
+        dead_letter_topic=f"anon.deadletter.{suffix}", instance_id="slot-0", web_enabled=False,
+    )  # fmt: skip
+
+    # First run: hour 0 (and hour 1 opened, so that hour 0 closes by the watermark).
+    asyncio.run(_produce(kafka_bootstrap, source, [0]))
+    _run_to_end(settings, pdir)
+    first = asyncio.run(read_releases(
+        kafka_bootstrap, [out], until=lambda rs: len(_summaries(rs)) >= 1, timeout=60
+    ))  # fmt: skip
+    assert [s for _, s in _summaries(first)] == ["released"]
+
+    # Restart with two more windows of the same day: only one still fits the budget.
+    asyncio.run(_produce(kafka_bootstrap, source, [1, 2]))
+    _run_to_end(settings, pdir)
+    records = asyncio.run(read_releases(
+        kafka_bootstrap, [out], until=lambda rs: len(_summaries(rs)) >= 3, timeout=60
+    ))  # fmt: skip
+    assert [s for _, s in _summaries(records)] == ["released", "released", "budget_exhausted"]
+    spent = [r["privacy"]["period_epsilon_spent"] for r in records if r["kind"] == "window_summary"]
+    assert max(spent) <= 5.0
+
+    # The ledger topic holds exactly the two charges, committed with the releases.
+    store = KafkaLedgerStore(ledger_topic(settings.group_id))
+    asyncio.run(store.read(kafka_bootstrap, {}))
+    charges = store.load()
+    assert sorted(c.start_ms for c in charges) == [T0, T0 + HOUR]
+    assert all(c.period == T0 and not c.rerelease for c in charges)
+    assert json.dumps([c.pipeline for c in charges]) == '["dpledger", "dpledger"]'

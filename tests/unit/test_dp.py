@@ -1,0 +1,596 @@
+"""dp mode: OpenDP mechanisms, the loss they report, the period budget and the ledger.
+
+The losses the plan (and so explain and the ledger) reports are checked against OpenDP
+measurements built here independently from the contribution bounds; the released numbers
+are checked to be integers; a neighbouring-input test estimates the empirical privacy loss
+over many runs; the budget and the ledger are run until they refuse.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import numpy as np
+import opendp.prelude as dp
+import orjson
+import pytest
+
+from anonstream.core import dp as D
+from anonstream.core.budget import Charge, JsonlLedgerStore, Ledger, compose
+from anonstream.core.engine import Message, PipelineEngine, StepResult
+from anonstream.core.keys import load_secret
+from anonstream.core.pipeline import PipelineError, load_pipeline, parse_pipeline
+from anonstream.core.release import bound_cells_per_unit
+from tests.unit.fields import web_test_fields
+
+dp.enable_features("contrib")
+
+DAY = 86_400_000
+HOUR = 3_600_000
+T0 = (1_700_000_000_000 // DAY + 1) * DAY
+SECRET = load_secret({"ANONSTREAM_SECRET": "x" * 32})
+SCHEMA_V2 = json.loads(
+    (Path(__file__).parents[2] / "streams/anonstream/schemas/release-v2.json").read_text()
+)
+
+
+def make_pipeline(
+    *,
+    k: int = 3,
+    L: int = 2,
+    M: int = 3,
+    epsilon: float = 2.0,
+    delta: float = 1e-6,
+    budget: tuple[float, float] = (100.0, 1e-3),
+    metrics: dict[str, Any] | None = None,
+    outputs: list[dict[str, Any]] | None = None,
+    clamp: list[float] | None = None,
+) -> Any:
+    fields = web_test_fields()
+    if clamp is not None:
+        fields["duration_ms"] = {"measure": True, "clamp": clamp, "edges": [1000, 10000]}
+    doc: dict[str, Any] = {
+        "pipeline": "dptest",
+        "version": 1,
+        "contract": "web_activity",
+        "privacy_unit": ["visitor_id"],
+        "fields": fields,
+        "window": {"size": "1h", "allowed_lateness": "0s"},
+        "dimensions": ["type", "url"],
+        "metrics": metrics if metrics is not None else {},
+        "contribution": {"max_events_per_unit_per_cell": L, "max_cells_per_unit_per_window": M},
+        "k": k,
+        "outputs": outputs
+        or [{"name": "default", "privacy": "dp", "dp": {"epsilon": epsilon, "delta": delta}}],
+        "dp_budget": {"epsilon": budget[0], "delta": budget[1]},
+    }
+    return parse_pipeline(doc, "test_dp")
+
+
+def event(user: str, path: str, *, ts: int = T0 + 60_000, n: int = 0, **extra: Any) -> bytes:
+    ev = {
+        "event_id": f"{user}-{path}-{ts}-{n}",
+        "ts": ts,
+        "type": "page_view",
+        "visitor_id": user,
+        "url": "https://shop.example.com" + path,
+        **extra,
+    }
+    return orjson.dumps(ev)
+
+
+def crowd(n_users: int, path: str, *, ts: int = T0 + 60_000, prefix: str = "v") -> list[bytes]:
+    return [event(f"{prefix}{i}", path, ts=ts, duration_ms=500 + i) for i in range(n_users)]
+
+
+def run(engine: PipelineEngine, values: list[bytes]) -> StepResult:
+    result = engine.process([Message(v, 0, i) for i, v in enumerate(values)])
+    result.extend(engine.close_all())
+    return result
+
+
+def kinds(result: StepResult, kind: str) -> list[dict[str, Any]]:
+    return [r for r in result.releases if r["kind"] == kind]
+
+
+# -- losses: the plan against OpenDP measurements built here ------------------------------
+
+
+@pytest.mark.parametrize(("L", "M", "eps"), [(1, 1, 1.0), (2, 3, 2.0), (10, 20, 0.5)])
+def test_plan_loss_equals_opendp_maps_of_independent_measurements(
+    L: int, M: int, eps: float
+) -> None:
+    p = make_pipeline(
+        L=L, M=M, epsilon=eps, clamp=[0, 60000],
+        metrics={"sums": ["duration_ms"], "means": ["duration_ms"], "histograms": ["duration_ms"]},
+    )  # fmt: skip
+    plan = D.plan_output(p, p.outputs[0])
+    assert [q.name for q in plan.quantities] == [
+        "users", "events", "duration_ms_sum", "duration_ms_count", "duration_ms_histogram",
+    ]  # fmt: skip
+    ints = dp.vector_domain(dp.atom_domain(T=dp.i64))
+    cells = dp.map_domain(dp.atom_domain(T=dp.i64), dp.atom_domain(T=dp.i64))
+    sel = plan.get("users")
+    assert sel.threshold is not None
+    threshold = dp.m.make_laplace_threshold(
+        cells, dp.l01inf_distance(dp.absolute_distance(T=dp.i64)), sel.scale, sel.threshold
+    )
+    losses = [threshold.map((M, M, 1))]
+    for name, d_in in (
+        ("events", L * M),
+        ("duration_ms_sum", L * M * 60000),
+        ("duration_ms_count", L * M),
+        ("duration_ms_histogram", L * M),
+    ):
+        q = plan.get(name)
+        lap = dp.m.make_laplace(ints, dp.l1_distance(T=dp.i64), q.scale)
+        assert lap.map(d_in) == q.epsilon
+        losses.append((lap.map(d_in), 0.0))
+    assert (sel.epsilon, sel.delta) == threshold.map((M, M, 1))
+    total = (math.fsum(e for e, _ in losses), math.fsum(d for _, d in losses))
+    assert (plan.epsilon, plan.delta) == pytest.approx(total, rel=1e-12)
+    # Within the declared budget of the output, and not far below it (the budget is used).
+    assert plan.epsilon <= eps and plan.delta <= 1e-6
+    assert plan.epsilon > 0.95 * eps
+
+
+def test_compose_matches_opendp_composition() -> None:
+    """Basic composition as the ledger does it equals OpenDP's make_composition."""
+    cells = dp.map_domain(dp.atom_domain(T=dp.i64), dp.atom_domain(T=dp.i64))
+    metric = dp.l01inf_distance(dp.absolute_distance(T=dp.i64))
+    ms = [dp.m.make_laplace_threshold(cells, metric, s, t) for s, t in ((2.0, 30), (5.0, 90))]
+    d_in = (3, 3, 1)
+    composed = dp.c.make_composition(ms).map(d_in)
+    assert compose([m.map(d_in) for m in ms]) == pytest.approx(composed, rel=1e-12)
+
+
+def test_explain_reports_the_plan(tmp_path: Path) -> None:
+    from anonstream.explain import explain_pipeline
+
+    p = load_pipeline(Path(__file__).parents[2] / "pipelines/examples/web_activity_dp.yaml")
+    plan = D.plan_output(p, p.outputs[0])
+    text = explain_pipeline(p)
+    assert f"epsilon {plan.epsilon:.4g}" in text
+    assert "k-mode" not in text and "Warnings" not in text
+    for q in plan.quantities:
+        row = next(line for line in text.splitlines() if line.strip().startswith(q.name))
+        assert f" {q.scale:.4g} " in row and f"+/-{q.error95:.4g}" in row
+        assert f" {q.epsilon:.4g} " in row
+
+
+def test_explain_and_validate_warn_about_useless_noise() -> None:
+    from anonstream.explain import explain_pipeline
+    from anonstream.explain_dp import warnings
+
+    # The partner example of the issue, in dp mode: default bounds, epsilon 1 per window.
+    p = make_pipeline(L=10, M=20, epsilon=1.0, budget=(2.0, 1e-3), k=10)
+    warn = warnings(p)
+    assert any(w.startswith("output default: events has a 95% error") for w in warn)
+    assert any("pays for 2 of the 24 windows" in w for w in warn)
+    assert "Warnings:" in explain_pipeline(p)
+    # Tight bounds and a larger budget: no warning.
+    assert warnings(make_pipeline(L=1, M=1, epsilon=4.0, k=20, budget=(96.0, 1e-3))) == []
+
+
+# -- releases -----------------------------------------------------------------------------
+
+
+def test_release_is_integers_with_mechanism_scale_and_error(tmp_path: Path) -> None:
+    p = make_pipeline(
+        k=3, epsilon=8.0, clamp=[0, 2000],
+        metrics={"sums": ["duration_ms"], "means": ["duration_ms"], "histograms": ["duration_ms"]},
+    )  # fmt: skip
+    engine = PipelineEngine(p, SECRET)
+    result = run(engine, crowd(300, "/a") + crowd(300, "/b", prefix="w") + crowd(2, "/c"))
+    aggs = kinds(result, "aggregate")
+    assert {r["dims"]["url"] for r in aggs} == {"shop.example.com/a", "shop.example.com/b"}
+    plan = D.plan_output(p, p.outputs[0])
+    validator = jsonschema.Draft202012Validator(SCHEMA_V2)
+    for r in result.releases:
+        validator.validate(r)
+        assert r["schema_version"] == 2
+    for r in aggs:
+        m = r["metrics"]
+        assert type(m["events"]) is int and type(m["users"]) is int
+        assert type(m["duration_ms_sum"]) is int
+        assert all(type(v) is int for v in m["duration_ms_histogram"].values())
+        assert list(m["duration_ms_histogram"]) == ["[-inf,1000)", "[1000,10000)", "[10000,inf)"]
+        assert r["noise"]["mechanism"] == "discrete_laplace"
+        assert r["noise"]["epsilon"] == plan.epsilon
+        q = r["noise"]["quantities"]["events"]
+        assert q["scale"] == plan.get("events").scale and q["error95"] > 0
+        assert r["rollup_level"] == 0
+        assert abs(m["users"] - 300) < 5 * plan.get("users").error95
+    (summary,) = kinds(result, "window_summary")
+    assert summary["cells_released"] == 2 and summary["cells_suppressed"] is None
+    assert summary["late_events"] is None and summary["rejected_events"] is None
+    assert summary["privacy"]["status"] == "released"
+    assert summary["privacy"]["window_epsilon"] == plan.epsilon
+
+
+def test_under_k_exact_people_never_released() -> None:
+    """The pre-threshold: a cell of k - 1 people is never released, whatever the noise."""
+    p = make_pipeline(k=5, epsilon=10.0, delta=1e-4)
+    plan = D.plan_output(p, p.outputs[0])
+    assert plan.min_cell_users > 5
+    for _ in range(50):
+        engine = PipelineEngine(p, SECRET)
+        assert not kinds(run(engine, crowd(4, "/small")), "aggregate")
+
+
+def _window_rows(p: Any, values: list[bytes]) -> tuple[Any, Any]:
+    engine = PipelineEngine(p, SECRET)
+    engine.process([Message(v, 0, i) for i, v in enumerate(values)])
+    (state,) = engine.windows.values()
+    rows, _ = bound_cells_per_unit(state.compact(), p.contribution.max_cells_per_unit_per_window)
+    return state, rows
+
+
+def test_neighbouring_inputs_empirical_loss_within_epsilon() -> None:
+    """With and without one person: for every outcome seen often enough, the log ratio of
+    its frequencies stays within the window's epsilon up to sampling error.
+
+    Many runs at once: one window holds many cells, each with its own people and each an
+    independent draw of the same mechanisms (M = 1: a person is in one cell). In the
+    neighbouring window every cell has one person more. A cell's outcome is absent, or its
+    (users, events) in bins of 2.
+    """
+    p = make_pipeline(k=2, L=1, M=1, epsilon=1.0, delta=1e-4)
+    out = p.outputs[0]
+    plan = D.plan_output(p, out)
+    n, cells = plan.min_cell_users, 4000  # at the threshold: released about half the time
+
+    def outcomes(extra: bool) -> Counter[tuple[int, int] | None]:
+        values = [event(f"c{c}-{u}", f"/x{c}") for c in range(cells) for u in range(n + int(extra))]
+        state, rows = _window_rows(p, values)
+        recs = D.release_dp(p, out, state, rows).records
+        seen: Counter[tuple[int, int] | None] = Counter(
+            (r["metrics"]["users"] // 2, r["metrics"]["events"] // 2) for r in recs
+        )
+        seen[None] = cells - len(recs)
+        return seen
+
+    a, b = outcomes(False), outcomes(True)
+    assert 0.1 < a[None] / cells < 0.9  # the selection is really being exercised
+    assert b[None] < a[None]  # and the extra person is visible to it
+    worst = 0.0
+    for o in set(a) | set(b):
+        ca, cb = a[o], b[o]
+        if min(ca, cb) < 100:
+            continue
+        slack = 3 * math.sqrt(1 / ca + 1 / cb)  # ~3 sigma of a log ratio of counts
+        worst = max(worst, abs(math.log(ca / cb)) - slack)
+    assert worst <= plan.epsilon
+
+
+def test_released_numbers_are_in_the_mechanism_support() -> None:
+    """Discrete Laplace: every noisy number is an integer, and over many draws the values
+    cover a contiguous range (no floating-point gaps)."""
+    q = D.plan_output(make_pipeline(epsilon=1.0), make_pipeline(epsilon=1.0).outputs[0])
+    events = q.get("events")
+    draws = D.laplace_vector(events.scale)([1000] * 20000)
+    assert all(type(x) is int for x in draws)
+    seen = set(draws)
+    lo, hi = np.percentile(draws, [5, 95])
+    assert set(range(int(lo), int(hi) + 1)) <= seen
+
+
+# -- budget and ledger --------------------------------------------------------------------
+
+
+def test_budget_exhaustion_stops_later_windows_of_the_period() -> None:
+    p = make_pipeline(epsilon=2.0, budget=(5.0, 1e-3))
+    engine = PipelineEngine(p, SECRET)
+    statuses = []
+    for h in range(6):
+        res = run(engine, crowd(200, "/a", ts=T0 + h * HOUR + 60_000))
+        (summary,) = kinds(res, "window_summary")
+        statuses.append(summary["privacy"]["status"])
+        if summary["privacy"]["status"] == "budget_exhausted":
+            assert not kinds(res, "aggregate")
+            assert summary["cells_released"] == 0
+            assert summary["privacy"]["window_epsilon"] == 0.0
+        assert summary["privacy"]["period_epsilon_spent"] <= 5.0
+    assert statuses == ["released", "released"] + ["budget_exhausted"] * 4
+    # The next period (next day, new pseudonyms) has a fresh budget.
+    res = run(engine, crowd(200, "/a", ts=T0 + DAY + 60_000))
+    (summary,) = kinds(res, "window_summary")
+    assert summary["privacy"]["status"] == "released"
+
+
+def test_ledger_survives_restart_and_refuses_rerelease(tmp_path: Path) -> None:
+    p = make_pipeline(epsilon=2.0, budget=(5.0, 1e-3))
+    path = tmp_path / "ledger.jsonl"
+    engine = PipelineEngine(p, SECRET, ledger=Ledger(p, JsonlLedgerStore(path)))
+    first = run(engine, crowd(200, "/a"))
+    assert kinds(first, "aggregate")
+    # A restart or backfill of the same window with one more person: nothing is published.
+    again = PipelineEngine(p, SECRET, ledger=Ledger(p, JsonlLedgerStore(path)))
+    res = run(again, [*crowd(200, "/a"), event("newcomer", "/a")])
+    assert res.releases == []
+    # The spending was not reset: one more window fits, the next does not.
+    led = Ledger(p, JsonlLedgerStore(path))
+    plan = D.plan_output(p, p.outputs[0])
+    assert led.spent(led.period_of(T0)) == (plan.epsilon, plan.delta)
+    engine = PipelineEngine(p, SECRET, ledger=led)
+    s1 = kinds(run(engine, crowd(200, "/a", ts=T0 + HOUR + 1)), "window_summary")[0]
+    s2 = kinds(run(engine, crowd(200, "/a", ts=T0 + 2 * HOUR + 1)), "window_summary")[0]
+    assert (s1["privacy"]["status"], s2["privacy"]["status"]) == ("released", "budget_exhausted")
+
+
+def test_operator_allowed_rerelease_is_published_and_charged(tmp_path: Path) -> None:
+    p = make_pipeline(epsilon=2.0, budget=(5.0, 1e-3))
+    path = tmp_path / "ledger.jsonl"
+    run(PipelineEngine(p, SECRET, ledger=Ledger(p, JsonlLedgerStore(path))), crowd(200, "/a"))
+    led = Ledger(p, JsonlLedgerStore(path), allow_rerelease=True)
+    res = run(PipelineEngine(p, SECRET, ledger=led), [*crowd(200, "/a"), event("new", "/a")])
+    assert kinds(res, "aggregate")
+    charges = JsonlLedgerStore(path).load()
+    assert [c.rerelease for c in charges] == [False, True]
+    plan = D.plan_output(p, p.outputs[0])
+    assert led.spent(led.period_of(T0))[0] == pytest.approx(2 * plan.epsilon)
+
+
+def test_damaged_ledger_stops_rather_than_resets(tmp_path: Path) -> None:
+    p = make_pipeline()
+    path = tmp_path / "ledger.jsonl"
+    path.write_text('{"not": "a charge"}\n')
+    with pytest.raises(ValueError, match="line 1"):
+        Ledger(p, JsonlLedgerStore(path))
+
+
+def test_ledger_is_per_pipeline(tmp_path: Path) -> None:
+    p = make_pipeline(budget=(5.0, 1e-3))
+    store = JsonlLedgerStore(tmp_path / "l.jsonl")
+    store.append(Charge("other", "default", T0, T0 + HOUR, T0, 4.0, 0.0))
+    assert Ledger(p, store).spent(T0) == (0.0, 0.0)
+
+
+# -- pipeline files -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "path"),
+    [
+        (lambda d: d.pop("dp_budget"), "dp_budget"),
+        (lambda d: d["outputs"][0].update(noise={"epsilon": 1.0}), "outputs[0].noise"),
+        (lambda d: d["outputs"][0]["dp"].update(delta=0), "outputs[0].dp.delta"),
+        (lambda d: d["outputs"][0].update(privacy="maybe"), "outputs[0].privacy"),
+        (lambda d: d.update(dp_budget={"epsilon": 0.5, "delta": 1e-3}), "dp_budget"),
+        (
+            lambda d: d["fields"].update(duration_ms={"measure": True, "clamp": [0, 1.5]}),
+            "fields.duration_ms.clamp",
+        ),
+        (
+            lambda d: d["outputs"].append({"name": "partner", "dimensions": ["type"]}),
+            "outputs[1].privacy",
+        ),
+    ],
+)
+def test_bad_dp_declarations_fail_at_load(change: Any, path: str) -> None:
+    doc: dict[str, Any] = {
+        "pipeline": "dptest", "version": 1, "contract": "web_activity",
+        "privacy_unit": ["visitor_id"], "fields": web_test_fields(),
+        "window": {"size": "1h"}, "dimensions": ["type", "url"],
+        "metrics": {"sums": ["duration_ms"]},
+        "outputs": [{"name": "default", "privacy": "dp", "dp": {"epsilon": 1, "delta": 1e-7}}],
+        "dp_budget": {"epsilon": 10, "delta": 1e-5},
+    }  # fmt: skip
+    parse_pipeline(json.loads(json.dumps(doc)), "ok")
+    change(doc)
+    with pytest.raises(PipelineError) as err:
+        parse_pipeline(doc, "bad")
+    assert err.value.path == path
+
+
+def test_k_mode_stays_the_default_and_unchanged() -> None:
+    doc_k = parse_pipeline(
+        {
+            "pipeline": "konly", "version": 1, "contract": "web_activity",
+            "privacy_unit": ["visitor_id"], "fields": web_test_fields(),
+            "window": {"size": "1h"}, "dimensions": ["type"],
+        },
+        "k",
+    )  # fmt: skip
+    assert doc_k.outputs[0].privacy == "k" and doc_k.dp_budget is None
+    res = run(PipelineEngine(doc_k, SECRET), crowd(20, "/a"))
+    assert all(r["schema_version"] == 1 for r in res.releases)
+    assert "privacy" not in kinds(res, "window_summary")[0]
+
+
+def test_validate_prints_dp_warnings(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from anonstream.cli import app
+
+    src = Path(__file__).parents[2] / "pipelines/examples/web_activity_dp.yaml"
+    text = src.read_text().replace(
+        "max_cells_per_unit_per_window: 3", "max_cells_per_unit_per_window: 30"
+    )
+    (tmp_path / "noisy.yaml").write_text(text)
+    result = CliRunner().invoke(
+        app, ["validate", "--pipelines-dir", str(tmp_path), "--no-check-secret"]
+    )
+    assert result.exit_code == 0, result.output
+    out = " ".join(result.stdout.split())
+    assert "warning web_activity_dp: output default: events has a 95% error" in out
+
+
+# -- audit ----------------------------------------------------------------------------------
+
+
+def test_audit_accepts_a_dp_stream_and_catches_overspending() -> None:
+    from anonstream.audit import audit_records
+
+    p = make_pipeline(epsilon=2.0, budget=(5.0, 1e-3))
+    engine = PipelineEngine(p, SECRET)
+    recs: list[dict[str, Any]] = []
+    for h in range(3):
+        recs += run(engine, crowd(200, "/a", ts=T0 + h * HOUR + 60_000)).releases
+    report = audit_records(recs)
+    assert report.ok, report.render()
+    assert report.findings == []
+    # Tampered: the third window claims to be released and paid, past the budget.
+    forged = json.loads(json.dumps(recs))
+    last = forged[-1]
+    assert last["privacy"]["status"] == "budget_exhausted"
+    last["privacy"].update(status="released", window_epsilon=2.0)
+    report = audit_records(forged)
+    assert any(f.rule == "budget" and "over the budget" in f.message for f in report.failures)
+    # Tampered: aggregates in a refused window.
+    forged = json.loads(json.dumps(recs))
+    agg = json.loads(json.dumps(recs[0]))
+    agg["window_start"], agg["window_end"] = forged[-1]["window_start"], forged[-1]["window_end"]
+    agg["release_id"] = "f" * 32
+    forged.insert(len(forged) - 1, agg)
+    report = audit_records(forged)
+    assert any(f.rule == "budget" and "refused" in f.message for f in report.failures)
+
+
+def test_kafka_ledger_store_forgets_aborted_charges() -> None:
+    """The worker's store: charges count once their transaction commits; an aborted
+    transaction's charges never happened (the step is redone and charged again)."""
+    from anonstream.runtime.ledger import KafkaLedgerStore
+
+    store = KafkaLedgerStore("anon.ledger.test")
+    c1 = Charge("p", "default", T0, T0 + HOUR, T0, 1.0, 1e-9)
+    store.append(c1)
+    ((key, value),) = store.drain()
+    assert key == f"p/default/{T0}/0".encode() and Charge(**json.loads(value)) == c1
+    assert store.load() == []  # sent, not yet committed
+    store.abort()
+    assert store.drain() == [] and store.load() == []
+    store.append(c1)
+    store.drain()
+    store.committed()
+    assert store.load() == [c1]
+    again = Charge("p", "default", T0, T0 + HOUR, T0, 1.0, 1e-9, rerelease=True)
+    store.append(again)
+    ((key, _),) = store.drain()
+    assert key == f"p/default/{T0}/1".encode()  # a re-release keeps its own compacted key
+
+
+def test_replay_with_a_ledger_file_does_not_release_a_window_twice(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from anonstream.cli import app
+
+    pipeline = Path(__file__).parents[2] / "pipelines/examples/web_activity_dp.yaml"
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(crowd(300, "/a")) + b"\n")
+    ledger = tmp_path / "ledger.jsonl"
+    env = {"ANONSTREAM_SECRET": "x" * 32}
+
+    def replay(out: Path, *extra: str) -> list[dict[str, Any]]:
+        args = ["replay", "-p", str(pipeline), "-i", str(events), "-o", str(out), *extra]
+        result = CliRunner().invoke(app, args, env=env)
+        assert result.exit_code == 0, result.output
+        return [json.loads(line) for line in out.read_text().splitlines()]
+
+    first = replay(tmp_path / "1.jsonl", "--ledger", str(ledger))
+    assert [r["kind"] for r in first] == ["aggregate", "window_summary"]
+    assert replay(tmp_path / "2.jsonl", "--ledger", str(ledger)) == []
+    # Allowed again, it would exceed this example's budget (one window per day): refused.
+    third = replay(tmp_path / "3.jsonl", "--ledger", str(ledger), "--allow-rerelease")
+    assert [r["privacy"]["status"] for r in third] == ["budget_exhausted"]
+    assert len(JsonlLedgerStore(ledger).load()) == 1
+
+
+# -- sensitivity: what one person can change, as an attacker would try ------------------------
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_paths = st.sampled_from(["/a", "/b", "/c", "/d", "/e", "/f", "/g", "/h"])
+_types = st.sampled_from(["page_view", "click", "beacon"])
+_durations = st.one_of(st.none(), st.integers(-(10**9), 10**9))
+_event = st.tuples(_types, _paths, _durations, st.integers(0, HOUR - 1))
+
+
+def _exact(p: Any, evs: list[tuple[str, str, str, int | None, int]]) -> dict[Any, dict[str, Any]]:
+    values = []
+    for i, (user, typ, path, dur, off) in enumerate(evs):
+        ev: dict[str, Any] = {
+            "event_id": f"id-{i}-{user}", "ts": T0 + off, "type": typ, "visitor_id": user,
+            "url": "https://shop.example.com" + path,
+        }  # fmt: skip
+        if dur is not None:
+            ev["duration_ms"] = dur
+        values.append(orjson.dumps(ev))
+    engine = PipelineEngine(p, SECRET)
+    engine.process([Message(v, 0, i) for i, v in enumerate(values)])
+    if not engine.windows:
+        return {}  # every event rejected by the contract
+    state, rows = _window_rows(p, values)
+    ex = D.exact_cells(p, p.outputs[0], state, rows)
+    out: dict[Any, dict[str, Any]] = {}
+    for i, key in enumerate(ex.keys):
+        out[key] = {"users": int(ex.users[i])}
+        for name in ex.numbers:
+            out[key][name] = ex.take(name, [i]).tolist()
+    return out
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    base=st.lists(st.tuples(st.integers(0, 5), _event), min_size=1, max_size=40),
+    extra=st.lists(_event, min_size=1, max_size=60),
+    L=st.integers(1, 3),
+    M=st.integers(1, 3),
+    outdims=st.sampled_from([("type", "url"), ("type",), ("url",)]),
+)
+def test_one_person_changes_no_figure_by_more_than_its_sensitivity(
+    base: list[Any], extra: list[Any], L: int, M: int, outdims: tuple[str, ...]
+) -> None:
+    """Adding one person with any events (many cells, many events, extreme values) moves
+    the exact figures a window's dp release is computed from by at most the sensitivities
+    the privacy maps are evaluated at."""
+    p = make_pipeline(
+        L=L, M=M, clamp=[0, 200],
+        metrics={"sums": ["duration_ms"], "means": ["duration_ms"], "histograms": ["duration_ms"]},
+        outputs=[{"name": "default", "dimensions": list(outdims), "privacy": "dp",
+                  "dp": {"epsilon": 1.0, "delta": 1e-6}}],
+    )  # fmt: skip
+    before_evs = [(f"u{u}", *e) for u, e in base]
+    after_evs = before_evs + [("attacker", *e) for e in extra]
+    before, after = _exact(p, before_evs), _exact(p, after_evs)
+    keys = set(before) | set(after)
+    if not after:
+        return
+    zero = {
+        name: [0] * len(v) if isinstance(v, list) else 0
+        for name, v in next(iter(after.values())).items()
+    }
+
+    def diff(name: str) -> list[int]:
+        return [
+            abs(a - b)
+            for key in keys
+            for a, b in zip(
+                np.atleast_1d(after.get(key, zero)[name]),
+                np.atleast_1d(before.get(key, zero)[name]),
+                strict=True,
+            )
+        ]
+
+    users = diff("users")
+    l0, l1, linf = D.sensitivity(p, "users")
+    assert sum(1 for d in users if d) <= l0 and max(users) <= linf and sum(users) <= l1
+    for name in ("events", "duration_ms_sum", "duration_ms_count", "duration_ms_histogram"):
+        assert sum(diff(name)) <= D.sensitivity(p, name), name
+
+
+def test_worker_refuses_dp_in_scale_out_mode() -> None:
+    """Several workers would each spend the period's budget on their own view of it."""
+    from anonstream.metrics import Metrics
+    from anonstream.runtime.batch import BatchLoop
+    from anonstream.settings import Settings
+
+    settings = Settings(bootstrap_servers="127.0.0.1:1", scale_out=True, web_enabled=False)
+    with pytest.raises(ValueError, match="single mode"):
+        BatchLoop(settings, [make_pipeline()], SECRET, Metrics())
