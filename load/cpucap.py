@@ -3,7 +3,8 @@
 cgroup v2: a child of the root with ``cpu.max`` = "<quota> <period>", when the root's
 ``cgroup.controllers`` lists ``cpu`` (``+cpu`` is written to the root's
 ``cgroup.subtree_control`` if it is not enabled yet). cgroup v1: a child of the ``cpu``
-controller's hierarchy with ``cpu.cfs_quota_us`` and ``cpu.cfs_period_us``. Either needs
+controller's hierarchy with ``cpu.cfs_quota_us`` and ``cpu.cfs_period_us``. Each group also
+gets a high weight (``cpu.weight`` / ``cpu.shares``), so it gets its cap on a busy machine. Either needs
 write access to the hierarchy (root). Anything else fails with :class:`CpuCapError` saying
 what was looked for.
 
@@ -45,6 +46,11 @@ CGROUP_ROOT = Path("/sys/fs/cgroup")
 DEFAULT_PERIOD_US = 100_000
 MIN_QUOTA_US = 1_000  # the kernel refuses a smaller CFS quota
 MAX_PERIOD_US = 1_000_000
+# A high weight (8 times the default) as well as the quota: on a busy machine a group then
+# gets its whole cap rather than one fair share among every other process; the quota still
+# bounds it from above, so N groups never take more than N x cap cores.
+SHARES_V1 = 8192
+WEIGHT_V2 = 800
 
 
 class CpuCapError(RuntimeError):
@@ -167,10 +173,12 @@ class CpuGroup:
         try:
             if layout.version == 2:
                 _write(path / "cpu.max", format_cpu_max(quota, period_us))
+                _write(path / "cpu.weight", str(WEIGHT_V2))
             else:
                 # The period first: a quota is checked against the period in place.
                 _write(path / "cpu.cfs_period_us", str(period_us))
                 _write(path / "cpu.cfs_quota_us", str(quota))
+                _write(path / "cpu.shares", str(SHARES_V1))
         except BaseException:
             group.remove()
             raise
