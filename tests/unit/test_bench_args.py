@@ -162,7 +162,7 @@ def test_no_maven_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setattr(kstreams.shutil, "which", lambda name: None)
     with pytest.raises(PeerBuildError, match="Maven was not found"):
         ensure_peer_jar(src, tmp_path / "cache")
-    with pytest.raises(PeerBuildError, match="pom.xml missing"):
+    with pytest.raises(PeerBuildError, match=r"pom\.xml missing"):
         ensure_peer_jar(tmp_path / "nowhere", tmp_path / "cache")
 
 
@@ -173,6 +173,8 @@ def test_peer_command_carries_no_secret(monkeypatch: pytest.MonkeyPatch) -> None
         events=10, partitions=4, threads=2, k=10,
     )  # fmt: skip
     assert cmd[0] == "/usr/bin/java" and "-jar" in cmd
-    flags = dict(zip(cmd[cmd.index("--bootstrap") :: 2], cmd[cmd.index("--bootstrap") + 1 :: 2], strict=True))
+    flags = dict(
+        zip(cmd[cmd.index("--bootstrap") :: 2], cmd[cmd.index("--bootstrap") + 1 :: 2], strict=True)
+    )
     assert flags["--threads"] == "2" and flags["--guarantee"] == "exactly_once_v2"
     assert not any("secret" in c.lower() for c in cmd)

@@ -26,7 +26,9 @@ from anonstream_load.cpucap import (
 )
 
 
-@pytest.mark.parametrize(("text", "cores"), [("0.25", 0.25), ("1", 1.0), ("2.5", 2.5), ("1e-1", 0.1)])
+@pytest.mark.parametrize(
+    ("text", "cores"), [("0.25", 0.25), ("1", 1.0), ("2.5", 2.5), ("1e-1", 0.1)]
+)
 def test_parse_cap_takes_positive_numbers(text: str, cores: float) -> None:
     assert parse_cap(text) == cores
 
@@ -61,12 +63,18 @@ def test_cpu_max_round_trips(quota: int | None, period: int) -> None:
              "25000 0", "x 100000", "25000 1e5"],
 )  # fmt: skip
 def test_cpu_max_rejects_malformed_lines(text: str) -> None:
-    with pytest.raises(ValueError, match="cpu.max"):
+    with pytest.raises(ValueError, match=r"cpu\.max"):
         parse_cpu_max(text)
 
 
 def test_controllers_are_whitespace_separated_names() -> None:
-    assert parse_controllers("cpuset cpu io memory pids\n") == {"cpuset", "cpu", "io", "memory", "pids"}
+    assert parse_controllers("cpuset cpu io memory pids\n") == {
+        "cpuset",
+        "cpu",
+        "io",
+        "memory",
+        "pids",
+    }
     assert "cpu" not in parse_controllers("cpuset io memory")
     assert parse_controllers("") == frozenset()
 
