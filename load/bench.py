@@ -446,8 +446,9 @@ def _run_kstreams(ctx: _Ctx, jar: Path, threads: int, name: str) -> RunResult:
     return _finish(run, error, ctx.cfg.events)
 
 
-def _kstreams_runs(ctx: _Ctx) -> list[RunResult]:
-    """``kstreams`` (one stream thread) and ``kstreams_all`` (a thread per core)."""
+def _kstreams_runs(ctx: _Ctx, single: RunResult | None) -> list[RunResult]:
+    """``kstreams`` (one stream thread) and ``kstreams_all`` (a thread per core); with
+    anonstream's run (``single``), the ratio of their released cells to anonstream's."""
     from .kstreams import PeerBuildError, ensure_peer_jar
 
     counts = {"kstreams": 1}
@@ -461,7 +462,18 @@ def _kstreams_runs(ctx: _Ctx) -> list[RunResult]:
     runs = []
     for name, threads in counts.items():
         ctx.console.print(f"[bold]run {name}[/] ({threads} stream thread(s))")
-        runs.append(_run_kstreams(ctx, jar, threads, name))
+        run = _run_kstreams(ctx, jar, threads, name)
+        mine = (single.extra.get("releases") or {}).get("aggregate") if single else None
+        theirs = (run.extra.get("releases") or {}).get("aggregate")
+        if run.ok and mine and theirs is not None:
+            # Not the same rules (no roll-up, no contribution bounds): the same order only.
+            run.extra["aggregates_vs_anonstream"] = round(theirs / mine, 3)
+            if not 0.1 <= theirs / mine <= 10:
+                ctx.console.print(
+                    f"  [yellow]{name} released {theirs:,} cells against anonstream's "
+                    f"{mine:,}: not the same order of magnitude[/]"
+                )
+        runs.append(run)
     return runs
 
 
@@ -904,7 +916,7 @@ def run_benchmark(cfg: BenchConfig, console: Console | None = None) -> dict[str,
                     scale = _scale_runs(ctx, produced["windows"], reference)
                     continue
                 if name == "kstreams":
-                    batch = _kstreams_runs(ctx)
+                    batch = _kstreams_runs(ctx, results.get("anonstream"))
                 else:
                     console.print(f"[bold]run {name}[/]")
                     batch = [_run_anonstream(ctx) if name == "anonstream" else _run_peer(ctx, name)]

@@ -3,10 +3,10 @@
 cgroup v2: a child of the root with ``cpu.max`` = "<quota> <period>", when the root's
 ``cgroup.controllers`` lists ``cpu`` (``+cpu`` is written to the root's
 ``cgroup.subtree_control`` if it is not enabled yet). cgroup v1: a child of the ``cpu``
-controller's hierarchy with ``cpu.cfs_quota_us`` and ``cpu.cfs_period_us``. Each group also
-gets a high weight (``cpu.weight`` / ``cpu.shares``), so it gets its cap on a busy machine. Either needs
-write access to the hierarchy (root). Anything else fails with :class:`CpuCapError` saying
-what was looked for.
+controller's hierarchy with ``cpu.cfs_quota_us`` and ``cpu.cfs_period_us``. Each group
+also gets a high weight (``cpu.weight`` / ``cpu.shares``), so that it gets its cap on a
+busy machine. Either needs write access to the hierarchy (root). Anything else fails with
+:class:`CpuCapError` saying what was looked for.
 
 A process joins its group before it runs anything of its own: :meth:`CpuGroup.wrap` turns
 a command into ``sh -c 'echo $$ > <group>/cgroup.procs && exec "$@"'``, so the pid the

@@ -155,3 +155,4 @@ def test_bench_kstreams_rows_next_to_anonstream(kafka_bootstrap: str, tmp_path: 
     theirs = single["releases"]["aggregate"]
     assert mine > 0 and theirs > 0
     assert 0.1 <= theirs / mine <= 10, (mine, theirs)
+    assert single["aggregates_vs_anonstream"] == round(theirs / mine, 3)
