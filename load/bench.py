@@ -382,11 +382,7 @@ def _run_anonstream(ctx: _Ctx, profile: Path | None = None) -> RunResult:
                 f"anonstream exited 0 but its committed offsets cover {run.count} of "
                 f"{ctx.cfg.events} events"
             )
-        kinds: dict[str, int] = {}
-        for value in ctx.probe.read_all(out_topic):
-            kind = str(json.loads(value).get("kind"))
-            kinds[kind] = kinds.get(kind, 0) + 1
-        run.extra["releases"] = kinds
+        run.extra["releases"] = kinds = _release_kinds(ctx, out_topic)
         if error is None and not kinds.get("window_summary"):
             error = "anonstream released no window summary"
     return _finish(run, error, ctx.cfg.events)
