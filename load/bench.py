@@ -445,6 +445,8 @@ def _run_kstreams(ctx: _Ctx, jar: Path, threads: int, name: str) -> RunResult:
 def _kstreams_runs(ctx: _Ctx, single: RunResult | None) -> list[RunResult]:
     """``kstreams`` (one stream thread) and ``kstreams_all`` (a thread per core); with
     anonstream's run (``single``), the ratio of their released cells to anonstream's."""
+    from anonstream.broker.local import BrokerError, find_java
+
     from .kstreams import PeerBuildError, ensure_peer_jar
 
     counts = {"kstreams": 1}
@@ -453,7 +455,8 @@ def _kstreams_runs(ctx: _Ctx, single: RunResult | None) -> list[RunResult]:
     try:
         ctx.console.print("[dim]the Kafka Streams peer: building it if needed (not timed)[/]")
         jar = ensure_peer_jar(quiet=False)
-    except PeerBuildError as exc:
+        find_java()  # a cached build still needs a JVM to run
+    except (PeerBuildError, BrokerError) as exc:
         return [RunResult(name=n, ok=False, error=str(exc)) for n in counts]
     runs = []
     for name, threads in counts.items():

@@ -178,3 +178,19 @@ def test_peer_command_carries_no_secret(monkeypatch: pytest.MonkeyPatch) -> None
     )
     assert flags["--threads"] == "2" and flags["--guarantee"] == "exactly_once_v2"
     assert not any("secret" in c.lower() for c in cmd)
+
+
+def test_without_maven_the_kstreams_rows_fail_and_say_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import io
+    from types import SimpleNamespace
+
+    from rich.console import Console
+
+    monkeypatch.setenv("ANONSTREAM_CACHE_DIR", str(tmp_path))  # no cached build here
+    monkeypatch.setattr(kstreams.shutil, "which", lambda name: None)
+    ctx = SimpleNamespace(console=Console(file=io.StringIO()))
+    runs = bench._kstreams_runs(ctx, None)  # type: ignore[arg-type]
+    assert runs and runs[0].name == "kstreams"
+    assert all(not r.ok and "Maven was not found" in (r.error or "") for r in runs)
