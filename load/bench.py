@@ -58,8 +58,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from .cpucap import CpuCapError, cpu_groups, parse_cap
 from .generator import EventGenerator, Workload
 from .harness import (
+    BENCH_SECRET,
     ROOT,
     ChildResult,
     KafkaProbe,
@@ -85,7 +87,7 @@ __all__ = [
     "run_benchmark",
 ]
 
-RUN_NAMES = ("ceiling", "naive_faust", "quixstreams", "anonstream", "scale")
+RUN_NAMES = ("ceiling", "naive_faust", "quixstreams", "anonstream", "kstreams", "scale")
 _RUNNER_MODULES = {
     "ceiling": "anonstream_load.runners.ceiling",
     "naive_faust": "anonstream_load.runners.naive_faust",
@@ -114,6 +116,8 @@ class BenchConfig:
     # The last window of the input is released on idle close; short, so that the scale
     # run measures work rather than waiting.
     scale_idle_close_s: float = 2.0
+    cap: float | None = None  # cores per scale-out worker (a cgroup each), None: no cap
+    kstreams_guarantee: str = "exactly_once_v2"
 
 
 @dataclass
@@ -228,11 +232,15 @@ def _child_env() -> dict[str, str]:
 
 
 def _group_progress(
-    ctx: _Ctx, name: str, group: str, extra_poll: Callable[[float], None] | None = None
+    ctx: _Ctx,
+    name: str,
+    group: str,
+    extra_poll: Callable[[float], None] | None = None,
+    interval: float = 1.0,
 ) -> tuple[Progress, Any, Callable[[float, int | None], None]]:
-    """A progress line for one run, fed by its group's committed offsets (the caller
-    unwatches the group), and the poll callback that feeds it."""
-    ctx.probe.watch_group(group, ctx.topic)
+    """A progress line for one run, fed by its group's committed offsets (read every
+    ``interval`` s; the caller unwatches the group), and the poll callback that feeds it."""
+    ctx.probe.watch_group(group, ctx.topic, interval=interval)
     progress = Progress(
         SpinnerColumn(), TextColumn(f"[bold]{name:<12}"), BarColumn(), MofNCompleteColumn(),
         TextColumn("RSS {task.fields[rss]}"), TimeElapsedColumn(), console=ctx.console,
@@ -374,14 +382,98 @@ def _run_anonstream(ctx: _Ctx, profile: Path | None = None) -> RunResult:
                 f"anonstream exited 0 but its committed offsets cover {run.count} of "
                 f"{ctx.cfg.events} events"
             )
-        kinds: dict[str, int] = {}
-        for value in ctx.probe.read_all(out_topic):
-            kind = str(json.loads(value).get("kind"))
-            kinds[kind] = kinds.get(kind, 0) + 1
-        run.extra["releases"] = kinds
+        run.extra["releases"] = kinds = _release_kinds(ctx, out_topic)
         if error is None and not kinds.get("window_summary"):
             error = "anonstream released no window summary"
     return _finish(run, error, ctx.cfg.events)
+
+
+def _release_kinds(ctx: _Ctx, topic: str) -> dict[str, int]:
+    """Records on ``topic`` (read_committed) by their ``kind``."""
+    kinds: dict[str, int] = {}
+    for value in ctx.probe.read_all(topic):
+        kind = str(json.loads(value).get("kind"))
+        kinds[kind] = kinds.get(kind, 0) + 1
+    return kinds
+
+
+def _run_kstreams(ctx: _Ctx, jar: Path, threads: int, name: str) -> RunResult:
+    """The Kafka Streams peer with ``threads`` stream threads (``load/jvm``)."""
+    from anonstream.broker.topics import create_topics
+    from anonstream.core.pipeline import load_pipeline
+
+    from .kstreams import peer_command
+
+    group = f"bench-{ctx.bench_id}-{name}"
+    out_topic = f"{ctx.topic}.{name}.out"
+    create_topics(ctx.bootstrap, {out_topic: ctx.cfg.partitions})
+    cmd = peer_command(
+        jar, bootstrap=ctx.bootstrap, topic=ctx.topic, output=out_topic, group=group,
+        events=ctx.cfg.events, partitions=ctx.cfg.partitions, threads=threads,
+        k=load_pipeline(ctx.cfg.pipeline).k, guarantee=ctx.cfg.kstreams_guarantee,
+        timeout_s=ctx.cfg.timeout,
+    )  # fmt: skip
+    env = {**_child_env(), "ANONSTREAM_SECRET": BENCH_SECRET}
+    load_before = os.getloadavg()[0]
+    result = _watched_child(ctx, name, cmd, env, group)
+    run = _measured(name, result, load_before)
+    run.extra.update(threads=threads, guarantee=ctx.cfg.kstreams_guarantee)
+    error = _failure(name, result, ctx.cfg.timeout)
+    report = json_line(result.stdout)
+    if report is not None:
+        run.count = int(report["count"])
+        if report.get("t_first_event") is not None:
+            run.first_event_s = float(report["t_first_event"]) - result.started_at
+        if report.get("vm_hwm_kib"):
+            run.peak_rss_mib = max(run.peak_rss_mib or 0.0, report["vm_hwm_kib"] / 1024)
+        for key in ("rejected", "late", "released_cells", "suppressed_cells"):
+            run.extra[key] = report.get(key)
+    elif error is None:
+        error = f"{name} printed no result line:\n{result.stdout[-2000:]}"
+    if error is None and run.count != ctx.cfg.events:
+        error = f"{name} processed {run.count} events, not {ctx.cfg.events}"
+    if error is None:
+        run.extra["releases"] = kinds = _release_kinds(ctx, out_topic)
+        if kinds.get("aggregate", 0) != run.extra["released_cells"]:
+            error = (
+                f"{name} released {run.extra['released_cells']} cells but the output topic "
+                f"holds {kinds.get('aggregate', 0)} committed aggregates"
+            )
+    return _finish(run, error, ctx.cfg.events)
+
+
+def _kstreams_runs(ctx: _Ctx, single: RunResult | None) -> list[RunResult]:
+    """``kstreams`` (one stream thread) and ``kstreams_all`` (a thread per core); with
+    anonstream's run (``single``), the ratio of their released cells to anonstream's."""
+    from anonstream.broker.local import BrokerError, find_java
+
+    from .kstreams import PeerBuildError, ensure_peer_jar
+
+    counts = {"kstreams": 1}
+    if (os.cpu_count() or 1) > 1:
+        counts["kstreams_all"] = os.cpu_count() or 1
+    try:
+        ctx.console.print("[dim]the Kafka Streams peer: building it if needed (not timed)[/]")
+        jar = ensure_peer_jar(quiet=False)
+        find_java()  # a cached build still needs a JVM to run
+    except (PeerBuildError, BrokerError) as exc:
+        return [RunResult(name=n, ok=False, error=str(exc)) for n in counts]
+    runs = []
+    for name, threads in counts.items():
+        ctx.console.print(f"[bold]run {name}[/] ({threads} stream thread(s))")
+        run = _run_kstreams(ctx, jar, threads, name)
+        mine = (single.extra.get("releases") or {}).get("aggregate") if single else None
+        theirs = (run.extra.get("releases") or {}).get("aggregate")
+        if run.ok and mine and theirs is not None:
+            # Not the same rules (no roll-up, no contribution bounds): the same order only.
+            run.extra["aggregates_vs_anonstream"] = round(theirs / mine, 3)
+            if not 0.1 <= theirs / mine <= 10:
+                ctx.console.print(
+                    f"  [yellow]{name} released {theirs:,} cells against anonstream's "
+                    f"{mine:,}: not the same order of magnitude[/]"
+                )
+        runs.append(run)
+    return runs
 
 
 def _finish(run: RunResult, error: str | None, events: int) -> RunResult:
@@ -409,15 +501,58 @@ class ScaleResult:
     releases: dict[str, int] = field(default_factory=dict)
     error: str | None = None
     loadavg_1m_before: float | None = None
+    cap_cores: float | None = None  # each worker's CPU cap (a cgroup each), None: uncapped
+    # Busy part: from the first committed offsets (start-up done) until the whole input is
+    # committed; the fixed start-up and idle-close time are outside it.
+    busy_seconds: float | None = None
+    busy_events_per_s: float | None = None
+    busy_cpu_us_per_event: float | None = None
+    cpu_us_per_event: float | None = None  # all CPU (start-up included) over all events
+    efficiency: float | None = None  # busy events/s of N ÷ (N × busy events/s of 1 worker)
 
     def figures(self) -> dict[str, Any]:
         d = asdict(self)
         for key, digits in (
             ("seconds", 3), ("events_per_s", 1), ("cpu_s", 3), ("peak_rss_mib", 1),
-            ("peak_rss_max_mib", 1),
+            ("peak_rss_max_mib", 1), ("busy_seconds", 3), ("busy_events_per_s", 1),
+            ("busy_cpu_us_per_event", 2), ("cpu_us_per_event", 2), ("efficiency", 3),
         ):  # fmt: skip
             d[key] = _round(d[key], digits)
         return d
+
+
+@dataclass
+class _BusyClock:
+    """When the group's committed offsets first rose above zero and reached the end, and
+    the workers' CPU at the first moment (read from their pids)."""
+
+    events: int
+    pids: list[int] = field(default_factory=list)
+    t_first: float | None = None
+    committed_first: int = 0
+    cpu_first: float | None = None
+    t_end: float | None = None
+
+    def poll(self, elapsed: float, committed: int) -> None:
+        if self.t_first is None and committed > 0:
+            self.t_first, self.committed_first = elapsed, committed
+            self.cpu_first = _cpu_of(self.pids)
+        if self.t_end is None and committed >= self.events:
+            self.t_end = elapsed
+
+
+def _cpu_of(pids: Sequence[int]) -> float | None:
+    """User + system CPU seconds of these processes, summed (None if one is gone)."""
+    import psutil
+
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.Error:
+            return None
+        total += times.user + times.system
+    return total
 
 
 def _run_scale(ctx: _Ctx, workers: int, windows: int) -> ScaleResult:
@@ -452,19 +587,31 @@ def _run_scale(ctx: _Ctx, workers: int, windows: int) -> ScaleResult:
     # The releases are read as they come, read_committed, until one summary per window.
     timeout = ctx.cfg.timeout + 60
     until = summaries_complete({pipeline_name: windows})
-    reading = ctx.probe.spawn(
-        lambda: read_releases(ctx.bootstrap, [out_topic], until=until, timeout=timeout)
-    )
-    progress, _task, on_poll = _group_progress(ctx, name, group)
+    clock = _BusyClock(ctx.cfg.events)
+    progress, _task, on_poll = _group_progress(
+        ctx, name, group, extra_poll=lambda t: clock.poll(t, ctx.probe.watched(group, ctx.topic)),
+        interval=0.2,
+    )  # fmt: skip
     load_before = os.getloadavg()[0]
+    reading = None
     try:
-        with progress:
-            group_result = run_until(
-                commands, done=reading.done, timeout=ctx.cfg.timeout, log_dir=ctx.logs,
-                name=name, cwd=ROOT, on_poll=on_poll,
-            )  # fmt: skip
+        with contextlib.ExitStack() as stack:
+            if ctx.cfg.cap is not None:
+                groups = stack.enter_context(cpu_groups(workers, ctx.cfg.cap))
+                commands = [
+                    (g.wrap(cmd), env) for g, (cmd, env) in zip(groups, commands, strict=True)
+                ]
+            reading = ctx.probe.spawn(
+                lambda: read_releases(ctx.bootstrap, [out_topic], until=until, timeout=timeout)
+            )
+            with progress:
+                group_result = run_until(
+                    commands, done=reading.done, timeout=ctx.cfg.timeout, log_dir=ctx.logs,
+                    name=name, cwd=ROOT, on_poll=on_poll, on_spawn=clock.pids.extend,
+                )  # fmt: skip
     finally:
-        reading.cancel()
+        if reading is not None:
+            reading.cancel()
         ctx.probe.unwatch_group(group, ctx.topic)
         # The Faust host of each worker made an (empty) data dir named after the group.
         shutil.rmtree(Path(tempfile.gettempdir()) / "anonstream-faust" / group, ignore_errors=True)
@@ -504,23 +651,42 @@ def _run_scale(ctx: _Ctx, workers: int, windows: int) -> ScaleResult:
             )
     run.error = error
     run.ok = error is None
+    run.cap_cores = ctx.cfg.cap
     if run.ok and run.seconds:
         run.events_per_s = ctx.cfg.events / run.seconds
+        if run.cpu_s is not None:
+            run.cpu_us_per_event = run.cpu_s / ctx.cfg.events * 1e6
+        if clock.t_first is not None and clock.t_end is not None and clock.t_end > clock.t_first:
+            busy_events = ctx.cfg.events - clock.committed_first
+            run.busy_seconds = clock.t_end - clock.t_first
+            run.busy_events_per_s = busy_events / run.busy_seconds
+            if run.cpu_s is not None and clock.cpu_first is not None and busy_events > 0:
+                # CPU up to the releases, less start-up: the busy part and the idle close.
+                run.busy_cpu_us_per_event = (run.cpu_s - clock.cpu_first) / busy_events * 1e6
     return run
 
 
 def _scale_runs(ctx: _Ctx, windows: int, reference: dict[str, int] | None) -> list[ScaleResult]:
     """Every worker count; each must release what the others (and the single-mode run,
     when there is one) release: the same input gives the same releases."""
-    out = []
+    out: list[ScaleResult] = []
     for n in ctx.cfg.scale:
-        ctx.console.print(f"[bold]run scale[/]: {n} worker(s) in scale-out mode")
-        run = _run_scale(ctx, n, windows)
+        capped = f", each capped at {ctx.cfg.cap:g} cores" if ctx.cfg.cap is not None else ""
+        ctx.console.print(f"[bold]run scale[/]: {n} worker(s) in scale-out mode{capped}")
+        try:
+            run = _run_scale(ctx, n, windows)
+        except CpuCapError as exc:
+            run = ScaleResult(workers=n, ok=False, error=str(exc), cap_cores=ctx.cfg.cap)
         if run.ok and reference is not None and run.releases != reference:
             run.ok = False
             run.error = f"released {run.releases}, not {reference} like the run before"
         if run.ok and reference is None:
             reference = run.releases
+        one = next((r for r in out if r.workers == 1 and r.ok), None)
+        if run.ok and one is not None and one.busy_events_per_s and run.busy_events_per_s:
+            run.efficiency = run.busy_events_per_s / (n * one.busy_events_per_s)
+        elif run.ok and n == 1 and run.busy_events_per_s:
+            run.efficiency = 1.0
         out.append(run)
         if run.ok:
             ctx.console.print(
@@ -542,6 +708,32 @@ def _ratio(results: dict[str, RunResult], other: str) -> float | None:
     if a is None or b is None or not a.events_per_s or not b.events_per_s:
         return None
     return round(a.events_per_s / b.events_per_s, 3)
+
+
+def _cpu_ratio(results: dict[str, RunResult], other: str) -> float | None:
+    """anonstream's events per CPU second over the other run's."""
+    a, b = results.get("anonstream"), results.get(other)
+    if a is None or b is None or not a.ok or not b.ok:
+        return None
+    mine, theirs = a.extra.get("events_per_cpu_s"), b.extra.get("events_per_cpu_s")
+    return round(mine / theirs, 3) if mine and theirs else None
+
+
+def _scale_ratios(results: dict[str, RunResult], scale: list[ScaleResult]) -> dict[str, Any]:
+    """``ratio_scale1_single`` (one scale-out worker ÷ single mode, events/s) and the
+    efficiency per worker count (``scale_efficiency_<n>``, busy throughput)."""
+    out: dict[str, Any] = {}
+    single = results.get("anonstream")
+    one = next((r for r in scale if r.workers == 1 and r.ok), None)
+    out["ratio_scale1_single"] = (
+        round(one.events_per_s / single.events_per_s, 3)
+        if one and one.events_per_s and single and single.ok and single.events_per_s
+        else None
+    )
+    for r in scale:
+        if r.ok and r.efficiency is not None:
+            out[f"scale_efficiency_{r.workers}"] = round(r.efficiency, 3)
+    return out
 
 
 def _versions() -> dict[str, str | None]:
@@ -567,40 +759,54 @@ def machine() -> dict[str, Any]:
 
 
 def render_table(summary: dict[str, Any]) -> Table:
-    table = Table(
-        title=f"{summary['events']:,} events, {summary['users']:,} users, "
+    cap = next((r.get("cap_cores") for r in summary.get("scale") or [] if r.get("cap_cores")), None)
+    title = (
+        f"{summary['events']:,} events, {summary['users']:,} users, "
         f"{summary['partitions']} partitions"
     )
-    cols = ("run", "events/s", "seconds", "first event s", "CPU s", "peak RSS MiB", "vs ceiling")
+    if cap:
+        title += f"; scale workers capped at {cap:g} cores each"
+    table = Table(title=title)
+    cols = (
+        "run", "events/s", "busy events/s", "seconds", "first event s", "CPU s",
+        "CPU µs/event", "peak RSS MiB", "vs ceiling", "efficiency",
+    )  # fmt: skip
     for col in cols:
         table.add_column(col, justify="left" if col == "run" else "right")
     ceiling = (summary["runs"].get("ceiling") or {}).get("events_per_s")
+    events = summary["events"]
 
     def num(value: float | None, fmt: str) -> str:
         return "-" if value is None else format(value, fmt)
 
+    def per_event(cpu: float | None) -> str:
+        return num(None if cpu is None else cpu / events * 1e6, ".1f")
+
     for name, r in summary["runs"].items():
         if not r["ok"]:
-            table.add_row(name, "[red]FAILED[/]", *["-"] * 5)
+            table.add_row(name, "[red]FAILED[/]", *["-"] * (len(cols) - 2))
             continue
         eps = r["events_per_s"]
         vs = f"{eps / ceiling:.2f}" if ceiling and eps else "-"
         table.add_row(
-            name, f"{eps:,.0f}", f"{r['seconds']:.1f}", num(r.get("first_event_s"), ".1f"),
-            num(r.get("cpu_seconds"), ".1f"), num(r.get("peak_rss_mib"), ".0f"), vs,
+            name, f"{eps:,.0f}", num(r.get("steady_events_per_s"), ",.0f"), f"{r['seconds']:.1f}",
+            num(r.get("first_event_s"), ".1f"), num(r.get("cpu_seconds"), ".1f"),
+            per_event(r.get("cpu_seconds")), num(r.get("peak_rss_mib"), ".0f"), vs, "-",
         )  # fmt: skip
     for r in summary.get("scale") or []:
         name = f"scale x{r['workers']}"
         if not r["ok"]:
-            table.add_row(name, "[red]FAILED[/]", *["-"] * 5)
+            table.add_row(name, "[red]FAILED[/]", *["-"] * (len(cols) - 2))
             continue
         eps = r["events_per_s"]
         vs = f"{eps / ceiling:.2f}" if ceiling and eps else "-"
         # RSS of several processes: their peaks summed, the largest one in brackets.
         rss = f"{num(r['peak_rss_mib'], '.0f')} ({num(r['peak_rss_max_mib'], '.0f')})"
         table.add_row(
-            name, f"{eps:,.0f}", f"{r['seconds']:.1f}", "-", num(r["cpu_s"], ".1f"), rss, vs
-        )
+            name, f"{eps:,.0f}", num(r.get("busy_events_per_s"), ",.0f"), f"{r['seconds']:.1f}",
+            "-", num(r["cpu_s"], ".1f"), per_event(r["cpu_s"]), rss, vs,
+            num(r.get("efficiency"), ".2f"),
+        )  # fmt: skip
     return table
 
 
@@ -614,9 +820,34 @@ def draw_chart(summary: dict[str, Any], path: Path) -> Path:
     # Scale-run bars: RSS is the workers' peaks summed.
     runs.update({f"scale x{r['workers']}": r for r in summary.get("scale") or [] if r["ok"]})
     names = list(runs)
-    palette = {"anonstream": "#d62728"}
+    palette = {"anonstream": "#d62728", "kstreams": "#2ca02c", "kstreams_all": "#98df8a"}
     colors = [palette.get(n, "#1f77b4" if n.startswith("scale") else "#7f7f7f") for n in names]
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11 + 0.6 * len(summary.get("scale") or []), 4.5))
+    scaled = [r for r in summary.get("scale") or [] if r["ok"] and r.get("busy_events_per_s")]
+    panels = 3 if len(scaled) >= 2 else 2
+    width = 11 + 0.6 * len(summary.get("scale") or []) + (5 if panels == 3 else 0)
+    fig, axes = plt.subplots(1, panels, figsize=(width, 4.5))
+    ax1, ax2 = axes[0], axes[1]
+    if panels == 3:
+        # Throughput against worker count, next to the line of perfect scaling from x1.
+        ax3 = axes[2]
+        workers = [r["workers"] for r in scaled]
+        busy = [r["busy_events_per_s"] for r in scaled]
+        ax3.plot(workers, busy, "o-", color="#1f77b4", label="measured (busy part)")
+        one = next((r["busy_events_per_s"] for r in scaled if r["workers"] == 1), None)
+        if one:
+            ax3.plot(workers, [one * w for w in workers], "--", color="#999999", label="linear")
+        for w, b, r in zip(workers, busy, scaled, strict=True):
+            if r.get("efficiency") is not None:
+                ax3.annotate(f"{r['efficiency']:.2f}", (w, b), textcoords="offset points",
+                             xytext=(0, 6), ha="center", fontsize=8)  # fmt: skip
+        cap = scaled[0].get("cap_cores")
+        capped = f" (cap {cap:g} core each)" if cap else ""
+        ax3.set_title(f"scale-out: events/s by workers{capped}")
+        ax3.set_xlabel("workers (labels: efficiency)")
+        ax3.set_ylabel("events/s")
+        ax3.set_xticks(workers)
+        ax3.grid(alpha=0.3)
+        ax3.legend(fontsize=8)
     eps = [runs[n]["events_per_s"] for n in names]
     rss = [runs[n]["peak_rss_mib"] or 0 for n in names]
     bars = ax1.bar(names, eps, color=colors)
@@ -683,16 +914,20 @@ def run_benchmark(cfg: BenchConfig, console: Console | None = None) -> dict[str,
                     reference = single.extra.get("releases") if single and single.ok else None
                     scale = _scale_runs(ctx, produced["windows"], reference)
                     continue
-                console.print(f"[bold]run {name}[/]")
-                run = _run_anonstream(ctx) if name == "anonstream" else _run_peer(ctx, name)
-                results[name] = run
-                if run.ok:
-                    console.print(
-                        f"  {name}: {run.events_per_s:,.0f} events/s, {run.seconds:.1f} s, "
-                        f"peak RSS {run.peak_rss_mib or 0:,.0f} MiB"
-                    )
+                if name == "kstreams":
+                    batch = _kstreams_runs(ctx, results.get("anonstream"))
                 else:
-                    console.print(f"  [red]{name} failed[/]: {escape(run.error or '')}")
+                    console.print(f"[bold]run {name}[/]")
+                    batch = [_run_anonstream(ctx) if name == "anonstream" else _run_peer(ctx, name)]
+                for run in batch:
+                    results[run.name] = run
+                    if run.ok:
+                        console.print(
+                            f"  {run.name}: {run.events_per_s:,.0f} events/s, "
+                            f"{run.seconds:.1f} s, peak RSS {run.peak_rss_mib or 0:,.0f} MiB"
+                        )
+                    else:
+                        console.print(f"  [red]{run.name} failed[/]: {escape(run.error or '')}")
             if cfg.profile is not None and "anonstream" in cfg.runs:
                 console.print("[bold]profile[/]: anonstream again, under pyinstrument")
                 profiled = _run_anonstream(ctx, profile=cfg.profile)
@@ -718,7 +953,13 @@ def run_benchmark(cfg: BenchConfig, console: Console | None = None) -> dict[str,
         "ratio_ceiling": _ratio(results, "ceiling"),
         "ratio_naive_faust": _ratio(results, "naive_faust"),
         "ratio_quixstreams": _ratio(results, "quixstreams"),
+        # anonstream ÷ Kafka Streams, one thread each; and against all cores for the JVM.
+        "ratio_kafka_streams": _ratio(results, "kstreams"),
+        "ratio_kafka_streams_all": _ratio(results, "kstreams_all"),
+        # The same in events per CPU second: less sensitive to a shared machine's load.
+        "cpu_ratio_kafka_streams": _cpu_ratio(results, "kstreams"),
         "scale": [r.figures() for r in scale],
+        **_scale_ratios(results, scale),
         "machine": machine(),
         "chart": None,
     }
@@ -756,6 +997,13 @@ def _scale(text: str) -> tuple[int, ...]:
     if not counts or min(counts) < 1:
         raise argparse.ArgumentTypeError("expected worker counts >= 1, e.g. 1,2,3")
     return counts
+
+
+def _cap(text: str) -> float:
+    try:
+        return parse_cap(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -798,6 +1046,15 @@ def build_parser() -> argparse.ArgumentParser:
         help="scale run: ANONSTREAM_IDLE_CLOSE_SECONDS of its workers (the last window is "
         "released on idle close)",
     )  # fmt: skip
+    p.add_argument(
+        "--cap", type=_cap, default=None,
+        help="scale run: hold each worker to this many cores (e.g. 0.25) with a cgroup of "
+        "its own (v2 cpu.max or v1 CFS quota; needs root); the groups are removed at the end",
+    )  # fmt: skip
+    p.add_argument(
+        "--kstreams-guarantee", choices=("exactly_once_v2", "at_least_once"),
+        default="exactly_once_v2", help="kstreams run: processing.guarantee of the JVM peer",
+    )  # fmt: skip
     soak = p.add_argument_group("soak mode")
     soak.add_argument("--soak", action="store_true", help="run the soak test instead")
     soak.add_argument("--rate", type=float, default=2000.0, help="soak: events/s produced")
@@ -834,8 +1091,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs=args.runs, chart=args.chart or DEFAULT_CHART, timeout=args.timeout,
         bootstrap=args.bootstrap, pipeline=args.pipeline, logs=args.logs, profile=args.profile,
         scale=args.scale, partials_partitions=args.partials_partitions,
-        scale_idle_close_s=args.scale_idle_close,
+        scale_idle_close_s=args.scale_idle_close, cap=args.cap,
+        kstreams_guarantee=args.kstreams_guarantee,
     )  # fmt: skip
+    if cfg.cap is not None and "scale" in cfg.runs:
+        try:  # before anything runs: a cap that cannot be set up fails now, not at the end
+            with cpu_groups(1, cfg.cap):
+                pass
+        except CpuCapError as exc:
+            console.print(f"[red]--cap {cfg.cap:g}[/]: {escape(str(exc))}")
+            print(json.dumps({"benchmark": "anonstream-load", "ok": False, "error": str(exc)}))
+            return 2
+    if "scale" in cfg.runs and max(cfg.scale) > min(cfg.partitions, cfg.partials_partitions):
+        console.print(
+            f"[yellow]note[/]: {max(cfg.scale)} workers share {cfg.partitions} input and "
+            f"{cfg.partials_partitions} partials partitions; workers beyond that have no work"
+        )
     try:
         summary = run_benchmark(cfg, console)
     except Exception as exc:  # broker, topic or produce failures: say what, no traceback
@@ -849,8 +1120,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name, r in failed:
         first_line = (r.get("error") or "failed").splitlines()[0]
         out.print(f"[red]{name} failed[/]: {escape(first_line)}")
-    for key in ("ratio_ceiling", "ratio_naive_faust", "ratio_quixstreams"):
-        if summary[key] is not None:
+    ratio_keys = [
+        "ratio_ceiling", "ratio_naive_faust", "ratio_quixstreams", "ratio_kafka_streams",
+        "ratio_kafka_streams_all", "cpu_ratio_kafka_streams", "ratio_scale1_single",
+        *sorted(k for k in summary if k.startswith("scale_efficiency_")),
+    ]  # fmt: skip
+    for key in ratio_keys:
+        if summary.get(key) is not None:
             out.print(f"{key}: {summary[key]:.3f}")
     if summary["chart"]:
         out.print(f"chart: {summary['chart']}")

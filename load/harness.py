@@ -43,6 +43,7 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
 __all__ = [
+    "BENCH_SECRET",
     "ROOT",
     "ChildResult",
     "KafkaProbe",
@@ -63,6 +64,8 @@ _T = TypeVar("_T")
 ROOT = Path(__file__).resolve().parent.parent
 
 POLL_S = 0.1
+#: The benchmark's throwaway secret (anonstream workers and the Kafka Streams peer alike).
+BENCH_SECRET = "anonstream-benchmark-secret-0123456789"
 
 
 # --------------------------------------------------------------------------------------------
@@ -236,12 +239,14 @@ def run_until(
     cwd: Path | None = None,
     on_poll: Callable[[float, int | None], None] | None = None,
     stop_grace: float = 30.0,
+    on_spawn: Callable[[list[int]], None] | None = None,
 ) -> GroupResult:
     """Start every ``(cmd, env)``, wait until ``done()`` (polled every 0.1 s), ``timeout``
     or a child's exit, then SIGTERM each child still running, by its pid, and wait for it.
 
     Memory and CPU are measured per child as in :func:`run_child`; CPU is read when the
-    condition holds, so the shutdown is not counted.  ``on_poll`` gets the summed RSS.
+    condition holds, so the shutdown is not counted.  ``on_poll`` gets the summed RSS;
+    ``on_spawn`` the children's pids once all are started.
     """
     log_dir.mkdir(parents=True, exist_ok=True)
     procs: list[subprocess.Popen[bytes]] = []
@@ -263,6 +268,8 @@ def run_until(
             procs.append(proc)
             reapers.append(reaper)
             reaped.append(slot)
+        if on_spawn is not None:
+            on_spawn([p.pid for p in procs])
         while True:
             elapsed = time.monotonic() - t0
             total = 0
@@ -610,7 +617,7 @@ def worker_env(
     env.update(
         ANONSTREAM_BOOTSTRAP_SERVERS=bootstrap,
         ANONSTREAM_GROUP_ID=group,
-        ANONSTREAM_SECRET="anonstream-benchmark-secret-0123456789",
+        ANONSTREAM_SECRET=BENCH_SECRET,
         ANONSTREAM_WEB_PORT=str(web_port),
         ANONSTREAM_DEAD_LETTER_TOPIC=dead_letter_topic,
         **extra,
