@@ -219,7 +219,9 @@ def test_start_timeout_kills_the_jvm(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(local, "_tcp_accepts", never_accepts)
     kafka = LocalKafka()
     with pytest.raises(BrokerError, match="not ready within the timeout") as info:
-        kafka.start(timeout=3)
+        # Long enough for the storage format and the JVM start on a loaded machine (3 s was
+        # not), so that the readiness wait is what times out.
+        kafka.start(timeout=30)
     assert "server.log" in str(info.value)
     data_dir = seen["data_dir"]
     assert not data_dir.exists()
