@@ -126,6 +126,7 @@ def assert_same_releases(got: list[dict[str, Any]], expected: list[dict[str, Any
     )
 
 
+@pytest.mark.timeout(1200)  # every core is busy beside it, by design
 def test_slow_output_paces_consumption_and_memory_stays_bounded(
     kafka_bootstrap: str, tmp_path: Path, cpu_hog: list[int]
 ) -> None:
