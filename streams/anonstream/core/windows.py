@@ -47,7 +47,7 @@ class _PartitionClock:
     max_ts: int = NEG_INF
     last_seen_ms: int = 0  # when this partition last had data
     last_report_ms: int | None = None  # scale-out: when its owner last reported on it
-    # Our own partitions: the span over which Kafka showed it silent, (first, latest).
+    # Our own partitions: the span over which Kafka showed it silent, (since, until).
     quiet: tuple[int, int] | None = None
 
 
