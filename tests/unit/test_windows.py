@@ -121,19 +121,40 @@ def test_idle_partition_stops_holding_the_watermark() -> None:
     wm.observe("slow", T0, now_ms=0)
     wm.observe("fast", T0 + HOUR, now_ms=0)
     assert wm.current(idle - 1) == T0 - MIN
-    # "slow" has been silent for idle_timeout; "fast" spoke recently.
+    # Kafka showed "slow" silent for just under the timeout, then for the timeout.
+    wm.silent("slow", 5, 5 + idle - 1)
+    assert wm.current(10**9) == T0 - MIN
+    wm.silent("slow", 5, 5 + idle)
     wm.observe("fast", T0 + 2 * HOUR, now_ms=idle - 1)
     assert wm.current(idle) == T0 + 2 * HOUR - MIN
     assert not wm.all_idle(idle)
     # When "slow" speaks again it counts again.
     wm.observe("slow", T0 + 10 * MIN, now_ms=idle + 1)
     assert wm.current(idle + 1) == T0 + 9 * MIN
-    # A registered partition that never spoke holds everything back until it is idle.
+    # A registered partition that never spoke holds everything back until shown silent.
     wm.register("new", now_ms=idle + 1)
-    assert wm.current(idle + 2) < T0 - HOUR
-    wm.observe("slow", T0 + 10 * MIN, now_ms=2 * idle)
-    wm.observe("fast", T0 + 2 * HOUR, now_ms=2 * idle)
-    assert wm.current(2 * idle + 1) == T0 + 9 * MIN
+    assert wm.current(10**9) < T0 - HOUR
+    wm.silent("new", 0, idle)
+    assert wm.current(10**9) == T0 + 9 * MIN
+
+
+def test_the_clock_alone_never_makes_a_partition_idle() -> None:
+    """However long the worker was away (a throttled output, a busy CPU), a partition is
+    idle only on evidence of silence; unread data (observe with no event) ends it."""
+    idle = 1000
+    wm = Watermark(allowed_lateness_ms=0, idle_timeout_ms=idle)
+    wm.register("never-fetched", now_ms=0)
+    wm.observe("read", T0, now_ms=0)
+    wm.silent("read", 0, 10)  # read to its end, then nothing more was learnt
+    for now in (idle, 10 * idle, 10**12):
+        assert not wm.all_idle(now)
+        assert wm.current(now) == NEG_INF  # "never-fetched" holds it back
+    wm.silent("read", 0, idle)
+    wm.silent("never-fetched", 0, 5 * idle)
+    assert wm.all_idle(0)  # the evidence decides, not the time it is judged at
+    wm.observe("never-fetched", NEG_INF, now_ms=6 * idle)  # data found waiting
+    assert not wm.all_idle(10**12)
+    assert wm.current(10**12) == NEG_INF
 
 
 def test_all_idle() -> None:
@@ -141,14 +162,29 @@ def test_all_idle() -> None:
     wm = Watermark(allowed_lateness_ms=0, idle_timeout_ms=idle)
     wm.observe(0, T0, now_ms=0)
     wm.observe(1, T0, now_ms=100)
-    assert not wm.all_idle(idle - 1)
-    assert not wm.all_idle(idle + 99)  # partition 1 still active
-    assert wm.all_idle(idle + 100)
+    wm.silent(0, 0, idle)
+    wm.silent(1, 100, idle + 99)
+    assert not wm.all_idle(10**9)  # partition 1 not silent for long enough
+    wm.silent(1, 100, idle + 100)
+    assert wm.all_idle(10**9)
     # All idle: no partition holds anything, there is no watermark (close by all_idle).
-    assert wm.current(idle + 100) == NEG_INF
+    assert wm.current(10**9) == NEG_INF
     wm.observe(0, T0 + 1, now_ms=idle + 100)
-    assert not wm.all_idle(idle + 100)
-    assert wm.current(idle + 100) == T0 + 1
+    assert not wm.all_idle(10**9)
+    assert wm.current(10**9) == T0 + 1
+
+
+def test_silence_does_not_apply_to_partitions_another_worker_reports_on() -> None:
+    """Scale-out: a raw partition read by another worker is idle on its owner's word."""
+    wm = Watermark(allowed_lateness_ms=0, idle_timeout_ms=500)
+    wm.register("held", now_ms=0, hold=True)
+    wm.silent("held", 0, 10**6)
+    assert not wm.all_idle(10**6)
+    wm.observe("reported", T0, now_ms=0, report_ms=0)
+    wm.silent("reported", 0, 10**6)
+    wm.forget("held")
+    assert wm.all_idle(500)  # the owner's last word is fresh and old enough
+    assert not wm.all_idle(499)
 
 
 @pytest.mark.parametrize("idle", [0, 1000])

@@ -346,6 +346,11 @@ class PipelineEngine:
         for p in partitions:
             self.watermark.register(p, now, hold=hold)
 
+    def silent(self, partition: Hashable, since_ms: int, until_ms: int) -> None:
+        """The runtime's evidence that `partition` had nothing unread and nothing new
+        from `since_ms` to `until_ms` (fetch response times): what makes it idle."""
+        self.watermark.silent(partition, since_ms, until_ms)
+
     def tick(self) -> StepResult:
         """Called periodically by runtimes: closes windows when input has gone idle."""
         now = self.clock_ms()

@@ -5,6 +5,11 @@ windowed wrongly; here windows are closed by event time only. The watermark is t
 event time seen on each input partition, merged as the minimum over partitions that are not
 idle, minus the allowed lateness. A window is released once, when the watermark passes its
 end; events arriving later for it are counted as late and not merged.
+
+Idle is decided from evidence, never from how long it has been since we last looked: a
+partition read by this worker is idle once Kafka has shown it silent (nothing unread,
+nothing new written) for the idle timeout (see `silent` and runtime/quiet.py); a raw
+partition read by another worker (scale-out) is idle on its live owner's word.
 """
 
 from __future__ import annotations
@@ -42,6 +47,8 @@ class _PartitionClock:
     max_ts: int = NEG_INF
     last_seen_ms: int = 0  # when this partition last had data
     last_report_ms: int | None = None  # scale-out: when its owner last reported on it
+    # Our own partitions: the span over which Kafka showed it silent, (since, until).
+    quiet: tuple[int, int] | None = None
 
 
 @dataclass
@@ -61,6 +68,7 @@ class Watermark:
             pc = self.partitions[partition] = _PartitionClock()
         if max_ts > pc.max_ts:
             pc.max_ts = max_ts
+        pc.quiet = None  # data, or data waiting: whatever silence was shown is over
         # Reports re-read after a restart are older than what is known: keep the newest.
         pc.last_seen_ms = now_ms if pc.last_seen_ms == HOLD else max(pc.last_seen_ms, now_ms)
         if report_ms is not None:
@@ -73,12 +81,25 @@ class Watermark:
         if partition not in self.partitions:
             self.partitions[partition] = _PartitionClock(NEG_INF, HOLD if hold else now_ms)
 
+    def silent(self, partition: Hashable, since_ms: int, until_ms: int) -> None:
+        """Evidence from the runtime that `partition` had nothing unread and nothing new
+        written from `since_ms` to `until_ms` (the times of two fetch responses)."""
+        pc = self.partitions.get(partition)
+        if pc is not None and pc.last_seen_ms != HOLD and pc.last_report_ms is None:
+            pc.quiet = (since_ms, until_ms)
+
     def _idle(self, pc: _PartitionClock, now_ms: int) -> bool:
-        """Idle: no data for the idle timeout, said by a live owner. A partition whose
+        """Our own partition: idle once shown silent for the idle timeout; the time the
+        worker spent elsewhere (a slow output, a busy CPU) is no evidence of silence.
+        Scale-out: no data for the idle timeout, said by a live owner; a partition whose
         owner has stopped reporting (a dead worker) is not idle: its events are to come."""
-        if not self.idle_timeout_ms or now_ms - pc.last_seen_ms < self.idle_timeout_ms:
+        if not self.idle_timeout_ms:
             return False
-        return pc.last_report_ms is None or now_ms - pc.last_report_ms < REPORT_STALE_MS
+        if pc.last_report_ms is None and pc.last_seen_ms != HOLD:
+            return pc.quiet is not None and pc.quiet[1] - pc.quiet[0] >= self.idle_timeout_ms
+        if now_ms - pc.last_seen_ms < self.idle_timeout_ms:
+            return False
+        return pc.last_report_ms is not None and now_ms - pc.last_report_ms < REPORT_STALE_MS
 
     def forget(self, partition: Hashable) -> None:
         self.partitions.pop(partition, None)

@@ -50,6 +50,7 @@ from anonstream.metrics import Metrics
 from anonstream.runtime.fetch import install as install_raw_records
 from anonstream.runtime.fetch import raw_records
 from anonstream.runtime.ledger import KafkaLedgerStore, ledger_topic
+from anonstream.runtime.quiet import Silence, fetch_state
 from anonstream.runtime.scaleout import (
     IngestStage,
     ReleaseStage,
@@ -127,7 +128,7 @@ class BatchLoop:
         self.assigned: set[TopicPartition] = set()
         self.end_offsets: dict[TopicPartition, int] = {}
         self.consuming = False
-        self._positions: dict[TopicPartition, int] = {}
+        self.silence = Silence()  # Kafka's evidence of silent partitions: see quiet.py
         self._stopping = asyncio.Event()
         self._generation = 0
         self._reset_needed = False
@@ -300,6 +301,8 @@ class BatchLoop:
         self._reset_needed = True
         await self._commit_idle.wait()  # a commit already on its way finishes first
         self.assigned -= set(tps)
+        for tp in tps:
+            self.silence.forget((tp.topic, tp.partition))
 
     async def _reset(self) -> None:
         """Back to the last checkpoint of every assigned partition."""
@@ -341,7 +344,6 @@ class BatchLoop:
             except IllegalStateError:  # revoked meanwhile: another rebalance is on its way
                 self._reset_needed = True
                 return
-        self._positions = {}
 
     def _check_single_mode(self) -> None:
         """In single mode one worker must own every raw partition: k is checked on what
@@ -413,7 +415,7 @@ class BatchLoop:
         """One fetch through the engines, then ticks and commits; True at the end of a
         backfill. The Kafka calls in here are the producer's (and the consumer's position,
         which fails only across a rebalance, itself a restart from the last commit)."""
-        self._mark_backlog()
+        self._note_silence()
         if data:
             self.consuming = True
             await self._process(data)
@@ -421,7 +423,7 @@ class BatchLoop:
         if now - self._last_tick >= TICK_INTERVAL_S:
             self._last_tick = now
             self._update_lag()
-            self._mark_backlog()
+            self._note_silence()
             for engine in self.engines.values():
                 await self._deliver(engine, engine.tick())
         if self.stop_at_end and await self._at_end():
@@ -438,22 +440,23 @@ class BatchLoop:
         assert self.consumer is not None
         lag = {}
         for tp in self.assigned:
-            high = self.consumer.highwater(tp)
-            pos = self._positions.get(tp)
-            if high is not None and pos is not None:
-                lag[(tp.topic, tp.partition)] = max(0, high - pos)
+            fs = fetch_state(self.consumer, tp)
+            if fs.highwater is not None and fs.position is not None:
+                lag[(tp.topic, tp.partition)] = max(0, fs.highwater - fs.position)
         self.metrics.lag = lag
 
-    def _mark_backlog(self) -> None:
-        """Partitions read but not to their end hold data: never idle (see mark_busy). The
-        end is the last stable offset: what lies above it is not readable yet."""
+    def _note_silence(self) -> None:
+        """Tell the engines which raw partitions Kafka has shown silent, and for how long;
+        every other partition (data waiting, or not known yet) is busy (see mark_busy)."""
         assert self.consumer is not None
         for tp in self.assigned:
-            end = self.consumer.last_stable_offset(tp) or self.consumer.highwater(tp)
-            pos = self._positions.get(tp)
-            if end is not None and pos is not None and pos < end:
-                for engine in self.by_topic.get(tp.topic, []):
-                    mark_busy(engine, (tp.topic, tp.partition))
+            key = (tp.topic, tp.partition)
+            span = self.silence.update(key, fetch_state(self.consumer, tp))
+            for engine in self.by_topic.get(tp.topic, []):
+                if span is None:
+                    mark_busy(engine, key)
+                elif isinstance(engine, PipelineEngine):
+                    engine.silent(key, *span)
 
     async def _at_end(self) -> bool:
         assert self.consumer is not None
@@ -468,8 +471,6 @@ class BatchLoop:
         # Columns straight from the fetch: no object per message on the hot path.
         by_topic: dict[str, tuple[list[bytes], list[int], list[int], list[Any]]] = {}
         for tp, msgs in data.items():
-            if msgs:
-                self._positions[tp] = msgs[-1].offset + 1
             values, pidx, offsets, parts = by_topic.setdefault(tp.topic, ([], [], [], []))
             vals = list(map(_value, msgs))
             if None in vals:  # tombstones: not JSON, dead-lettered like any other
