@@ -332,7 +332,8 @@ def parse_pipeline(doc: object, source: str = "<memory>") -> Pipeline:
     if step > size or size % step:
         raise r.fail("window.step", "step must divide size (tumbling: step = size)")
     if rotation_ms % size or rotation_ms % step:
-        # A window straddling a key rotation would count one person twice.
+        # Then a window starts at most one key period before its events; it counts people
+        # with the key of the period it starts in (windows.needs_earlier_key).
         raise r.fail("window.size", f"must divide the pseudonym rotation period ({rotation})")
     window = WindowSpec(size, step, lateness)
 
