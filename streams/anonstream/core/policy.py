@@ -22,7 +22,7 @@ from anonstream.core.generalize import (
     url_template,
 )
 from anonstream.core.keys import EventHasher, MasterSecret, Pseudonymizer
-from anonstream.core.pipeline import FieldAction, Pipeline
+from anonstream.core.pipeline import OTHER, FieldAction, Pipeline
 from anonstream.core.records import STAR
 from anonstream.core.scrub import scrub_identifiers
 from anonstream.core.windows import needs_earlier_key
@@ -78,7 +78,16 @@ def _dimension_fn(fa: FieldAction, ua: UserAgentGeneralizer) -> Callable[[object
     return dimension
 
 
+def allow_list(values: tuple[str, ...]) -> Callable[[object], str]:
+    """A kept field with an allow-list: its own value if listed, else OTHER (free text or
+    a look-alike never becomes a dimension value)."""
+    allowed = frozenset(values)
+    return lambda v: (v if v in allowed else OTHER) if isinstance(v, str) else NONE
+
+
 def _generalizer_fn(fa: FieldAction, ua: UserAgentGeneralizer) -> Callable[[object], str]:
+    if fa.action == "keep" and fa.values is not None:
+        return allow_list(fa.values)
     if fa.action == "keep":
         keep = _bounded_cache(_keep)
         return lambda v: keep(v) if isinstance(v, str) else NONE
