@@ -355,6 +355,7 @@ class _Cell:
     users: float
     k: int
     noised: bool
+    metrics: dict[str, Any] = field(default_factory=dict)
 
     @property
     def where(self) -> str:
@@ -509,7 +510,9 @@ class _Auditor:
                 "exactly the trailing rollup_level dimensions",
             )  # fmt: skip
         self._window_order(rec, rid, line)
-        self.cells[key].append(_Cell(rid, line, dims, events, users, rec_k, noise is not None))
+        self.cells[key].append(
+            _Cell(rid, line, dims, events, users, rec_k, noise is not None, metrics)
+        )
 
     def _summary(self, rec: dict[str, Any], rid: str, line: int | None) -> None:
         key: WindowKey = (
@@ -553,8 +556,20 @@ class _Auditor:
         for (p, v, o, s, e), cells in self.cells.items():
             by_window[(p, v, s, e)][o] = cells
         for outputs in by_window.values():
+            # The others are built from the primary output: the finest (every dimension
+            # of the window), of those the one holding most events, then the smallest k (an
+            # output with the same dimensions and a larger k holds part of them or coarser).
+            dims_of = {o: set(cells[0].dims) for o, cells in outputs.items() if cells}
+            every = set().union(*dims_of.values()) if dims_of else set()
+            rank = {
+                o: (-sum(c.events for c in outputs[o]), min(c.k for c in outputs[o]))
+                for o, d in dims_of.items()
+                if d == every
+            }
+            primary = {o for o, r in rank.items() if r == min(rank.values())}
             for (name_a, a), (name_b, b) in itertools.permutations(sorted(outputs.items()), 2):
-                self._cross_output(name_a, a, name_b, b)
+                if name_a in primary:
+                    self._cross_output(name_a, a, name_b, b)
         if self.report.duplicate_deliveries:
             self.find(
                 None, None, "duplicate",
@@ -715,8 +730,13 @@ class _Auditor:
             self.find(p.release_id, p.line, "differencing", msg, sev)
 
     def _cross_output(self, name_a: str, a: list[_Cell], name_b: str, b: list[_Cell]) -> None:
-        """Output B's dims are a subset of A's: A's cells inside one B cell are disjoint
-        parts of it, so B minus those parts is a group that A suppressed, shown by B."""
+        """A is the primary output, B's dims a subset of A's: A's cells inside one B cell
+        are disjoint parts of it, so any number of B minus the same number of those parts
+        describes a group that A did not show. Every released quantity is checked: events,
+        users (the parts' users minus B's is the overlap of the parts: 0 or at least k),
+        sums (equal), means (withheld with any part's, and between the parts' means) and
+        histograms (each band a union of bands of every part, with their total). Those are checked
+        where A's cells make up the whole of B's cell (same events)."""
         if not a or not b:
             return
         dims_a, dims_b = set(a[0].dims), set(b[0].dims)
@@ -733,15 +753,19 @@ class _Auditor:
             parts = inside.get(tuple(cell.dims[d] for d in on), [])
             if not parts or any(p.noised for p in parts):
                 continue
+            # What B minus A's parts leaves is shown by B: it must be a group B may show.
+            k = max(cell.k, self.k or 0)
+            lines = ", ".join(p.where for p in parts[:5]) + (", …" if len(parts) > 5 else "")
+            what = (
+                f"output {name_b} cell {_fmt_dims(cell.dims)} minus the {len(parts)} cells of "
+                f"output {name_a} inside it ({lines})"
+            )
             rest = cell.events - sum(p.events for p in parts)
-            k = max(cell.k, *(p.k for p in parts), self.k or 0)
             if 0 < rest < k:
-                lines = ", ".join(p.where for p in parts[:5]) + (", …" if len(parts) > 5 else "")
                 self.find(
                     cell.release_id, cell.line, "differencing",
-                    f"output {name_b} cell {_fmt_dims(cell.dims)} ({cell.events} events) minus "
-                    f"the {len(parts)} cells of output {name_a} inside it ({lines}) leaves "
-                    f"{rest} events: fewer than k {k} people, revealed by subtraction",
+                    f"{what} leaves {rest} events: fewer than k {k} people, revealed by "
+                    "subtraction",
                 )  # fmt: skip
             elif rest < 0:
                 self.find(
@@ -750,6 +774,83 @@ class _Auditor:
                     f"{_fmt_dims(cell.dims)} hold {-rest} more events than it",
                     "warning",
                 )  # fmt: skip
+            if rest:
+                continue
+            overlap = sum(p.users for p in parts) - cell.users
+            if 0 < overlap < k:
+                self.find(
+                    cell.release_id, cell.line, "differencing",
+                    f"{what}: their users minus its users is {overlap}, the number of people "
+                    f"in two of them: fewer than k {k}, revealed by subtraction",
+                )  # fmt: skip
+            for name, value in cell.metrics.items():
+                self._derived(cell, parts, name, value, what)
+
+    def _derived(
+        self, cell: _Cell, parts: list[_Cell], name: str, value: object, what: str
+    ) -> None:
+        """One measure of a coarser cell against the same measure of its parts."""
+        if value is None or not name.endswith(("_sum", "_mean", "_histogram")):
+            return
+        if any(p.k > cell.k for p in parts):
+            return  # a part with a larger k may withhold or coarsen what the cell may show
+        theirs = [p.metrics.get(name) for p in parts]
+        if any(t is None for t in theirs):
+            self.find(
+                cell.release_id, cell.line, "differencing",
+                f"{what}: {name} is withheld in a part but released here, so the difference "
+                "is the withheld value",
+            )  # fmt: skip
+            return
+        bad = ""
+        if name.endswith("_sum") and isinstance(value, int | float):
+            total = sum(float(t) for t in theirs if isinstance(t, int | float))
+            if abs(float(value) - total) > 0.001 * (len(parts) + 1):
+                bad = f"{name} {value} differs from the parts' total {round(total, 3)}"
+        elif name.endswith("_mean") and isinstance(value, int | float):
+            means = [float(t) for t in theirs if isinstance(t, int | float)]
+            if means and not min(means) - 0.001 <= float(value) <= max(means) + 0.001:
+                bad = f"{name} {value} is outside the parts' means"
+        elif name.endswith("_histogram") and isinstance(value, dict):
+            bad = _histogram_difference(name, value, [t for t in theirs if isinstance(t, dict)])
+        if bad:
+            self.find(
+                cell.release_id, cell.line, "differencing",
+                f"{what}: {bad}; the difference describes people the parts did not show",
+            )  # fmt: skip
+
+
+def _band_bounds(label: str) -> tuple[float, float] | None:
+    m = re.fullmatch(r"\[([^,]+),([^)]+)\)", label)
+    if m is None:
+        return None
+    try:
+        return float(m.group(1)), float(m.group(2))
+    except ValueError:
+        return None
+
+
+def _histogram_difference(name: str, hist: dict[str, Any], parts: list[dict[str, Any]]) -> str:
+    """Why a histogram is not the total of its parts' histograms ('' if it is): each of
+    its bands must be a union of whole bands of every part, with their total count."""
+    part_bands = [
+        [(bb, n) for lab, n in p.items() if (bb := _band_bounds(lab)) is not None] for p in parts
+    ]
+    for label, count in hist.items():
+        bounds = _band_bounds(label)
+        if bounds is None:
+            return f"{name} band {label!r} is not a band"
+        lo, hi = bounds
+        total = 0.0
+        for bands in part_bands:
+            for (a, b), n in bands:
+                if lo <= a and b <= hi:
+                    total += n if isinstance(n, int | float) else 0
+                elif a < hi and lo < b:  # overlaps the band without lying inside it
+                    return f"{name} band {label} cuts a band [{a:g},{b:g}) of a part"
+        if total != count:
+            return f"{name} band {label} holds {count}, the parts' bands in it {total:g}"
+    return ""
 
 
 def _maximal(cells: list[_Cell], starred: list[str]) -> list[_Cell]:

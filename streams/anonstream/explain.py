@@ -4,7 +4,7 @@ for a privacy reviewer rather than a programmer."""
 from __future__ import annotations
 
 from anonstream.core.keys import ROTATION_MS
-from anonstream.core.pipeline import FieldAction, Pipeline
+from anonstream.core.pipeline import OTHER, FieldAction, Pipeline
 
 
 def _fmt_ms(ms: int) -> str:
@@ -25,12 +25,17 @@ def _describe(fa: FieldAction, p: Pipeline) -> str:
     if fa.action == "pseudonymize":
         use = "privacy unit (counted for k)" if fa.field in p.privacy_unit else "not used"
         return f"keyed BLAKE2b pseudonym, key rotated {rot}; {use}; never released"
+    if fa.action == "keep" and fa.values is not None:
+        return f"kept only as one of {list(fa.values)}; any other value is released as {OTHER}"
     if fa.action == "keep":
         return "kept as is after scrubbing emails, phones, cards, IPs and long numbers"
     if fa.action == "measure":
         lo, hi = fa.clamp or (0, 0)
         bands = f", bands {list(fa.edges)}" if fa.edges else ""
-        return f"numeric measure clamped to [{lo:g}, {hi:g}] per event{bands}"
+        return (
+            f"numeric measure clamped to [{lo:g}, {hi:g}] per event; one person adds at most "
+            f"{fa.max_sum_per_unit:g} to a cell's sum{bands}"
+        )
     g = fa.generalizer
     return {
         "ip_prefix": f"IPv4 to /{fa.ipv4_bits}, IPv6 to /{fa.ipv6_bits} network prefix",
@@ -107,6 +112,13 @@ def explain_pipeline(p: Pipeline) -> str:
         ]
     lines += explain_dp.budget_lines(p)
     dims = list(p.dimensions)
+    if len(p.outputs) > 1 and p.outputs[0].privacy == "k":
+        lines += [
+            f"  outputs after {p.outputs[0].name} are built from its released cells only: "
+            "their events, sums and histograms are totals of those cells' numbers, a measure "
+            "withheld in one of them is withheld, and users counts a person in several of "
+            "them once only for overlaps of at least k (rounded down to a multiple of k).",
+        ]
     k_rules = [
         "",
         "Release rules"

@@ -80,7 +80,7 @@ def clean_stream() -> list[dict[str, Any]]:
             agg({"type": "page_view", "url": "*"}, 30, 12, window=w),
             agg({"type": "*", "url": "*"}, 40, 15, window=w),
             summary(3, window=w),
-            agg({"type": "page_view"}, 80, 30, output="by_type", window=w),
+            agg({"type": "page_view"}, 80, 32, output="by_type", window=w),
             agg({"type": "*"}, 40, 15, output="by_type", window=w),
             summary(2, output="by_type", window=w),
         ]

@@ -284,7 +284,12 @@ def test_validate_secret_and_secret_file_both_set(tmp_path: Path) -> None:
             "window.size",
             "must divide the pseudonym",
         ),
-        ("  type: keep\n", "  type: keep\n  shoe_size: keep\n", "fields.shoe_size", "not a field"),
+        (
+            "  customer_id: drop\n",
+            "  customer_id: drop\n  shoe_size: keep\n",
+            "fields.shoe_size",
+            "not a field",
+        ),
         ("dimensions: [type, url, user_agent]", "dimensions: [type, url", "", "not valid YAML"),
     ],
 )
@@ -306,7 +311,11 @@ def test_validate_broken_pipeline(
         # Text from the file that looks like console markup must be shown as written, and
         # must not crash the error printer (MarkupError traceback before the fix in cli.fail).
         ("contract: web_activity", 'contract: "[red]"', "got '[red]'"),
-        ("  type: keep\n", '  type: keep\n  "[/x]": drop\n', "fields.[/x]: not a field"),
+        (
+            "  customer_id: drop\n",
+            '  customer_id: drop\n  "[/x]": drop\n',
+            "fields.[/x]: not a field",
+        ),
     ],
 )
 def test_validate_error_text_is_not_console_markup(

@@ -25,6 +25,7 @@ import numpy.typing as npt
 from anonstream.core.contract import Contract, FieldType
 from anonstream.core.decode import MAX_TS_MS, MIN_TS_MS, Decoder, TimestampCache, parse_ts
 from anonstream.core.policy import NONE, Policy, PolicyRecord
+from anonstream.core.windows import needs_earlier_key
 
 # The bounds make msgspec refuse what orjson (the reference decoder) would not read as
 # these ints (past 64 bits it makes floats, which the reference rejects); the rare ints
@@ -70,6 +71,9 @@ class Columns:
     dims: list[tuple[str, ...]]
     measures: npt.NDArray[np.float64]
     unknown_fields: int = 0
+    # Pseudonyms under the previous key period, where a window starting there needs them
+    # (windows.window_units picks per window); None: no event of these needs one.
+    earlier_unit: npt.NDArray[np.uint64] | None = None
 
     def __len__(self) -> int:
         return len(self.index)
@@ -79,6 +83,12 @@ class Columns:
         index: list[int], records: list[PolicyRecord], n_measures: int, unknown: int = 0
     ) -> Columns:
         n = len(records)
+        earlier = None
+        if any(r.earlier_unit is not None for r in records):
+            earlier = np.fromiter(
+                (r.unit if r.earlier_unit is None else r.earlier_unit for r in records),
+                dtype=np.uint64, count=n,
+            )  # fmt: skip
         return Columns(
             np.array(index, dtype=np.int64),
             np.fromiter((r.ts_ms for r in records), dtype=np.int64, count=n),
@@ -87,6 +97,7 @@ class Columns:
             [r.dims for r in records],
             np.array([r.measures for r in records], dtype=np.float64).reshape(n, n_measures),
             unknown,
+            earlier,
         )
 
     @staticmethod
@@ -102,7 +113,20 @@ class Columns:
             [d for p in parts for d in p.dims],
             np.concatenate([p.measures for p in parts]),
             sum(p.unknown_fields for p in parts),
+            None
+            if all(p.earlier_unit is None for p in parts)
+            else np.concatenate(
+                [p.unit if p.earlier_unit is None else p.earlier_unit for p in parts]
+            ),
         )
+
+    def take(self, sel: npt.NDArray[np.int64]) -> Columns:
+        """The rows at `sel` (index left empty: the caller sets it)."""
+        return Columns(
+            np.empty(0, dtype=np.int64), self.ts[sel], self.unit[sel], self.event[sel],
+            [self.dims[j] for j in sel.tolist()], self.measures[sel], self.unknown_fields,
+            None if self.earlier_unit is None else self.earlier_unit[sel],
+        )  # fmt: skip
 
     @staticmethod
     def concat(a: Columns, b: Columns) -> Columns:
@@ -170,12 +194,8 @@ class ColumnPolicy:
         if bad2:
             flagged.update(keep[j] for j in bad2)
             good_list = [j for j in range(len(objs)) if j not in bad2]
-            sel = np.array(good_list, dtype=np.int64)
             keep = [keep[j] for j in good_list]
-            cols = Columns(
-                np.empty(0, dtype=np.int64), cols.ts[sel], cols.unit[sel], cols.event[sel],
-                [cols.dims[j] for j in good_list], cols.measures[sel],
-            )  # fmt: skip
+            cols = cols.take(np.array(good_list, dtype=np.int64))
         cols.index = np.array(keep, dtype=np.int64)
         return cols, sorted(flagged)
 
@@ -226,31 +246,16 @@ class ColumnPolicy:
         units = self.policy.pseudonyms.many(name, norm, period)
         self._cache_for(period, name).update(zip(keep, units, strict=True))
 
-    def _policy(self, objs: list[Any]) -> tuple[Columns, set[int]]:
+    def _units(
+        self, objs: list[Any], ts: npt.NDArray[np.int64], one_period: bool
+    ) -> list[int | None]:
+        """Privacy unit of each event: the first non-empty field, keyed pseudonym (key of
+        the period of `ts`) through a per-period cache; a batch within one key period (the
+        usual case) needs no per-event period. None where every unit field is blank."""
         n = len(objs)
-        bad: set[int] = set()
-        # Event time: ints are epoch ms, strings RFC 3339; the rest is the slow path's job.
-        ts_col = list(map(self._get["ts"], objs))
-        if set(map(type, ts_col)) == {int}:
-            ts = np.array(ts_col, dtype=np.int64)  # msgspec kept them in range
-        else:
-            # msgspec has checked the ints (never 0); strings that the cache cannot vouch
-            # for (0) get the reference parser, and the per-event path if it refuses them.
-            ts = np.array([v if type(v) is int else 0 for v in ts_col], dtype=np.int64)
-            spos = np.flatnonzero(ts == 0)
-            parsed = self._ts_strings.many([ts_col[j] for j in spos.tolist()])
-            for j in np.flatnonzero(parsed == 0).tolist():
-                parsed[j] = parse_ts(ts_col[int(spos[j])]) or 0
-            ts[spos] = parsed
-            bad.update(np.flatnonzero(ts == 0).tolist())
-        future = ts > self.decoder.now_ms() + self.decoder.max_future_ms
-        if future.any():
-            bad.update(np.flatnonzero(future).tolist())
-        # Privacy unit: the first non-empty field, keyed pseudonym through a per-period
-        # cache; a batch within one key period (the usual case) needs no per-event period.
         rotation = self.policy.pseudonyms.rotation_ms
         periods = ts // rotation
-        one_period = len(bad) == 0 and int(periods.min()) == int(periods.max())
+        one_period = one_period and int(periods.min()) == int(periods.max())
         unit_list: list[int | None] = [None] * n
         for i, name in enumerate(self._unit_fields):
             col: list[Any] = list(map(self._get[name], objs))
@@ -283,12 +288,46 @@ class ColumnPolicy:
                 unit_list = [g if u is None else u for u, g in zip(unit_list, got, strict=True)]
             if None not in unit_list:
                 break
+        return unit_list
+
+    def _policy(self, objs: list[Any]) -> tuple[Columns, set[int]]:
+        n = len(objs)
+        bad: set[int] = set()
+        # Event time: ints are epoch ms, strings RFC 3339; the rest is the slow path's job.
+        ts_col = list(map(self._get["ts"], objs))
+        if set(map(type, ts_col)) == {int}:
+            ts = np.array(ts_col, dtype=np.int64)  # msgspec kept them in range
+        else:
+            # msgspec has checked the ints (never 0); strings that the cache cannot vouch
+            # for (0) get the reference parser, and the per-event path if it refuses them.
+            ts = np.array([v if type(v) is int else 0 for v in ts_col], dtype=np.int64)
+            spos = np.flatnonzero(ts == 0)
+            parsed = self._ts_strings.many([ts_col[j] for j in spos.tolist()])
+            for j in np.flatnonzero(parsed == 0).tolist():
+                parsed[j] = parse_ts(ts_col[int(spos[j])]) or 0
+            ts[spos] = parsed
+            bad.update(np.flatnonzero(ts == 0).tolist())
+        future = ts > self.decoder.now_ms() + self.decoder.max_future_ms
+        if future.any():
+            bad.update(np.flatnonzero(future).tolist())
+        rotation = self.policy.pseudonyms.rotation_ms
+        unit_list = self._units(objs, ts, one_period=len(bad) == 0)
         if None in unit_list:
             missing = [j for j, u in enumerate(unit_list) if u is None]
             bad.update(missing)
             for j in missing:
                 unit_list[j] = 0
         unit = np.array(unit_list, dtype=np.uint64)
+        # Hopping windows that start in the previous key period count people with its key.
+        earlier = None
+        need = needs_earlier_key(self.policy.pipeline.window, rotation, ts)
+        if bad:
+            need[list(bad)] = False
+        if need.any():
+            idx = np.flatnonzero(need)
+            got = self._units([objs[j] for j in idx.tolist()], ts[idx] - rotation, True)
+            earlier = unit.copy()
+            earlier[idx] = [0 if g is None else g for g in got]  # same field: never None
         # Dimensions: dict-cached generalizers.
         dim_cols = []
         for name in self._dim_names:
@@ -311,6 +350,6 @@ class ColumnPolicy:
         events = self.policy.event_hash.many(list(map(self._get["event_id"], objs)))
         cols = Columns(
             np.empty(0, dtype=np.int64), ts, unit, events,
-            dims, m,
+            dims, m, 0, earlier,
         )  # fmt: skip
         return cols, bad

@@ -28,7 +28,7 @@ from anonstream.core.pipeline import Pipeline
 from anonstream.core.policy import Policy, PolicyRecord
 from anonstream.core.records import summary_record
 from anonstream.core.release import Accounting, Releaser
-from anonstream.core.windows import NEG_INF, Watermark, window_starts_array
+from anonstream.core.windows import NEG_INF, Watermark, window_starts_array, window_units
 
 log = logging.getLogger(__name__)
 
@@ -306,6 +306,9 @@ class PipelineEngine:
                 self._late_pending[part_of[i]] += int((late & (pidx == i)).sum())
         for j in range(starts.shape[1]):
             col = starts[:, j]
+            units = window_units(
+                cols.unit, cols.earlier_unit, cols.ts, col, self.policy.pseudonyms.rotation_ms
+            )
             lo, hi = int(col.min()), int(col.max())
             for start in [lo] if lo == hi else np.unique(col).tolist():
                 end = start + spec.size_ms
@@ -320,14 +323,14 @@ class PipelineEngine:
                         self.pipeline.contribution.max_events_per_unit_per_cell,
                     )
                 if lo == hi:  # the usual case: all of the batch in one window
-                    rows = Rows(cell, cols.unit, cols.event, cols.measures)
+                    rows = Rows(cell, units, cols.event, cols.measures)
                     psel, osel = pidx, offs
                     if batch_cells is None:
                         batch_cells = set(cast(list[int], cell_list))  # all filled in
                     new_cells = batch_cells.difference(w.cells)
                 else:
                     sel = col == start
-                    rows = Rows(cell[sel], cols.unit[sel], cols.event[sel], cols.measures[sel])
+                    rows = Rows(cell[sel], units[sel], cols.event[sel], cols.measures[sel])
                     psel, osel = pidx[sel], offs[sel]
                     new_cells = set(np.unique(rows.cell).tolist()).difference(w.cells)
                 for i in np.flatnonzero(np.bincount(psel, minlength=len(part_of))).tolist():

@@ -28,6 +28,7 @@ from anonstream.core.dpspec import (
     parse_mode,
 )
 from anonstream.core.keys import ROTATION_MS
+from anonstream.core.scrub import scrub_identifiers
 
 GENERALIZERS = ("ip_prefix", "user_agent", "url", "referrer_domain", "band", "text")
 ACTIONS = ("drop", "keep", "pseudonymize", "generalize", "measure", "dedupe", "window")
@@ -63,6 +64,15 @@ class FieldAction:
     ipv6_bits: int = 48
     edges: tuple[float, ...] = ()
     clamp: tuple[float, float] | None = None
+    # measure: one person's total in one cell's sum is clipped to [-bound, bound]
+    max_sum_per_unit: float | None = None
+    # keep: the values released as they are; any other becomes OTHER
+    values: tuple[str, ...] | None = None
+
+
+OTHER = "(other)"  # released value of a kept field outside its allow-list
+_RESERVED_VALUES = frozenset({OTHER, "(none)", "(*)", "*", "<invalid>"})
+MAX_ALLOWED_VALUE_LEN = 80
 
 
 @dataclass(frozen=True, slots=True)
@@ -202,6 +212,9 @@ def _field_action(r: _Reader, spec: FieldSpec, raw: object, path: str) -> FieldA
         params = {k: v for k, v in raw.items() if k != action}
         if action == "generalize":
             params["generalizer"] = raw[action]
+        elif action == "keep" and raw[action] not in (True, None):
+            # keep: {values: [...]}: the options of keep sit under it
+            params.update(r.mapping(raw[action], f"{path}.keep"))
     else:
         raise r.fail(path, f"expected an action ({', '.join(ACTIONS)})")
     if action not in ACTIONS:
@@ -270,9 +283,45 @@ def _field_action(r: _Reader, spec: FieldSpec, raw: object, path: str) -> FieldA
                 f"{path}.clamp", "a measure needs clamp: [low, high], the bounds of one event"
             )
         kw["clamp"] = (float(clamp[0]), float(clamp[1]))
+    if action == "measure":
+        assert kw["clamp"] is not None
+        bound = params.pop("max_sum_per_unit", None)
+        if bound is None:  # default: one event's worth per person and cell
+            bound = max(abs(kw["clamp"][0]), abs(kw["clamp"][1]))
+        elif (
+            isinstance(bound, bool)
+            or not isinstance(bound, int | float)
+            or not (math.isfinite(bound) and bound > 0)
+        ):
+            raise r.fail(
+                f"{path}.max_sum_per_unit",
+                "expected a positive number: the most one person adds to one cell's sum",
+            )
+        kw["max_sum_per_unit"] = float(bound)
+    if action == "keep" and "values" in params:
+        kw["values"] = _allowed_values(r, params.pop("values"), f"{path}.keep.values")
     if params:
         raise r.fail(f"{path}.{sorted(params)[0]}", f"unknown option for {action}")
     return FieldAction(field=spec.name, action=action, **kw)
+
+
+def _allowed_values(r: _Reader, raw: object, path: str) -> tuple[str, ...]:
+    """An allow-list of a kept field: distinct, short, printable strings that are neither
+    a marker of the release format nor changed by scrubbing (they are released as is)."""
+    if not isinstance(raw, list) or not raw:
+        raise r.fail(path, "expected a non-empty list of strings")
+    for v in raw:
+        if not isinstance(v, str) or not v or not v.isprintable() or v.isspace():
+            raise r.fail(path, f"expected printable strings, got {v!r}")
+        if len(v) > MAX_ALLOWED_VALUE_LEN:
+            raise r.fail(path, f"a value is longer than {MAX_ALLOWED_VALUE_LEN} characters")
+        if v in _RESERVED_VALUES:
+            raise r.fail(path, f"{v!r} is a marker of the release format")
+        if scrub_identifiers(v) != v:
+            raise r.fail(path, "a value looks like an identifier (scrubbing would change it)")
+    if len(set(raw)) != len(raw):
+        raise r.fail(path, "a value is listed twice")
+    return tuple(raw)
 
 
 def _noise(r: _Reader, raw: object, path: str) -> Noise | None:
@@ -352,7 +401,8 @@ def parse_pipeline(doc: object, source: str = "<memory>") -> Pipeline:
     if step > size or size % step:
         raise r.fail("window.step", "step must divide size (tumbling: step = size)")
     if rotation_ms % size or rotation_ms % step:
-        # A window straddling a key rotation would count one person twice.
+        # Then a window starts at most one key period before its events; it counts people
+        # with the key of the period it starts in (windows.needs_earlier_key).
         raise r.fail("window.size", f"must divide the pseudonym rotation period ({rotation})")
     skew = r.duration(
         wd.get("max_future_skew", f"{DEFAULT_MAX_FUTURE_MS}ms"), "window.max_future_skew"

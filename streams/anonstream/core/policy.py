@@ -9,7 +9,9 @@ scrubbed, generalizers drop what identifies, and everything undeclared is left b
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
+
+import numpy as np
 
 from anonstream.core.decode import Decoded, Rejection
 from anonstream.core.generalize import (
@@ -20,9 +22,10 @@ from anonstream.core.generalize import (
     url_template,
 )
 from anonstream.core.keys import EventHasher, MasterSecret, Pseudonymizer
-from anonstream.core.pipeline import FieldAction, Pipeline
+from anonstream.core.pipeline import OTHER, FieldAction, Pipeline
 from anonstream.core.records import STAR
 from anonstream.core.scrub import scrub_identifiers
+from anonstream.core.windows import needs_earlier_key
 
 NONE = "(none)"  # dimension value of an absent optional field
 NO_PRIVACY_UNIT = "no_privacy_unit"
@@ -35,6 +38,9 @@ class PolicyRecord(NamedTuple):
     event_hash: int  # 64-bit keyed hash of event_id
     dims: tuple[str, ...]
     measures: tuple[float, ...]  # NaN where absent, clamped later
+    # The unit's pseudonym under the key of the period before ts, for an event that falls
+    # in a window starting there (hopping windows; see windows.needs_earlier_key).
+    earlier_unit: int | None = None
 
 
 def _bounded_cache(fn: Callable[[str], str], size: int = 50_000) -> Callable[[str], str]:
@@ -72,7 +78,16 @@ def _dimension_fn(fa: FieldAction, ua: UserAgentGeneralizer) -> Callable[[object
     return dimension
 
 
+def allow_list(values: tuple[str, ...]) -> Callable[[object], str]:
+    """A kept field with an allow-list: its own value if listed, else OTHER (free text or
+    a look-alike never becomes a dimension value)."""
+    allowed = frozenset(values)
+    return lambda v: (v if v in allowed else OTHER) if isinstance(v, str) else NONE
+
+
 def _generalizer_fn(fa: FieldAction, ua: UserAgentGeneralizer) -> Callable[[object], str]:
+    if fa.action == "keep" and fa.values is not None:
+        return allow_list(fa.values)
     if fa.action == "keep":
         keep = _bounded_cache(_keep)
         return lambda v: keep(v) if isinstance(v, str) else NONE
@@ -116,20 +131,26 @@ class Policy:
         self._dims = self.dim_functions
         self._measures = pipeline.measures
 
+    def _unit(self, ev: dict[str, Any], ts: int) -> int | None:
+        for name in self._unit_fields:
+            v = ev.get(name)
+            if isinstance(v, str) and v and not v.isspace():
+                # Emails are case-insensitive in practice; one person, one pseudonym.
+                value = v.strip().lower() if name.endswith("email") else v
+                return self.pseudonyms.pseudonym(name, value, ts)
+        return None
+
     def apply(self, d: Decoded) -> PolicyRecord | Rejection:
         ev = d.event
         ts = d.ts_ms
-        unit = None
-        for name in self._unit_fields:
-            v = ev.get(name)
-            if v and not v.isspace():
-                # Emails are case-insensitive in practice; one person, one pseudonym.
-                value = v.strip().lower() if name.endswith("email") else v
-                unit = self.pseudonyms.pseudonym(name, value, ts)
-                break
+        unit = self._unit(ev, ts)
         if unit is None:
             return Rejection(NO_PRIVACY_UNIT, "/".join(self._unit_fields))
+        earlier = None
+        rotation = self.pseudonyms.rotation_ms
+        if needs_earlier_key(self.pipeline.window, rotation, np.array([ts], dtype=np.int64))[0]:
+            earlier = self._unit(ev, ts - rotation)
         dims = tuple(fn(ev.get(name)) for name, fn in self._dims)
         nan = float("nan")
         measures = tuple(float(v) if (v := ev.get(m)) is not None else nan for m in self._measures)
-        return PolicyRecord(ts, unit, self.event_hash(ev["event_id"]), dims, measures)
+        return PolicyRecord(ts, unit, self.event_hash(ev["event_id"]), dims, measures, earlier)

@@ -16,6 +16,7 @@ import hashlib
 import math
 from collections import defaultdict
 from dataclasses import dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import numpy as np
@@ -181,6 +182,89 @@ def band_histograms(
     return list(out)
 
 
+def _bounds(edges: tuple[float, ...]) -> tuple[float, ...]:
+    return (-math.inf, *edges, math.inf)
+
+
+def _bound_index(edges: tuple[float, ...]) -> dict[str, int]:
+    """Band bound as written in a label (see `_band_label`) -> its index in `_bounds`."""
+    return {_band_label(b, b)[1:].split(",")[0]: i for i, b in enumerate(_bounds(edges))}
+
+
+def merge_histograms(hists: list[dict[str, int]], edges: tuple[float, ...]) -> dict[str, int]:
+    """The sum of several histograms of one measure (with bands merged differently): its
+    bands are those between the bounds every one of them cuts at, so each is a union of
+    whole bands of each, and its counts are totals of theirs."""
+    at = _bound_index(edges)
+    spans = [[(at[lab[1:-1].split(",")[0]], at[lab[1:-1].split(",")[1]], n)
+              for lab, n in h.items()] for h in hists]  # fmt: skip
+    # A histogram can be cut anywhere but inside one of its bands (outside them it has no
+    # values); empty bands of the sum are left out, as a primary cell leaves them out.
+    cuts = set(range(len(edges) + 2))
+    for sp in spans:
+        cuts -= {c for lo, hi, _ in sp for c in range(lo + 1, hi)}
+    bounds = _bounds(edges)
+    out: dict[str, int] = {}
+    for lo, hi in pairwise(sorted(cuts)):
+        n = sum(n for sp in spans for a, b, n in sp if lo <= a and b <= hi)
+        if n:
+            out[_band_label(bounds[lo], bounds[hi])] = n
+    return out
+
+
+@dataclass
+class _CellFigures:
+    """The exact numbers of one released cell, by measure (sums bounded per person)."""
+
+    sums: dict[str, float]
+    value_sums: dict[str, float]  # per-event clamped only: the means' numerators
+    counts: dict[str, int]
+    withheld: dict[str, bool]
+    hists: dict[str, dict[str, int]]  # only those released
+
+
+@dataclass
+class _Figures:
+    """The exact numbers of the released cells of the primary output, by cell index;
+    `cell_of` is the index of the cell each row was released in (-1: none)."""
+
+    cell_of: npt.NDArray[np.int64]
+    events: npt.NDArray[np.int64]
+    users: npt.NDArray[np.int64]
+    sums: dict[str, npt.NDArray[np.float64]] = field(default_factory=dict)
+    value_sums: dict[str, npt.NDArray[np.float64]] = field(default_factory=dict)
+    counts: dict[str, npt.NDArray[np.int64]] = field(default_factory=dict)
+    withheld: dict[str, npt.NDArray[np.bool_]] = field(default_factory=dict)
+    hists: dict[str, list[dict[str, int] | None]] = field(default_factory=dict)
+    edges: dict[str, tuple[float, ...]] = field(default_factory=dict)
+
+    def cell(self, i: int) -> _CellFigures:
+        """Copies: noise is added to them in place."""
+        return _CellFigures(
+            {m: float(v[i]) for m, v in self.sums.items()},
+            {m: float(v[i]) for m, v in self.value_sums.items()},
+            {m: int(v[i]) for m, v in self.counts.items()},
+            {m: bool(v[i]) for m, v in self.withheld.items()},
+            {m: dict(h) for m, per in self.hists.items() if (h := per[i]) is not None},
+        )
+
+    def union(self, cells: npt.NDArray[np.int64]) -> _CellFigures:
+        """The figures of a union of cells: totals, withheld if withheld in any of them."""
+        withheld = {m: bool(v[cells].any()) for m, v in self.withheld.items()}
+        hists: dict[str, dict[str, int]] = {}
+        for m, per in self.hists.items():
+            if not withheld[m]:
+                parts = [h for i in cells.tolist() if (h := per[i]) is not None]
+                hists[m] = merge_histograms(parts, self.edges[m])
+        return _CellFigures(
+            {m: float(v[cells].sum()) for m, v in self.sums.items()},
+            {m: float(v[cells].sum()) for m, v in self.value_sums.items()},
+            {m: int(v[cells].sum()) for m, v in self.counts.items()},
+            withheld,
+            hists,
+        )
+
+
 class Releaser:
     """Turns one closed window's state into the records of each output."""
 
@@ -210,46 +294,42 @@ class Releaser:
 
         The first output is the primary: it sees every (bounded) row. Each other output
         sees only the rows the primary released in a cell that names a value for every one
-        of its dimensions, so each of its cells is a sum of primary cells already released
-        on their own, and subtracting one output from another reveals nothing new.
+        of its dimensions, so each of its cells is a union of primary cells released on
+        their own, and every number in it is derived from theirs (see `_emit_derived`).
         """
         rows = state.compact()
         bounded, over_cells = bound_cells_per_unit(
             rows, self.p.contribution.max_cells_per_unit_per_window
         )
+        primary = self.p.outputs[0]
         results: list[OutputRelease] = []
-        primary_cell: list[tuple[str, ...] | None] = []
+        emits: list[_Emit] = []
+        figures: _Figures | None = None
         for i, out in enumerate(self.p.outputs):
             if out.privacy == "dp":
                 # Every dp output sees all bounded rows (a k-primary's choice of cells is
                 # exact, so building on it would void the guarantee); see core/dp.py.
                 res = self._release_dp(state, bounded, out)
-                if i == 0:
-                    res.accounting.rows_in = state.rows_in
-                    res.accounting.duplicates = state.duplicates
-                    res.accounting.over_event_limit = state.over_limit
-                    res.accounting.over_cell_limit = over_cells
-                else:
-                    res.accounting.rows_in = len(bounded)
+                res.accounting.rows_in = len(bounded)
             elif i == 0:
-                res, primary_cell = self._release_output(
-                    state, bounded, out, track=len(self.p.outputs) > 1
-                )
+                res, emits = self._cells(state, bounded, primary)
+                figures = self._emit_all(res, state, bounded, primary, emits)
+            else:
+                # A k secondary always has a k primary (check_dp_pipeline).
+                assert figures is not None
+                pos = [primary.dimensions.index(d) for d in out.dimensions]
+                named = np.array([all(e.key[j] != STAR for j in pos) for e in emits] + [False])
+                ok = named[figures.cell_of]  # cell_of -1 (not released) picks the False
+                sub = bounded.take(ok)
+                res, sub_emits = self._cells(state, sub, out)
+                res.accounting.rows_in = int(ok.sum())
+                self._emit_derived(res, state, sub, out, sub_emits, figures, figures.cell_of[ok])
+            if i == 0:
                 acc = res.accounting
                 acc.rows_in = state.rows_in
                 acc.duplicates = state.duplicates
                 acc.over_event_limit = state.over_limit
                 acc.over_cell_limit = over_cells
-            else:
-                primary = self.p.outputs[0]
-                pos = [primary.dimensions.index(d) for d in out.dimensions]
-                ok = np.fromiter(
-                    (c is not None and all(c[j] != STAR for j in pos) for c in primary_cell),
-                    dtype=bool,
-                    count=len(primary_cell),
-                )
-                res, _ = self._release_output(state, bounded.take(ok), out)
-                res.accounting.rows_in = int(ok.sum())
             results.append(res)
         return results
 
@@ -275,15 +355,12 @@ class Releaser:
         res.accounting.suppressed = len(rows) - r.rows_released
         return res
 
-    def _release_output(
-        self, state: WindowState, rows: Rows, out: Output, track: bool = False
-    ) -> tuple[OutputRelease, list[tuple[str, ...] | None]]:
-        """Releases of one output, and with `track` for each row the key of the cell it was
-        released in (None where suppressed)."""
+    def _cells(
+        self, state: WindowState, rows: Rows, out: Output
+    ) -> tuple[OutputRelease, list[_Emit]]:
+        """The cells of one output to release (k, roll-up); the counts of `res`."""
         p = self.p
         res = OutputRelease(out)
-        # Only the secondary outputs need to know where each row went.
-        released_in: list[tuple[str, ...] | None] = [None] * len(rows) if track else []
         dim_idx = [p.dimensions.index(d) for d in out.dimensions]
         # Project each pipeline cell onto this output's dimensions.
         codes: dict[tuple[str, ...], int] = {}
@@ -325,9 +402,6 @@ class Releaser:
                 emits.append(_Emit(key, idx, leaf_users[key], 0))
                 res.cells_released += 1
                 res.accounting.released += len(idx)
-                if track:
-                    for r in idx.tolist():
-                        released_in[r] = key
             else:
                 pending[key] = [idx]
                 leaf_count[key] = 1
@@ -348,67 +422,132 @@ class Releaser:
                     res.cells_released += 1
                     res.cells_rolled_up += merged_leaves[key]
                     res.accounting.rolled_up += sum(len(x) for x in parts)
-                    for part in parts if track else ():
-                        for r in part.tolist():
-                            released_in[r] = key
                 else:
                     pending[key] = parts
                     leaf_count[key] = merged_leaves[key]
         for key, parts in pending.items():
             res.cells_suppressed += leaf_count[key]
             res.accounting.suppressed += sum(len(x) for x in parts)
-        self._emit_all(res, state, rows, out, emits)
-        return res, released_in
+        return res, emits
 
     def _emit_all(
         self, res: OutputRelease, state: WindowState, rows: Rows, out: Output, emits: list[_Emit]
-    ) -> None:
-        """The records of every released cell. The per-cell figures come from one pass
-        over all released rows (each row belongs to at most one released cell)."""
-        if not emits:
-            return
+    ) -> _Figures:
+        """The records of every released cell of the primary, and their exact figures. The
+        per-cell figures come from one pass over all released rows (each row belongs to at
+        most one released cell)."""
         p, k, n_cells = self.p, out.k, len(emits)
         cell_of = np.full(len(rows), -1, dtype=np.int64)
         for i, e in enumerate(emits):
             cell_of[e.idx] = i
+        fig = _Figures(cell_of, np.zeros(n_cells, dtype=np.int64),
+                       np.array([e.users for e in emits], dtype=np.int64))  # fmt: skip
+        if not emits:
+            return fig
         sel = np.flatnonzero(cell_of >= 0)
         g = cell_of[sel]
         units = rows.unit[sel]
-        events = np.bincount(g, minlength=n_cells)
-        sums: dict[str, npt.NDArray[Any]] = {}
-        counts: dict[str, npt.NDArray[Any]] = {}
-        withheld: dict[str, npt.NDArray[np.bool_]] = {}
-        hists: dict[str, list[dict[str, int] | None]] = {}
+        fig.events = np.bincount(g, minlength=n_cells)
+        # (cell, person) pairs: a person's values in a cell are bounded together, and the
+        # people with a value in a cell are the pairs that have one.
+        order = np.lexsort((units, g))
+        pair_first = group_starts(g[order].astype(np.uint64), units[order])
+        pair = np.empty(len(order), dtype=np.int64)
+        pair[order] = np.cumsum(pair_first) - 1
+        pair_cell = g[order][pair_first]
+        n_pairs = len(pair_cell)
         for m in p.measures:
             fa = p.fields[m]
-            assert fa.clamp is not None
+            assert fa.clamp is not None and fa.max_sum_per_unit is not None
             vals = rows.measures[sel, self._col[m]]
             has = ~np.isnan(vals)
-            gh, uh = g[has], units[has]
+            gh, uh, ph = g[has], units[has], pair[has]
             # A sum, mean or histogram over fewer than k people with a value would describe
             # them, however many people the cell has: withhold it (null).
-            withheld[m] = _distinct_per_group(gh, uh, n_cells) < k
+            with_value = np.bincount(ph, minlength=n_pairs) > 0
+            fig.withheld[m] = np.bincount(pair_cell[with_value], minlength=n_cells) < k
             clamped = np.clip(vals[has], fa.clamp[0], fa.clamp[1])
-            sums[m] = np.bincount(gh, weights=clamped, minlength=n_cells)
-            counts[m] = np.bincount(gh, minlength=n_cells)
+            fig.value_sums[m] = np.bincount(gh, weights=clamped, minlength=n_cells).astype(float)
+            fig.counts[m] = np.bincount(gh, minlength=n_cells)
+            # One person's total in a cell's sum is clipped to the per-unit bound.
+            bound = fa.max_sum_per_unit
+            per_pair = np.clip(np.bincount(ph, weights=clamped, minlength=n_pairs), -bound, bound)
+            fig.sums[m] = np.bincount(pair_cell, weights=per_pair, minlength=n_cells).astype(float)
             if m in p.histograms:
                 bands = np.searchsorted(np.asarray(fa.edges), vals[has], side="right")
-                hists[m] = band_histograms(gh, bands, uh, n_cells, fa.edges, k)
+                hists = band_histograms(gh, bands, uh, n_cells, fa.edges, k)
+                fig.edges[m] = fa.edges
+                fig.hists[m] = [
+                    None if fig.withheld[m][i]
+                    else h if h is not None else self._histogram(rows, e.idx, m, k)
+                    for i, (h, e) in enumerate(zip(hists, emits, strict=True))
+                ]  # fmt: skip
         for i, e in enumerate(emits):
-            cell_hists: dict[str, dict[str, int]] = {}
-            for m, per_cell in hists.items():
-                if withheld[m][i]:
+            self._emit(res, state, out, e.key, int(fig.events[i]), e.users, e.level,
+                       fig.cell(i))  # fmt: skip
+        return fig
+
+    def _emit_derived(
+        self,
+        res: OutputRelease,
+        state: WindowState,
+        rows: Rows,
+        out: Output,
+        emits: list[_Emit],
+        primary: _Figures,
+        primary_of_row: npt.NDArray[np.int64],
+    ) -> None:
+        """The records of a secondary output. Each of its cells is a union of released
+        primary cells, and each of its numbers is derived from theirs: events, sums and
+        histograms are their totals (a histogram over the bands all of them cut at); a
+        measure withheld in one of them is withheld here; a mean is their weighted mean.
+        Only `users` needs the rows: people in several of the primary cells count once,
+        but the overlap is rounded down to a multiple of k, so that the primary cells'
+        users minus this one is never a group of 1 to k-1 people."""
+        p = self.p
+        kk = max(out.k, p.outputs[0].k)
+        for e in emits:
+            prim = np.unique(primary_of_row[e.idx])
+            total_users = int(primary.users[prim].sum())
+            overlap = max(0, total_users - e.users)
+            users = total_users - kk * (overlap // kk)
+            fig = primary.union(prim)
+            for m in p.measures:
+                if fig.withheld[m]:
                     continue
-                h = per_cell[i]
-                # None only where a test asks for the per-cell reference path.
-                cell_hists[m] = h if h is not None else self._histogram(rows, e.idx, m, k)
-            self._emit(
-                res, state, out, e.key, int(events[i]), e.users, e.level,
-                {m: float(v[i]) for m, v in sums.items()},
-                {m: int(v[i]) for m, v in counts.items()},
-                {m for m, w in withheld.items() if w[i]},
-                cell_hists,
-            )  # fmt: skip
+                # An output with a larger k than the primary's has its own threshold.
+                has = ~np.isnan(rows.measures[e.idx, self._col[m]])
+                if distinct_count(rows.unit[e.idx][has], self._exact_limit) < out.k:
+                    fig.withheld[m] = True
+                    fig.hists.pop(m, None)
+                elif m in fig.hists:
+                    fig.hists[m] = self._coarsen(fig.hists[m], rows, e.idx, m, out.k)
+            self._emit(res, state, out, e.key, int(primary.events[prim].sum()), users, e.level,
+                       fig)  # fmt: skip
+
+    def _coarsen(
+        self, hist: dict[str, int], rows: Rows, idx: npt.NDArray[np.intp], m: str, k: int
+    ) -> dict[str, int]:
+        """Adjacent bands of a derived histogram merged until each holds >= k people (a
+        no-op unless the output's k is larger than the primary's)."""
+        edges = self.p.fields[m].edges
+        vals = rows.measures[idx, self._col[m]]
+        has = ~np.isnan(vals)
+        band = np.searchsorted(np.asarray(edges), vals[has], side="right")
+        units = rows.unit[idx][has]
+        at = _bound_index(edges)
+        out: dict[str, int] = {}
+        acc, lo_i, last = 0, 0, None
+        for label, count in hist.items():
+            hi_i = at[label[:-1].split(",")[1]]
+            acc += count
+            if len(np.unique(units[(band >= lo_i) & (band < hi_i)])) >= k:
+                last = _band_label(_bounds(edges)[lo_i], _bounds(edges)[hi_i])
+                out[last] = acc
+                acc, lo_i = 0, hi_i
+        if acc and last is not None:
+            out[last.split(",")[0] + ",inf)"] = out.pop(last) + acc
+        return out
 
     def _emit(
         self,
@@ -419,10 +558,7 @@ class Releaser:
         events: int,
         users: int,
         level: int,
-        sums: dict[str, float],
-        counts: dict[str, int],
-        withheld: set[str],
-        hists: dict[str, dict[str, int]],
+        fig: _CellFigures,
     ) -> None:
         p = self.p
         dims = dict(zip(out.dimensions, key, strict=True))
@@ -432,18 +568,19 @@ class Releaser:
             rid = release_id(
                 "aggregate", p.name, p.version, out.name, state.start_ms, state.end_ms, dims
             )
-            noise_meta = self._add_noise(out.noise, rid, metrics, sums, counts, hists)
+            noise_meta = self._add_noise(out.noise, rid, metrics, fig)
         for m in p.sums:
-            metrics[f"{m}_sum"] = None if m in withheld else round(sums[m], 3)
+            metrics[f"{m}_sum"] = None if fig.withheld[m] else round(fig.sums[m], 3)
         for m in p.means:
             fa = p.fields[m]
             assert fa.clamp is not None
-            mean = sums[m] / counts[m] if counts[m] else 0.0
+            count = fig.counts[m]
+            mean = fig.value_sums[m] / count if count else 0.0
             metrics[f"{m}_mean"] = (
-                None if m in withheld else round(min(max(mean, fa.clamp[0]), fa.clamp[1]), 3)
+                None if fig.withheld[m] else round(min(max(mean, fa.clamp[0]), fa.clamp[1]), 3)
             )
         for m in p.histograms:
-            metrics[f"{m}_histogram"] = hists.get(m)
+            metrics[f"{m}_histogram"] = fig.hists.get(m)
         res.records.append(
             aggregate_record(
                 pipeline=p.name,
@@ -490,19 +627,15 @@ class Releaser:
         return out
 
     def _add_noise(
-        self,
-        noise: Noise,
-        rid: str,
-        metrics: dict[str, Any],
-        sums: dict[str, float],
-        counts: dict[str, int],
-        hists: dict[str, dict[str, int]],
+        self, noise: Noise, rid: str, metrics: dict[str, Any], fig: _CellFigures
     ) -> dict[str, Any]:
-        """Noise on every released count and sum; the declared epsilon is split evenly over
-        them (basic composition), with sensitivities from the contribution bounds."""
-        c = self.p.contribution
+        """Noise on every released count and sum (in place); the declared epsilon is split
+        evenly over them (basic composition), with sensitivities from the contribution
+        bounds."""
+        p = self.p
+        c = p.contribution
         L, M = c.max_events_per_unit_per_cell, c.max_cells_per_unit_per_window
-        n_metrics = 2 + 2 * len(sums) + len(hists)
+        n_metrics = 2 + len(p.sums) + 2 * len(p.means) + len(fig.hists)
         eps = noise.epsilon / n_metrics
         rng = self._rng_factory(rid)
 
@@ -514,13 +647,19 @@ class Releaser:
 
         metrics["events"] = max(0, round(noisy(metrics["events"], L * M, L * math.sqrt(M))))
         metrics["users"] = max(0, round(noisy(metrics["users"], M, math.sqrt(M))))
-        for m in sums:
-            fa = self.p.fields[m]
-            assert fa.clamp is not None
+        for m in p.measures:
+            fa = p.fields[m]
+            assert fa.clamp is not None and fa.max_sum_per_unit is not None
             bound = max(abs(fa.clamp[0]), abs(fa.clamp[1]))
-            sums[m] = noisy(sums[m], L * M * bound, L * math.sqrt(M) * bound)
-            counts[m] = max(1, round(noisy(counts[m], L * M, L * math.sqrt(M))))
-        for h in hists.values():
+            if m in p.sums:  # one person adds at most the per-unit bound to a cell's sum
+                per_cell = min(fa.max_sum_per_unit, L * bound)
+                fig.sums[m] = noisy(fig.sums[m], M * per_cell, math.sqrt(M) * per_cell)
+            if m in p.means:
+                fig.value_sums[m] = noisy(
+                    fig.value_sums[m], L * M * bound, L * math.sqrt(M) * bound
+                )
+                fig.counts[m] = max(1, round(noisy(fig.counts[m], L * M, L * math.sqrt(M))))
+        for h in fig.hists.values():
             for band_key in h:
                 h[band_key] = max(0, round(noisy(h[band_key], L * M, L * math.sqrt(M))))
         return {"mechanism": noise.mechanism, "epsilon": noise.epsilon, "delta": noise.delta}

@@ -42,6 +42,35 @@ def window_starts_array(spec: WindowSpec, ts: npt.NDArray[np.int64]) -> npt.NDAr
     return last[:, None] - offsets[None, :]
 
 
+# One pseudonym per person per window: a window counts people with the pseudonym key of
+# the key period it starts in. Windows divide the key period, so a hopping window starts
+# at most one period before its events; such an event also carries the pseudonym of that
+# earlier period. Tumbling windows never cross a period: no event needs it.
+
+
+def needs_earlier_key(
+    spec: WindowSpec, rotation_ms: int, ts: npt.NDArray[np.int64]
+) -> npt.NDArray[np.bool_]:
+    """Which events fall in a window that starts in the key period before their own."""
+    if not spec.hopping:
+        return np.zeros(len(ts), dtype=bool)
+    first = ts - ts % spec.step_ms - (spec.size_ms - spec.step_ms)
+    return first // rotation_ms < ts // rotation_ms
+
+
+def window_units(
+    unit: npt.NDArray[np.uint64],
+    earlier_unit: npt.NDArray[np.uint64] | None,
+    ts: npt.NDArray[np.int64],
+    start: npt.NDArray[np.int64],
+    rotation_ms: int,
+) -> npt.NDArray[np.uint64]:
+    """The pseudonyms that count in the windows starting at `start` (one per event)."""
+    if earlier_unit is None:
+        return unit
+    return np.where(start // rotation_ms < ts // rotation_ms, earlier_unit, unit)
+
+
 @dataclass
 class _PartitionClock:
     max_ts: int = NEG_INF

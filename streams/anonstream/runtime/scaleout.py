@@ -29,7 +29,7 @@ import orjson
 from anonstream.core.columns import Columns
 from anonstream.core.engine import PipelineEngine, StepResult
 from anonstream.core.pipeline import Pipeline
-from anonstream.core.windows import NEG_INF, window_starts_array
+from anonstream.core.windows import NEG_INF, window_starts_array, window_units
 
 PARTIALS_VERSION = 1
 
@@ -90,7 +90,7 @@ class IngestStage:
                 doc["rejected"] = rejected
             parts = by_partition.get(p, [])
             if parts:
-                doc["rows"] = _rows(cols, parts)
+                doc["rows"] = _rows(cols, parts, self.pipeline.rotation_ms)
             elif not prog and "rejected" not in doc:
                 continue
             result.forward.append((self.topic, p, b"", orjson.dumps(doc)))
@@ -142,14 +142,21 @@ class IngestStage:
         return StepResult()
 
 
-def _rows(cols: Columns, parts: list[tuple[npt.NDArray[np.bool_], int]]) -> dict[str, Any]:
-    """The rows of some windows, as JSON-able columns (cell names once per message)."""
+def _rows(
+    cols: Columns, parts: list[tuple[npt.NDArray[np.bool_], int]], rotation_ms: int
+) -> dict[str, Any]:
+    """The rows of some windows, as JSON-able columns (cell names once per message); each
+    row carries the pseudonym that counts in its window."""
     sel_all = np.zeros(len(cols), dtype=bool)
     win = []
     idx_list = []
+    units = []
     for sel, start in parts:
         idx = np.flatnonzero(sel)
         idx_list.append(idx)
+        starts = np.full(len(idx), start, dtype=np.int64)
+        earlier = None if cols.earlier_unit is None else cols.earlier_unit[idx]
+        units.append(window_units(cols.unit[idx], earlier, cols.ts[idx], starts, rotation_ms))
         win.extend([start] * len(idx))
         sel_all |= sel
     idx = np.concatenate(idx_list)
@@ -160,7 +167,7 @@ def _rows(cols: Columns, parts: list[tuple[npt.NDArray[np.bool_], int]]) -> dict
     return {
         "w": win,
         "ts": cols.ts[idx].tolist(),
-        "u": cols.unit[idx].tolist(),
+        "u": np.concatenate(units).tolist(),
         "e": cols.event[idx].tolist(),
         "d": dim_ref,
         "names": [list(k) for k in names],
