@@ -47,6 +47,7 @@ def _hostile(n: int, head: str = "", tail: str = "") -> dict[str, str]:
     f = _fit
     return {
         "a@ + [": f("a@", n, head, "[" + tail),
+        "a@..a@ + [": head + "a@" * ((n - len(head) - len(tail) - 1) // 2) + "[" + tail,
         "many @": f("@", n, head, tail),
         "word then @": f("a", n, head, "@" + tail),
         "dotted then @": f("a.", n, head, "@" + tail),
