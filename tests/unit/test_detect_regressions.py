@@ -51,6 +51,18 @@ EMAIL_B64URL = base64.urlsafe_b64encode(b"jane.doe@example.com").decode().rstrip
             + base64.b64encode(b"jane>>doe@example.com").decode().replace("/", "_"),
             "shop.example.com/u/:email",
         ),
+        # standard base64 with "+" and "/" (split over two path segments)
+        (
+            "https://shop.example.com/u/" + base64.b64encode(b"jane~~~x@example.com").decode(),
+            "shop.example.com/u/:email",
+        ),
+        (
+            "https://shop.example.com/u/" + base64.b64encode(b"a~?jane.doe@example.com").decode(),
+            "shop.example.com/u/:email/:email",  # "YX4" (the start of the token) as well
+        ),
+        ("https://shop.example.com/call/555/0100/1234/x", "shop.example.com/call/:num/:num/:num/x"),
+        ("https://shop.example.com/ip/192/0/2/77", "shop.example.com/ip/:num/:num/:num/:num"),
+        ("https://shop.example.com/item-42/10000", "shop.example.com/item-42/:num"),
         # full-width IPv4 host (browsers read it as 192.0.2.77)
         ("https://\uff11\uff19\uff12.\uff10.\uff12.\uff17\uff17/x", ":ip/x"),
     ],

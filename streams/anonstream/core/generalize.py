@@ -332,6 +332,8 @@ def _segment_full(raw: str) -> str:
         return ":num"
     # What the scrubber finds, also in disguise (encoded, zero-width, base64...).
     kinds = identifier_kinds(decoded)
+    if "+" in raw:  # "+" read as a space breaks base64, whose alphabet has it
+        kinds |= identifier_kinds(raw)
     if EMAIL in kinds:
         return ":email"
     if IP in kinds:
@@ -423,19 +425,48 @@ def _path_template(path: str) -> str:
     """Segment templates joined by "/" (no leading slash), at most URL_MAX_DEPTH deep."""
     segments: list[str] = []
     pieces = path.split("/")
+    across = _across_segments(path, pieces)
     if ";" in path:  # matrix params (";jsessionid=...") are dropped; rare, so only then
         pieces = [raw.partition(";")[0] for raw in pieces]
-    for seg in pieces:
+    for i, seg in enumerate(pieces):
         if not seg or seg == ".":
             continue
         if seg == "..":
             if segments:
                 segments.pop()
             continue
-        segments.append(_segment(seg))
+        out = _segment(seg)
+        segments.append(across.get(i, out) if not out.startswith(":") else out)
         if len(segments) > URL_MAX_DEPTH:
             return "/".join(segments[:URL_MAX_DEPTH]) + "/..."
     return "/".join(segments)
+
+
+_SPAN_SEGMENT = {EMAIL: ":email", IP: IP_HOST}
+
+
+def _across_segments(path: str, pieces: list[str]) -> dict[int, str]:
+    """Placeholders for pieces that an address spans together with its neighbours, which
+    no piece shows alone: standard base64 split at its "/"."""
+    if "/" not in path:
+        return {}
+    # Emails only: standard base64 of text holds "/" only where the text has "?" (an
+    # address character); digit groups over segments are all-digit, so ":num" already.
+    spans = [(a, b, ph) for a, b, ph in identifier_spans(path) if ph == EMAIL and "/" in path[a:b]]
+    if not spans:
+        return {}
+    out: dict[int, str] = {}
+    start = 0
+    for i, piece in enumerate(pieces):
+        end = start + len(piece)
+        # A short plain word ("u", "users") beside an encoded token is a page name, not
+        # a fragment of the token: a span over a whole run would otherwise take it too.
+        word = piece.isalpha() and len(piece) < 12
+        for a, b, ph in spans:
+            if a < end and start < b and not word:
+                out.setdefault(i, _SPAN_SEGMENT.get(ph, ":id"))
+        start = end + 1
+    return out
 
 
 def _cap(out: str) -> str:

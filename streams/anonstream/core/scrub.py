@@ -66,7 +66,7 @@ Span = tuple[int, int, str]  # [start, end) and the placeholder that replaces it
 
 # ------------------------------------------------------------------------------- emails
 
-_LOCAL = r"\w.!#$%&'*+^~\-"
+_LOCAL = r"\w.!#$%&'*+^~?{|}`\-"  # RFC 5322 atext but "/" and "=" (kept as separators)
 # A maximal run of local-part characters and "@" that holds an "@". The look-behind pins
 # each attempt to the start of a run, so the cost is linear in the run length.
 _AT_RUN_RE = re.compile(rf"(?<![{_LOCAL}@])[{_LOCAL}@]*@[{_LOCAL}@]*")
