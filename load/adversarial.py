@@ -60,6 +60,7 @@ def _hostile(n: int, head: str = "", tail: str = "") -> dict[str, str]:
         "nested %25": f("%25", n, head, "40" + tail),
         "base64": f("QUJD", n, head, tail),
         "base64 email": f("amFuZUBleGFtcGxlLmNvbQ", n, head, tail),
+        "base64 of a@ run": f("YUBhQGFA", n, head, tail),
         "hex": f("6a616e65", n, head, tail),
         "zero-width": f("a\u200b", n, head, tail),
         "combining": f("e\u0301", n, head, tail),

@@ -447,12 +447,14 @@ _SPAN_SEGMENT = {EMAIL: ":email", IP: IP_HOST}
 
 def _across_segments(path: str, pieces: list[str]) -> dict[int, str]:
     """Placeholders for pieces that an address spans together with its neighbours, which
-    no piece shows alone: standard base64 split at its "/"."""
+    no piece shows alone: standard base64 split at its "/", "v1/2/3/4"."""
     if "/" not in path:
         return {}
-    # Emails only: standard base64 of text holds "/" only where the text has "?" (an
-    # address character); digit groups over segments are all-digit, so ":num" already.
-    spans = [(a, b, ph) for a, b, ph in identifier_spans(path) if ph == EMAIL and "/" in path[a:b]]
+    # Addresses only (email, IP): digit groups over segments are all-digit, so ":num"
+    # already, and "item-42/10000" is no phone number.
+    spans = [
+        (a, b, ph) for a, b, ph in identifier_spans(path) if ph in (EMAIL, IP) and "/" in path[a:b]
+    ]
     if not spans:
         return {}
     out: dict[int, str] = {}
