@@ -63,6 +63,9 @@ EMAIL_B64URL = base64.urlsafe_b64encode(b"jane.doe@example.com").decode().rstrip
         ("https://shop.example.com/call/555/0100/1234/x", "shop.example.com/call/:num/:num/:num/x"),
         ("https://shop.example.com/ip/192/0/2/77", "shop.example.com/ip/:num/:num/:num/:num"),
         ("https://shop.example.com/item-42/10000", "shop.example.com/item-42/:num"),
+        # identifiers spread over host labels
+        ("https://192.0.2.77.example.org/x", ":ip.example.org/x"),
+        ("https://4111.1111.1111.1111.example.com/", ":id.example.com/"),
         # full-width IPv4 host (browsers read it as 192.0.2.77)
         ("https://\uff11\uff19\uff12.\uff10.\uff12.\uff17\uff17/x", ":ip/x"),
     ],

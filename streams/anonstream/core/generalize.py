@@ -401,14 +401,15 @@ def _host(authority: str) -> str:
         return IP_HOST
     if not _HOST_RE.fullmatch(host):
         return INVALID
-    # An IPv4 address spread over labels ("192.0.2.1.example.org", as wildcard-DNS
-    # services serve it) is no host name: it becomes ":ip" wherever it stands.
-    ip_spans = [(a, b) for a, b, ph in identifier_spans(cased) if ph == IP]
-    if ip_spans:
+    # An identifier spread over labels ("192.0.2.1.example.org", as wildcard-DNS services
+    # serve it, or "4111.1111.1111.1111.example.com") is no host name: it becomes ":ip"
+    # or ":id" wherever it stands. One inside a single label is the label check's job.
+    spread = [(a, b, ph) for a, b, ph in identifier_spans(cased) if "." in cased[a:b] or ph == IP]
+    if spread:
         parts: list[str] = []
         pos = 0
-        for a, b in ip_spans:
-            parts += (cased[pos:a], IP_HOST)
+        for a, b, ph in spread:
+            parts += (cased[pos:a], IP_HOST if ph == IP else ":id")
             pos = b
         cased = "".join((*parts, cased[pos:]))
         host = cased.lower()
