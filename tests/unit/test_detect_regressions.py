@@ -63,6 +63,9 @@ EMAIL_B64URL = base64.urlsafe_b64encode(b"jane.doe@example.com").decode().rstrip
         ("https://shop.example.com/call/555/0100/1234/x", "shop.example.com/call/:num/:num/:num/x"),
         ("https://shop.example.com/ip/192/0/2/77", "shop.example.com/ip/:num/:num/:num/:num"),
         ("https://shop.example.com/item-42/10000", "shop.example.com/item-42/:num"),
+        # a cookie id in base64url, as a path segment and as a host label
+        ("https://shop.example.com/v/MDAwMDBhMDAwMDBhMDAwMA", "shop.example.com/v/:id"),
+        ("https://MDAwMDBhMDAwMDBhMDAwMA.example.com/", ":id.example.com/"),
         # identifiers spread over host labels
         ("https://192.0.2.77.example.org/x", ":ip.example.org/x"),
         ("https://4111.1111.1111.1111.example.com/", ":id.example.com/"),

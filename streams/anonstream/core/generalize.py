@@ -331,9 +331,9 @@ def _segment_full(raw: str) -> str:
     if decoded.isdecimal():
         return ":num"
     # What the scrubber finds, also in disguise (encoded, zero-width, base64...).
-    kinds = identifier_kinds(decoded)
+    kinds = identifier_kinds(decoded, encoded_ids=True)
     if "+" in raw:  # "+" read as a space breaks base64, whose alphabet has it
-        kinds |= identifier_kinds(raw)
+        kinds |= identifier_kinds(raw, encoded_ids=True)
     if EMAIL in kinds:
         return ":email"
     if IP in kinds:
@@ -374,7 +374,7 @@ def _host_label(label: str, cased: str) -> str:
         return ":uuid"
     if _HEX_IN_RE.search(label):
         return ":hash"
-    return ":id" if scrub_text(label) != label or scrub_text(cased) != cased else label
+    return ":id" if scrub_text(label) != label or identifier_kinds(cased, True) else label
 
 
 @lru_cache(maxsize=16384)

@@ -491,21 +491,22 @@ def _decoded_kind(run: str, ids: bool, depth: int) -> str | None:
     return None
 
 
-def _spans(s: str, ids: bool, depth: int = 0) -> list[Span]:
-    """Non-overlapping identifier spans of ``s``, in order, in ``s``'s own offsets."""
+def _spans(s: str, ids: bool, depth: int = 0, encoded_ids: bool = False) -> list[Span]:
+    """Non-overlapping identifier spans of ``s``, in order, in ``s``'s own offsets.
+    ``encoded_ids``: opaque id tokens count inside encoded tokens (even if not ``ids``)."""
     if s.isascii() and _NEEDS_VIEW_RE.search(s) is None:  # the view would be the identity
         return _merge(_shape_spans(s, ids))
-    return _merge(_view_spans(s, ids, depth))
+    return _merge(_view_spans(s, ids, depth, encoded_ids))
 
 
-def _view_spans(s: str, ids: bool, depth: int) -> list[Span]:
+def _view_spans(s: str, ids: bool, depth: int, encoded_ids: bool = False) -> list[Span]:
     """The full path: shapes in the detection view plus identifiers in encoded tokens,
     mapped back to ``s``."""
     view = detection_view(s)
     found: list[Span] = []  # encoded tokens first: on a tie their finding names the span
     if depth < _MAX_DEPTH:
         for m in _B64_RUN_RE.finditer(view.text):
-            if (ph := _decoded_kind(m.group(), ids, depth + 1)) is not None:
+            if (ph := _decoded_kind(m.group(), ids or encoded_ids, depth + 1)) is not None:
                 found.append((m.start(), m.end(), ph))
     found += _shape_spans(view.text, ids)
     if view.starts is not None and view.ends is not None:
@@ -571,9 +572,11 @@ def identifier_spans(s: str) -> list[Span]:
     return _spans(s, False) if s else []
 
 
-def identifier_kinds(s: str) -> set[str]:
-    """The placeholders :func:`scrub_text` would put into ``s`` (empty: nothing found)."""
-    return {ph for _, _, ph in _spans(s, False)} if s else set()
+def identifier_kinds(s: str, encoded_ids: bool = False) -> set[str]:
+    """The placeholders :func:`scrub_text` would put into ``s`` (empty: nothing found);
+    with ``encoded_ids`` also ``<id>`` for an opaque id (a cookie id) inside an encoded
+    token, for values where a plain slug must stay but a disguised id must not."""
+    return {ph for _, _, ph in _spans(s, False, 0, encoded_ids)} if s else set()
 
 
 def contains_email(s: str) -> bool:
