@@ -444,12 +444,29 @@ def _path_template(path: str) -> str:
 
 
 _SPAN_SEGMENT = {EMAIL: ":email", IP: IP_HOST}
+_B64_HEAD_RE = re.compile(r"[A-Za-z0-9+=]+")
+_B64_TAIL_RE = re.compile(r"[A-Za-z0-9+=]+$")
+
+
+def _split_token(pieces: list[str]) -> bool:
+    """Could a standard base64 token be cut at a "/" here? The end of one piece and the
+    start of the next in base64 characters, 10+ together, neither plain lowercase nor
+    only digits: only then is the whole path scanned again (ordinary paths skip it)."""
+    for prev, piece in pairwise(pieces):
+        tail = _B64_TAIL_RE.search(prev)
+        head = _B64_HEAD_RE.match(piece)
+        if tail is None or head is None:
+            continue
+        joined = tail.group() + head.group()
+        if len(joined) >= 10 and not joined.islower() and not joined.isdigit():
+            return True
+    return False
 
 
 def _across_segments(path: str, pieces: list[str]) -> dict[int, str]:
     """Placeholders for pieces that an address spans together with its neighbours, which
     no piece shows alone: standard base64 split at its "/", "v1/2/3/4"."""
-    if "/" not in path:
+    if "/" not in path or not _split_token(pieces):
         return {}
     # Addresses only (email, IP): digit groups over segments are all-digit, so ":num"
     # already, and "item-42/10000" is no phone number.
