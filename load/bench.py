@@ -1059,12 +1059,20 @@ def build_parser() -> argparse.ArgumentParser:
     soak.add_argument("--soak", action="store_true", help="run the soak test instead")
     soak.add_argument("--rate", type=float, default=2000.0, help="soak: events/s produced")
     soak.add_argument("--seconds", type=float, default=120.0, help="soak: seconds of input")
+    p.add_argument(
+        "--adversarial", action="store_true",
+        help="instead: hostile vs benign values per field (python -m anonstream_load.adversarial)",
+    )  # fmt: skip
     return p
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     console = Console(stderr=True)
+    if args.adversarial:
+        from .adversarial import main as adversarial_main
+
+        return adversarial_main([])
     for flag in ("events", "users", "partitions", "partials_partitions"):
         if getattr(args, flag) < 1:
             console.print(f"[red]--{flag} must be >= 1[/]")

@@ -7,7 +7,8 @@ itself by also being in the checker. What it can see:
 
 - ``schema``: every record is valid output contract v1.
 - ``k``: every aggregate has at least k distinct people (the record's k and ``--k``).
-- ``identifier``: no email, IP, card, phone, long number or pseudonym-like token anywhere.
+- ``identifier``: no email, IP, card, phone, long number or pseudonym-like token anywhere,
+  also encoded or disguised (``audit_detect``: its own detector, not the scrubber's).
 - ``duplicate``: one release_id never carries two different contents.
 - ``differencing``: no two released numbers of one window whose difference describes fewer
   than k people (identical cells, cells of two outputs, a "*" cell that looks like a total).
@@ -40,7 +41,7 @@ import orjson
 from jsonschema import Draft202012Validator, ValidationError
 from jsonschema.exceptions import best_match
 
-from anonstream.core.scrub import scrub_text
+from anonstream.audit_detect import embedded_ipv4_reason, identifier_reasons
 
 __all__ = [
     "RULES",
@@ -66,7 +67,7 @@ Severity = Literal["error", "warning", "info"]
 WindowKey = tuple[str, int, str, str, str]  # pipeline, pipeline_version, output, start, end
 
 # Fields whose whole value is pinned by a strict pattern (hex id, RFC 3339 time): skipped
-# when they match it, as the scrubber would misread the dates as phone numbers.
+# when they match it, as the detector would misread the dates as phone numbers.
 _TIME_RE = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z")
 _PINNED_FIELDS = {
     "release_id": re.compile(r"[0-9a-f]{32}"),
@@ -76,18 +77,8 @@ _PINNED_FIELDS = {
 _NUM = r"-?[0-9]+(?:\.[0-9]+)?(?:e[+-]?[0-9]+)?"
 # Band labels ("[1000,10000)", "(-inf,0)") hold configured edges, not data.
 _BAND_RE = re.compile(rf"[\[(](?:-inf|{_NUM}),(?:inf|{_NUM})\)")
-_HEX_TOKEN_RE = re.compile(r"(?<![0-9A-Za-z])[0-9a-fA-F]{16,}(?![0-9A-Za-z])")
-_B64_RUN_RE = re.compile(r"[A-Za-z0-9+/=_\-]{16,}")
-_B64_SPLIT_RE = re.compile(r"[+/=_\-]")
 # Counters of a summary that may legitimately differ when a window is re-sent after a restart.
 _OPERATIONAL = frozenset({"late_events", "rejected_events"})
-_PLACEHOLDERS = {
-    "<email>": "an email address",
-    "<ip>": "an IP address",
-    "<card>": "a card number",
-    "<phone>": "a phone number",
-    "<num>": "a long number",
-}
 
 
 @dataclass
@@ -195,41 +186,21 @@ def _is_ip_prefix(s: str) -> bool:
     return net.prefixlen < net.max_prefixlen
 
 
-def _scrub_reasons(s: str) -> list[str]:
-    """What the scrubber would remove from `s`; empty when nothing."""
-    if _is_band(s) or _is_ip_prefix(s):
+def _identifier_reasons(s: str, tokens: bool) -> list[str]:
+    """What identifiers the audit's own detector (audit_detect, independent of the
+    scrubber) sees in `s`, also encoded or disguised; empty when none. A generalized
+    network is fine unless it carries more than a /24 of an IPv4 address (6to4...)."""
+    if _is_band(s):
         return []
-    scrubbed = scrub_text(s)
-    if scrubbed == s:
-        return []
-    found = [name for ph, name in _PLACEHOLDERS.items() if ph in scrubbed and ph not in s]
-    return found or ["an identifier"]
-
-
-def _is_b64_token(run: str) -> bool:
-    """Base64-ish: padded, or mostly made of pieces that mix letters and digits (slugs such
-    as "iphone15-pro-review" are mostly words and do not count)."""
-    if run.endswith("="):
-        return True
-    mixed = sum(
-        len(p) for p in _B64_SPLIT_RE.split(run) if p and not p.isalpha() and not p.isdigit()
-    )
-    return mixed * 2 >= len(run)
-
-
-def _token_reasons(s: str) -> list[str]:
-    """Pseudonym-like tokens (hex or base64 of 16+ characters) inside a dims value or key."""
-    if _HEX_TOKEN_RE.search(s):
-        return ["a hex token of 16+ characters (pseudonym-like)"]
-    if any(_is_b64_token(m.group()) for m in _B64_RUN_RE.finditer(s)):
-        return ["a base64-like token of 16+ characters (pseudonym-like)"]
-    return []
+    if _is_ip_prefix(s):
+        return embedded_ipv4_reason(s)
+    return identifier_reasons(s, tokens=tokens)
 
 
 def _safe(s: object) -> str:
     """Text of a value for a message: as is when harmless, masked when it looks like an id."""
     text = s if isinstance(s, str) else str(s)
-    if len(text) > 80 or _scrub_reasons(text) or _token_reasons(text):
+    if len(text) > 80 or _identifier_reasons(text, tokens=True):
         return _mask(text)
     return text
 
@@ -441,9 +412,7 @@ class _Auditor:
 
     def _identifiers(self, rec: dict[str, Any], shown: str | None, line: int | None) -> None:
         for path, s in _walk_strings(rec, ()):
-            reasons = _scrub_reasons(s)
-            if path and path[0] == "dims":
-                reasons += _token_reasons(s)
+            reasons = _identifier_reasons(s, tokens=bool(path) and path[0] == "dims")
             if reasons:
                 what = " and ".join(dict.fromkeys(reasons))
                 self.find(shown, line, "identifier", f"{_path(path)}: {what} in {_mask(s)!r}")

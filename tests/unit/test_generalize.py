@@ -153,7 +153,10 @@ def test_ip_prefix_other_lengths() -> None:
     assert ip_prefix("203.0.113.77", v4_bits=32) == "203.0.113.77/32"
     assert ip_prefix("2001:db8:abcd:12::5", v6_bits=32) == "2001:db8::/32"
     assert ip_prefix("::ffff:10.1.2.3", v4_bits=8) == "10.0.0.0/8"
-    assert ip_prefix("::1.2.3.4", v6_bits=128) == "::102:304/128"  # ipaddress spelling
+    # IPv4-compatible "::a.b.c.d" carries an IPv4 address: generalized as one (this used
+    # to assert the IPv6 form "::102:304/128", the whole IPv4 address in another spelling).
+    assert ip_prefix("::1.2.3.4", v6_bits=128) == "1.2.3.0/24"
+    assert ip_prefix("::ffff", v6_bits=128) == "::ffff/128"  # ipaddress spelling
     assert ip_prefix("10.1.2.3", v4_bits=0) == "0.0.0.0/0"
     assert ip_prefix(None) is None  # type: ignore[arg-type]
     with pytest.raises(ValueError):
@@ -171,12 +174,49 @@ def test_ip_prefix_v4_matches_ipaddress(ip: ipaddress.IPv4Address, bits: int) ->
         assert str(ip) not in out  # the full address (with its last octet) is gone
 
 
+_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+_NAT64_LOCAL = ipaddress.ip_network("64:ff9b:1::/48")
+
+
+def _embedded_v4_reference(ip: ipaddress.IPv6Address) -> ipaddress.IPv4Address | None:
+    """The IPv4 address inside ``ip``, by the ipaddress module's own properties."""
+    n = int(ip)
+    if ip.ipv4_mapped is not None:
+        return ip.ipv4_mapped
+    if ip.sixtofour is not None:
+        return ip.sixtofour
+    if ip.teredo is not None:
+        return ip.teredo[1]
+    if ip in _NAT64:
+        return ipaddress.IPv4Address(n & 0xFFFFFFFF)
+    if ip in _NAT64_LOCAL:  # RFC 6052 /48: 16 bits, the "u" octet, 16 bits
+        return ipaddress.IPv4Address(((n >> 64) & 0xFFFF) << 16 | ((n >> 40) & 0xFFFF))
+    if n >> 32 == 0 and n > 0xFFFF:  # IPv4-compatible ::a.b.c.d
+        return ipaddress.IPv4Address(n)
+    return None
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("::ffff:192.0.2.77", "192.0.2.0/24"),
+        ("2002:c000:24d::1", "192.0.2.0/24"),  # 6to4 of 192.0.2.77
+        ("2001:0:c000:201:8000:63bf:3fff:fdb2", "192.0.2.0/24"),  # Teredo: client inverted
+        ("64:ff9b::192.0.2.77", "192.0.2.0/24"),  # NAT64
+        ("64:ff9b:1:c000:2:4d00::", "192.0.2.0/24"),  # NAT64 local-use /48 layout
+        ("2001:db8::1", "2001:db8::/48"),  # documentation range: plain IPv6
+    ],
+)
+def test_ipv6_with_embedded_ipv4_generalized_as_ipv4(value: str, expected: str) -> None:
+    assert ip_prefix(value) == expected
+
+
 @PROPS
 @given(st.ip_addresses(v=6), st.integers(0, 128))
 def test_ip_prefix_v6_matches_ipaddress(ip: ipaddress.IPv6Address, bits: int) -> None:
     out = ip_prefix(str(ip), v6_bits=bits)
-    if ip.ipv4_mapped is not None:
-        assert out == str(ipaddress.ip_network((ip.ipv4_mapped, 24), strict=False))
+    if (v4 := _embedded_v4_reference(ip)) is not None:
+        assert out == str(ipaddress.ip_network((v4, 24), strict=False))
     else:
         net = ipaddress.ip_network((ip, bits), strict=False)
         assert out == str(net)
@@ -194,7 +234,7 @@ def test_ip_prefix_v6_matches_ipaddress(ip: ipaddress.IPv6Address, bits: int) ->
 def test_ip_prefix_v6_sparse_matches_ipaddress(hextets: list[int], bits: int) -> None:
     """Zero-heavy addresses exercise "::" placement and the "::a.b.c.d" spellings."""
     ip = ipaddress.IPv6Address(sum(h << (16 * (7 - i)) for i, h in enumerate(hextets)))
-    assume(ip.ipv4_mapped is None)
+    assume(_embedded_v4_reference(ip) is None)
     for spelling in (str(ip), ip.exploded):
         assert ip_prefix(spelling, v6_bits=bits) == str(
             ipaddress.ip_network((ip, bits), strict=False)

@@ -15,6 +15,7 @@ import ipaddress
 import math
 import re
 import socket
+import unicodedata
 from collections.abc import Sequence
 from functools import _CacheInfo, _lru_cache_wrapper, lru_cache
 from itertools import pairwise
@@ -25,7 +26,15 @@ import numpy.typing as npt
 import ua_parser
 from ua_parser import Domain, PartialResult, Resolver, load_builtins, load_lazy_builtins
 
-from anonstream.core.scrub import contains_email, contains_ip, scrub_identifiers, scrub_text
+from anonstream.core.scrub import (
+    EMAIL,
+    IP,
+    detection_view,
+    identifier_kinds,
+    identifier_spans,
+    scrub_identifiers,
+    scrub_text,
+)
 
 __all__ = [
     "INVALID",
@@ -55,6 +64,25 @@ _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # as ipaddress: no 
 _V4_24_RE = re.compile(rf"({_OCTET}\.{_OCTET}\.{_OCTET})\.{_OCTET}")
 _V4_ONES = (1 << 32) - 1
 _V6_ONES = (1 << 128) - 1
+IP_MAX_LEN = 100  # longest accepted ip value (a full IPv6 with an IPv4 tail and a zone)
+
+
+def _embedded_v4(n: int) -> int | None:
+    """The IPv4 address an IPv6 address carries, if it is of a kind that carries one:
+    IPv4-mapped ::ffff:0:0/96, IPv4-compatible ::/96 (not :: or ::1), 6to4 2002::/16,
+    Teredo 2001::/32 (the client address, stored inverted) and NAT64 64:ff9b::/96 and
+    64:ff9b:1::/48 (RFC 6052 layout: the "u" octet at bits 64-71 is skipped)."""
+    if n >> 32 == 0xFFFF or (n >> 32 == 0 and n > 0xFFFF):
+        return n & _V4_ONES
+    if n >> 112 == 0x2002:
+        return (n >> 80) & _V4_ONES
+    if n >> 96 == 0x2001_0000:
+        return (n & _V4_ONES) ^ _V4_ONES
+    if n >> 32 == 0x0064_FF9B_0000_0000_0000_0000:
+        return n & _V4_ONES
+    if n >> 80 == 0x0064_FF9B_0001:
+        return ((n >> 64) & 0xFFFF) << 16 | ((n >> 40) & 0xFFFF)
+    return None
 
 
 def _v4_text(n: int) -> str:
@@ -73,8 +101,10 @@ def _ip_prefix_slow(value: str, v4_bits: int, v6_bits: int) -> str | None:
         except (OSError, ValueError):
             return None
         n = int.from_bytes(packed, "big")
-        if n >> 32 == 0xFFFF:  # IPv4-mapped "::ffff:a.b.c.d": generalize as IPv4
-            return f"{_v4_text(n & (_V4_ONES ^ (_V4_ONES >> v4_bits)))}/{v4_bits}"
+        # An address that carries an IPv4 address ("::ffff:a.b.c.d", 6to4, Teredo,
+        # NAT64) is generalized as that IPv4 address: a /48 of 6to4 is a whole IPv4.
+        if (v4 := _embedded_v4(n)) is not None:
+            return f"{_v4_text(v4 & (_V4_ONES ^ (_V4_ONES >> v4_bits)))}/{v4_bits}"
         net = n & (_V6_ONES ^ (_V6_ONES >> v6_bits))
         out = socket.inet_ntop(socket.AF_INET6, net.to_bytes(16, "big"))
         if "." in out:  # inet_ntop writes "::a.b.c.d" forms; keep ipaddress's spelling
@@ -91,13 +121,15 @@ def ip_prefix(value: str, v4_bits: int = 24, v6_bits: int = 48) -> str | None:
     """Network prefix of an IP address in CIDR form, or None if ``value`` is not an IP.
 
     "203.0.113.77" -> "203.0.113.0/24"; "2001:db8:abcd:12:1::5" -> "2001:db8:abcd::/48".
-    IPv4-mapped IPv6 ("::ffff:1.2.3.4") is generalized as IPv4. Surrounding whitespace,
-    brackets and an IPv6 zone id are tolerated. A /24 keeps the routing-level location
+    IPv6 that embeds an IPv4 address (IPv4-mapped "::ffff:1.2.3.4", 6to4, Teredo, NAT64)
+    is generalized as that IPv4 address. Surrounding whitespace, brackets and an IPv6
+    zone id are tolerated; a value longer than IP_MAX_LEN is not an IP. A /24 keeps the
+    routing-level location
     while dropping the host part that identifies a subscriber.
     """
     if not (0 <= v4_bits <= 32 and 0 <= v6_bits <= 128):
         raise ValueError(f"prefix lengths out of range: v4_bits={v4_bits}, v6_bits={v6_bits}")
-    if not isinstance(value, str):
+    if not isinstance(value, str) or len(value) > IP_MAX_LEN:
         return None
     # Fast path, the overwhelmingly common case: plain dotted IPv4 at /24 (one regex).
     if v4_bits == 24 and (m := _V4_24_RE.fullmatch(value)) is not None:
@@ -204,6 +236,7 @@ class UserAgentGeneralizer:
 # ------------------------------------------------------------------- URLs and referrers
 
 URL_MAX_LEN = 200
+URL_INPUT_MAX = 8192  # longer url/referrer values are "<invalid>" before any parsing
 URL_MAX_DEPTH = 8
 _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]{0,31}:")
 _OPAQUE_SCHEME_RE = re.compile(r"[a-z][a-z+.\-]{0,19}:")
@@ -211,8 +244,10 @@ _OPAQUE_SCHEME_RE = re.compile(r"[a-z][a-z+.\-]{0,19}:")
 _IPV4_HOST_RE = re.compile(r"(?:(?:0x[0-9a-f]*|[0-9]+)\.){0,3}(?:0x[0-9a-f]*|[0-9]+)")
 _HOST_RE = re.compile(r"[\w\-]+(?:\.[\w\-]+)*")
 # Referrer headers are absolute, but logs also hold scheme-less "example.com/path".
+# The second form is one possessive run (a dot inside it is checked in Python): "a.b.c"
+# split at each dot by the regex engine would cost O(n**2) on a long dotted run.
 _REF_AUTHORITY_RE = re.compile(
-    r"(?:[A-Za-z][A-Za-z0-9+.\-]{0,31}:)?//([^/?#\\]*)|([^/?#\\:@\s]+\.[^/?#\\:@\s]+)(?::\d*)?(?:[/?#\\]|$)"
+    r"(?:[A-Za-z][A-Za-z0-9+.\-]{0,31}:)?//([^/?#\\]*)|([^/?#\\:@\s]++)(?::\d*+)?(?:[/?#\\]|$)"
 )
 _UUID_RE = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
@@ -225,7 +260,6 @@ _EXT_RE = re.compile(r"(.+?)(\.[A-Za-z][A-Za-z0-9]{0,5})")
 # RFC 3986 pchar (minus nothing): segments made of these are emitted as they are.
 _SAFE_SEGMENT_RE = re.compile(r"[A-Za-z0-9\-._~!$&'()*+,;=:@%]+")
 _SEGMENT_SAFE_CHARS = "-._~!$&'()*+,;=:@%"
-_AT_CHARS = ("@", "＠", "﹫", "%40")
 _PLAIN_SHORT_RE = re.compile(r"[A-Za-z0-9_\-]+")
 # A plain address: no "%"/"+" (so it is not decoded), not starting with "@"/"~" (no
 # handle), and a domain character right after the "@" (so _EMAIL_RE matches at 0).
@@ -289,16 +323,29 @@ def _segment_full(raw: str) -> str:
     if len(raw) < 16 and _PLAIN_SHORT_RE.fullmatch(raw):
         if raw.isdigit():
             return ":num"
-        return ":id" if scrub_text(raw) != raw else raw
+        short = identifier_kinds(raw)
+        if not short:
+            return raw
+        return ":email" if EMAIL in short else IP_HOST if IP in short else ":id"
     decoded = unquote_plus(raw) if ("%" in raw or "+" in raw) else raw
     if decoded.isdecimal():
         return ":num"
+    # What the scrubber finds, also in disguise (encoded, zero-width, base64...).
+    kinds = identifier_kinds(decoded, encoded_ids=True)
+    if "+" in raw:  # "+" read as a space breaks base64, whose alphabet has it
+        kinds |= identifier_kinds(raw, encoded_ids=True)
+    if EMAIL in kinds:
+        return ":email"
+    if IP in kinds:
+        return IP_HOST
+    if not decoded.isascii() or "%" in decoded:
+        # Judge id shapes (hex, UUID, tokens) as the detection view reads them too: a
+        # zero-width space must not hide a cookie id from the hex check.
+        view = detection_view(decoded).text
+        if view and view != decoded and (alt := _segment_full(view)).startswith(":"):
+            return alt
     if decoded[0] in "@~" and len(decoded) > 1 and "@" not in decoded[1:]:
         return ":handle"  # "/@jane" (Medium, Mastodon, YouTube), "/~jane" (home dirs)
-    if any(c in decoded for c in _AT_CHARS) and contains_email(decoded):
-        return ":email"
-    if contains_ip(decoded):
-        return IP_HOST
     # Keep the extension of "12345.json" / "<sha>.pdf": it is not identifying.
     m = _EXT_RE.fullmatch(decoded)
     if m is not None and (placeholder := _id_placeholder(m.group(1))) is not None:
@@ -310,14 +357,14 @@ def _segment_full(raw: str) -> str:
         return ":uuid"
     if _HEX_IN_RE.search(decoded):
         return ":hash"
-    if scrub_text(decoded) != decoded:
+    if kinds:
         return ":id"
     if _SAFE_SEGMENT_RE.fullmatch(raw):
         return raw
     return quote(raw, safe=_SEGMENT_SAFE_CHARS, errors="replace")
 
 
-def _host_label(label: str) -> str:
+def _host_label(label: str, cased: str) -> str:
     if len(label) < 6:
         return label
     placeholder = _id_placeholder(label)
@@ -327,7 +374,7 @@ def _host_label(label: str) -> str:
         return ":uuid"
     if _HEX_IN_RE.search(label):
         return ":hash"
-    return ":id" if scrub_text(label) != label else label
+    return ":id" if scrub_text(label) != label or identifier_kinds(cased, True) else label
 
 
 @lru_cache(maxsize=16384)
@@ -342,7 +389,10 @@ def _host(authority: str) -> str:
         if end == -1:
             return INVALID
         return IP_HOST if ip_prefix(hostport[1:end], 32, 128) is not None else INVALID
-    host = hostport.partition(":")[0].rstrip(".").lower()
+    cased = hostport.partition(":")[0].rstrip(".")
+    if not cased.isascii():  # as IDNA does: full-width "１９２.０.２.１" is 192.0.2.1
+        cased = unicodedata.normalize("NFKC", cased).rstrip(".")
+    host = cased.lower()
     if not host:
         return ""
     if len(host) > 253:
@@ -351,28 +401,92 @@ def _host(authority: str) -> str:
         return IP_HOST
     if not _HOST_RE.fullmatch(host):
         return INVALID
+    # An identifier spread over labels ("192.0.2.1.example.org", as wildcard-DNS services
+    # serve it, or "4111.1111.1111.1111.example.com") is no host name: it becomes ":ip"
+    # or ":id" wherever it stands. One inside a single label is the label check's job.
+    spread = [(a, b, ph) for a, b, ph in identifier_spans(cased) if "." in cased[a:b] or ph == IP]
+    if spread:
+        parts: list[str] = []
+        pos = 0
+        for a, b, ph in spread:
+            parts += (cased[pos:a], IP_HOST if ph == IP else ":id")
+            pos = b
+        cased = "".join((*parts, cased[pos:]))
+        host = cased.lower()
     if len(host) < 6 or not any(len(label) >= 6 for label in host.split(".")):
         return host
-    return ".".join(_host_label(label) for label in host.split("."))
+    # Labels are judged as written: lowercased, a base64 label no longer decodes to what
+    # it hides, yet its case is easy to search back (the decoded text must make sense).
+    return ".".join(
+        _host_label(a, b) for a, b in zip(host.split("."), cased.split("."), strict=True)
+    )
 
 
 def _path_template(path: str) -> str:
     """Segment templates joined by "/" (no leading slash), at most URL_MAX_DEPTH deep."""
     segments: list[str] = []
     pieces = path.split("/")
+    across = _across_segments(path, pieces)
     if ";" in path:  # matrix params (";jsessionid=...") are dropped; rare, so only then
         pieces = [raw.partition(";")[0] for raw in pieces]
-    for seg in pieces:
+    for i, seg in enumerate(pieces):
         if not seg or seg == ".":
             continue
         if seg == "..":
             if segments:
                 segments.pop()
             continue
-        segments.append(_segment(seg))
+        out = _segment(seg)
+        segments.append(across.get(i, out) if not out.startswith(":") else out)
         if len(segments) > URL_MAX_DEPTH:
             return "/".join(segments[:URL_MAX_DEPTH]) + "/..."
     return "/".join(segments)
+
+
+_SPAN_SEGMENT = {EMAIL: ":email", IP: IP_HOST}
+_B64_HEAD_RE = re.compile(r"[A-Za-z0-9+=]+")
+_B64_TAIL_RE = re.compile(r"[A-Za-z0-9+=]+$")
+
+
+def _split_token(pieces: list[str]) -> bool:
+    """Could a standard base64 token be cut at a "/" here? The end of one piece and the
+    start of the next in base64 characters, 10+ together, neither plain lowercase nor
+    only digits: only then is the whole path scanned again (ordinary paths skip it)."""
+    for prev, piece in pairwise(pieces):
+        tail = _B64_TAIL_RE.search(prev)
+        head = _B64_HEAD_RE.match(piece)
+        if tail is None or head is None:
+            continue
+        joined = tail.group() + head.group()
+        if len(joined) >= 10 and not joined.islower() and not joined.isdigit():
+            return True
+    return False
+
+
+def _across_segments(path: str, pieces: list[str]) -> dict[int, str]:
+    """Placeholders for pieces that an address spans together with its neighbours, which
+    no piece shows alone: standard base64 split at its "/", "v1/2/3/4"."""
+    if "/" not in path or not _split_token(pieces):
+        return {}
+    # Addresses only (email, IP): digit groups over segments are all-digit, so ":num"
+    # already, and "item-42/10000" is no phone number.
+    spans = [
+        (a, b, ph) for a, b, ph in identifier_spans(path) if ph in (EMAIL, IP) and "/" in path[a:b]
+    ]
+    if not spans:
+        return {}
+    out: dict[int, str] = {}
+    start = 0
+    for i, piece in enumerate(pieces):
+        end = start + len(piece)
+        # A short plain word ("u", "users") beside an encoded token is a page name, not
+        # a fragment of the token: a span over a whole run would otherwise take it too.
+        word = piece.isalpha() and len(piece) < 12
+        for a, b, ph in spans:
+            if a < end and start < b and not word:
+                out.setdefault(i, _SPAN_SEGMENT.get(ph, ":id"))
+        start = end + 1
+    return out
 
 
 def _cap(out: str) -> str:
@@ -444,6 +558,8 @@ def url_template(url: str) -> str:
     """
     if not isinstance(url, str):
         return NONE if url is None else INVALID
+    if len(url) > URL_INPUT_MAX:
+        return INVALID
     # Cut query and fragment *before* the cache lookup: they are the most unique part
     # of a URL (tokens, search terms) and would otherwise flood the cache.
     return _url_template_cached(url.partition("?")[0].partition("#")[0])
@@ -470,6 +586,8 @@ def referrer_domain(ref: str) -> str:
     """
     if not isinstance(ref, str):
         return NONE if ref is None else INVALID
+    if len(ref) > URL_INPUT_MAX:
+        return INVALID
     s = ref.strip()
     if not s or s == "-":
         return NONE
@@ -477,6 +595,8 @@ def referrer_domain(ref: str) -> str:
     if m is None:
         return INVALID
     authority = m.group(1) if m.group(1) is not None else m.group(2)
+    if "." not in authority[1:-1] and m.group(1) is None:
+        return INVALID  # a scheme-less referrer must look like "host.tld"
     try:
         return _referrer_host(authority)
     except Exception:  # never let a malformed header stop the stream

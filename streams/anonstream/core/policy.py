@@ -30,6 +30,8 @@ from anonstream.core.windows import needs_earlier_key
 NONE = "(none)"  # dimension value of an absent optional field
 NO_PRIVACY_UNIT = "no_privacy_unit"
 MAX_KEPT_LEN = 80
+KEPT_INPUT_MAX = 1024  # a longer kept/text value is released as TOO_LONG, unscanned
+TOO_LONG = "(too long)"
 
 
 class PolicyRecord(NamedTuple):
@@ -59,7 +61,11 @@ def _bounded_cache(fn: Callable[[str], str], size: int = 50_000) -> Callable[[st
 
 
 def scrub_kept(value: str) -> str:
-    """Scrub first, then cut: cutting first could split an email and keep its local part."""
+    """Scrub first, then cut: cutting first could split an email and keep its local part.
+    Values over KEPT_INPUT_MAX are no event type or service name; they become TOO_LONG
+    before any scan, which bounds the scrubber's (linear) cost per value."""
+    if len(value) > KEPT_INPUT_MAX:
+        return TOO_LONG
     return scrub_identifiers(value)[:MAX_KEPT_LEN]
 
 

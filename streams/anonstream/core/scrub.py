@@ -6,26 +6,52 @@ addresses, card and phone numbers. They must never reach a released aggregate, s
 as a conservative catch-all for anything else that looks like an identifier, every
 remaining run of six or more digits with ``<num>``.
 
+Detection sees through disguises. The text is scanned in a *detection view*: compatibility
+forms folded (the NFKD half of NFKC: full-width letters, ligatures), format characters
+(category Cf: zero-width spaces and joiners, soft hyphens, direction marks) and combining
+marks removed, digits of any script and dashes made ASCII, then percent-decoded to a fixed
+point ("%2540" -> "%40" -> "@"). Runs of 10+ base64/base64url/hex characters are decoded
+(at every alignment) and the printable text inside is scanned the same way, up to three
+layers deep. A find is replaced in the *original* text: the characters it came from (for
+an identifier inside an encoded token, the whole token) become the placeholder.
+
+Everything runs in time linear in the input: the patterns are single character classes,
+anchored to the start of their run or bounded in length, and the email scanner is a
+hand-written pass over the "@" runs (no backtracking regex). Callers cap the length of
+what they pass in (see docs/input-contract.md). Plain ASCII without "%" and without a
+10+ character base64-looking run skips the view (it would be the identity); a property
+test checks the skip changes nothing.
+
 The scrubber errs on the side of removing too much: dates such as ``2024-01-15`` or
-decimal numbers with many digits come out as ``<phone>``/``<num>``. It is a few
-precompiled regex passes, preceded by cheap checks that skip text with no digit and no
-``@`` at all (the common case on the hot path).
+decimal numbers with many digits come out as ``<phone>``/``<num>``.
 """
 
 from __future__ import annotations
 
-import ipaddress
+import binascii
 import re
+import socket
+import unicodedata
+from collections.abc import Iterator
+from typing import NamedTuple
+
+import numpy as np
+import numpy.typing as npt
 
 __all__ = [
     "CARD",
     "EMAIL",
+    "ID",
     "IP",
     "NUM",
     "PHONE",
     "contains_email",
     "contains_ip",
+    "detection_view",
+    "identifier_kinds",
+    "identifier_spans",
     "luhn_ok",
+    "scrub_identifiers",
     "scrub_text",
 ]
 
@@ -34,23 +60,66 @@ IP = "<ip>"
 CARD = "<card>"
 PHONE = "<phone>"
 NUM = "<num>"
+ID = "<id>"
 
-# "@" plus its full-width / small variants and the percent-encoded form: an encoded
-# address in free text (copied from a URL) is still an address.
-_AT = r"(?:@|＠|﹫|%40)"
-_LOCAL_CH = r"[\w.!#$%&'*+^~\-]"
-# The look-behind pins the start of the local part to the start of its "word", so a
-# long token without "@" costs O(len) instead of O(len**2) in failed attempts.
-# "x@jane@example.com" is one match: matched up to its first domain only, it would leave
-# "@example.com" behind with "jane" glued to the "@" before it, a local part in the clear.
-_EMAIL_PAT = (
-    rf"(?<!{_LOCAL_CH}){_LOCAL_CH}+(?:{_AT}{_LOCAL_CH}+)*?"
-    rf"{_AT}(?:[\w\-]++(?:\.[\w\-]++)*+|\[[0-9A-Fa-f:.]+\])(?!{_AT}[\w\-\[])"
-)
+Span = tuple[int, int, str]  # [start, end) and the placeholder that replaces it
+
+# ------------------------------------------------------------------------------- emails
+
+_LOCAL = r"\w.!#$%&'*+^~?{|}`\-"  # RFC 5322 atext but "/" and "=" (kept as separators)
+# A maximal run of local-part characters and "@" that holds an "@". The look-behind pins
+# each attempt to the start of a run, so the cost is linear in the run length.
+_AT_RUN_RE = re.compile(rf"(?<![{_LOCAL}@])[{_LOCAL}@]*@[{_LOCAL}@]*")
+_DOMAIN_RE = re.compile(r"[\w\-]+(?:\.[\w\-]+)*")
+_IP_LITERAL_RE = re.compile(r"\[[0-9A-Fa-f:.]+\]")
+# Inside decoded tokens, where random bytes can look like "x@y", an address needs a
+# dotted domain with a letter TLD (random bytes almost never give one).
+_STRICT_EMAIL_RE = re.compile(r".*@[\w\-]+(?:\.[\w\-]+)*\.[A-Za-z]{2,}", re.DOTALL)
+
+
+def _email_spans(text: str) -> list[Span]:
+    """Addresses in ``text``: from the start of the local part to the end of the domain
+    after the *last* "@" that has one, so "x@jane@example.com" is one match (stopping at
+    the first domain would leave "jane" glued to the rest, a local part in the clear)."""
+    out: list[Span] = []
+    for m in _AT_RUN_RE.finditer(text):
+        run = m.group()
+        local = len(run) - len(run.lstrip("@"))
+        if local == len(run):
+            continue
+        end = -1
+        if run[-1] == "@" and (lit := _IP_LITERAL_RE.match(text, m.end())) is not None:
+            end = lit.end()
+        else:
+            at = run.rfind("@", local)
+            while at != -1:
+                d = _DOMAIN_RE.match(run, at + 1)
+                if d is not None:
+                    end = m.start() + d.end()
+                    break
+                at = run.rfind("@", local, at)
+        if end != -1:
+            out.append((m.start() + local, end, EMAIL))
+    return out
+
+
+# -------------------------------------------------------------------------- IP and numbers
 
 # Leading zeros are accepted ("010.001.002.003"): over-matching is the safe failure.
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|[01]?[0-9]?[0-9])"
-_IP4_PAT = rf"(?<![0-9])(?:{_OCTET}\.){{3}}{_OCTET}(?![0-9]|\.[0-9])"
+# Dotted, or the same separator throughout ("192_0_2_1", "192-0-2-1" as in host names).
+# One separator class plus a back-reference (each copy of the pattern gets its own group
+# name): a single alternative keeps the per-digit cost low.
+_IP4_SEP_CH = r"[._,\-/ ]"
+
+
+def _ip4_pat(name: str) -> str:
+    o = _OCTET
+    return (
+        rf"(?<![0-9]){o}(?P<{name}>{_IP4_SEP_CH}){o}(?P={name}){o}(?P={name}){o}"
+        rf"(?![0-9]|(?P={name})[0-9])"
+    )
+
 
 # IPv6 *candidate*: a run of hex groups with at least two colons (plus an optional
 # dotted IPv4 tail). Candidates are validated, and searched for an embedded address,
@@ -58,28 +127,26 @@ _IP4_PAT = rf"(?<![0-9])(?:{_OCTET}\.){{3}}{_OCTET}(?![0-9]|\.[0-9])"
 # would still not cope with addresses glued to surrounding hex-looking text.
 _IP6_PAT = r"(?<![0-9A-Fa-f:])[0-9A-Fa-f]*+(?::[0-9A-Fa-f]*+){2,}(?:\.[0-9]{1,3}){0,3}"
 
-# A cluster of digit groups joined by single phone-style separators: "+44 20 7946 0958",
-# "(555) 123-4567", "4111-1111-1111-1111", "555.123.4567", or a plain digit run.
-# A group never starts an IPv4 address: "5 1.2.3.4" or "(1.2.3.4" must not be absorbed
-# into a short, harmless-looking cluster (the address is matched on its own instead).
-_SEP = r"(?:[ .\-]|\)[ .\-]?|[ .\-]?\()"
-_GROUP = rf"(?!{_IP4_PAT})\d++"
-_CLUSTER_PAT = rf"(?:\+ ?)?\(?{_GROUP}(?:{_SEP}{_GROUP})*+"
+# A cluster of digit groups joined by single separators (space, ".", "-", "_", ",", "/",
+# optionally followed by a space, or brackets): "+44 20 7946 0958", "(555) 123-4567",
+# "4111_1111_1111_1111", "555.123.4567", or a plain digit run: one number, whatever joins
+# it. A group never starts an IPv4 address: "5 1.2.3.4" or "(1.2.3.4" must not be
+# absorbed into a short, harmless-looking cluster (the address is matched on its own).
+_SEP_CH = r"[ .\-_,/]"
+_SEP = rf"(?:{_SEP_CH} ?|\){_SEP_CH}?|{_SEP_CH}?\()"
+_CLUSTER_PAT = rf"(?:\+ ?)?\(?(?!{_ip4_pat('s1')})\d++(?:{_SEP}(?!{_ip4_pat('s2')})\d++)*+"
 
 # Numbers are found in two steps: a coarse "span" regex that starts with a plain
-# character class (so the regex engine can skip ahead quickly, ~10x faster than scanning
-# with the alternation below), then the precise patterns on spans long enough to matter.
-# Spans shorter than 6 characters hold neither an IPv4 address nor a 6-digit run, and
-# are not even matched (no Python callback for the many short numbers in text).
-_SPAN_RE = re.compile(r"[+(\d][\d .()\-]{5,}")
-_NUM_RE = re.compile(rf"(?P<ip4>{_IP4_PAT})|(?P<num>{_CLUSTER_PAT})")
-_EMAIL_RE = re.compile(_EMAIL_PAT)
-_IP4_RE = re.compile(_IP4_PAT)
+# character class (so the regex engine can skip ahead quickly), then the precise
+# patterns on spans long enough to matter. Spans shorter than 6 characters hold neither
+# an IPv4 address nor a 6-digit run, and are not even matched.
+_SPAN_RE = re.compile(r"[+(\d][\d .()\-_,/]{5,}")
+_NUM_RE = re.compile(rf"(?P<ip4>{_ip4_pat('s0')})|(?P<num>{_CLUSTER_PAT})")
 _IP6_RE = re.compile(_IP6_PAT)
 _DIGIT_RE = re.compile(r"\d")
 _NON_DIGIT_RE = re.compile(r"\D")
 _RUN6_RE = re.compile(r"\d{6,}")
-_CARD_SHAPE_RE = re.compile(r"\d+(?:[ \-]\d+)*")
+_CARD_SHAPE_RE = re.compile(rf"\d+(?:{_SEP_CH} ?\d+)*")
 
 _DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
 _IP6_MAX_LEN = 45  # longest textual IPv6 ("ffff:...:255.255.255.255")
@@ -104,24 +171,30 @@ def luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
-def _classify_number(text: str) -> str:
-    """Decide what a digit cluster is; short clusters (the vast majority) are kept."""
+def _number_spans(text: str, base: int, out: list[Span]) -> None:
+    """What a digit cluster at ``base`` is; short clusters (the vast majority) are kept."""
     digits = text if text.isdecimal() else _NON_DIGIT_RE.sub("", text)
     n = len(digits)
     if n < 6:
-        return text
+        return
     plain = n == len(text)
     if 13 <= n <= 19 and (plain or _CARD_SHAPE_RE.fullmatch(text)) and luhn_ok(digits):
-        return CARD
-    if not plain and n >= 7:
-        return PHONE
-    return _RUN6_RE.sub(NUM, text)
+        out.append((base, base + len(text), CARD))
+    elif not plain and n >= 7:  # separated digit groups are one number
+        out.append((base, base + len(text), PHONE))
+    elif plain:
+        out.append((base, base + len(text), NUM))
+    else:  # six digits in groups ("2026-11", "1,299.00"): only a plain 6-run inside
+        out += [(base + m.start(), base + m.end(), NUM) for m in _RUN6_RE.finditer(text)]
 
 
 def _ip6_plausible(window: str) -> bool:
     """A real, non-trivial IPv6 address (needs a digit and 3+ hex chars to skip "a::b")."""
     colons = window.count(":")
     if len(window) > _IP6_MAX_LEN or colons < 2:
+        return False
+    # A lone ":" at either end is never valid (cheap rejects for "1:1:1:..." runs).
+    if (window[0] == ":" and window[1] != ":") or (window[-1] == ":" and window[-2] != ":"):
         return False
     # Uncompressed forms have exactly 7 colons (6 before a dotted IPv4 tail); checking
     # this first skips the costly ValueError for times ("10:30:00") and MAC addresses.
@@ -135,8 +208,8 @@ def _ip6_plausible(window: str) -> bool:
     if len(window) - window.count(":") - window.count(".") < 3:
         return False
     try:
-        ipaddress.IPv6Address(window)
-    except ValueError:
+        socket.inet_pton(socket.AF_INET6, window)  # C; same grammar as ipaddress here
+    except (OSError, ValueError):
         return False
     return True
 
@@ -171,103 +244,346 @@ def _find_ip6(cand: str, pos: int) -> tuple[int, int] | None:
         a += 1
 
 
-def _ip6_repl(m: re.Match[str]) -> str:
-    """Replace every IPv6 address inside a candidate, leaving the rest for the main pass."""
-    text = m.group()
-    if "::" not in text and text.count(":") < 6:
-        return text  # no window can be valid: times, MACs, "a:b:c" (fast exit)
-    out: list[str] = []
-    pos = 0
-    while (hit := _find_ip6(text, pos)) is not None:
-        out.append(text[pos : hit[0]])
-        out.append(IP)
-        pos = hit[1]
-    out.append(text[pos:])
-    return "".join(out)
+def _ip6_spans(text: str) -> list[Span]:
+    out: list[Span] = []
+    for m in _IP6_RE.finditer(text):
+        cand = m.group()
+        if "::" not in cand and cand.count(":") < 6:
+            continue  # no window can be valid: times, MACs, "a:b:c" (fast exit)
+        pos = 0
+        while (hit := _find_ip6(cand, pos)) is not None:
+            out.append((m.start() + hit[0], m.start() + hit[1], IP))
+            pos = hit[1]
+            if cand[pos : pos + 2] != "::":
+                pos += 1  # no address starts with a single ":"
+    return out
 
 
-def _num_repl(m: re.Match[str]) -> str:
-    return IP if m.lastgroup == "ip4" else _classify_number(m.group())
-
-
-def _span_repl(m: re.Match[str]) -> str:
-    return _NUM_RE.sub(_num_repl, m.group())
-
-
-def scrub_text(s: str) -> str:
-    """Replace emails, IPs, card numbers, phone numbers and 6+ digit runs in free text.
-
-    Placeholders: ``<email>``, ``<ip>`` (IPv4 and IPv6), ``<card>`` (13-19 digits,
-    optionally space/dash separated, Luhn-valid), ``<phone>`` (7+ digits with
-    separators or a leading "+"), ``<num>`` (any other run of 6+ digits, including
-    non-ASCII digits). Text with nothing to scrub is returned unchanged (same object).
-    """
-    if not s:
-        return s
-    # Pre-checks: single-character ``in`` tests are memchr-fast, so text with no digit
-    # and no "@" (most free text) costs a few hundred ns whatever its length.
-    if s.isascii():
-        has_at = "@" in s
-        has_digit = (
-            "0" in s
-            or "1" in s
-            or "2" in s
-            or "3" in s
-            or "4" in s
-            or "5" in s
-            or "6" in s
-            or "7" in s
-            or "8" in s
-            or "9" in s
-        )
-    else:
-        has_at = "@" in s or "＠" in s or "﹫" in s
-        has_digit = _DIGIT_RE.search(s) is not None
-    if not has_digit:
-        return _EMAIL_RE.sub(EMAIL, s) if has_at else s
-    # Emails first: their digits must not be turned into <num> before they are seen.
-    if has_at or "%40" in s:
-        s = _EMAIL_RE.sub(EMAIL, s)
-    # IPv6 next, in its own pass: otherwise a digit cluster just before it
-    # ("v6 2001:db8::1") would split the address.
-    if s.count(":") >= 2:
-        s = _IP6_RE.sub(_ip6_repl, s)
-    return _SPAN_RE.sub(_span_repl, s)
-
-
-def contains_email(s: str) -> bool:
-    """True if ``s`` contains something email-shaped (also with ``%40`` for ``@``)."""
-    return _EMAIL_RE.search(s) is not None
-
-
-def contains_ip(s: str) -> bool:
-    """True if ``s`` contains an IPv4 or (non-trivial) IPv6 address anywhere."""
-    if _IP4_RE.search(s) is not None:
-        return True
-    if s.count(":") < 2:
-        return False
-    return any(_find_ip6(m.group(), 0) is not None for m in _IP6_RE.finditer(s))
-
-
-# Identifier-like tokens that scrub_text leaves alone: UUIDs, long hex, and long tokens that
-# mix letters and digits (cookie ids, session tokens). A whole run of token characters is
-# judged at once, so ids glued together with "-" or "_" go as one.
+# Identifier-like tokens: UUIDs, long hex, and long tokens that mix letters and digits
+# (cookie ids, session tokens). A whole run of token characters is judged at once, so ids
+# glued together with "-" or "_" go as one.
 _TOKEN_RUN = re.compile(r"[0-9A-Za-z_-]{12,}")
 _HEXISH = frozenset("0123456789abcdefABCDEF-")
 
 
-def _token_repl(m: re.Match[str]) -> str:
-    run = m.group()
+def _is_id_token(run: str) -> bool:
     has_digit = any(c.isdigit() for c in run)
-    if has_digit and ((len(run) >= 16 and any(c.isalpha() for c in run)) or set(run) <= _HEXISH):
-        return ID
-    return run
+    return has_digit and ((len(run) >= 16 and any(c.isalpha() for c in run)) or set(run) <= _HEXISH)
 
 
-ID = "<id>"
+def _mask(text: str, spans: list[Span]) -> str:
+    """``text`` with each span blanked by NULs (same length, so offsets stay valid)."""
+    if not spans:
+        return text
+    parts: list[str] = []
+    pos = 0
+    for a, b, _ in sorted(spans):
+        if a < pos:
+            a = pos
+        parts.append(text[pos:a])
+        parts.append("\x00" * (b - a))
+        pos = max(pos, b)
+    parts.append(text[pos:])
+    return "".join(parts)
+
+
+def _has_digit(t: str) -> bool:
+    if t.isascii():
+        # Single-character ``in`` tests are memchr-fast.
+        return any(d in t for d in "0123456789")
+    return _DIGIT_RE.search(t) is not None
+
+
+def _shape_spans(t: str, ids: bool) -> list[Span]:
+    """Identifier shapes in already-normalized text: emails, then IPv6 (a digit cluster
+    just before an address must not split it), then numbers and IPv4, then (``ids``)
+    opaque id tokens. Each step sees the earlier finds blanked out."""
+    found = _email_spans(t) if "@" in t else []
+    if not _has_digit(t):
+        return found
+    if t.count(":") >= 2:
+        t = _mask(t, found)
+        found += _ip6_spans(t)
+    t = _mask(t, found)
+    for m in _SPAN_RE.finditer(t):
+        span = m.group()
+        for n in _NUM_RE.finditer(span):
+            start = m.start() + n.start()
+            if n.lastgroup == "ip4":
+                found.append((start, m.start() + n.end(), IP))
+            else:
+                _number_spans(n.group(), start, found)
+    if ids:
+        t = _mask(t, found)
+        found += [
+            (m.start(), m.end(), ID) for m in _TOKEN_RUN.finditer(t) if _is_id_token(m.group())
+        ]
+    return found
+
+
+# ------------------------------------------------------------------------ detection view
+
+_DASHES = frozenset("\u2010\u2011\u2012\u2013\u2014\u2015\u2212\ufe58\ufe63\uff0d")
+_TABLE_MAX = 65_536  # distinct characters remembered (bounded memory)
+
+
+def _fold_char(c: str) -> str:
+    """What one character is for detection: compatibility-decomposed, format characters
+    and combining marks dropped, any-script digits and dashes made ASCII."""
+    if unicodedata.category(c) == "Cf":
+        return ""
+    out: list[str] = []
+    for ch in unicodedata.normalize("NFKD", c):
+        cat = unicodedata.category(ch)
+        if cat in ("Mn", "Mc", "Me", "Cf"):
+            continue
+        dec = unicodedata.decimal(ch, None)
+        out.append(str(dec) if dec is not None else "-" if ch in _DASHES else ch)
+    return "".join(out)
+
+
+class _FoldTable(dict[int, str]):
+    """str.translate table, filled on first sight of each character."""
+
+    def __missing__(self, cp: int) -> str:
+        out = _fold_char(chr(cp))
+        if len(self) < _TABLE_MAX:
+            self[cp] = out
+        return out
+
+
+class _LenTable(dict[int, str]):
+    """Length of each character's fold, as a character (for a C-speed translate)."""
+
+    def __missing__(self, cp: int) -> str:
+        out = chr(len(_FOLD[cp]))
+        if len(self) < _TABLE_MAX:
+            self[cp] = out
+        return out
+
+
+class _DecodedTable(dict[int, str]):
+    """The fold for decoded bytes, where control characters and U+FFFD (undecodable
+    bytes) also become NUL, which no pattern crosses: one C-speed translate."""
+
+    def __missing__(self, cp: int) -> str:
+        out = "\x00" if _UNPRINTABLE_RE.fullmatch(chr(cp)) else _FOLD[cp]
+        if len(self) < _TABLE_MAX:
+            self[cp] = out
+        return out
+
+
+_FOLD = _FoldTable()
+_LENS = _LenTable()
+_DECODED = _DecodedTable()
+
+_PCT_RUN_RE = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
+_PCT_ROUNDS = 8  # percent-decoding passes; deeper nesting is refused (see _view)
+# Plain ASCII text needs the view only if it holds "%" or a run that may be encoded.
+_NEEDS_VIEW_RE = re.compile(r"%|[A-Za-z0-9+/=_\-]{10,}")
+_B64_RUN_RE = re.compile(r"[A-Za-z0-9+/=_\-]{10,}")
+_HEX_RUN_RE = re.compile(r"[0-9A-Fa-f]{12,}")
+_URLSAFE = str.maketrans("-_", "+/")
+_UNPRINTABLE_RE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffd]")
+_MAX_DEPTH = 3  # encoded layers decoded (base64 in hex in base64)
+
+IntArray = npt.NDArray[np.intp]
+
+
+class View(NamedTuple):
+    """Detection text plus, per character, the original range it came from."""
+
+    text: str
+    starts: IntArray | None  # None: the identity (text is the original)
+    ends: IntArray | None
+    undecodable: list[tuple[int, int]]  # original ranges still percent-encoded
+
+
+def _fold(text: str, starts: IntArray, ends: IntArray) -> tuple[str, IntArray, IntArray]:
+    if text.isascii():
+        return text, starts, ends
+    lens = np.frombuffer(text.translate(_LENS).encode("latin-1"), dtype=np.uint8)
+    idx = np.repeat(np.arange(len(text)), lens)
+    return text.translate(_FOLD), starts[idx], ends[idx]
+
+
+def _percent_decode(
+    text: str, starts: IntArray, ends: IntArray
+) -> tuple[str, IntArray, IntArray] | None:
+    """One pass; None if there was nothing to decode. A decoded run maps, as a whole, to
+    the original range of its escapes."""
+    parts: list[str] = []
+    s_parts: list[IntArray] = []
+    e_parts: list[IntArray] = []
+    pos = 0
+    for m in _PCT_RUN_RE.finditer(text):
+        a, b = m.span()
+        decoded = bytes.fromhex(m.group().replace("%", "")).decode("utf-8", "replace")
+        parts += (text[pos:a], decoded)
+        s_parts += (starts[pos:a], np.full(len(decoded), starts[a], dtype=np.intp))
+        e_parts += (ends[pos:a], np.full(len(decoded), ends[b - 1], dtype=np.intp))
+        pos = b
+    if not parts:
+        return None
+    parts.append(text[pos:])
+    s_parts.append(starts[pos:])
+    e_parts.append(ends[pos:])
+    return "".join(parts), np.concatenate(s_parts), np.concatenate(e_parts)
+
+
+def detection_view(s: str) -> View:
+    """The text detection scans (see the module docstring), mapped to ``s``."""
+    if s.isascii() and "%" not in s:
+        return View(s, None, None, [])
+    starts = np.arange(len(s), dtype=np.intp)
+    text, starts, ends = _fold(s, starts, starts + 1)
+    for _ in range(_PCT_ROUNDS):
+        step = _percent_decode(text, starts, ends) if "%" in text else None
+        if step is None:
+            return View(text, starts, ends, [])
+        text, starts, ends = _fold(*step)
+    # Nested deeper than any real encoding: refuse what is still encoded (fail closed).
+    left = [(int(starts[m.start()]), int(ends[m.end() - 1])) for m in _PCT_RUN_RE.finditer(text)]
+    return View(text, starts, ends, left)
+
+
+def _decodings(run: str) -> Iterator[str]:
+    """Text of ``run`` read as base64/base64url at each alignment and as hex."""
+    core = run.rstrip("=").translate(_URLSAFE)
+    for off in range(4):
+        chunk = core[off:]
+        if len(chunk) < 8:
+            break
+        chunk = chunk[: len(chunk) - 1] if len(chunk) % 4 == 1 else chunk
+        try:
+            raw = binascii.a2b_base64(chunk + "=" * (-len(chunk) % 4))
+        except binascii.Error:
+            continue
+        yield raw.decode("utf-8", "replace")
+    for m in _HEX_RUN_RE.finditer(run):
+        h = m.group()
+        for off in (0, 1):
+            part = h[off : len(h) - (len(h) - off) % 2]
+            yield bytes.fromhex(part).decode("utf-8", "replace")
+
+
+def _pct_repl(m: re.Match[str]) -> str:
+    return bytes.fromhex(m.group().replace("%", "")).decode("utf-8", "replace")
+
+
+def _decoded_kind(run: str, ids: bool, depth: int) -> str | None:
+    """The placeholder of the first identifier inside an encoded token, if any. The token
+    is replaced as a whole, so this needs no offsets: no mapped view, one scan per
+    decoding (unprintable characters become NUL, which no pattern crosses)."""
+    for raw in _decodings(run):
+        text = raw.translate(_DECODED)
+        for _ in range(_PCT_ROUNDS):
+            if "%" not in text or (nxt := _PCT_RUN_RE.sub(_pct_repl, text)) == text:
+                break
+            text = nxt.translate(_DECODED)
+        for a, b, ph in _shape_spans(text, ids):
+            if ph != EMAIL or _STRICT_EMAIL_RE.fullmatch(text, a, b):
+                return ph
+        if depth < _MAX_DEPTH:
+            for m in _B64_RUN_RE.finditer(text):
+                if (inner := _decoded_kind(m.group(), ids, depth + 1)) is not None:
+                    return inner
+    return None
+
+
+def _spans(s: str, ids: bool, depth: int = 0, encoded_ids: bool = False) -> list[Span]:
+    """Non-overlapping identifier spans of ``s``, in order, in ``s``'s own offsets.
+    ``encoded_ids``: opaque id tokens count inside encoded tokens (even if not ``ids``)."""
+    if s.isascii() and _NEEDS_VIEW_RE.search(s) is None:  # the view would be the identity
+        return _merge(_shape_spans(s, ids))
+    return _merge(_view_spans(s, ids, depth, encoded_ids))
+
+
+def _view_spans(s: str, ids: bool, depth: int, encoded_ids: bool = False) -> list[Span]:
+    """The full path: shapes in the detection view plus identifiers in encoded tokens,
+    mapped back to ``s``."""
+    view = detection_view(s)
+    found: list[Span] = []  # encoded tokens first: on a tie their finding names the span
+    if depth < _MAX_DEPTH:
+        for m in _B64_RUN_RE.finditer(view.text):
+            if (ph := _decoded_kind(m.group(), ids or encoded_ids, depth + 1)) is not None:
+                found.append((m.start(), m.end(), ph))
+    found += _shape_spans(view.text, ids)
+    if view.starts is not None and view.ends is not None:
+        starts, ends = view.starts, view.ends
+        found = [(int(starts[a]), int(ends[b - 1]), ph) for a, b, ph in found if b > a]
+    found += [(a, b, ID) for a, b in view.undecodable]
+    return found
+
+
+def _merge(spans: list[Span]) -> list[Span]:
+    """Sorted, overlaps joined (the earlier find names the joined span)."""
+    if len(spans) < 2:
+        return spans
+    spans.sort(key=lambda x: (x[0], -x[1]))
+    out = [spans[0]]
+    for a, b, ph in spans[1:]:
+        pa, pb, pph = out[-1]
+        if a < pb:
+            out[-1] = (pa, max(pb, b), pph)
+        else:
+            out.append((a, b, ph))
+    return out
+
+
+def _apply(s: str, spans: list[Span]) -> str:
+    if not spans:
+        return s
+    parts: list[str] = []
+    pos = 0
+    for a, b, ph in spans:
+        parts += (s[pos:a], ph)
+        pos = b
+    parts.append(s[pos:])
+    return "".join(parts)
+
+
+def scrub_text(s: str) -> str:
+    """Replace emails, IPs, card numbers, phone numbers and 6+ digit numbers in free text.
+
+    Placeholders: ``<email>``, ``<ip>`` (IPv4, also with "_", ",", "-", "/" or " " for
+    the dots, and IPv6), ``<card>`` (13-19 digits, optionally separated, Luhn-valid),
+    ``<phone>`` (7+ digits with separators or a leading "+"), ``<num>`` (any other number
+    of 6+ digits, including non-ASCII digits), ``<id>`` (percent-encoding nested more
+    than 8 times). An identifier inside a base64/hex token replaces the whole token.
+    Text with nothing to scrub is returned unchanged (same object).
+    """
+    if not s:
+        return s
+    return _apply(s, _spans(s, False))
 
 
 def scrub_identifiers(s: str) -> str:
     """scrub_text, plus opaque id tokens (UUIDs, hex, cookie-like tokens) -> "<id>": for
     values released as they are, where a cookie id must not survive."""
-    return _TOKEN_RUN.sub(_token_repl, scrub_text(s))
+    if not s:
+        return s
+    return _apply(s, _spans(s, True))
+
+
+def identifier_spans(s: str) -> list[Span]:
+    """Where :func:`scrub_text` would put placeholders: sorted, non-overlapping
+    (start, end, placeholder) in ``s``'s own offsets."""
+    return _spans(s, False) if s else []
+
+
+def identifier_kinds(s: str, encoded_ids: bool = False) -> set[str]:
+    """The placeholders :func:`scrub_text` would put into ``s`` (empty: nothing found);
+    with ``encoded_ids`` also ``<id>`` for an opaque id (a cookie id) inside an encoded
+    token, for values where a plain slug must stay but a disguised id must not."""
+    return {ph for _, _, ph in _spans(s, False, 0, encoded_ids)} if s else set()
+
+
+def contains_email(s: str) -> bool:
+    """True if ``s`` contains an email address, also disguised (encoded, zero-width...)."""
+    return EMAIL in identifier_kinds(s)
+
+
+def contains_ip(s: str) -> bool:
+    """True if ``s`` contains an IPv4 or (non-trivial) IPv6 address anywhere."""
+    return IP in identifier_kinds(s)

@@ -1,0 +1,293 @@
+"""The audit's own identifier detector: a second pair of eyes on released text.
+
+It shares nothing with the scrubber (``core/scrub.py``) on purpose, so that a gap in one
+is not a gap in both. The scrubber scans one mapped view with regex passes and replaces
+what it finds; this module only answers "is there an identifier in here?", by another
+route: it first peels every layer a value can hide behind, keeping each layer,
+
+1. the text as released;
+2. NFKC, then format characters (Cf) and combining marks removed (after NFD), digits of
+   any script made ASCII;
+3. percent-decoded (``urllib.parse.unquote``) until it no longer changes;
+4. every run of 8+ base64/base64url/hex characters decoded, at each alignment, and the
+   printable pieces of the result peeled again (three layers deep);
+
+then tokenizes each layer and checks each token against known formats: an email shape
+around every "@", IPv4 octets joined by one separator, IPv6 parsed by ``ipaddress``
+(with the IPv4 address that 6to4, Teredo, NAT64 and mapped forms embed), digit groups
+joined by separators checked for Luhn (cards) and length (phones, long numbers), and
+pseudonym-like tokens (16+ hex, UUIDs, base64-like runs).
+
+Cost is linear in the input (one tokenizing pass per layer, layers shrink as they are
+decoded); values longer than MAX_CHECKED are reported as too long to check.
+"""
+
+from __future__ import annotations
+
+import binascii
+import ipaddress
+import re
+import unicodedata
+from collections.abc import Iterator
+from urllib.parse import unquote
+
+__all__ = ["MAX_CHECKED", "embedded_ipv4_reason", "identifier_reasons"]
+
+MAX_CHECKED = 8192  # released values are short (dims are cut to 80-200 characters)
+_DEPTH = 3
+_PCT_ROUNDS = 16
+
+EMAIL = "an email address"
+IPV4 = "an IP address"
+CARD = "a card number"
+PHONE = "a phone number"
+LONG_NUMBER = "a long number"
+HEX_TOKEN = "a hex token of 16+ characters (pseudonym-like)"
+B64_TOKEN = "a base64-like token of 16+ characters (pseudonym-like)"
+TOO_LONG = "a value too long to check"
+
+_ENCODED_RUN = re.compile(r"[A-Za-z0-9+/=_\-]{8,}")
+_HEX_RUN = re.compile(r"[0-9A-Fa-f]{8,}")
+_CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffd]+")
+_DIGITS = re.compile(r"[0-9]+")
+_NUMBER_SEPS = frozenset(" -._,/()+")
+_IP4_SEPS = frozenset(" -._,/")
+_IP6_RUN = re.compile(r"[0-9A-Fa-f:.]{3,}")
+_HEX_TOKEN = re.compile(r"(?<![0-9A-Za-z])[0-9a-fA-F]{16,}(?![0-9A-Za-z])")
+_UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_B64_TOKEN = re.compile(r"[A-Za-z0-9+/=_\-]{16,}")
+_B64_PIECES = re.compile(r"[+/=_\-]")
+_LOCAL_CHARS = frozenset("._%+-'!#$&*=?^`{|}~")
+_DASHES = frozenset("\u2010\u2011\u2012\u2013\u2014\u2015\u2212")
+
+
+# ----------------------------------------------------------------------------- layers
+
+
+def _plain(s: str) -> str:
+    """NFKC, then no format characters, no combining marks, ASCII digits and dashes."""
+    if s.isascii():
+        return s
+    s = unicodedata.normalize("NFD", unicodedata.normalize("NFKC", s))
+    out = []
+    for ch in s:
+        cat = unicodedata.category(ch)
+        if cat in ("Cf", "Mn", "Mc", "Me"):
+            continue
+        if cat == "Nd" and not ch.isascii():
+            ch = str(unicodedata.decimal(ch))
+        elif ch in _DASHES:
+            ch = "-"
+        out.append(ch)
+    return "".join(out)
+
+
+def _unpercent(s: str) -> str:
+    for _ in range(_PCT_ROUNDS):
+        if "%" not in s:
+            return s
+        nxt = _plain(unquote(s, errors="replace"))
+        if nxt == s:
+            return s
+        s = nxt
+    return s
+
+
+def _base_decodings(run: str) -> Iterator[bytes]:
+    std = run.rstrip("=").replace("-", "+").replace("_", "/")
+    for start in range(4):
+        body = std[start:]
+        body = body[: len(body) // 4 * 4 + (len(body) % 4 if len(body) % 4 > 1 else 0)]
+        if len(body) < 6:
+            break
+        try:
+            raw = binascii.a2b_base64(body + "=" * (-len(body) % 4))
+        except binascii.Error:
+            continue
+        yield raw
+    for m in _HEX_RUN.finditer(run):
+        h = m.group()
+        for start in (0, 1):
+            even = h[start : start + (len(h) - start) // 2 * 2]
+            if even:
+                yield bytes.fromhex(even)
+
+
+def _layers(s: str, depth: int = 0) -> Iterator[tuple[str, int]]:
+    """Each layer of ``s`` with the number of encodings peeled to reach it."""
+    yield s, depth
+    plain = _unpercent(_plain(s))
+    if plain != s:
+        yield plain, depth
+    if depth >= _DEPTH:
+        return
+    for m in _ENCODED_RUN.finditer(plain):
+        for raw in _base_decodings(m.group()):
+            for piece in _CONTROL.split(raw.decode("utf-8", "replace")):
+                if len(piece) >= 5:
+                    yield from _layers(piece, depth + 1)
+
+
+# ----------------------------------------------------------------------------- formats
+
+
+def _luhn(digits: str) -> bool:
+    total = 0
+    for i, ch in enumerate(reversed(digits)):
+        d = int(ch) * (2 if i % 2 else 1)
+        total += d - 9 if d > 9 else d
+    return total % 10 == 0
+
+
+def _email(t: str, strict: bool) -> bool:
+    """Some "@" with a local-part character before it and a domain label after it; in a
+    decoded layer (``strict``) the domain needs a dot and a letter TLD."""
+    at = t.find("@")
+    while at != -1:
+        before = t[at - 1] if at else ""
+        if before and (before.isalnum() or before in _LOCAL_CHARS):
+            end = at + 1
+            while end < len(t) and (t[end].isalnum() or t[end] in "-."):
+                end += 1
+            domain = t[at + 1 : end].strip(".")
+            dotted = "." in domain and domain.rsplit(".", 1)[1].isalpha()
+            if domain and domain[0].isalnum() and (dotted or not strict):
+                return True
+            if end < len(t) and t[end] == "[" and not strict:
+                return True  # address literal "jane@[192.0.2.1]"
+        at = t.find("@", at + 1)
+    return False
+
+
+def _number_reasons(t: str) -> set[str]:
+    """Digit groups joined by one or two separator characters are one number."""
+    found: set[str] = set()
+    groups = [(m.start(), m.end()) for m in _DIGITS.finditer(t)]
+    i = 0
+    while i < len(groups):
+        j = i
+        while j + 1 < len(groups):
+            gap = t[groups[j][1] : groups[j + 1][0]]
+            if not (1 <= len(gap) <= 2 and set(gap) <= _NUMBER_SEPS):
+                break
+            j += 1
+        chain = groups[i : j + 1]
+        found |= _chain_reasons(t, chain)
+        i = j + 1
+    return found
+
+
+def _chain_reasons(t: str, chain: list[tuple[int, int]]) -> set[str]:
+    found: set[str] = set()
+    digits = "".join(t[a:b] for a, b in chain)
+    if any(b - a >= 6 for a, b in chain):
+        found.add(LONG_NUMBER)
+    # IPv4: four groups of 1-3 digits, <= 255, one separator character throughout, not
+    # part of a longer run with that separator ("1.2.3.4.5" is a version).
+    gaps = [t[chain[x][1] : chain[x + 1][0]] for x in range(len(chain) - 1)]
+    small = [b - a <= 3 and int(t[a:b]) <= 255 for a, b in chain]
+    for k in range(len(chain) - 3):
+        sep = gaps[k]
+        if (
+            sep in _IP4_SEPS
+            and gaps[k + 1] == sep == gaps[k + 2]
+            and all(small[k : k + 4])
+            and (k == 0 or gaps[k - 1] != sep)
+            and (k + 3 == len(gaps) or gaps[k + 3] != sep)
+        ):
+            found.add(IPV4)
+            break
+    leading_plus = chain[0][0] > 0 and t[chain[0][0] - 1] == "+"
+    if 13 <= len(digits) <= 19 and _luhn(digits):
+        found.add(CARD)
+    elif len(digits) >= 7 and (len(chain) > 1 or leading_plus):
+        found.add(PHONE)
+    return found
+
+
+def _ipv6(t: str) -> bool:
+    """A non-trivial IPv6 address in some window of a hex-and-colon run."""
+    if t.count(":") < 2:
+        return False
+    for m in _IP6_RUN.finditer(t):
+        run = m.group()
+        if run.count(":") < 2:
+            continue
+        colons = [i for i, c in enumerate(run) if c == ":"]
+        cuts = [0] + [i + 1 for i in colons]
+        ends = [*colons, len(run)]
+        first = 0
+        for a in cuts:
+            while first < len(ends) and ends[first] < a + 3:
+                first += 1
+            for b in ends[first:]:
+                if b - a > 45:
+                    break
+                window = run[a:b]
+                if window.count(":") < 2 or ("::" not in window and window.count(":") < 6):
+                    continue
+                try:
+                    ipaddress.IPv6Address(window)
+                except ValueError:
+                    continue
+                if sum(c not in ":." for c in window) >= 3 and any(c.isdigit() for c in window):
+                    return True
+    return False
+
+
+def _is_b64_like(run: str) -> bool:
+    if run.endswith("="):
+        return True
+    mixed = sum(len(p) for p in _B64_PIECES.split(run) if p and not p.isalpha() and not p.isdigit())
+    return mixed * 2 >= len(run)
+
+
+def _token_reasons(t: str) -> set[str]:
+    if _HEX_TOKEN.search(t) or _UUID.search(t):
+        return {HEX_TOKEN}
+    if any(_is_b64_like(m.group()) for m in _B64_TOKEN.finditer(t)):
+        return {B64_TOKEN}
+    return set()
+
+
+# ------------------------------------------------------------------------------- API
+
+
+def embedded_ipv4_reason(network: str) -> list[str]:
+    """For a released network ("2002:c000:200::/40"): is more than a /24 of an IPv4
+    address inside it (6to4 /48, NAT64 /120...)? Empty if not."""
+    try:
+        net = ipaddress.ip_network(network, strict=False)
+    except ValueError:
+        return []
+    if not isinstance(net, ipaddress.IPv6Network):
+        return []
+    addr = net.network_address
+    n = int(addr)
+    plen = net.prefixlen
+    v4_bits = 0
+    if addr.sixtofour is not None:
+        v4_bits = min(32, max(0, plen - 16))
+    elif n >> 96 == 0x2001_0000 or n >> 32 in (0xFFFF, 0x64FF9B << 64) or 0xFFFF < n < 1 << 32:
+        v4_bits = max(0, plen - 96)  # Teredo, mapped, NAT64, compatible: the low 32 bits
+    return [f"{IPV4} (IPv4 inside IPv6, {v4_bits} bits)"] if v4_bits > 24 else []
+
+
+def identifier_reasons(s: str, tokens: bool = False) -> list[str]:
+    """What identifiers ``s`` holds in any layer; empty when none. ``tokens`` also looks
+    for pseudonym-like tokens (for dimension values, where they must never appear)."""
+    if len(s) > MAX_CHECKED:
+        return [TOO_LONG]
+    found: set[str] = set()
+    for layer, depth in _layers(s):
+        # Random bytes decoded from a token can look like "x@y": strict there.
+        if "@" in layer and _email(layer, strict=depth > 0):
+            found.add(EMAIL)
+        if any(c.isdigit() for c in layer):
+            found |= _number_reasons(layer)
+            if _ipv6(layer):
+                found.add(IPV4)
+        if tokens:
+            found |= _token_reasons(layer)
+    order = (EMAIL, IPV4, CARD, PHONE, LONG_NUMBER, HEX_TOKEN, B64_TOKEN)
+    return [r for r in order if r in found]
