@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import subprocess
 import sys
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -203,3 +204,14 @@ def test_a_long_module_says_why(path: Path) -> None:
             f"{rel} has {_line_count(path)} lines (> {MAX_LINES}): split it, or say in its "
             f"header docstring '{LONG_HEADER} ...'"
         )
+
+
+def test_every_package_data_pattern_names_files_that_exist() -> None:
+    """A pattern that matches nothing ships nothing, silently: it is drift."""
+    config = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    tool = config["tool"]["setuptools"]
+    dirs = {pkg: ROOT / path for pkg, path in tool["package-dir"].items() if pkg}
+    for pkg, patterns in tool["package-data"].items():
+        base = dirs.get(pkg, ROOT / tool["package-dir"][""] / pkg)
+        for pattern in patterns:
+            assert any(p.is_file() for p in base.glob(pattern)), f"{pkg}: {pattern}"
