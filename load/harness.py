@@ -42,6 +42,8 @@ import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from anonstream.runtime.topic_end import read_to_end
+
 __all__ = [
     "BENCH_SECRET",
     "ROOT",
@@ -459,13 +461,11 @@ class KafkaProbe:
         self.call(run)
 
     def read_all(self, topic: str, timeout: float = 60.0) -> list[bytes]:
-        """Every value of ``topic`` up to its current end (read_committed)."""
+        """Every value of ``topic`` up to its current end (read_committed); raises
+        `EndNotReached` if that takes over ``timeout`` seconds."""
 
         async def run() -> list[bytes]:
-            ends = await self._end_offsets(topic)
-            wanted = {p: e for p, e in ends.items() if e > 0}
-            if not wanted:
-                return []
+            tps = await self._partitions(topic)
             consumer = AIOKafkaConsumer(
                 bootstrap_servers=self.bootstrap, group_id=None, enable_auto_commit=False,
                 isolation_level="read_committed", auto_offset_reset="earliest",
@@ -473,19 +473,8 @@ class KafkaProbe:
             await consumer.start()
             values: list[bytes] = []
             try:
-                tps = [TopicPartition(topic, p) for p in wanted]
-                consumer.assign(tps)
-                await consumer.seek_to_beginning(*tps)
-                deadline = time.monotonic() + timeout
-                while wanted and time.monotonic() < deadline:
-                    batch = await consumer.getmany(timeout_ms=500)
-                    for tp, records in batch.items():
-                        values.extend(r.value for r in records if r.value is not None)
-                        if records and records[-1].offset + 1 >= wanted.get(tp.partition, 0):
-                            wanted.pop(tp.partition, None)
-                    for p in list(wanted):  # transaction markers: position may pass the end
-                        if await consumer.position(TopicPartition(topic, p)) >= wanted[p]:
-                            del wanted[p]
+                async for _, records in read_to_end(consumer, tps, timeout=timeout):
+                    values.extend(r.value for r in records if r.value is not None)
             finally:
                 await consumer.stop()
             return values

@@ -28,7 +28,6 @@ import itertools
 import json
 import re
 import sys
-import time
 from collections import defaultdict
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -892,7 +891,9 @@ async def audit_topic(
 ) -> AuditReport:
     """Audit an output topic from its beginning: read until every partition reaches the end
     offset seen at the start, or no message came for ~2 s, or `timeout` seconds passed."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
+    from aiokafka import AIOKafkaConsumer
+
+    from anonstream.runtime.topic_end import EndNotReached, partitions_of, read_to_end
 
     auditor = _Auditor(k, assume_totals)
     auditor.report.source = f"kafka topic {topic} at {bootstrap}"
@@ -903,35 +904,15 @@ async def audit_topic(
     )  # fmt: skip
     await consumer.start()
     try:
-        # Checked before subscribing: a subscription to a missing topic may auto-create it.
+        # Checked before assigning: a subscription to a missing topic may auto-create it.
         if topic not in await consumer.topics():
             raise LookupError(f"topic {topic!r} does not exist")
-        consumer.subscribe([topic])
-        deadline = time.monotonic() + timeout
-        end: dict[TopicPartition, int] | None = None
-        last_message = time.monotonic()
-        while True:
-            # Without a group every partition is assigned; the end offsets are taken once,
-            # so records released while the audit runs do not keep it going.
-            if end is None and consumer.assignment():
-                end = await consumer.end_offsets(list(consumer.assignment()))
-                last_message = time.monotonic()
-            if end is not None:
-                if all([await consumer.position(tp) >= off for tp, off in end.items()]):
-                    break
-                if time.monotonic() - last_message >= IDLE_SECONDS:
-                    break
-            if time.monotonic() >= deadline:
-                auditor.find(
-                    None, None, "sanity",
-                    f"stopped at the {timeout:g} s timeout before the end of the topic: the "
-                    "audit covers only the records read",
-                )  # fmt: skip
-                break
-            batch = await consumer.getmany(timeout_ms=250)
-            for tp, msgs in batch.items():
+        tps = await partitions_of(consumer, topic)
+        try:
+            async for tp, msgs in read_to_end(
+                consumer, tps, timeout=timeout, idle_seconds=IDLE_SECONDS, poll_ms=250
+            ):
                 for m in msgs:
-                    last_message = time.monotonic()
                     try:
                         rec = orjson.loads(m.value) if m.value is not None else None
                     except orjson.JSONDecodeError:
@@ -944,6 +925,12 @@ async def audit_topic(
                         )  # fmt: skip
                         continue
                     auditor.add(rec)
+        except EndNotReached:
+            auditor.find(
+                None, None, "sanity",
+                f"stopped at the {timeout:g} s timeout before the end of the topic: the "
+                "audit covers only the records read",
+            )  # fmt: skip
     finally:
         await consumer.stop()
     return auditor.finish()

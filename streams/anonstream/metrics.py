@@ -11,7 +11,7 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client import CollectorRegistry, Gauge, Histogram, generate_latest
 from prometheus_client import Counter as PromCounter
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
@@ -99,6 +99,11 @@ class Metrics:
             "anonstream_producer_restarts", "Producers replaced after a broken transaction",
             registry=self.registry,
         )  # fmt: skip
+        self.fetch_fallback = Gauge(
+            "anonstream_fetch_fallback",
+            "1 if this aiokafka could not take the batch fetch shortcut (more fetch CPU)",
+            registry=self.registry,
+        )
         self.registry.register(_EngineCollector(self))
         self.started = time.time()
         self.last_batch_at: float | None = None

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -18,11 +17,7 @@ from typing import IO, Any
 import orjson
 from aiokafka import AIOKafkaConsumer
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from anonstream.broker.local import free_ports
 
 
 class WorkerProcess:
@@ -41,7 +36,7 @@ class WorkerProcess:
         extra_env: dict[str, str] | None = None,
         log_path: Path | None = None,
     ) -> None:
-        self.web_port = free_port()
+        (self.web_port,) = free_ports(1)
         self.bootstrap = bootstrap
         env = dict(os.environ)
         env.update(

@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -31,6 +30,7 @@ import numpy as np
 import pytest
 from aiokafka import AIOKafkaProducer
 
+from anonstream.broker.local import free_ports
 from anonstream.broker.topics import create_topics
 from anonstream.core.records import aggregate_record, summary_record
 
@@ -165,12 +165,6 @@ async def _produce(bootstrap: str, topics: dict[str, str]) -> int:
     return n
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _get_json(url: str) -> Any:
     with urllib.request.urlopen(url, timeout=5) as resp:
         return json.loads(resp.read())
@@ -256,7 +250,7 @@ def test_dashboard_in_headless_chromium(kafka_bootstrap: str, tmp_path: Path) ->
     create_topics(kafka_bootstrap, {t: 3 for t in topics.values()})
     n = asyncio.run(_produce(kafka_bootstrap, topics))
 
-    port = _free_port()
+    (port,) = free_ports(1)
     base = f"http://127.0.0.1:{port}"
     log = tmp_path / "dashboard.log"
     cmd = [

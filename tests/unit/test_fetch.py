@@ -4,8 +4,11 @@ batch at a time, and they get exactly the records and positions aiokafka's own d
 from __future__ import annotations
 
 import gc
+import logging
+import re
 import struct
 import weakref
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -17,7 +20,8 @@ from aiokafka.record.memory_records import MemoryRecords
 from aiokafka.record.util import calc_crc32c
 from aiokafka.structs import ConsumerRecord, TopicPartition
 
-from anonstream.runtime.fetch import crcs_ok, install, raw_records
+import anonstream
+from anonstream.runtime.kafka_compat import crcs_ok, install, raw_records
 
 TP = TopicPartition("t", 0)
 EXPECTED = [(0, b'{"n":0}'), (1, b'{"n":1}'), (2, b'{"n":2}')]
@@ -212,3 +216,31 @@ def test_a_corrupt_batch_fails_the_fetch_after_the_good_ones_as_aiokafka_does(ke
         got.append((type(part._records).__name__, [r.offset for r in first]))
     assert got[0][1] == got[1][1] == [0, 1, 2, 3, 4]
     assert (got[0][0] == "_KeptBytes") is kept
+
+
+def test_an_unknown_fetcher_is_left_alone_with_a_warning(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An aiokafka whose fetcher lacks a private piece: nothing patched, a WARNING (not a
+    quiet INFO), and install() says so, which the worker exports as a metric."""
+
+    class NotOurs:
+        pass
+
+    monkeypatch.setattr(fetcher, "FetchResult", NotOurs)
+    with caplog.at_level(logging.INFO, logger="anonstream.runtime.kafka_compat"):
+        assert not install()
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    assert not hasattr(NotOurs, "getall")
+
+
+def test_private_aiokafka_use_stays_in_the_compatibility_module() -> None:
+    """The fence: no other module of the product reaches into aiokafka's private parts."""
+    root = Path(anonstream.__file__).parent
+    private = re.compile(r"\._(send_request|coordinator|subscription|fetcher|client)\b")
+    offenders = [
+        str(p.relative_to(root))
+        for p in root.rglob("*.py")
+        if p.name != "kafka_compat.py" and private.search(p.read_text(encoding="utf-8"))
+    ]
+    assert offenders == []

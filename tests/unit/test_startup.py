@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import socket
 import time
 from pathlib import Path
 
 import pytest
 
+from anonstream.broker.local import free_ports
 from anonstream.core.keys import load_secret
 from anonstream.core.pipeline import load_pipeline
 from anonstream.metrics import Metrics
@@ -21,14 +21,8 @@ from anonstream.settings import Settings
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])  # closed again when the block ends
-
-
 def test_unreachable_cluster_is_one_line_after_the_timeout() -> None:
-    port = closed_port()
+    (port,) = free_ports(1)  # closed again once found: nothing listens there
     settings = Settings(bootstrap_servers=f"127.0.0.1:{port}", startup_timeout_seconds=1.0)
     t0 = time.monotonic()
     with pytest.raises(StartupError) as info:

@@ -167,6 +167,8 @@ async def acreate_acls(
     from aiokafka.errors import for_code
     from aiokafka.protocol.admin import CreateAclsRequest
 
+    from anonstream.runtime.kafka_compat import send_admin_request
+
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap, client_id="anonstream-acls", **client_options
     )
@@ -181,7 +183,7 @@ async def acreate_acls(
             for e in entries
             for op in e["operations"]
         ]  # fmt: skip
-        responses = await asyncio.gather(*(admin._send_request(r) for r in requests))
+        responses = await asyncio.gather(*(send_admin_request(admin, r) for r in requests))
         problems = [
             f"{code_and_message[1] or for_code(code_and_message[0]).__name__}"
             for resp in responses

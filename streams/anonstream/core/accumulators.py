@@ -1,7 +1,9 @@
-"""Mergeable metric accumulators: create, add, merge, result.
+"""Distinct privacy units per cell: exact up to a limit, then HyperLogLog.
 
-`merge` is associative and commutative (property-tested), which is what makes batches,
-partitions, roll-ups and, later, several workers one and the same problem.
+The release counts with `distinct_count` (one pass over a cell's rows). `DistinctUnits` is
+its mergeable form, kept as the reference: `merge` is associative and commutative and
+`distinct_count` equals it however the units are split (property-tested), which is what
+makes batches, partitions and roll-ups one and the same problem.
 """
 
 from __future__ import annotations
@@ -98,68 +100,3 @@ class DistinctUnits:
 
     def nbytes(self) -> int:
         return int(self.exact.nbytes if self.exact is not None else _HLL_M)
-
-
-@dataclass
-class Count:
-    n: int = 0
-
-    def add(self, values: F64) -> None:
-        self.n += len(values)
-
-    def merge(self, other: Count) -> None:
-        self.n += other.n
-
-    def result(self) -> int:
-        return self.n
-
-
-@dataclass
-class Sum:
-    """Sum of values clamped to [low, high]; NaN (absent) values are skipped."""
-
-    low: float
-    high: float
-    total: float = 0.0
-    n: int = 0
-
-    def add(self, values: F64) -> None:
-        present = values[~np.isnan(values)]
-        self.total += float(np.clip(present, self.low, self.high).sum())
-        self.n += len(present)
-
-    def merge(self, other: Sum) -> None:
-        self.total += other.total
-        self.n += other.n
-
-    def result(self) -> float:
-        return self.total
-
-
-@dataclass
-class Mean(Sum):
-    def result(self) -> float:
-        return self.total / self.n if self.n else 0.0
-
-
-@dataclass
-class Histogram:
-    """Counts of values per band; `edges` as in the pipeline, with open ends."""
-
-    edges: tuple[float, ...]
-    counts: npt.NDArray[np.int64] = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
-
-    def __post_init__(self) -> None:
-        if len(self.counts) == 0:
-            self.counts = np.zeros(len(self.edges) + 1, dtype=np.int64)
-
-    def add(self, values: F64) -> None:
-        present = values[~np.isnan(values)]
-        idx = np.searchsorted(np.asarray(self.edges), present, side="right")
-        self.counts = self.counts + np.bincount(idx, minlength=len(self.edges) + 1)
-
-    def merge(self, other: Histogram) -> None:
-        self.counts = self.counts + other.counts
-
-    def result(self) -> list[int]:
-        return [int(c) for c in self.counts]

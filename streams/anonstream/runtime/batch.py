@@ -47,8 +47,8 @@ from anonstream.core.engine import DeadLetter, PipelineEngine, StepResult
 from anonstream.core.keys import MasterSecret
 from anonstream.core.pipeline import Pipeline
 from anonstream.metrics import Metrics
-from anonstream.runtime.fetch import install as install_raw_records
-from anonstream.runtime.fetch import raw_records
+from anonstream.runtime.kafka_compat import committed_with_metadata, raw_records
+from anonstream.runtime.kafka_compat import install as install_raw_records
 from anonstream.runtime.ledger import KafkaLedgerStore, ledger_topic
 from anonstream.runtime.quiet import Silence, fetch_state
 from anonstream.runtime.scaleout import (
@@ -184,14 +184,14 @@ class BatchLoop:
     async def start(self) -> None:
         s = self.settings
         client = s.kafka_client_options()
-        install_raw_records()
+        self.metrics.fetch_fallback.set(0 if install_raw_records() else 1)
         self.consumer = AIOKafkaConsumer(
             bootstrap_servers=s.bootstrap_servers, group_id=s.group_id,
             enable_auto_commit=False, auto_offset_reset="earliest",
             isolation_level="read_committed",  # never count an upstream aborted write
             max_poll_records=s.batch_max, fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=8 * 1024 * 1024, client_id=f"anonstream-{s.group_id}",
-            value_deserializer=raw_records,  # offset and value only: see fetch.py
+            value_deserializer=raw_records,  # offset and value only: see kafka_compat.py
             **client,
         )  # fmt: skip
         self.producer = self._new_producer()
@@ -322,7 +322,7 @@ class BatchLoop:
                 stage.sources = [(stage.pipeline.source_topic, p) for p in sorted(parts)]
         self.assigned &= self.consumer.assignment()
         tps = sorted(self.assigned)
-        committed = await self.consumer._coordinator.fetch_committed_offsets(tps)
+        committed = await committed_with_metadata(self.consumer, tps)
         for tp in tps:
             meta = committed.get(tp)
             key = (tp.topic, tp.partition)

@@ -18,6 +18,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from anonstream.core.budget import Charge
+from anonstream.runtime.topic_end import read_to_end
 
 COMPACTED = {"cleanup.policy": "compact"}
 
@@ -77,21 +78,16 @@ class KafkaLedgerStore:
         await consumer.start()
         try:
             tps = [TopicPartition(self.topic, 0)]  # created with one partition (run.py)
-            consumer.assign(tps)
-            await consumer.seek_to_beginning(*tps)
-            end = await consumer.end_offsets(tps)
             charges: list[Charge] = []
-            while [tp for tp in tps if await consumer.position(tp) < end[tp]]:
-                batch = await consumer.getmany(*tps, timeout_ms=1000)
-                for msgs in batch.values():
-                    for m in msgs:
-                        try:
-                            charges.append(Charge(**json.loads(m.value)))
-                        except (ValueError, TypeError) as exc:
-                            # A damaged ledger must stop the worker, never reset spending.
-                            raise ValueError(
-                                f"{self.topic}: offset {m.offset}: not a ledger charge"
-                            ) from exc
+            async for _, msgs in read_to_end(consumer, tps, poll_ms=1000):
+                for m in msgs:
+                    try:
+                        charges.append(Charge(**json.loads(m.value)))
+                    except (ValueError, TypeError) as exc:
+                        # A damaged ledger must stop the worker, never reset spending.
+                        raise ValueError(
+                            f"{self.topic}: offset {m.offset}: not a ledger charge"
+                        ) from exc
         finally:
             await consumer.stop()
         self._committed = charges

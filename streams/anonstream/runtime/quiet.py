@@ -22,7 +22,7 @@ The end is the high watermark, not the last stable offset: records above the las
 offset belong to an open transaction, data on its way, so a partition with one is not
 silent until the producer commits or aborts (within its transaction timeout). Transaction
 markers and aborted records occupy offsets too; the consumer's position moves past them
-(runtime/fetch.py does as aiokafka does), so a reader that has taken every committed
+(runtime/kafka_compat.py does as aiokafka does), so a reader that has taken every committed
 record and the marker after them stands at the high watermark.
 """
 
@@ -32,6 +32,8 @@ import logging
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any
+
+from anonstream.runtime.kafka_compat import position_now
 
 log = logging.getLogger(__name__)
 
@@ -46,15 +48,11 @@ class FetchState:
 
 
 def fetch_state(consumer: Any, tp: Any) -> FetchState:
-    """The consumer's position, high watermark and its time, without waiting. The position
-    is read from aiokafka's partition state: its public `position()` waits for one when a
-    reset is under way; here "unknown" is the answer, and unknown is never silent."""
-    try:
-        state = consumer._subscription.subscription.assignment.state_value(tp)
-        position = state.position if state.has_valid_position else None
-    except AttributeError:  # pragma: no cover - an aiokafka we were not tested with
-        position = None
-    return FetchState(position, consumer.highwater(tp), consumer.last_poll_timestamp(tp))
+    """The consumer's position, high watermark and its time, without waiting: unknown
+    while a reset is under way, and unknown is never silent."""
+    return FetchState(
+        position_now(consumer, tp), consumer.highwater(tp), consumer.last_poll_timestamp(tp)
+    )
 
 
 @dataclass(slots=True)
