@@ -49,6 +49,20 @@ def test_a_rolled_up_cell_takes_at_most_l_events_from_one_person() -> None:
     assert audit_records(result.releases, k=10).ok
 
 
+def test_a_primary_with_fewer_dimensions_than_the_pipeline_takes_at_most_l() -> None:
+    """A primary leaf cell over fewer dimensions also merges several finest cells."""
+    p = make_pipeline(
+        dimensions=["type", "url"], k=10, outputs=[{"name": "default", "dimensions": ["type"]}],
+        contribution={"max_events_per_unit_per_cell": 10, "max_cells_per_unit_per_window": 30},
+    )  # fmt: skip
+    others = [event(f"p{j}", T0 + MINUTE, path=f"/p{j}", duration_ms=50) for j in range(9)]
+    target = [event("target", T0 + MINUTE + e, path=f"/t{m}", duration_ms=600)
+              for m in range(20) for e in range(10)]  # fmt: skip
+    (rec,) = aggregates(run(p, others + target))
+    assert rec["dims"] == {"type": "page_view"} and rec["rollup_level"] == 0
+    assert (rec["metrics"]["events"], rec["metrics"]["users"]) == (19, 10)
+
+
 def test_the_mean_times_events_minus_the_others_is_within_the_sum_bound() -> None:
     """The red team's mean attack: the target has 10 events at the clamp (10,000 in
     total) and a per-unit sum bound of 1,000; 11 others have 6 each. Before, mean x events

@@ -74,16 +74,18 @@ def bound_cells_per_unit(rows: Rows, max_cells: int) -> tuple[Rows, int]:
 
 
 def bound_events_per_released_cell(
-    rows: Rows, emits: list[_Emit], max_events: int
+    rows: Rows, emits: list[_Emit], max_events: int, leaves_are_finest: bool = False
 ) -> tuple[list[_Emit], list[int]]:
     """Keep at most `max_events` rows per (released cell, unit): a cell that merges several
     finest cells (roll-up, or an output with fewer dimensions) would otherwise take L
     events from a person per merged cell. As in `compact`, the smallest keyed event hashes
     are kept, so the choice does not depend on arrival. Returns the cells and the rows
-    dropped from each."""
+    dropped from each. With `leaves_are_finest`, unmerged cells are skipped: compaction
+    already bounded them."""
     cell_of = np.full(len(rows), -1, dtype=np.int64)
     for i, e in enumerate(emits):
-        cell_of[e.idx] = i
+        if e.level or not leaves_are_finest:
+            cell_of[e.idx] = i
     sel = np.flatnonzero(cell_of >= 0)
     order = np.lexsort((rows.event[sel], rows.unit[sel], cell_of[sel]))
     start = group_starts(cell_of[sel][order].astype(np.uint64), rows.unit[sel][order])
@@ -339,7 +341,10 @@ class Releaser:
             elif i == 0:
                 res, emits = self._cells(state, bounded, primary)
                 emits, dropped = bound_events_per_released_cell(
-                    bounded, emits, self.p.contribution.max_events_per_unit_per_cell
+                    bounded,
+                    emits,
+                    self.p.contribution.max_events_per_unit_per_cell,
+                    leaves_are_finest=primary.dimensions == self.p.dimensions,
                 )
                 for e, d in zip(emits, dropped, strict=True):
                     if e.level:
