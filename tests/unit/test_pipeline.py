@@ -191,6 +191,10 @@ BROKEN: list[tuple[str, Callable[[], Doc], Callable[[Doc], None], str, tuple[str
      "fields.url.depth", ("unknown option",)),
     ("ip-bits-too-fine", web_doc, _set("fields.ip", {"generalize": "ip_prefix", "ipv4_bits": 32}),
      "fields.ip.ipv4_bits", ("0 to 24",)),
+    # A /64 of a NAT64 network-specific prefix (2001:db8:c000:237::1) holds 192.0.2.55.
+    ("ip6-bits-keep-nat64-v4", web_doc,
+     _set("fields.ip", {"generalize": "ip_prefix", "ipv6_bits": 64}),
+     "fields.ip.ipv6_bits", ("0 to 48", "NAT64")),
     ("event-id-not-dedupe", web_doc, _set("fields.event_id", "drop"), "fields",
      ("event_id", "dedupe")),
     ("dedupe-other-field", web_doc, _set("fields.ts", "dedupe"), "fields.ts",

@@ -254,8 +254,14 @@ def _field_action(r: _Reader, spec: FieldSpec, raw: object, path: str) -> FieldA
             kw["ipv6_bits"] = params.pop("ipv6_bits", 48)
             if not (isinstance(kw["ipv4_bits"], int) and 0 <= kw["ipv4_bits"] <= 24):
                 raise r.fail(f"{path}.ipv4_bits", "must be an integer from 0 to 24")
-            if not (isinstance(kw["ipv6_bits"], int) and 0 <= kw["ipv6_bits"] <= 64):
-                raise r.fail(f"{path}.ipv6_bits", "must be an integer from 0 to 64")
+            # Past /48 a NAT64 network-specific prefix (RFC 6052: /32 to /96) keeps
+            # embedded IPv4 address bits, so a released /64 can hold a whole IPv4 address.
+            if not (isinstance(kw["ipv6_bits"], int) and 0 <= kw["ipv6_bits"] <= 48):
+                raise r.fail(
+                    f"{path}.ipv6_bits",
+                    "must be an integer from 0 to 48 (longer prefixes can keep an IPv4"
+                    " address embedded by NAT64)",
+                )
     if action in ("measure", "generalize") and ("edges" in params or "bands" in params):
         edges = params.pop("edges", None) or params.pop("bands", None)
         if (

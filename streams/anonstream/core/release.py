@@ -73,6 +73,36 @@ def bound_cells_per_unit(rows: Rows, max_cells: int) -> tuple[Rows, int]:
     return (rows.take(keep) if dropped else rows), dropped
 
 
+def bound_events_per_released_cell(
+    rows: Rows, emits: list[_Emit], max_events: int, leaves_are_finest: bool = False
+) -> tuple[list[_Emit], list[int]]:
+    """Keep at most `max_events` rows per (released cell, unit): a cell that merges several
+    finest cells (roll-up, or an output with fewer dimensions) would otherwise take L
+    events from a person per merged cell. As in `compact`, the smallest keyed event hashes
+    are kept, so the choice does not depend on arrival. Returns the cells and the rows
+    dropped from each. With `leaves_are_finest`, unmerged cells are skipped: compaction
+    already bounded them."""
+    cell_of = np.full(len(rows), -1, dtype=np.int64)
+    for i, e in enumerate(emits):
+        if e.level or not leaves_are_finest:
+            cell_of[e.idx] = i
+    sel = np.flatnonzero(cell_of >= 0)
+    order = np.lexsort((rows.event[sel], rows.unit[sel], cell_of[sel]))
+    start = group_starts(cell_of[sel][order].astype(np.uint64), rows.unit[sel][order])
+    over = rank_in_group(start) >= max_events
+    if not over.any():
+        return emits, [0] * len(emits)
+    keep = np.ones(len(rows), dtype=bool)
+    keep[sel[order][over]] = False
+    out: list[_Emit] = []
+    dropped: list[int] = []
+    for e in emits:
+        idx = e.idx[keep[e.idx]]
+        dropped.append(len(e.idx) - len(idx))
+        out.append(_Emit(e.key, idx, e.users, e.level) if dropped[-1] else e)
+    return out, dropped
+
+
 @dataclass
 class Accounting:
     """Where every accepted row of a window went; internal, never released."""
@@ -216,8 +246,7 @@ def merge_histograms(hists: list[dict[str, int]], edges: tuple[float, ...]) -> d
 class _CellFigures:
     """The exact numbers of one released cell, by measure (sums bounded per person)."""
 
-    sums: dict[str, float]
-    value_sums: dict[str, float]  # per-event clamped only: the means' numerators
+    sums: dict[str, float]  # also the means' numerators: a mean adds nothing to the sum
     counts: dict[str, int]
     withheld: dict[str, bool]
     hists: dict[str, dict[str, int]]  # only those released
@@ -232,7 +261,6 @@ class _Figures:
     events: npt.NDArray[np.int64]
     users: npt.NDArray[np.int64]
     sums: dict[str, npt.NDArray[np.float64]] = field(default_factory=dict)
-    value_sums: dict[str, npt.NDArray[np.float64]] = field(default_factory=dict)
     counts: dict[str, npt.NDArray[np.int64]] = field(default_factory=dict)
     withheld: dict[str, npt.NDArray[np.bool_]] = field(default_factory=dict)
     hists: dict[str, list[dict[str, int] | None]] = field(default_factory=dict)
@@ -242,7 +270,6 @@ class _Figures:
         """Copies: noise is added to them in place."""
         return _CellFigures(
             {m: float(v[i]) for m, v in self.sums.items()},
-            {m: float(v[i]) for m, v in self.value_sums.items()},
             {m: int(v[i]) for m, v in self.counts.items()},
             {m: bool(v[i]) for m, v in self.withheld.items()},
             {m: dict(h) for m, per in self.hists.items() if (h := per[i]) is not None},
@@ -258,7 +285,6 @@ class _Figures:
                 hists[m] = merge_histograms(parts, self.edges[m])
         return _CellFigures(
             {m: float(v[cells].sum()) for m, v in self.sums.items()},
-            {m: float(v[cells].sum()) for m, v in self.value_sums.items()},
             {m: int(v[cells].sum()) for m, v in self.counts.items()},
             withheld,
             hists,
@@ -305,6 +331,7 @@ class Releaser:
         results: list[OutputRelease] = []
         emits: list[_Emit] = []
         figures: _Figures | None = None
+        over_released_cell = 0
         for i, out in enumerate(self.p.outputs):
             if out.privacy == "dp":
                 # Every dp output sees all bounded rows (a k-primary's choice of cells is
@@ -313,6 +340,18 @@ class Releaser:
                 res.accounting.rows_in = len(bounded)
             elif i == 0:
                 res, emits = self._cells(state, bounded, primary)
+                emits, dropped = bound_events_per_released_cell(
+                    bounded,
+                    emits,
+                    self.p.contribution.max_events_per_unit_per_cell,
+                    leaves_are_finest=primary.dimensions == self.p.dimensions,
+                )
+                for e, d in zip(emits, dropped, strict=True):
+                    if e.level:
+                        res.accounting.rolled_up -= d
+                    else:
+                        res.accounting.released -= d
+                over_released_cell = sum(dropped)
                 figures = self._emit_all(res, state, bounded, primary, emits)
             else:
                 # A k secondary always has a k primary (check_dp_pipeline).
@@ -328,7 +367,7 @@ class Releaser:
                 acc = res.accounting
                 acc.rows_in = state.rows_in
                 acc.duplicates = state.duplicates
-                acc.over_event_limit = state.over_limit
+                acc.over_event_limit = state.over_limit + over_released_cell
                 acc.over_cell_limit = over_cells
             results.append(res)
         return results
@@ -467,7 +506,6 @@ class Releaser:
             with_value = np.bincount(ph, minlength=n_pairs) > 0
             fig.withheld[m] = np.bincount(pair_cell[with_value], minlength=n_cells) < k
             clamped = np.clip(vals[has], fa.clamp[0], fa.clamp[1])
-            fig.value_sums[m] = np.bincount(gh, weights=clamped, minlength=n_cells).astype(float)
             fig.counts[m] = np.bincount(gh, minlength=n_cells)
             # One person's total in a cell's sum is clipped to the per-unit bound.
             bound = fa.max_sum_per_unit
@@ -500,7 +538,8 @@ class Releaser:
         """The records of a secondary output. Each of its cells is a union of released
         primary cells, and each of its numbers is derived from theirs: events, sums and
         histograms are their totals (a histogram over the bands all of them cut at); a
-        measure withheld in one of them is withheld here; a mean is their weighted mean.
+        measure withheld in one of them is withheld here; a mean is their total sum over
+        their total count.
         Only `users` needs the rows: people in several of the primary cells count once,
         but the overlap is rounded down to a multiple of k, so that the primary cells'
         users minus this one is never a group of 1 to k-1 people."""
@@ -575,7 +614,9 @@ class Releaser:
             fa = p.fields[m]
             assert fa.clamp is not None
             count = fig.counts[m]
-            mean = fig.value_sums[m] / count if count else 0.0
+            # The bounded sum over the events with a value: mean x count is the released
+            # sum, so the mean cannot undo the per-person sum bound.
+            mean = fig.sums[m] / count if count else 0.0
             metrics[f"{m}_mean"] = (
                 None if fig.withheld[m] else round(min(max(mean, fa.clamp[0]), fa.clamp[1]), 3)
             )
@@ -651,13 +692,11 @@ class Releaser:
             fa = p.fields[m]
             assert fa.clamp is not None and fa.max_sum_per_unit is not None
             bound = max(abs(fa.clamp[0]), abs(fa.clamp[1]))
-            if m in p.sums:  # one person adds at most the per-unit bound to a cell's sum
+            if m in p.sums or m in p.means:  # noised once: the mean's numerator is the sum
+                # One person adds at most the per-unit bound to a cell's sum.
                 per_cell = min(fa.max_sum_per_unit, L * bound)
                 fig.sums[m] = noisy(fig.sums[m], M * per_cell, math.sqrt(M) * per_cell)
             if m in p.means:
-                fig.value_sums[m] = noisy(
-                    fig.value_sums[m], L * M * bound, L * math.sqrt(M) * bound
-                )
                 fig.counts[m] = max(1, round(noisy(fig.counts[m], L * M, L * math.sqrt(M))))
         for h in fig.hists.values():
             for band_key in h:
