@@ -367,6 +367,12 @@ def _segment_full(raw: str) -> str:
 def _host_label(label: str, cased: str) -> str:
     if len(label) < 6:
         return label
+    if not label.isascii():  # judged without combining marks: "0000a\u0301..." is hex
+        plain = detection_view(label).text
+        if plain != label and plain.isascii():
+            judged = _host_label(plain, detection_view(cased).text)
+            if judged != plain:
+                return judged
     placeholder = _id_placeholder(label)
     if placeholder is not None:
         return ":id" if placeholder == ":num" else placeholder
