@@ -61,6 +61,8 @@ _DROPPED = re.compile("[\x00\ufffd]+")
 _IP6_RUN = re.compile(r"[0-9A-Fa-f:.]{3,}")
 _HEX_TOKEN = re.compile(r"(?<![0-9A-Za-z])[0-9a-fA-F]{16,}(?![0-9A-Za-z])")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_HEX_CHAIN = re.compile(r"(?<![0-9A-Za-z])[0-9A-Fa-f]{4,}+(?:[.\-: /_][0-9A-Fa-f]{4,}+)++")
+_HEX_SPLIT = re.compile(r"[.\-: /_]")
 _B64_TOKEN = re.compile(r"[A-Za-z0-9+/=_\-]{16,}")
 _B64_PIECES = re.compile(r"[+/=_\-]")
 _LOCAL_CHARS = frozenset("._%+-'!#$&*=?^`{|}~")
@@ -279,8 +281,20 @@ def _is_b64_like(run: str) -> bool:
     return mixed * 2 >= len(run)
 
 
+def _hex_chain(t: str) -> bool:
+    """Hex groups of 4+ joined by one separator, 16+ hex in all, letters and digits."""
+    for m in _HEX_CHAIN.finditer(t):
+        groups = _HEX_SPLIT.split(m.group())
+        if m.end() < len(t) and t[m.end()].isalnum():
+            groups = groups[:-1]  # the last group runs on into a word
+        hexes = "".join(groups)
+        if len(groups) > 1 and len(hexes) >= 16 and not hexes.isdigit() and not hexes.isalpha():
+            return True
+    return False
+
+
 def _token_reasons(t: str) -> set[str]:
-    if _HEX_TOKEN.search(t) or _UUID.search(t):
+    if _HEX_TOKEN.search(t) or _UUID.search(t) or _hex_chain(t):
         return {HEX_TOKEN}
     if any(_is_b64_like(m.group()) for m in _B64_TOKEN.finditer(t)):
         return {B64_TOKEN}

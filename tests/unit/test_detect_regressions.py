@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from anonstream.audit_detect import identifier_reasons
@@ -354,3 +354,77 @@ def test_hex_host_label_with_a_combining_mark_is_an_id() -> None:
     assert (
         url_template("https://m\u00fcnchen-shop.example.org/x") == "m\u00fcnchen-shop.example.org/x"
     )
+
+
+# ------------------------------------------------------- ids cut into hex groups
+
+_SPLIT_IDS = [
+    "8f3a2b91.c4d7e6a5",
+    "8f3a-2b91-c4d7-e6a5",
+    "8F3A2B91:C4D7E6A5",
+    "8f3a2b91 c4d7e6a5",
+    "8f3a2b91_c4d7e6a5",
+]
+
+
+@pytest.mark.parametrize("value", _SPLIT_IDS)
+def test_split_hex_ids_are_one_id(value: str) -> None:
+    assert scrub_identifiers(f"visitor {value} seen") == "visitor <id> seen"
+    assert identifier_reasons(value, tokens=True)
+    assert url_template(f"https://shop.example.com/u/{value}") == "shop.example.com/u/:id"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://8f3a2b91.c4d7e6a5.example.com/a", ":id.example.com/a"),
+        ("https://www.example.com/u/8f3a2b91/c4d7e6a5", "www.example.com/u/:id/:id"),
+        ("https://www.example.com/page/8f3a2b91/c4d7e6a5/x", "www.example.com/page/:id/:id/x"),
+        ("https://www.example.com/u/8f3a2b91%2Ec4d7e6a5", "www.example.com/u/:id"),
+    ],
+)
+def test_split_hex_ids_over_labels_and_segments(url: str, expected: str) -> None:
+    assert url_template(url) == expected
+    assert identifier_reasons(expected.replace(":id", "x")) == []
+
+
+def test_split_hex_id_host_in_referrer() -> None:
+    assert referrer_domain("https://8f3a2b91.c4d7e6a5.example.com/") == ":id.example.com"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["dead beef", "cafe-babe-dead-beef", "v 8f3a2b91.c4d7e6a5z", "page 1234 of 5678"],
+)
+def test_short_or_wordy_hex_groups_stay(value: str) -> None:
+    assert scrub_identifiers(value) == value
+    assert identifier_reasons(value, tokens=True) == []
+
+
+@pytest.mark.parametrize(
+    "value", [*_SPLIT_IDS, "shop.example.com/u/8f3a2b91/c4d7e6a5", "8f3a2b91.c4d7e6a5.example.com"]
+)
+def test_audit_fails_a_release_with_a_split_id(value: str) -> None:
+    from anonstream.audit import audit_records
+
+    report = audit_records([_release_record(value)])
+    assert any(f.rule == "identifier" for f in report.findings), value
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text("0123456789abcdefABCDEF", min_size=16, max_size=24),
+    st.sampled_from([4, 8]),
+    st.sampled_from([".", "-", ":", " ", "_", "/"]),
+)
+def test_split_hex_ids_never_survive(vid: str, width: int, sep: str) -> None:
+    assume(any(c.isdigit() for c in vid) and any(c.isalpha() for c in vid))
+    assume(len(vid) % width == 0)
+    split = sep.join(vid[i : i + width] for i in range(0, len(vid), width))
+    assert scrub_identifiers(f"id {split} end") == "id <id> end"
+    assert identifier_reasons(split, tokens=True)
+    out = url_template(f"https://shop.example.com/u/{split}/x")
+    groups = [vid[i : i + width] for i in range(0, len(vid), width)]
+    # A path piece that is a short plain word stays a page name ("/u/AAAA"): at most one.
+    kept = [g for g in groups if f"/{g}/" in out]
+    assert len(kept) <= 1 and not any(not g.isalpha() and not g.isdigit() for g in kept), out

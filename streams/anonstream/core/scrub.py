@@ -54,6 +54,7 @@ __all__ = [
     "luhn_ok",
     "scrub_identifiers",
     "scrub_text",
+    "split_id_spans",
 ]
 
 EMAIL = "<email>"
@@ -318,6 +319,32 @@ _TOKEN_RUN = re.compile(r"[0-9A-Za-z_-]{12,}")
 _HEXISH = frozenset("0123456789abcdefABCDEF-")
 
 
+# The same id cut into hex groups ("8f3a2b91.c4d7e6a5", "8f3a-2b91-c4d7-e6a5",
+# "8F3A2B91:C4D7E6A5", "/u/8f3a2b91/c4d7e6a5"): whole-word groups of 4+ hex joined by one
+# separator, 16+ hex in all with letters and digits, are one id. Possessive and anchored
+# at a word start: linear.
+_HEX_CHAIN_RE = re.compile(r"(?<![0-9A-Za-z])[0-9A-Fa-f]{4,}+(?:[.\-: /_][0-9A-Fa-f]{4,}+)++")
+_HEX_CHAIN_MIN = 16
+
+
+def _hex_chain_spans(t: str) -> list[Span]:
+    out: list[Span] = []
+    for m in _HEX_CHAIN_RE.finditer(t):
+        a, b = m.span()
+        if b < len(t) and t[b].isalnum():  # the last group runs on into a word
+            b = a + max(m.group().rfind(c) for c in ".-: /_")
+        chain = t[a:b]
+        hexes = [c for c in chain if c.isalnum()]
+        if (
+            len(hexes) >= _HEX_CHAIN_MIN
+            and any(c.isdigit() for c in hexes)
+            and any(c.isalpha() for c in hexes)
+            and not chain.isalnum()
+        ):
+            out.append((a, b, ID))
+    return out
+
+
 def _is_id_token(run: str) -> bool:
     has_digit = any(c.isdigit() for c in run)
     return has_digit and ((len(run) >= 16 and any(c.isalpha() for c in run)) or set(run) <= _HEXISH)
@@ -357,6 +384,9 @@ def _shape_spans(t: str, ids: bool) -> list[Span]:
         t = _mask(t, found)
         found += _ip6_spans(t)
     t = _mask(t, found)
+    if ids:  # before numbers: the digit groups of a split id are no phone number
+        found += _hex_chain_spans(t)
+        t = _mask(t, found)
     for m in _SPAN_RE.finditer(t):
         span = m.group()
         for n in _NUM_RE.finditer(span):
@@ -654,6 +684,16 @@ def identifier_kinds(s: str, encoded_ids: bool = False) -> set[str]:
     with ``encoded_ids`` also ``<id>`` for an opaque id (a cookie id) inside an encoded
     token, for values where a plain slug must stay but a disguised id must not."""
     return {ph for _, _, ph in _spans(s, False, 0, encoded_ids)} if s else set()
+
+
+def split_id_spans(s: str) -> list[tuple[int, int]]:
+    """Where an id cut into hex groups ("8f3a2b91.c4d7e6a5") stands in ``s``, in ``s``'s
+    own offsets: for URL hosts and paths, whose labels and segments are judged apart."""
+    view = detection_view(s)
+    spans = _hex_chain_spans(view.text)
+    if view.starts is None or view.ends is None:
+        return [(a, b) for a, b, _ in spans]
+    return [(int(view.starts[a]), int(view.ends[b - 1])) for a, b, _ in spans]
 
 
 def contains_email(s: str) -> bool:
