@@ -340,5 +340,13 @@ def identifier_reasons(s: str, tokens: bool = False) -> list[str]:
                 found.add(IPV4)
         if tokens:
             found |= _token_reasons(layer)
+    if "/" in s and EMAIL not in found:
+        # An address cut over path segments ("jane.doe/@/example.com") or a base64 token
+        # cut at a "/" on a 4-character boundary: emails only, strict (dates and words
+        # over segments must not join into numbers or tokens).
+        for layer, _ in _layers(s.replace("/", "")):
+            if "@" in layer and _email(layer, strict=True):
+                found.add(EMAIL)
+                break
     order = (EMAIL, IPV4, CARD, PHONE, LONG_NUMBER, HEX_TOKEN, B64_TOKEN)
     return [r for r in order if r in found]

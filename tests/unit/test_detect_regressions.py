@@ -428,3 +428,46 @@ def test_split_hex_ids_never_survive(vid: str, width: int, sep: str) -> None:
     # A path piece that is a short plain word stays a page name ("/u/AAAA"): at most one.
     kept = [g for g in groups if f"/{g}/" in out]
     assert len(kept) <= 1 and not any(not g.isalpha() and not g.isdigit() for g in kept), out
+
+
+# ------------------------------------------- addresses cut over URL path segments
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "https://www.example.com/u/amFuZS5kb2VAZXhh/bXBsZS5jb20",
+            "www.example.com/u/:email/:email",
+        ),
+        ("https://www.example.com/jane.doe/@/example.com", "www.example.com/:email/:email/:email"),
+        ("https://www.example.com/jane.doe@/example.com", "www.example.com/:email/:email"),
+        ("https://www.example.com/u/@jane/posts", "www.example.com/u/:handle/posts"),
+        ("https://www.example.com/a/b/c.html", "www.example.com/a/b/c.html"),
+    ],
+)
+def test_addresses_cut_over_path_segments(url: str, expected: str) -> None:
+    assert url_template(url) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "www.example.com/u/amFuZS5kb2VAZXhh/bXBsZS5jb20",
+        "www.example.com/jane.doe/@/example.com",
+        "www.example.com/jane.doe@/example.com",
+    ],
+)
+def test_audit_sees_addresses_cut_over_path_segments(value: str) -> None:
+    from anonstream.audit import audit_records
+
+    assert identifier_reasons(value) == ["an email address"]
+    report = audit_records([_release_record(value)])
+    assert any(f.rule == "identifier" for f in report.findings), value
+
+
+@pytest.mark.parametrize(
+    "value", ["shop.example.com/u/:email/orders/:num", "x.com/blog/2026-review/post", "a/b/c.html"]
+)
+def test_paths_without_addresses_pass_the_audit(value: str) -> None:
+    assert identifier_reasons(value, tokens=True) == []

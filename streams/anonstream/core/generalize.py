@@ -477,6 +477,27 @@ def _split_token(pieces: list[str]) -> bool:
     return False
 
 
+def _spans_pieces(path: str, a: int, b: int, ph: str) -> bool:
+    """Does a find over ``path[a:b]`` cross a "/" and count there? Addresses (an email
+    with a dotted domain), or numbers inside an encoded token (letters in the span):
+    digit groups over plain segments are ":num" already, and "item-42/10000" is no phone."""
+    text = path[a:b]
+    if "/" not in text:
+        return False
+    if ph == EMAIL:
+        seen = detection_view(text).text  # "%40" is an "@" too
+        return "." in seen[seen.rfind("@") + 1 :] or "@" not in seen
+    return ph == IP or any(c.isalpha() for c in text)
+
+
+def _cut_at(path: str, a: int, last: int) -> bool:
+    """Is a visible "@" in ``path[a:last + 1]`` next to a "/"? Otherwise the address
+    sits whole in one segment (judged there) and joining only glued neighbours on."""
+    seen = detection_view(path[a : last + 1]).text  # "%40" is an "@" too
+    ats = [i for i, c in enumerate(seen) if c == "@"]
+    return not ats or any(seen[i - 1 : i] == "/" or seen[i + 1 : i + 2] == "/" for i in ats)
+
+
 def _across_segments(path: str, pieces: list[str]) -> dict[int, str]:
     """Placeholders for pieces that an address spans together with its neighbours, which
     no piece shows alone: standard base64 split at its "/", "v1/2/3/4"."""
@@ -485,11 +506,19 @@ def _across_segments(path: str, pieces: list[str]) -> dict[int, str]:
     # Addresses only (email, IP): digit groups over segments are all-digit, so ":num"
     # already, and "item-42/10000" is no phone number. And ids cut into hex groups.
     spans = [(a, b, ID) for a, b in split_id_spans(path) if "/" in path[a:b]]
-    if _split_token(pieces):
+    split_at = any(p.startswith("@") or p.endswith("@") for p in pieces) and "." in path
+    if _split_token(pieces) or split_at:
         spans += [
-            (a, b, ph)
-            for a, b, ph in identifier_spans(path)
-            if ph in (EMAIL, IP) and "/" in path[a:b]
+            (a, b, ph) for a, b, ph in identifier_spans(path) if _spans_pieces(path, a, b, ph)
+        ]
+        # And with the "/"s taken out: base64 cut on a 4-character boundary
+        # ("amFuZS5kb2VAZXhh/bXBsZS5jb20"), "jane.doe@/example.com", "jane.doe/@/...".
+        joined = path.replace("/", "")
+        at = [i for i, c in enumerate(path) if c != "/"]  # joined offset -> path offset
+        spans += [
+            (at[a], at[b - 1] + 1, ph)
+            for a, b, ph in identifier_spans(joined)
+            if _spans_pieces(path, at[a], at[b - 1] + 1, ph) and _cut_at(path, at[a], at[b - 1])
         ]
     if not spans:
         return {}
