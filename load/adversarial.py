@@ -66,6 +66,15 @@ def _hostile(n: int, head: str = "", tail: str = "") -> dict[str, str]:
         "combining": f("e\u0301", n, head, tail),
         "full-width": f("\uff41\uff20", n, head, tail),
         "uuid-ish": f("0123abcd-", n, head, tail),
+        # Passes added for red team round 2: other joints, quotes and spaces around "@",
+        # escapes, hex groups.
+        "digits *": f("1*", n, head, tail),
+        "digits spaced .": f("12 . ", n, head, tail),
+        "quotes then @": f('"a', n, head, '"@' + tail),
+        "spaced @": f("a @ ", n, head, tail),
+        "entities": f("&#64;", n, head, tail),
+        "backslash u": f("\\u004", n, head, tail),
+        "hex groups .": f("8f3a.", n, head, "z" + tail),
     }
 
 

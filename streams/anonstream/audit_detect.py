@@ -25,6 +25,7 @@ decoded); values longer than MAX_CHECKED are reported as too long to check.
 from __future__ import annotations
 
 import binascii
+import html
 import ipaddress
 import re
 import unicodedata
@@ -50,11 +51,18 @@ _ENCODED_RUN = re.compile(r"[A-Za-z0-9+/=_\-]{8,}")
 _HEX_RUN = re.compile(r"[0-9A-Fa-f]{8,}")
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ufffd]+")
 _DIGITS = re.compile(r"[0-9]+")
-_NUMBER_SEPS = frozenset(" -._,/()+")
-_IP4_SEPS = frozenset(" -._,/")
+_NUMBER_SEPS = frozenset(" -._,/()+*:|~xX")
+_IP4_SEPS = frozenset(" -._,/*+:|~xX")
+# Joints a number seldom has in benign text: a chain with one needs 10+ digits to be a
+# phone, so times ("10:15:00") and sizes ("1920x1080") pass.
+_WEAK_SEPS = frozenset("*:|~xX")
+_ESCAPE = re.compile(r"\\u([0-9A-Fa-f]{4})|\\x([0-9A-Fa-f]{2})|=(40)(?=[0-9A-Za-z])")
+_DROPPED = re.compile("[\x00\ufffd]+")
 _IP6_RUN = re.compile(r"[0-9A-Fa-f:.]{3,}")
 _HEX_TOKEN = re.compile(r"(?<![0-9A-Za-z])[0-9a-fA-F]{16,}(?![0-9A-Za-z])")
 _UUID = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_HEX_CHAIN = re.compile(r"(?<![0-9A-Za-z])[0-9A-Fa-f]{4,}+(?:[.\-: /_][0-9A-Fa-f]{4,}+)++")
+_HEX_SPLIT = re.compile(r"[.\-: /_]")
 _B64_TOKEN = re.compile(r"[A-Za-z0-9+/=_\-]{16,}")
 _B64_PIECES = re.compile(r"[+/=_\-]")
 _LOCAL_CHARS = frozenset("._%+-'!#$&*=?^`{|}~")
@@ -93,6 +101,20 @@ def _unpercent(s: str) -> str:
     return s
 
 
+def _escape_repl(m: re.Match[str]) -> str:
+    return chr(int(next(g for g in m.groups() if g is not None), 16))
+
+
+def _unescape(s: str) -> str:
+    """HTML entities, "\\u0040"/"\\x40" escapes and quoted-printable "=40" decoded; NUL and
+    U+FFFD (what overlong or broken UTF-8 decodes to) dropped."""
+    if "&" in s:
+        s = html.unescape(s)
+    if "\\" in s or "=" in s:
+        s = _ESCAPE.sub(_escape_repl, s)
+    return _DROPPED.sub("", s)
+
+
 def _base_decodings(run: str) -> Iterator[bytes]:
     std = run.rstrip("=").replace("-", "+").replace("_", "/")
     for start in range(4):
@@ -119,6 +141,12 @@ def _layers(s: str, depth: int = 0) -> Iterator[tuple[str, int]]:
     plain = _unpercent(_plain(s))
     if plain != s:
         yield plain, depth
+    for _ in range(_DEPTH):  # "%26%2364%3B" -> "&#64;" -> "@"
+        clean = _unpercent(_plain(_unescape(plain)))
+        if clean == plain:
+            break
+        plain = clean
+        yield plain, depth
     if depth >= _DEPTH:
         return
     for m in _ENCODED_RUN.finditer(plain):
@@ -140,20 +168,28 @@ def _luhn(digits: str) -> bool:
 
 
 def _email(t: str, strict: bool) -> bool:
-    """Some "@" with a local-part character before it and a domain label after it; in a
-    decoded layer (``strict``) the domain needs a dot and a letter TLD."""
+    """Some "@" with a local-part character (or a closing quote) before it and a domain
+    label after it, up to three spaces on either side; in a decoded layer (``strict``), or
+    with spaces or a quote, the domain needs a dot and a letter TLD."""
     at = t.find("@")
     while at != -1:
-        before = t[at - 1] if at else ""
-        if before and (before.isalnum() or before in _LOCAL_CHARS):
-            end = at + 1
+        left = at
+        while left > 0 and at - left < 3 and t[left - 1] in " \t":
+            left -= 1
+        start = at + 1
+        while start < len(t) and start - at <= 3 and t[start] in " \t":
+            start += 1
+        before = t[left - 1] if left else ""
+        loose = strict or left != at or start != at + 1 or before == '"'
+        if before and (before.isalnum() or before in _LOCAL_CHARS or before == '"'):
+            end = start
             while end < len(t) and (t[end].isalnum() or t[end] in "-."):
                 end += 1
-            domain = t[at + 1 : end].strip(".")
+            domain = t[start:end].strip(".")
             dotted = "." in domain and domain.rsplit(".", 1)[1].isalpha()
-            if domain and domain[0].isalnum() and (dotted or not strict):
+            if domain and domain[0].isalnum() and (dotted or not loose):
                 return True
-            if end < len(t) and t[end] == "[" and not strict:
+            if end < len(t) and t[end] == "[" and not loose:
                 return True  # address literal "jane@[192.0.2.1]"
         at = t.find("@", at + 1)
     return False
@@ -168,7 +204,7 @@ def _number_reasons(t: str) -> set[str]:
         j = i
         while j + 1 < len(groups):
             gap = t[groups[j][1] : groups[j + 1][0]]
-            if not (1 <= len(gap) <= 2 and set(gap) <= _NUMBER_SEPS):
+            if not (1 <= len(gap) <= 3 and set(gap) <= _NUMBER_SEPS):
                 break
             j += 1
         chain = groups[i : j + 1]
@@ -182,9 +218,11 @@ def _chain_reasons(t: str, chain: list[tuple[int, int]]) -> set[str]:
     digits = "".join(t[a:b] for a, b in chain)
     if any(b - a >= 6 for a, b in chain):
         found.add(LONG_NUMBER)
+    gaps = [t[chain[x][1] : chain[x + 1][0]] for x in range(len(chain) - 1)]
+    weak = any(set(g) & _WEAK_SEPS or (g[0] == " " and g.strip()) for g in gaps)
+    gaps = [g.strip() or " " for g in gaps]
     # IPv4: four groups of 1-3 digits, <= 255, one separator character throughout, not
     # part of a longer run with that separator ("1.2.3.4.5" is a version).
-    gaps = [t[chain[x][1] : chain[x + 1][0]] for x in range(len(chain) - 1)]
     small = [b - a <= 3 and int(t[a:b]) <= 255 for a, b in chain]
     for k in range(len(chain) - 3):
         sep = gaps[k]
@@ -194,13 +232,14 @@ def _chain_reasons(t: str, chain: list[tuple[int, int]]) -> set[str]:
             and all(small[k : k + 4])
             and (k == 0 or gaps[k - 1] != sep)
             and (k + 3 == len(gaps) or gaps[k + 3] != sep)
+            and (sep != ":" or len(chain) == 4)
         ):
             found.add(IPV4)
             break
     leading_plus = chain[0][0] > 0 and t[chain[0][0] - 1] == "+"
     if 13 <= len(digits) <= 19 and _luhn(digits):
         found.add(CARD)
-    elif len(digits) >= 7 and (len(chain) > 1 or leading_plus):
+    elif len(digits) >= (10 if weak else 7) and (len(chain) > 1 or leading_plus):
         found.add(PHONE)
     return found
 
@@ -242,8 +281,20 @@ def _is_b64_like(run: str) -> bool:
     return mixed * 2 >= len(run)
 
 
+def _hex_chain(t: str) -> bool:
+    """Hex groups of 4+ joined by one separator, 16+ hex in all, letters and digits."""
+    for m in _HEX_CHAIN.finditer(t):
+        groups = _HEX_SPLIT.split(m.group())
+        if m.end() < len(t) and t[m.end()].isalnum():
+            groups = groups[:-1]  # the last group runs on into a word
+        hexes = "".join(groups)
+        if len(groups) > 1 and len(hexes) >= 16 and not hexes.isdigit() and not hexes.isalpha():
+            return True
+    return False
+
+
 def _token_reasons(t: str) -> set[str]:
-    if _HEX_TOKEN.search(t) or _UUID.search(t):
+    if _HEX_TOKEN.search(t) or _UUID.search(t) or _hex_chain(t):
         return {HEX_TOKEN}
     if any(_is_b64_like(m.group()) for m in _B64_TOKEN.finditer(t)):
         return {B64_TOKEN}
@@ -289,5 +340,13 @@ def identifier_reasons(s: str, tokens: bool = False) -> list[str]:
                 found.add(IPV4)
         if tokens:
             found |= _token_reasons(layer)
+    if "/" in s and EMAIL not in found:
+        # An address cut over path segments ("jane.doe/@/example.com") or a base64 token
+        # cut at a "/" on a 4-character boundary: emails only, strict (dates and words
+        # over segments must not join into numbers or tokens).
+        for layer, _ in _layers(s.replace("/", "")):
+            if "@" in layer and _email(layer, strict=True):
+                found.add(EMAIL)
+                break
     order = (EMAIL, IPV4, CARD, PHONE, LONG_NUMBER, HEX_TOKEN, B64_TOKEN)
     return [r for r in order if r in found]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import base64
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from anonstream.audit_detect import identifier_reasons
@@ -202,3 +202,272 @@ def test_fast_skip_is_equivalent_to_the_full_path(s: str, ids: bool) -> None:
 def test_scrubbed_text_has_nothing_left(s: str) -> None:
     once = scrub_identifiers(s)
     assert scrub_identifiers(once) == once
+
+
+# ------------------------------------------- red team, round 2: other joints, escapes
+
+_JOINED = [
+    ("card 4111*1111*1111*1111", "card <card>"),
+    ("card 4111+1111+1111+1111", "card <card>"),
+    ("card 4111:1111:1111:1111", "card <card>"),
+    ("card 4111|1111|1111|1111", "card <card>"),
+    ("card 4111~1111~1111~1111", "card <card>"),
+    ("card 4111x1111x1111x1111", "card <card>"),
+    ("card 4111 - 1111 - 1111 - 1111", "card <card>"),
+    ("host 192x0x2x55", "host <ip>"),
+    ("host 192*0*2*55", "host <ip>"),
+    ("host 192|0|2|55", "host <ip>"),
+    ("host 192~0~2~55", "host <ip>"),
+    ("host 192:0:2:55", "host <ip>"),
+    ("host 192 . 0 . 2 . 55", "host <ip>"),
+    ("call 555x010x9999", "call <phone>"),
+    ("call 555*010*9999", "call <phone>"),
+    ("call 555:010:9999", "call <phone>"),
+]
+
+
+@pytest.mark.parametrize(("value", "expected"), _JOINED)
+def test_digit_groups_with_other_joints(value: str, expected: str) -> None:
+    assert scrub_text(value) == expected
+    assert identifier_reasons(value)
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "at 10:15:00",  # a time has three groups
+        "at 10:15",
+        "screen 1920x1080",
+        "ratio 16:9",
+        "score 3 - 1",
+        "step 2 of 4",
+        "3x4 grid",
+    ],
+)
+def test_times_sizes_and_ratios_stay(value: str) -> None:
+    assert scrub_text(value) == value
+    assert identifier_reasons(value) == []
+
+
+def test_colon_ipv4_needs_the_whole_group() -> None:
+    # Five groups: not an address read as one (a MAC-like run is a long number instead).
+    assert "<ip>" not in scrub_text("10:15:00:12:34")
+    assert scrub_text("192:0:2:55") == "<ip>"
+
+
+_ESCAPED_EMAILS = [
+    '"jane.doe"@example.com',
+    '"jane doe"@example.com',
+    "%22jane.doe%22%40example.com",
+    "jane.doe@ example.com",
+    "jane.doe @example.com",
+    "jane.doe @ example.com",
+    "jane.doe\\u0040example.com",
+    "jane.doe\\x40example.com",
+    "jane.doe=40example.com",
+    "jane.doe&#64;example.com",
+    "jane.doe&#x40;example.com",
+    "jane.doe&commat;example.com",
+    "jane.doe%26%2364%3Bexample.com",
+    "jane.doe%C0%80@example.com",
+    "jane%C0%80.doe@example.com",
+    "jane.doe\x00@example.com",
+]
+
+
+@pytest.mark.parametrize("value", _ESCAPED_EMAILS)
+def test_quoted_spaced_and_escaped_emails(value: str) -> None:
+    out = scrub_identifiers(f"from {value} today")
+    assert "<email>" in out and "jane" not in out and "doe" not in out, out
+    assert identifier_reasons(value) == ["an email address"]
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        '"jane.doe"@example.com',
+        "jane.doe @example.com",
+        "jane.doe%26%2364%3Bexample.com",
+        "jane.doe%C0%80@example.com",
+    ],
+)
+def test_escaped_emails_in_url_paths(value: str) -> None:
+    out = url_template(f"https://shop.example.com/u/{value}")
+    assert "example.com" not in out.removeprefix("shop.example.com"), out
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "a=40&b=2",
+        "price=40",
+        "q=40+items",
+        "Tom &amp; Jerry",
+        "x &lt; 3",
+        "C:\\x\\y",
+        'say "hi" @ noon',
+    ],
+)
+def test_benign_escapes_stay(value: str) -> None:
+    assert scrub_text(value) == value
+    assert identifier_reasons(value) == []
+
+
+def _release_record(value: str) -> dict[str, object]:
+    return {
+        "kind": "aggregate", "schema_version": 1, "pipeline": "web_activity",
+        "pipeline_version": 1, "output": "default",
+        "window_start": "2026-11-30T10:00:00Z", "window_end": "2026-11-30T11:00:00Z",
+        "dims": {"type": "page_view", "url": value}, "metrics": {"events": 30, "users": 12},
+        "k": 10, "rollup_level": 0, "noise": None, "release_id": "0" * 32,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize("value", [v for v, _ in _JOINED] + _ESCAPED_EMAILS)
+def test_audit_fails_a_release_with_the_round_2_cases(value: str) -> None:
+    from anonstream.audit import audit_records
+
+    report = audit_records([_release_record(value)])
+    assert any(f.rule == "identifier" for f in report.findings), value
+    assert "jane.doe" not in report.render() + report.to_json()
+
+
+_LOCALS = st.from_regex(r"[a-z]{3,8}\.[a-z]{3,8}", fullmatch=True)
+_AT_FORMS = [
+    '"{l}"@{d}', "{l} @{d}", "{l}@ {d}", "{l}\\u0040{d}", "{l}\\x40{d}", "{l}=40{d}",
+    "{l}&#64;{d}", "{l}&#x40;{d}", "{l}&commat;{d}", "{l}%26%2364%3B{d}", "{l}%C0%80@{d}",
+]  # fmt: skip
+
+
+@settings(max_examples=300, deadline=None)
+@given(_LOCALS, st.sampled_from(_AT_FORMS), st.sampled_from(["example.com", "example.org"]))
+def test_escaped_at_forms_never_survive(local: str, form: str, domain: str) -> None:
+    value = form.format(l=local, d=domain)
+    out = scrub_identifiers(f"note {value} end")
+    assert local not in out and local.split(".")[0] not in out, out
+    assert identifier_reasons(f"note {value} end") == ["an email address"]
+
+
+def test_hex_host_label_with_a_combining_mark_is_an_id() -> None:
+    # Found by the disguise property: NFKC composes "a" + U+0301 into "á", not hex.
+    assert referrer_domain("https://0000a\u030100000a00000.example.org/") == ":hash.example.org"
+    assert (
+        url_template("https://m\u00fcnchen-shop.example.org/x") == "m\u00fcnchen-shop.example.org/x"
+    )
+
+
+# ------------------------------------------------------- ids cut into hex groups
+
+_SPLIT_IDS = [
+    "8f3a2b91.c4d7e6a5",
+    "8f3a-2b91-c4d7-e6a5",
+    "8F3A2B91:C4D7E6A5",
+    "8f3a2b91 c4d7e6a5",
+    "8f3a2b91_c4d7e6a5",
+]
+
+
+@pytest.mark.parametrize("value", _SPLIT_IDS)
+def test_split_hex_ids_are_one_id(value: str) -> None:
+    assert scrub_identifiers(f"visitor {value} seen") == "visitor <id> seen"
+    assert identifier_reasons(value, tokens=True)
+    assert url_template(f"https://shop.example.com/u/{value}") == "shop.example.com/u/:id"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("https://8f3a2b91.c4d7e6a5.example.com/a", ":id.example.com/a"),
+        ("https://www.example.com/u/8f3a2b91/c4d7e6a5", "www.example.com/u/:id/:id"),
+        ("https://www.example.com/page/8f3a2b91/c4d7e6a5/x", "www.example.com/page/:id/:id/x"),
+        ("https://www.example.com/u/8f3a2b91%2Ec4d7e6a5", "www.example.com/u/:id"),
+    ],
+)
+def test_split_hex_ids_over_labels_and_segments(url: str, expected: str) -> None:
+    assert url_template(url) == expected
+    assert identifier_reasons(expected.replace(":id", "x")) == []
+
+
+def test_split_hex_id_host_in_referrer() -> None:
+    assert referrer_domain("https://8f3a2b91.c4d7e6a5.example.com/") == ":id.example.com"
+
+
+@pytest.mark.parametrize(
+    "value",
+    ["dead beef", "cafe-babe-dead-beef", "v 8f3a2b91.c4d7e6a5z", "page 1234 of 5678"],
+)
+def test_short_or_wordy_hex_groups_stay(value: str) -> None:
+    assert scrub_identifiers(value) == value
+    assert identifier_reasons(value, tokens=True) == []
+
+
+@pytest.mark.parametrize(
+    "value", [*_SPLIT_IDS, "shop.example.com/u/8f3a2b91/c4d7e6a5", "8f3a2b91.c4d7e6a5.example.com"]
+)
+def test_audit_fails_a_release_with_a_split_id(value: str) -> None:
+    from anonstream.audit import audit_records
+
+    report = audit_records([_release_record(value)])
+    assert any(f.rule == "identifier" for f in report.findings), value
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.text("0123456789abcdefABCDEF", min_size=16, max_size=24),
+    st.sampled_from([4, 8]),
+    st.sampled_from([".", "-", ":", " ", "_", "/"]),
+)
+def test_split_hex_ids_never_survive(vid: str, width: int, sep: str) -> None:
+    assume(any(c.isdigit() for c in vid) and any(c.isalpha() for c in vid))
+    assume(len(vid) % width == 0)
+    split = sep.join(vid[i : i + width] for i in range(0, len(vid), width))
+    assert scrub_identifiers(f"id {split} end") == "id <id> end"
+    assert identifier_reasons(split, tokens=True)
+    out = url_template(f"https://shop.example.com/u/{split}/x")
+    groups = [vid[i : i + width] for i in range(0, len(vid), width)]
+    # A path piece that is a short plain word stays a page name ("/u/AAAA"): at most one.
+    kept = [g for g in groups if f"/{g}/" in out]
+    assert len(kept) <= 1 and not any(not g.isalpha() and not g.isdigit() for g in kept), out
+
+
+# ------------------------------------------- addresses cut over URL path segments
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        (
+            "https://www.example.com/u/amFuZS5kb2VAZXhh/bXBsZS5jb20",
+            "www.example.com/u/:email/:email",
+        ),
+        ("https://www.example.com/jane.doe/@/example.com", "www.example.com/:email/:email/:email"),
+        ("https://www.example.com/jane.doe@/example.com", "www.example.com/:email/:email"),
+        ("https://www.example.com/u/@jane/posts", "www.example.com/u/:handle/posts"),
+        ("https://www.example.com/a/b/c.html", "www.example.com/a/b/c.html"),
+    ],
+)
+def test_addresses_cut_over_path_segments(url: str, expected: str) -> None:
+    assert url_template(url) == expected
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "www.example.com/u/amFuZS5kb2VAZXhh/bXBsZS5jb20",
+        "www.example.com/jane.doe/@/example.com",
+        "www.example.com/jane.doe@/example.com",
+    ],
+)
+def test_audit_sees_addresses_cut_over_path_segments(value: str) -> None:
+    from anonstream.audit import audit_records
+
+    assert identifier_reasons(value) == ["an email address"]
+    report = audit_records([_release_record(value)])
+    assert any(f.rule == "identifier" for f in report.findings), value
+
+
+@pytest.mark.parametrize(
+    "value", ["shop.example.com/u/:email/orders/:num", "x.com/blog/2026-review/post", "a/b/c.html"]
+)
+def test_paths_without_addresses_pass_the_audit(value: str) -> None:
+    assert identifier_reasons(value, tokens=True) == []

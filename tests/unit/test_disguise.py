@@ -115,7 +115,8 @@ def identifiers(draw: st.DrawFn) -> Ident:
 
 _CF = ["\u200b", "\u200c", "\u200d", "\u00ad", "\u200e", "\u200f", "\u2060", "\ufeff", "\u202a"]
 _MARKS = ["\u0301", "\u0300", "\u0308", "\u0327", "\u030a", "\u0323"]
-_SEPS = [" ", "-", ".", "_", ",", "/"]
+_SEPS = [" ", "-", ".", "_", ",", "/", "*", "+", ":", "|", "~", "x", " . "]
+_IP4_SEPS = ["_", ",", "-", "/", " ", "*", "+", ":", "|", "~", "x", " . "]
 
 
 def _with_separators(draw: st.DrawFn, ident: Ident) -> str:
@@ -126,7 +127,7 @@ def _with_separators(draw: st.DrawFn, ident: Ident) -> str:
         sep = draw(st.sampled_from(_SEPS))
         return sep.join(ident.text.split(" "))
     assert ident.ipv4 is not None
-    sep = draw(st.sampled_from(["_", ",", "-", "/", " "]))
+    sep = draw(st.sampled_from(_IP4_SEPS))
     return sep.join(map(str, ident.ipv4))
 
 

@@ -23,6 +23,7 @@ from anonstream.core.generalize import (
     referrer_domain,
     url_template,
 )
+from anonstream.core.scrub import split_id_spans
 
 PROPS = settings(max_examples=200, deadline=None)
 RUN6 = re.compile(r"\d{6,}")
@@ -554,6 +555,8 @@ def test_url_template_ignores_scheme_query_and_fragment(url: str, suffix: str) -
 @given(st.lists(plain_segments, min_size=1, max_size=7))
 def test_url_template_is_per_segment(segs: list[str]) -> None:
     """A path's template is the templates of its segments, each judged on its own."""
+    # The one exception: an id cut into hex groups over segments ("8f3a2b91/c4d7e6a5").
+    assume(not any("/" in "/".join(segs)[a:b] for a, b in split_id_spans("/".join(segs))))
     out = url_template("https://x.com/" + "/".join(segs) + "/end")
     parts = [_template_of_segment(s) for s in segs if s]
     expected = "/".join(["x.com", *[p for p in parts if p], "end"])

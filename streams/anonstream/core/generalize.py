@@ -28,12 +28,14 @@ from ua_parser import Domain, PartialResult, Resolver, load_builtins, load_lazy_
 
 from anonstream.core.scrub import (
     EMAIL,
+    ID,
     IP,
     detection_view,
     identifier_kinds,
     identifier_spans,
     scrub_identifiers,
     scrub_text,
+    split_id_spans,
 )
 
 __all__ = [
@@ -357,7 +359,7 @@ def _segment_full(raw: str) -> str:
         return ":uuid"
     if _HEX_IN_RE.search(decoded):
         return ":hash"
-    if kinds:
+    if kinds or split_id_spans(decoded):
         return ":id"
     if _SAFE_SEGMENT_RE.fullmatch(raw):
         return raw
@@ -367,6 +369,12 @@ def _segment_full(raw: str) -> str:
 def _host_label(label: str, cased: str) -> str:
     if len(label) < 6:
         return label
+    if not label.isascii():  # judged without combining marks: "0000a\u0301..." is hex
+        plain = detection_view(label).text
+        if plain != label and plain.isascii():
+            judged = _host_label(plain, detection_view(cased).text)
+            if judged != plain:
+                return judged
     placeholder = _id_placeholder(label)
     if placeholder is not None:
         return ":id" if placeholder == ":num" else placeholder
@@ -405,6 +413,8 @@ def _host(authority: str) -> str:
     # serve it, or "4111.1111.1111.1111.example.com") is no host name: it becomes ":ip"
     # or ":id" wherever it stands. One inside a single label is the label check's job.
     spread = [(a, b, ph) for a, b, ph in identifier_spans(cased) if "." in cased[a:b] or ph == IP]
+    spread += [(a, b, ":id") for a, b in split_id_spans(cased) if "." in cased[a:b]]
+    spread.sort()
     if spread:
         parts: list[str] = []
         pos = 0
@@ -424,23 +434,27 @@ def _host(authority: str) -> str:
 
 def _path_template(path: str) -> str:
     """Segment templates joined by "/" (no leading slash), at most URL_MAX_DEPTH deep."""
-    segments: list[str] = []
     pieces = path.split("/")
-    across = _across_segments(path, pieces)
     if ";" in path:  # matrix params (";jsessionid=...") are dropped; rare, so only then
         pieces = [raw.partition(";")[0] for raw in pieces]
-    for i, seg in enumerate(pieces):
+    kept: list[str] = []  # the path as walked: "." gone, ".." applied, cut at the depth cap
+    for seg in pieces:
         if not seg or seg == ".":
             continue
         if seg == "..":
-            if segments:
-                segments.pop()
+            if kept:
+                kept.pop()
             continue
+        kept.append(seg)
+        if len(kept) > URL_MAX_DEPTH:
+            break
+    # Neighbours are judged together on the walked path ("a/./b" is "a/b" to a reader).
+    across = _across_segments("/".join(kept), kept)
+    segments: list[str] = []
+    for i, seg in enumerate(kept[:URL_MAX_DEPTH]):
         out = _segment(seg)
         segments.append(across.get(i, out) if not out.startswith(":") else out)
-        if len(segments) > URL_MAX_DEPTH:
-            return "/".join(segments[:URL_MAX_DEPTH]) + "/..."
-    return "/".join(segments)
+    return "/".join(segments) + ("/..." if len(kept) > URL_MAX_DEPTH else "")
 
 
 _SPAN_SEGMENT = {EMAIL: ":email", IP: IP_HOST}
@@ -463,16 +477,49 @@ def _split_token(pieces: list[str]) -> bool:
     return False
 
 
+def _spans_pieces(path: str, a: int, b: int, ph: str) -> bool:
+    """Does a find over ``path[a:b]`` cross a "/" and count there? Addresses (an email
+    with a dotted domain), or numbers inside an encoded token (letters in the span):
+    digit groups over plain segments are ":num" already, and "item-42/10000" is no phone."""
+    text = path[a:b]
+    if "/" not in text:
+        return False
+    if ph == EMAIL:
+        seen = detection_view(text).text  # "%40" is an "@" too
+        return "." in seen[seen.rfind("@") + 1 :] or "@" not in seen
+    return ph == IP or any(c.isalpha() for c in text)
+
+
+def _cut_at(path: str, a: int, last: int) -> bool:
+    """Is a visible "@" in ``path[a:last + 1]`` next to a "/"? Otherwise the address
+    sits whole in one segment (judged there) and joining only glued neighbours on."""
+    seen = detection_view(path[a : last + 1]).text  # "%40" is an "@" too
+    ats = [i for i, c in enumerate(seen) if c == "@"]
+    return not ats or any(seen[i - 1 : i] == "/" or seen[i + 1 : i + 2] == "/" for i in ats)
+
+
 def _across_segments(path: str, pieces: list[str]) -> dict[int, str]:
     """Placeholders for pieces that an address spans together with its neighbours, which
     no piece shows alone: standard base64 split at its "/", "v1/2/3/4"."""
-    if "/" not in path or not _split_token(pieces):
+    if "/" not in path:
         return {}
     # Addresses only (email, IP): digit groups over segments are all-digit, so ":num"
-    # already, and "item-42/10000" is no phone number.
-    spans = [
-        (a, b, ph) for a, b, ph in identifier_spans(path) if ph in (EMAIL, IP) and "/" in path[a:b]
-    ]
+    # already, and "item-42/10000" is no phone number. And ids cut into hex groups.
+    spans = [(a, b, ID) for a, b in split_id_spans(path) if "/" in path[a:b]]
+    split_at = any(p.startswith("@") or p.endswith("@") for p in pieces) and "." in path
+    if _split_token(pieces) or split_at:
+        spans += [
+            (a, b, ph) for a, b, ph in identifier_spans(path) if _spans_pieces(path, a, b, ph)
+        ]
+        # And with the "/"s taken out: base64 cut on a 4-character boundary
+        # ("amFuZS5kb2VAZXhh/bXBsZS5jb20"), "jane.doe@/example.com", "jane.doe/@/...".
+        joined = path.replace("/", "")
+        at = [i for i, c in enumerate(path) if c != "/"]  # joined offset -> path offset
+        spans += [
+            (at[a], at[b - 1] + 1, ph)
+            for a, b, ph in identifier_spans(joined)
+            if _spans_pieces(path, at[a], at[b - 1] + 1, ph) and _cut_at(path, at[a], at[b - 1])
+        ]
     if not spans:
         return {}
     out: dict[int, str] = {}
@@ -481,9 +528,10 @@ def _across_segments(path: str, pieces: list[str]) -> dict[int, str]:
         end = start + len(piece)
         # A short plain word ("u", "users") beside an encoded token is a page name, not
         # a fragment of the token: a span over a whole run would otherwise take it too.
+        # (A split hex id takes its letter-only groups too: "/8f3a2b91/cafebabe".)
         word = piece.isalpha() and len(piece) < 12
         for a, b, ph in spans:
-            if a < end and start < b and not word:
+            if a < end and start < b and (ph == ID or not word):
                 out.setdefault(i, _SPAN_SEGMENT.get(ph, ":id"))
         start = end + 1
     return out

@@ -29,6 +29,7 @@ decimal numbers with many digits come out as ``<phone>``/``<num>``.
 from __future__ import annotations
 
 import binascii
+import html
 import re
 import socket
 import unicodedata
@@ -53,6 +54,7 @@ __all__ = [
     "luhn_ok",
     "scrub_identifiers",
     "scrub_text",
+    "split_id_spans",
 ]
 
 EMAIL = "<email>"
@@ -74,7 +76,17 @@ _DOMAIN_RE = re.compile(r"[\w\-]+(?:\.[\w\-]+)*")
 _IP_LITERAL_RE = re.compile(r"\[[0-9A-Fa-f:.]+\]")
 # Inside decoded tokens, where random bytes can look like "x@y", an address needs a
 # dotted domain with a letter TLD (random bytes almost never give one).
-_STRICT_EMAIL_RE = re.compile(r".*@[\w\-]+(?:\.[\w\-]+)*\.[A-Za-z]{2,}", re.DOTALL)
+_STRICT_EMAIL_RE = re.compile(r".*@[ \t]{0,3}[\w\-]+(?:\.[\w\-]+)*\.[A-Za-z]{2,}", re.DOTALL)
+
+
+# Looser forms a mail client or a person would still read as an address: a quoted local
+# part ('"jane doe"@example.com') and spaces around the "@" ("jane.doe @ example.com").
+# They need a dotted domain. Each attempt starts at a '"' (bounded) or at the start of a
+# local-part run (possessive), so the cost stays linear.
+_LOOSE_EMAIL_RE = re.compile(
+    rf'(?:"[^"\n]{{1,64}}"|(?<![{_LOCAL}])[{_LOCAL}]++)[ \t]{{0,3}}@[ \t]{{0,3}}'
+    r"[\w\-]++(?:\.[\w\-]++)++"
+)
 
 
 def _email_spans(text: str) -> list[Span]:
@@ -100,6 +112,8 @@ def _email_spans(text: str) -> list[Span]:
                 at = run.rfind("@", local, at)
         if end != -1:
             out.append((m.start() + local, end, EMAIL))
+    if '"' in text or " @" in text or "@ " in text or "\t" in text:
+        out += [(m.start(), m.end(), EMAIL) for m in _LOOSE_EMAIL_RE.finditer(text)]
     return out
 
 
@@ -148,6 +162,45 @@ _NON_DIGIT_RE = re.compile(r"\D")
 _RUN6_RE = re.compile(r"\d{6,}")
 _CARD_SHAPE_RE = re.compile(rf"\d+(?:{_SEP_CH} ?\d+)*")
 
+# Digit groups joined by separators the cluster pattern does not take ("*", "+", ":",
+# "|", "~", "x", or any separator with spaces around it: "4111*1111*1111*1111",
+# "192x0x2x55", "192 . 0 . 2 . 55"). Judged in Python, after the passes above, and only
+# when a chain has such a joint, so times ("10:15:00"), sizes ("1920x1080") and ratios
+# stay: Luhn and length decide a card, 10+ digits a phone, four octets with one joint an
+# IPv4 address (with ":" only as the whole chain: "10:15:00:12" is, a MAC is not).
+_CHAIN_RE = re.compile(r"(?<!\d)\d++(?:(?: *+[*+:|~xX.\-_,/] *+| ++)\d++)++")
+_JOINT_RE = re.compile(r"\D+")
+_WEAK_JOINTS = frozenset("*+:|~xX")
+_WEAK_PHONE_DIGITS = 10
+
+
+def _weak_chain_spans(chain: str, base: int, out: list[Span]) -> None:
+    raw = _JOINT_RE.findall(chain)
+    joints = [j.strip() or " " for j in raw]
+    if not any(
+        j in _WEAK_JOINTS or (j != " " and len(r) > 1) for j, r in zip(joints, raw, strict=True)
+    ):
+        return  # only ordinary joints: the cluster pattern has judged this already
+    groups = _DIGIT_RUN_RE.findall(chain)
+    digits = "".join(groups)
+    for k in range(len(groups) - 3):
+        sep = joints[k]
+        if (
+            joints[k + 1] == sep == joints[k + 2]
+            and all(len(g) <= 3 and int(g) <= 255 for g in groups[k : k + 4])
+            and (k == 0 or joints[k - 1] != sep)
+            and (k + 3 == len(joints) or joints[k + 3] != sep)
+            and (sep != ":" or len(groups) == 4)
+        ):
+            out.append((base, base + len(chain), IP))
+            return
+    if 13 <= len(digits) <= 19 and luhn_ok(digits):
+        out.append((base, base + len(chain), CARD))
+    elif len(digits) >= _WEAK_PHONE_DIGITS:
+        out.append((base, base + len(chain), PHONE))
+
+
+_DIGIT_RUN_RE = re.compile(r"\d+")
 _DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
 _IP6_MAX_LEN = 45  # longest textual IPv6 ("ffff:...:255.255.255.255")
 _IP6_MAX_GROUPS = 8  # at most 8 colons between the first and last group of one address
@@ -266,6 +319,32 @@ _TOKEN_RUN = re.compile(r"[0-9A-Za-z_-]{12,}")
 _HEXISH = frozenset("0123456789abcdefABCDEF-")
 
 
+# The same id cut into hex groups ("8f3a2b91.c4d7e6a5", "8f3a-2b91-c4d7-e6a5",
+# "8F3A2B91:C4D7E6A5", "/u/8f3a2b91/c4d7e6a5"): whole-word groups of 4+ hex joined by one
+# separator, 16+ hex in all with letters and digits, are one id. Possessive and anchored
+# at a word start: linear.
+_HEX_CHAIN_RE = re.compile(r"(?<![0-9A-Za-z])[0-9A-Fa-f]{4,}+(?:[.\-: /_][0-9A-Fa-f]{4,}+)++")
+_HEX_CHAIN_MIN = 16
+
+
+def _hex_chain_spans(t: str) -> list[Span]:
+    out: list[Span] = []
+    for m in _HEX_CHAIN_RE.finditer(t):
+        a, b = m.span()
+        if b < len(t) and t[b].isalnum():  # the last group runs on into a word
+            b = a + max(m.group().rfind(c) for c in ".-: /_")
+        chain = t[a:b]
+        hexes = [c for c in chain if c.isalnum()]
+        if (
+            len(hexes) >= _HEX_CHAIN_MIN
+            and any(c.isdigit() for c in hexes)
+            and any(c.isalpha() for c in hexes)
+            and not chain.isalnum()
+        ):
+            out.append((a, b, ID))
+    return out
+
+
 def _is_id_token(run: str) -> bool:
     has_digit = any(c.isdigit() for c in run)
     return has_digit and ((len(run) >= 16 and any(c.isalpha() for c in run)) or set(run) <= _HEXISH)
@@ -305,6 +384,9 @@ def _shape_spans(t: str, ids: bool) -> list[Span]:
         t = _mask(t, found)
         found += _ip6_spans(t)
     t = _mask(t, found)
+    if ids:  # before numbers: the digit groups of a split id are no phone number
+        found += _hex_chain_spans(t)
+        t = _mask(t, found)
     for m in _SPAN_RE.finditer(t):
         span = m.group()
         for n in _NUM_RE.finditer(span):
@@ -313,6 +395,9 @@ def _shape_spans(t: str, ids: bool) -> list[Span]:
                 found.append((start, m.start() + n.end(), IP))
             else:
                 _number_spans(n.group(), start, found)
+    t = _mask(t, found)
+    for m in _CHAIN_RE.finditer(t):
+        _weak_chain_spans(m.group(), m.start(), found)
     if ids:
         t = _mask(t, found)
         found += [
@@ -330,8 +415,8 @@ _TABLE_MAX = 65_536  # distinct characters remembered (bounded memory)
 def _fold_char(c: str) -> str:
     """What one character is for detection: compatibility-decomposed, format characters
     and combining marks dropped, any-script digits and dashes made ASCII."""
-    if unicodedata.category(c) == "Cf":
-        return ""
+    if unicodedata.category(c) in ("Cf", "Cs") or c in "\x00\ufffd":
+        return ""  # also NUL and U+FFFD (broken or overlong UTF-8: "%C0%80")
     out: list[str] = []
     for ch in unicodedata.normalize("NFKD", c):
         cat = unicodedata.category(ch)
@@ -378,9 +463,17 @@ _LENS = _LenTable()
 _DECODED = _DecodedTable()
 
 _PCT_RUN_RE = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
-_PCT_ROUNDS = 8  # percent-decoding passes; deeper nesting is refused (see _view)
-# Plain ASCII text needs the view only if it holds "%" or a run that may be encoded.
-_NEEDS_VIEW_RE = re.compile(r"%|[A-Za-z0-9+/=_\-]{10,}")
+# Escapes decoded in the view besides percent runs: "\\u0040", "\\x40", quoted-printable
+# "=40" (only the "@", before a letter or digit: "a=40&b" stays), HTML entities.
+_ESCAPE_RE = re.compile(
+    r"(?:%[0-9A-Fa-f]{2})+|\\u[0-9A-Fa-f]{4}|\\x[0-9A-Fa-f]{2}|=40(?=[0-9A-Za-z])"
+    r"|&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});?"
+)
+_PCT_ROUNDS = 8  # decoding passes; deeper percent nesting is refused (see _view)
+# Plain ASCII text is its own view unless it holds an escape, a NUL (dropped), ...
+_VIEW_TRIGGER_RE = re.compile(r"[%&\\\x00]|=40")
+# ... or a run that may be encoded.
+_NEEDS_VIEW_RE = re.compile(r"[%&\\\x00]|=40|[A-Za-z0-9+/=_\-]{10,}")
 _B64_RUN_RE = re.compile(r"[A-Za-z0-9+/=_\-]{10,}")
 _HEX_RUN_RE = re.compile(r"[0-9A-Fa-f]{12,}")
 _URLSAFE = str.maketrans("-_", "+/")
@@ -400,30 +493,44 @@ class View(NamedTuple):
 
 
 def _fold(text: str, starts: IntArray, ends: IntArray) -> tuple[str, IntArray, IntArray]:
-    if text.isascii():
+    if text.isascii() and "\x00" not in text:
         return text, starts, ends
     lens = np.frombuffer(text.translate(_LENS).encode("latin-1"), dtype=np.uint8)
     idx = np.repeat(np.arange(len(text)), lens)
     return text.translate(_FOLD), starts[idx], ends[idx]
 
 
+def _unescape(tok: str) -> str:
+    if tok[0] == "%":
+        return bytes.fromhex(tok.replace("%", "")).decode("utf-8", "replace")
+    if tok[0] == "\\":
+        return chr(int(tok[2:], 16))  # a lone surrogate is dropped by the fold
+    if tok[0] == "=":
+        return "@"
+    return html.unescape(tok)
+
+
 def _percent_decode(
     text: str, starts: IntArray, ends: IntArray
 ) -> tuple[str, IntArray, IntArray] | None:
-    """One pass; None if there was nothing to decode. A decoded run maps, as a whole, to
-    the original range of its escapes."""
+    """One pass over percent runs and the other escapes; None if nothing changed. A
+    decoded run maps, as a whole, to the original range of its escapes."""
     parts: list[str] = []
     s_parts: list[IntArray] = []
     e_parts: list[IntArray] = []
     pos = 0
-    for m in _PCT_RUN_RE.finditer(text):
+    changed = False
+    for m in _ESCAPE_RE.finditer(text):
         a, b = m.span()
-        decoded = bytes.fromhex(m.group().replace("%", "")).decode("utf-8", "replace")
+        decoded = _unescape(m.group())
+        if decoded == m.group():
+            continue
+        changed = True
         parts += (text[pos:a], decoded)
         s_parts += (starts[pos:a], np.full(len(decoded), starts[a], dtype=np.intp))
         e_parts += (ends[pos:a], np.full(len(decoded), ends[b - 1], dtype=np.intp))
         pos = b
-    if not parts:
+    if not changed:
         return None
     parts.append(text[pos:])
     s_parts.append(starts[pos:])
@@ -433,12 +540,12 @@ def _percent_decode(
 
 def detection_view(s: str) -> View:
     """The text detection scans (see the module docstring), mapped to ``s``."""
-    if s.isascii() and "%" not in s:
+    if s.isascii() and _VIEW_TRIGGER_RE.search(s) is None:
         return View(s, None, None, [])
     starts = np.arange(len(s), dtype=np.intp)
     text, starts, ends = _fold(s, starts, starts + 1)
     for _ in range(_PCT_ROUNDS):
-        step = _percent_decode(text, starts, ends) if "%" in text else None
+        step = _percent_decode(text, starts, ends)
         if step is None:
             return View(text, starts, ends, [])
         text, starts, ends = _fold(*step)
@@ -468,7 +575,7 @@ def _decodings(run: str) -> Iterator[str]:
 
 
 def _pct_repl(m: re.Match[str]) -> str:
-    return bytes.fromhex(m.group().replace("%", "")).decode("utf-8", "replace")
+    return _unescape(m.group())
 
 
 def _decoded_kind(run: str, ids: bool, depth: int) -> str | None:
@@ -478,7 +585,7 @@ def _decoded_kind(run: str, ids: bool, depth: int) -> str | None:
     for raw in _decodings(run):
         text = raw.translate(_DECODED)
         for _ in range(_PCT_ROUNDS):
-            if "%" not in text or (nxt := _PCT_RUN_RE.sub(_pct_repl, text)) == text:
+            if (nxt := _ESCAPE_RE.sub(_pct_repl, text)) == text:
                 break
             text = nxt.translate(_DECODED)
         for a, b, ph in _shape_spans(text, ids):
@@ -577,6 +684,16 @@ def identifier_kinds(s: str, encoded_ids: bool = False) -> set[str]:
     with ``encoded_ids`` also ``<id>`` for an opaque id (a cookie id) inside an encoded
     token, for values where a plain slug must stay but a disguised id must not."""
     return {ph for _, _, ph in _spans(s, False, 0, encoded_ids)} if s else set()
+
+
+def split_id_spans(s: str) -> list[tuple[int, int]]:
+    """Where an id cut into hex groups ("8f3a2b91.c4d7e6a5") stands in ``s``, in ``s``'s
+    own offsets: for URL hosts and paths, whose labels and segments are judged apart."""
+    view = detection_view(s)
+    spans = _hex_chain_spans(view.text)
+    if view.starts is None or view.ends is None:
+        return [(a, b) for a, b, _ in spans]
+    return [(int(view.starts[a]), int(view.ends[b - 1])) for a, b, _ in spans]
 
 
 def contains_email(s: str) -> bool:
