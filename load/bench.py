@@ -289,6 +289,16 @@ def _failure(name: str, result: ChildResult, timeout: float) -> str | None:
     return None
 
 
+def _read_report(run: RunResult, report: dict[str, Any], started_at: float) -> None:
+    """A child runner's result line: its count, first-event time and the exact
+    high-water mark of its memory, read just before it exited."""
+    run.count = int(report["count"])
+    if report.get("t_first_event") is not None:
+        run.first_event_s = float(report["t_first_event"]) - started_at
+    if report.get("vm_hwm_kib"):
+        run.peak_rss_mib = max(run.peak_rss_mib or 0.0, report["vm_hwm_kib"] / 1024)
+
+
 def _measured(name: str, result: ChildResult, load_before: float) -> RunResult:
     run = RunResult(
         name=name,
@@ -317,12 +327,7 @@ def _run_peer(ctx: _Ctx, name: str) -> RunResult:
     error = _failure(name, result, ctx.cfg.timeout)
     report = json_line(result.stdout)
     if report is not None:
-        run.count = int(report["count"])
-        if report.get("t_first_event") is not None:
-            run.first_event_s = float(report["t_first_event"]) - result.started_at
-        # The child's own exact high-water mark, read just before it exited.
-        if report.get("vm_hwm_kib"):
-            run.peak_rss_mib = max(run.peak_rss_mib or 0.0, report["vm_hwm_kib"] / 1024)
+        _read_report(run, report, result.started_at)
     elif error is None:
         error = f"{name} printed no result line:\n{result.stdout[-2000:]}"
     if error is None and run.count != ctx.cfg.events:
@@ -421,11 +426,7 @@ def _run_kstreams(ctx: _Ctx, jar: Path, threads: int, name: str) -> RunResult:
     error = _failure(name, result, ctx.cfg.timeout)
     report = json_line(result.stdout)
     if report is not None:
-        run.count = int(report["count"])
-        if report.get("t_first_event") is not None:
-            run.first_event_s = float(report["t_first_event"]) - result.started_at
-        if report.get("vm_hwm_kib"):
-            run.peak_rss_mib = max(run.peak_rss_mib or 0.0, report["vm_hwm_kib"] / 1024)
+        _read_report(run, report, result.started_at)
         for key in ("rejected", "late", "released_cells", "suppressed_cells"):
             run.extra[key] = report.get(key)
     elif error is None:
