@@ -68,6 +68,12 @@ def _all_pipelines(directory: Path, names: list[str] | None = None) -> list[Pipe
     twice = sorted({n for n in names if names.count(n) > 1})
     if twice:  # engines, metrics and checkpoints are keyed by the name
         fail(f"pipeline {twice[0]} is declared by more than one file in {directory}")
+    from anonstream.core.budget import check_shared_budgets
+
+    try:
+        check_shared_budgets(pipes)
+    except ValueError as exc:
+        fail(str(exc))
     return pipes
 
 

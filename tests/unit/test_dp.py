@@ -50,12 +50,14 @@ def make_pipeline(
     metrics: dict[str, Any] | None = None,
     outputs: list[dict[str, Any]] | None = None,
     clamp: list[float] | None = None,
+    name: str = "dptest",
+    shared: str | None = None,
 ) -> Any:
     fields = web_test_fields()
     if clamp is not None:
         fields["duration_ms"] = {"measure": True, "clamp": clamp, "edges": [1000, 10000]}
     doc: dict[str, Any] = {
-        "pipeline": "dptest",
+        "pipeline": name,
         "version": 1,
         "contract": "web_activity",
         "privacy_unit": ["visitor_id"],
@@ -67,7 +69,8 @@ def make_pipeline(
         "k": k,
         "outputs": outputs
         or [{"name": "default", "privacy": "dp", "dp": {"epsilon": epsilon, "delta": delta}}],
-        "dp_budget": {"epsilon": budget[0], "delta": budget[1]},
+        "dp_budget": {"epsilon": budget[0], "delta": budget[1]}
+        | ({"name": shared} if shared else {}),
     }
     return parse_pipeline(doc, "test_dp")
 
@@ -348,7 +351,97 @@ def test_ledger_is_per_pipeline(tmp_path: Path) -> None:
     p = make_pipeline(budget=(5.0, 1e-3))
     store = JsonlLedgerStore(tmp_path / "l.jsonl")
     store.append(Charge("other", "default", T0, T0 + HOUR, T0, 4.0, 0.0))
+    store.append(Charge("other", "default", T0, T0 + HOUR, T0, 4.0, 0.0, budget="people"))
     assert Ledger(p, store).spent(T0) == (0.0, 0.0)
+    # A charge written before budgets had names is the pipeline's own.
+    store.append(Charge("dptest", "default", T0, T0 + HOUR, T0, 1.5, 0.0))
+    assert Ledger(p, store).spent(T0) == (1.5, 0.0)
+
+
+def _window(engines: dict[str, PipelineEngine], name: str, hour: int) -> str:
+    res = run(engines[name], crowd(200, "/a", ts=T0 + hour * HOUR + 60_000))
+    (summary,) = kinds(res, "window_summary")
+    if summary["privacy"]["status"] != "released":
+        assert not kinds(res, "aggregate")
+    return f"{name}@{hour}:{summary['privacy']['status']}"
+
+
+def test_pipelines_sharing_a_budget_exhaust_it_together(tmp_path: Path) -> None:
+    """Two pipelines over the same people name one budget: it pays for two windows in all,
+    not two each; a restart (new ledgers on the same store) continues the spending."""
+    from anonstream.core.budget import ledgers
+
+    ps = [make_pipeline(name=n, epsilon=2.0, budget=(5.0, 1e-3), shared="people")
+          for n in ("web", "usage")]  # fmt: skip
+    path = tmp_path / "ledger.jsonl"
+    books = ledgers(ps, JsonlLedgerStore(path))
+    assert books["web"] is books["usage"]
+    engines = {p.name: PipelineEngine(p, SECRET, ledger=books[p.name]) for p in ps}
+    seen = [_window(engines, "web", 0), _window(engines, "usage", 0)]
+    assert seen == ["web@0:released", "usage@0:released"]
+    # Restart: the two charges are read back; neither pipeline has anything left today.
+    books = ledgers(ps, JsonlLedgerStore(path))
+    engines = {p.name: PipelineEngine(p, SECRET, ledger=books[p.name]) for p in ps}
+    assert [_window(engines, "usage", 1), _window(engines, "web", 1)] == [
+        "usage@1:budget_exhausted", "web@1:budget_exhausted",
+    ]  # fmt: skip
+    charges = JsonlLedgerStore(path).load()
+    assert {c.budget for c in charges} == {"people"} and len(charges) == 2
+    assert books["web"].spent(T0)[0] <= 5.0
+    # Unshared (each its own budget), the same windows release two each.
+    own = [make_pipeline(name=n, epsilon=2.0, budget=(5.0, 1e-3)) for n in ("web", "usage")]
+    books = ledgers(own, JsonlLedgerStore(tmp_path / "own.jsonl"))
+    engines = {p.name: PipelineEngine(p, SECRET, ledger=books[p.name]) for p in own}
+    statuses = [_window(engines, n, h).split(":")[1] for h in (0, 1) for n in ("web", "usage")]
+    assert statuses == ["released"] * 4
+
+
+def test_shared_budget_declarations_must_agree(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from anonstream.cli import app
+    from anonstream.core.budget import check_shared_budgets, ledgers
+
+    a = make_pipeline(name="web", budget=(5.0, 1e-3), shared="people")
+    b = make_pipeline(name="usage", budget=(6.0, 1e-3), shared="people")
+    with pytest.raises(ValueError, match="dp budget people: pipelines web and usage"):
+        check_shared_budgets([a, b])
+    with pytest.raises(ValueError, match="dp budget people"):
+        ledgers([a, b], JsonlLedgerStore(tmp_path / "l.jsonl"))
+    # A budget shared with a pipeline's own budget by naming it: the same budget.
+    check_shared_budgets([make_pipeline(name="web"), make_pipeline(name="x", shared="web")])
+    # validate over a directory refuses the disagreement.
+    src = (Path(__file__).parents[2] / "pipelines/examples/web_activity_dp.yaml").read_text()
+    shared = src.replace("dp_budget: {epsilon: 3.0,", "dp_budget: {name: people, epsilon: 3.0,")
+    assert shared != src
+    (tmp_path / "a.yaml").write_text(shared)
+    (tmp_path / "b.yaml").write_text(
+        shared.replace("pipeline: web_activity_dp", "pipeline: other_dp").replace(
+            "pseudonym_rotation: daily", "pseudonym_rotation: weekly"
+        )
+    )
+    result = CliRunner().invoke(
+        app, ["validate", "--pipelines-dir", str(tmp_path), "--no-check-secret"]
+    )
+    assert result.exit_code != 0
+    assert "dp budget people" in " ".join(result.output.split())
+
+
+@pytest.mark.parametrize("name", ["", "a b", "../x", 3, "-x"])
+def test_bad_budget_names_fail_at_load(name: Any) -> None:
+    with pytest.raises(PipelineError) as err:
+        parse_pipeline(_doc_with_budget({"name": name}), "bad")
+    assert err.value.path == "dp_budget.name"
+
+
+def _doc_with_budget(extra: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "pipeline": "dptest", "version": 1, "contract": "web_activity",
+        "privacy_unit": ["visitor_id"], "fields": web_test_fields(),
+        "window": {"size": "1h"}, "dimensions": ["type", "url"],
+        "outputs": [{"name": "default", "privacy": "dp", "dp": {"epsilon": 1, "delta": 1e-7}}],
+        "dp_budget": {"epsilon": 10, "delta": 1e-5, **extra},
+    }  # fmt: skip
 
 
 # -- pipeline files -----------------------------------------------------------------------

@@ -8,18 +8,26 @@ budget and records the charge; a window that does not fit is not released. A win
 already charged is not released again, unless the operator allows re-releases, and then it
 is charged again (fresh noise on the same people costs as much as the first release).
 
+A budget is the pipeline's own, or named (`dp_budget: {name: ...}`) and then shared by every
+pipeline that names it: one `Ledger` spends for all of them, over all their windows and dp
+outputs, so pipelines whose privacy unit is the same people cannot each spend a full budget.
+
 The store is pluggable: memory (tests, one process), a JSONL file (survives restarts of a
 replay), or a Kafka topic in a later step.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
+from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
+
+import orjson
 
 from anonstream.core.pipeline import Pipeline
 
@@ -45,11 +53,50 @@ class Charge:
     epsilon: float
     delta: float
     rerelease: bool = False
+    budget: str = ""  # the budget charged ("": written before budgets had names: the pipeline's)
+    digest: str = ""  # content_digest of the window's released aggregates of this output
+
+    @property
+    def budget_name(self) -> str:
+        return self.budget or self.pipeline
+
+
+def budget_name(p: Pipeline) -> str:
+    """The budget a dp pipeline spends: its declared name, else the pipeline's own name."""
+    assert p.dp_budget is not None
+    return p.dp_budget.name or p.name
+
+
+def content_digest(records: Iterable[dict[str, Any]]) -> str:
+    """A hash of a window's released aggregates of one output, independent of their order:
+    the ledger records it with the charge and the audit recomputes it from the output
+    topic, so a window published twice with other content is found."""
+    lines = sorted(orjson.dumps(r, option=orjson.OPT_SORT_KEYS) for r in records)
+    return hashlib.blake2b(b"\n".join(lines), digest_size=16).hexdigest()
+
+
+def check_shared_budgets(pipelines: Iterable[Pipeline]) -> None:
+    """Pipelines spending one budget must agree on it: the same epsilon, delta and period
+    (the period bounds the spending; two period lengths would never add up)."""
+    seen: dict[str, Pipeline] = {}
+    for p in pipelines:
+        if p.dp_budget is None:
+            continue
+        name = budget_name(p)
+        first = seen.setdefault(name, p)
+        assert first.dp_budget is not None
+        a, b = first.dp_budget, p.dp_budget
+        if (a.epsilon, a.delta, first.rotation_ms) != (b.epsilon, b.delta, p.rotation_ms):
+            raise ValueError(
+                f"dp budget {name}: pipelines {first.name} and {p.name} declare it with "
+                "different epsilon, delta or pseudonym_rotation"
+            )
 
 
 @dataclass(frozen=True, slots=True)
 class Decision:
     status: Status
+    name: str  # the budget's
     period: int
     spent: tuple[float, float]  # the period's loss after this decision
     budget: tuple[float, float]
@@ -60,6 +107,7 @@ class Decision:
         return {
             "mode": "dp",
             "status": self.status,
+            "budget": self.name,
             "window_epsilon": charged[0],
             "window_delta": charged[1],
             "period_start_ms": self.period,
@@ -115,49 +163,83 @@ class JsonlLedgerStore:
 
 
 class Ledger:
-    """Spending per privacy period of one pipeline's dp outputs."""
+    """Spending per privacy period of one budget: the dp outputs of the pipelines given
+    (one, or all that share a named budget)."""
 
     def __init__(
-        self, pipeline: Pipeline, store: LedgerStore | None = None, allow_rerelease: bool = False
+        self,
+        pipelines: Pipeline | Sequence[Pipeline],
+        store: LedgerStore | None = None,
+        allow_rerelease: bool = False,
     ) -> None:
-        if pipeline.dp_budget is None:
-            raise ValueError(f"pipeline {pipeline.name} has no dp_budget")
+        ps = [pipelines] if isinstance(pipelines, Pipeline) else list(pipelines)
+        if not ps or any(p.dp_budget is None for p in ps):
+            raise ValueError(f"pipeline {ps[0].name if ps else '?'} has no dp_budget")
+        check_shared_budgets(ps)
+        names = {budget_name(p) for p in ps}
+        if len(names) != 1:
+            raise ValueError(f"one ledger spends one budget, not {sorted(names)}")
         from anonstream.core.dp import plans  # OpenDP loads only for dp pipelines
 
-        self.p = pipeline
-        plans(pipeline)  # scales and thresholds searched at start, not at the first window
-        self.budget = (pipeline.dp_budget.epsilon, pipeline.dp_budget.delta)
+        for p in ps:
+            plans(p)  # scales and thresholds searched at start, not at the first window
+        self.name = names.pop()
+        b = ps[0].dp_budget
+        assert b is not None
+        self.budget = (b.epsilon, b.delta)
+        self.rotation_ms = ps[0].rotation_ms
         self.store = store if store is not None else MemoryLedgerStore()
         self.allow_rerelease = allow_rerelease
         self._by_period: dict[int, list[Charge]] = {}
-        self._released: set[tuple[str, int]] = set()
+        self._released: set[tuple[str, str, int]] = set()
         for c in self.store.load():
-            if c.pipeline == pipeline.name:
+            if c.budget_name == self.name:
                 self._remember(c)
 
     def _remember(self, c: Charge) -> None:
         self._by_period.setdefault(c.period, []).append(c)
-        self._released.add((c.output, c.start_ms))
+        self._released.add((c.pipeline, c.output, c.start_ms))
 
     def period_of(self, start_ms: int) -> int:
-        return start_ms - start_ms % self.p.rotation_ms
+        return start_ms - start_ms % self.rotation_ms
 
     def spent(self, period: int) -> tuple[float, float]:
         return compose([(c.epsilon, c.delta) for c in self._by_period.get(period, [])])
 
     def request(
-        self, output: str, start_ms: int, end_ms: int, cost: tuple[float, float]
-    ) -> Decision:
-        """Charge the window if it may be released; the decision says whether it was."""
+        self, pipeline: str, output: str, start_ms: int, end_ms: int, cost: tuple[float, float],
+        digest: str = "",
+    ) -> Decision:  # fmt: skip
+        """Charge the window if it may be released; the decision says whether it was.
+        `digest` is the content_digest of what will be published if it is."""
         period = self.period_of(start_ms)
         spent = self.spent(period)
-        again = (output, start_ms) in self._released
+        again = (pipeline, output, start_ms) in self._released
         if again and not self.allow_rerelease:
-            return Decision("already_released", period, spent, self.budget)
+            return Decision("already_released", self.name, period, spent, self.budget)
         after = compose([spent, cost])
         if after[0] > self.budget[0] or after[1] > self.budget[1]:
-            return Decision("budget_exhausted", period, spent, self.budget)
-        charge = Charge(self.p.name, output, start_ms, end_ms, period, *cost, rerelease=again)
+            return Decision("budget_exhausted", self.name, period, spent, self.budget)
+        charge = Charge(
+            pipeline, output, start_ms, end_ms, period, *cost, rerelease=again,
+            budget=self.name, digest=digest,
+        )  # fmt: skip
         self.store.append(charge)  # recorded before anything is published
         self._remember(charge)
-        return Decision("released", period, after, self.budget)
+        return Decision("released", self.name, period, after, self.budget)
+
+
+def ledgers(
+    pipelines: Iterable[Pipeline], store: LedgerStore, allow_rerelease: bool = False
+) -> dict[str, Ledger]:
+    """Pipeline name -> the ledger of its budget: one Ledger per budget, shared by the
+    engines of every pipeline that spends it."""
+    by_budget: dict[str, list[Pipeline]] = {}
+    for p in pipelines:
+        if p.dp_budget is not None:
+            by_budget.setdefault(budget_name(p), []).append(p)
+    out: dict[str, Ledger] = {}
+    for ps in by_budget.values():
+        book = Ledger(ps, store, allow_rerelease)
+        out.update((p.name, book) for p in ps)
+    return out

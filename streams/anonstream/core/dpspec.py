@@ -8,10 +8,12 @@ needs no OpenDP import, and so that pipeline.py only calls in here.
         privacy: dp
         dp: {epsilon: 1.0, delta: 1.0e-7}     # per window, for this output
     dp_budget: {epsilon: 24, delta: 1.0e-5}   # per pipeline and pseudonym period
+    dp_budget: {name: people, epsilon: 24, delta: 1.0e-5}  # shared by every pipeline naming it
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -30,13 +32,18 @@ class DpSpec:
 
 @dataclass(frozen=True, slots=True)
 class DpBudget:
-    """Cap on the total loss of all dp outputs of a pipeline in one pseudonym period."""
+    """Cap on the total loss of all dp outputs in one pseudonym period: of one pipeline, or,
+    when named, of every pipeline that names it (they share a privacy unit: the same people).
+    Pipelines sharing a budget declare the same epsilon, delta and pseudonym period
+    (core/budget.py `check_shared_budgets`)."""
 
     epsilon: float
     delta: float
+    name: str | None = None  # None: the pipeline's own budget, named after the pipeline
 
 
 Fail = Callable[[str, str], Exception]
+_BUDGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
 def _number(d: dict[str, Any], key: str, path: str, fail: Fail) -> float:
@@ -73,11 +80,14 @@ def parse_dp(raw: object, path: str, fail: Fail) -> DpSpec:
 def parse_budget(raw: object, path: str, fail: Fail) -> DpBudget | None:
     if raw is None:
         return None
-    d = _mapping(raw, path, {"epsilon", "delta"}, fail)
+    d = _mapping(raw, path, {"epsilon", "delta", "name"}, fail)
     eps, delta = _number(d, "epsilon", path, fail), _number(d, "delta", path, fail)
     if not eps > 0 or not 0 < delta < 1:
         raise fail(path, "expected epsilon > 0 and 0 < delta < 1")
-    return DpBudget(eps, delta)
+    name = d.get("name")
+    if name is not None and not (isinstance(name, str) and _BUDGET_NAME.fullmatch(name)):
+        raise fail(f"{path}.name", "expected a name of letters, digits, '_', '-' or '.'")
+    return DpBudget(eps, delta, name)
 
 
 def parse_mode(raw: object, path: str, fail: Fail) -> str:

@@ -374,20 +374,25 @@ class Releaser:
 
     def _release_dp(self, state: WindowState, rows: Rows, out: Output) -> OutputRelease:
         """A dp output: released only if the ledger accepts the window's cost."""
+        from anonstream.core.budget import content_digest
         from anonstream.core.dp import plan_output, release_dp  # OpenDP: dp pipelines only
 
         assert self.ledger is not None, "a pipeline with dp outputs needs a ledger"
         res = OutputRelease(out)
         plan = plan_output(self.p, out)
         cost = (plan.epsilon, plan.delta)
-        decision = self.ledger.request(out.name, state.start_ms, state.end_ms, cost)
+        # Drawn before the charge so that the ledger records what is published (its digest);
+        # nothing of it leaves this function unless the ledger accepts.
+        r = release_dp(self.p, out, state, rows)
+        decision = self.ledger.request(
+            self.p.name, out.name, state.start_ms, state.end_ms, cost, content_digest(r.records)
+        )
         res.privacy = decision.summary(cost)
         if decision.status == "already_released":
             res.publish_summary = False
         if decision.status != "released":
             res.accounting.suppressed = len(rows)
             return res
-        r = release_dp(self.p, out, state, rows)
         res.records = r.records
         res.cells_released = r.cells_released
         res.accounting.released = r.rows_released

@@ -42,7 +42,7 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import OffsetAndMetadata
 
-from anonstream.core.budget import Ledger
+from anonstream.core.budget import Ledger, ledgers
 from anonstream.core.engine import DeadLetter, PipelineEngine, StepResult
 from anonstream.core.keys import MasterSecret
 from anonstream.core.pipeline import Pipeline
@@ -151,6 +151,8 @@ class BatchLoop:
         idle_ms = 0 if self.stop_at_end else int(settings.idle_close_seconds * 1000)
         self.engines: dict[str, Any] = {}
         views: dict[str, Any] = {}
+        # One Ledger per budget: pipelines sharing a named budget spend it together.
+        self._ledgers = ledgers(self.pipelines, self.ledger) if self.ledger is not None else {}
         for p in self.pipelines:
             if settings.scale_out:
                 topic = partials_topic(settings.group_id, p.name)
@@ -176,9 +178,7 @@ class BatchLoop:
         self.metrics.bind_engines(views)
 
     def _ledger(self, p: Pipeline) -> Ledger | None:
-        if self.ledger is None or p.dp_budget is None:
-            return None
-        return Ledger(p, self.ledger)
+        return self._ledgers.get(p.name)
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
