@@ -10,7 +10,12 @@ from anonstream.core.dp import DpPlan, plan_output, plans
 from anonstream.core.keys import ROTATION_MS
 from anonstream.core.pipeline import Output, Pipeline
 
-_KIND = {"users": "Laplace threshold (selects cells)"}
+_KIND = {
+    ("laplace", True): "Laplace threshold (selects cells)",
+    ("laplace", False): "discrete Laplace",
+    ("gaussian", True): "Gaussian threshold (selects cells)",
+    ("gaussian", False): "discrete Gaussian",
+}
 
 
 def _smallest(p: Pipeline, name: str, k: int) -> float:
@@ -26,19 +31,24 @@ def output_lines(p: Pipeline, o: Output) -> list[str]:
     plan = plan_output(p, o)
     c = p.contribution
     L, M = c.max_events_per_unit_per_cell, c.max_cells_per_unit_per_window
+    gauss = plan.rho is not None
+    zcdp = f" (zCDP rho {plan.rho:.4g}, converted by OpenDP)" if plan.rho is not None else ""
     lines = [
         f"    dp mode: user-level differential privacy, epsilon {plan.epsilon:.4g}, delta "
-        f"{plan.delta:.3g} per window (read from OpenDP's privacy maps); one person = at "
-        f"most {M} cells x {L} events per window",
-        f"    which cells: chosen by a Laplace threshold after a pre-threshold of k = {o.k} exact "
-        f"people; a cell of about {plan.min_cell_users} people is released half of the time, "
-        "larger ones almost always; no roll-up, nothing else about unselected cells",
-        "    quantity                 epsilon  mechanism                          scale  95% error",
+        f"{plan.delta:.3g} per window{zcdp} (read from OpenDP's privacy maps); one person = "
+        f"at most {M} cells x {L} events per window",
+        f"    which cells: chosen by a {'Gaussian' if gauss else 'Laplace'} threshold after a "
+        f"pre-threshold of k = {o.k} exact people; a cell of about {plan.min_cell_users} "
+        "people is released half of the time, larger ones almost always; no roll-up, nothing "
+        "else about unselected cells",
+        f"    quantity                 {'rho' if gauss else 'epsilon':>7}  mechanism"
+        "                          scale  95% error",
     ]
     for q in plan.quantities:
+        share = q.rho if q.rho is not None else q.epsilon
+        kind = _KIND[(plan.mechanism, q.threshold is not None)]
         lines.append(
-            f"      {q.name:<22} {q.epsilon:>7.4g}  {_KIND.get(q.name, 'discrete Laplace'):<33}"
-            f" {q.scale:>6.4g}  +/-{q.error95:.4g}"
+            f"      {q.name:<22} {share:>7.4g}  {kind:<33} {q.scale:>6.4g}  +/-{q.error95:.4g}"
         )
     n = plan.min_cell_users
     lines.append(

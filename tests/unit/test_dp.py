@@ -454,6 +454,7 @@ def _doc_with_budget(extra: dict[str, Any]) -> dict[str, Any]:
         (lambda d: d["outputs"][0].update(noise={"epsilon": 1.0}), "outputs[0].noise"),
         (lambda d: d["outputs"][0]["dp"].update(delta=0), "outputs[0].dp.delta"),
         (lambda d: d["outputs"][0].update(privacy="maybe"), "outputs[0].privacy"),
+        (lambda d: d["outputs"][0]["dp"].update(mechanism="float"), "outputs[0].dp.mechanism"),
         (lambda d: d.update(dp_budget={"epsilon": 0.5, "delta": 1e-3}), "dp_budget"),
         (
             lambda d: d["fields"].update(duration_ms={"measure": True, "clamp": [0, 1.5]}),
@@ -674,8 +675,12 @@ def test_one_person_changes_no_figure_by_more_than_its_sensitivity(
     users = diff("users")
     l0, l1, linf = D.sensitivity(p, "users")
     assert sum(1 for d in users if d) <= l0 and max(users) <= linf and sum(users) <= l1
+    _, l2, _ = D.sensitivity(p, "users", "gaussian")
+    assert math.sqrt(sum(d * d for d in users)) <= l2
     for name in ("events", "duration_ms_sum", "duration_ms_count", "duration_ms_histogram"):
         assert sum(diff(name)) <= D.sensitivity(p, name), name
+        l2 = math.sqrt(sum(d * d for d in diff(name)))
+        assert l2 <= D.sensitivity(p, name, "gaussian"), name
 
 
 def test_worker_refuses_dp_in_scale_out_mode() -> None:
@@ -687,3 +692,123 @@ def test_worker_refuses_dp_in_scale_out_mode() -> None:
     settings = Settings(bootstrap_servers="127.0.0.1:1", scale_out=True, web_enabled=False)
     with pytest.raises(ValueError, match="single mode"):
         BatchLoop(settings, [make_pipeline()], SECRET, Metrics())
+
+
+# -- discrete Gaussian (zCDP) ---------------------------------------------------------------
+
+_ALL = {"sums": ["duration_ms"], "means": ["duration_ms"], "histograms": ["duration_ms"]}
+
+
+def gaussian_pipeline(**kw: Any) -> Any:
+    eps, delta = kw.pop("epsilon", 2.0), kw.pop("delta", 1e-6)
+    dims = kw.pop("dims", None)
+    out: dict[str, Any] = {
+        "name": "default", "privacy": "dp",
+        "dp": {"epsilon": eps, "delta": delta, "mechanism": "gaussian"},
+    }  # fmt: skip
+    if dims is not None:
+        out["dimensions"] = dims
+    return make_pipeline(outputs=[out], **kw)
+
+
+@pytest.mark.parametrize(("L", "M", "eps"), [(1, 1, 1.0), (2, 3, 2.0)])
+def test_gaussian_plan_loss_equals_opendp_maps_of_independent_measurements(
+    L: int, M: int, eps: float
+) -> None:
+    p = gaussian_pipeline(L=L, M=M, epsilon=eps, clamp=[0, 60000], metrics=_ALL)
+    plan = D.plan_output(p, p.outputs[0])
+    assert plan.mechanism == "gaussian" and plan.rho is not None
+    ints = dp.vector_domain(dp.atom_domain(T=dp.i64))
+    cells = dp.map_domain(dp.atom_domain(T=dp.i64), dp.atom_domain(T=dp.i64))
+    sel = plan.get("users")
+    assert sel.threshold is not None
+    # L2 sensitivities, from the bounds: M entries change by at most L (x60000 for sums).
+    l2 = {
+        "events": math.ceil(L * math.sqrt(M) - 1e-9),
+        "duration_ms_sum": math.ceil(L * 60000 * math.sqrt(M) - 1e-9),
+        "duration_ms_count": math.ceil(L * math.sqrt(M) - 1e-9),
+        "duration_ms_histogram": math.ceil(L * math.sqrt(M) - 1e-9),
+    }
+    threshold = dp.m.make_gaussian_threshold(
+        cells, dp.l02inf_distance(dp.absolute_distance(T=dp.i64)), sel.scale, sel.threshold
+    )
+    rho_sel, delta_sel = threshold.map((M, math.ceil(math.sqrt(M) - 1e-9), 1))
+    assert (sel.rho, sel.delta) == (rho_sel, delta_sel)
+    rhos = [rho_sel]
+    for name, d_in in l2.items():
+        q = plan.get(name)
+        g = dp.m.make_gaussian(ints, dp.l2_distance(T=dp.i64), q.scale)
+        assert g.output_measure == dp.zero_concentrated_divergence()
+        assert g.map(d_in) == q.rho
+        rhos.append(g.map(d_in))
+    assert plan.rho == pytest.approx(math.fsum(rhos), rel=1e-12)
+    assert plan.epsilon <= eps and plan.delta <= 1e-6 and plan.epsilon > 0.9 * eps
+    # The window's (epsilon, delta) is OpenDP's conversion of that zCDP loss: compared here
+    # with the conversion of a real composition of Gaussian measurements with the same rho.
+    n = 4
+    g = dp.m.make_gaussian(ints, dp.l2_distance(T=dp.i64), 1.0)
+    scale = dp.binary_search_param(
+        lambda s: dp.m.make_gaussian(ints, dp.l2_distance(T=dp.i64), s), d_in=1,
+        d_out=plan.rho / n, bounds=(1e-6, 1e9),
+    )  # fmt: skip
+    g = dp.m.make_gaussian(ints, dp.l2_distance(T=dp.i64), scale)
+    composed = dp.c.make_composition([g] * n)
+    assert composed.map(1) == pytest.approx(n * g.map(1), rel=1e-12)  # rhos add up
+    approx = dp.c.make_fix_delta(dp.c.make_zCDP_to_approxDP(dp.c.make_approximate(composed)), 1e-6)
+    assert D.zcdp_to_approx(n * g.map(1), 0.0, 1e-6) == pytest.approx(approx.map(1), rel=1e-9)
+
+
+def test_gaussian_release_is_integers_in_the_v2_contract() -> None:
+    p = gaussian_pipeline(k=3, epsilon=8.0, clamp=[0, 2000], metrics=_ALL)
+    res = run(PipelineEngine(p, SECRET), crowd(300, "/a") + crowd(2, "/c"))
+    aggs = kinds(res, "aggregate")
+    assert [r["dims"]["url"] for r in aggs] == ["shop.example.com/a"]
+    validator = jsonschema.Draft202012Validator(SCHEMA_V2)
+    plan = D.plan_output(p, p.outputs[0])
+    for r in res.releases:
+        validator.validate(r)
+    m = aggs[0]["metrics"]
+    assert all(type(m[k]) is int for k in ("users", "events", "duration_ms_sum"))
+    assert aggs[0]["noise"]["mechanism"] == "discrete_gaussian"
+    assert aggs[0]["noise"]["rho"] == plan.rho and aggs[0]["noise"]["epsilon"] == plan.epsilon
+    assert abs(m["users"] - 300) < 5 * plan.get("users").error95
+    (summary,) = kinds(res, "window_summary")
+    assert summary["privacy"]["window_epsilon"] == plan.epsilon
+
+
+def test_gaussian_noise_is_in_the_integer_support() -> None:
+    """Discrete Gaussian: integers only, and a contiguous range (no floating-point gaps)."""
+    p = gaussian_pipeline(epsilon=1.0)
+    events = D.plan_output(p, p.outputs[0]).get("events")
+    draws = D.gaussian_vector(events.scale)([1000] * 20000)
+    assert all(type(x) is int for x in draws)
+    lo, hi = np.percentile(draws, [5, 95])
+    assert set(range(int(lo), int(hi) + 1)) <= set(draws)
+
+
+def test_gaussian_neighbouring_inputs_empirical_loss_within_epsilon() -> None:
+    """As the Laplace test: with and without one person in each of many cells."""
+    p = gaussian_pipeline(k=2, L=1, M=1, epsilon=1.0, delta=1e-4)
+    out = p.outputs[0]
+    plan = D.plan_output(p, out)
+    n, cells = plan.min_cell_users, 4000
+
+    def outcomes(extra: bool) -> Counter[tuple[int, int] | None]:
+        values = [event(f"c{c}-{u}", f"/x{c}") for c in range(cells) for u in range(n + int(extra))]
+        state, rows = _window_rows(p, values)
+        recs = D.release_dp(p, out, state, rows).records
+        seen: Counter[tuple[int, int] | None] = Counter(
+            (r["metrics"]["users"] // 2, r["metrics"]["events"] // 2) for r in recs
+        )
+        seen[None] = cells - len(recs)
+        return seen
+
+    a, b = outcomes(False), outcomes(True)
+    assert 0.1 < a[None] / cells < 0.9 and b[None] < a[None]
+    worst = 0.0
+    for o in set(a) | set(b):
+        ca, cb = a[o], b[o]
+        if min(ca, cb) < 100:
+            continue
+        worst = max(worst, abs(math.log(ca / cb)) - 3 * math.sqrt(1 / ca + 1 / cb))
+    assert worst <= plan.epsilon

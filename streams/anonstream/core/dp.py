@@ -18,6 +18,14 @@ privacy maps of the very measurements that run (no loss formula is typed in this
   the cells it chose (sequential, adaptive); their losses add up (basic composition, as
   OpenDP's `make_composition` of approximate-DP measurements: tests compare the two).
 
+**Discrete Gaussian** (`dp: {mechanism: gaussian}`): the same quantities with OpenDP's
+`make_gaussian` on integer vectors (L2 distance) and `make_gaussian_threshold` for the
+selection, whose maps give zero-concentrated DP (rho, and delta for the selection). The
+window's rhos add up (zCDP composition) and OpenDP converts the total to the window's
+(epsilon, delta) (`make_zCDP_to_approxDP`, `make_fix_delta`); budgets and the ledger stay in
+(epsilon, delta). L2 sensitivities: a person changes at most M entries of a vector by at
+most L (times the clamp for sums), so by at most L*sqrt(M), rounded up to an integer.
+
 No roll-up in dp mode: partition selection decides which cells exist, and a cell that is
 not selected is in no released number. Histograms keep their declared bands (merging bands
 to k people would be an exact, data-dependent choice).
@@ -33,10 +41,28 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from opendp.accuracy import discrete_laplacian_scale_to_accuracy
+from opendp.accuracy import (
+    discrete_gaussian_scale_to_accuracy,
+    discrete_laplacian_scale_to_accuracy,
+)
+from opendp.combinators import make_fix_delta, make_zCDP_to_approxDP
 from opendp.domains import atom_domain, map_domain, vector_domain
-from opendp.measurements import make_laplace, make_laplace_threshold
-from opendp.metrics import absolute_distance, l01inf_distance, l1_distance
+from opendp.measurements import (
+    make_gaussian,
+    make_gaussian_threshold,
+    make_laplace,
+    make_laplace_threshold,
+    make_user_measurement,
+)
+from opendp.measures import approximate, zero_concentrated_divergence
+from opendp.metrics import (
+    absolute_distance,
+    l01inf_distance,
+    l02inf_distance,
+    l1_distance,
+    l2_distance,
+    symmetric_distance,
+)
 from opendp.mod import Measurement, binary_search, binary_search_param, enable_features
 from opendp.typing import i64
 
@@ -46,9 +72,10 @@ from anonstream.core.pipeline import Output, Pipeline
 from anonstream.core.records import DP_SCHEMA_VERSION, aggregate_record
 
 # Not opendp.prelude: it also imports OpenDP's optional extras, a slower start.
-enable_features("contrib")
+# honest-but-curious: only for `_window_zcdp`, a map-only measurement (see there).
+enable_features("contrib", "honest-but-curious")
 
-MECHANISM = "discrete_laplace"
+MECHANISMS = {"laplace": "discrete_laplace", "gaussian": "discrete_gaussian"}
 ALPHA = 0.05  # error bounds are 95 %: |noise| <= error95 with probability 0.95
 
 
@@ -77,6 +104,35 @@ def laplace_threshold(scale: float, threshold: int) -> Measurement:
     )
 
 
+@cache
+def gaussian_vector(scale: float) -> Measurement:
+    """Discrete Gaussian noise on each entry of an integer vector (L2 distance, zCDP)."""
+    return make_gaussian(_vec_domain(), l2_distance(T=i64), scale)
+
+
+@cache
+def gaussian_threshold(scale: float, threshold: int) -> Measurement:
+    """Partition selection with discrete Gaussian noise (approximate zCDP)."""
+    return make_gaussian_threshold(
+        _map_domain(), l02inf_distance(absolute_distance(T=i64)), scale, threshold
+    )
+
+
+@cache
+def zcdp_to_approx(rho: float, delta_inner: float, delta: float) -> tuple[float, float]:
+    """(epsilon, delta) of a window whose composed loss is (rho, delta_inner)-approximate
+    zCDP, by OpenDP's conversion at a total delta of `delta`. The composed loss is carried
+    by a measurement that only has a privacy map (it is never invoked): OpenDP's
+    conversions take a measurement, and the window's quantities have no common input
+    domain for make_composition to compose them in."""
+    carrier = make_user_measurement(
+        atom_domain(T=bool), symmetric_distance(), approximate(zero_concentrated_divergence()),
+        lambda x: x, lambda _: (rho, delta_inner),
+    )  # fmt: skip
+    e, d = make_fix_delta(make_zCDP_to_approxDP(carrier), delta).map(1)
+    return float(e), float(d)
+
+
 @dataclass(frozen=True, slots=True)
 class Quantity:
     """One noisy quantity of an output: how it is measured and what it costs per window."""
@@ -88,8 +144,13 @@ class Quantity:
     delta: float
     error95: float  # |noise| <= error95 with probability 0.95 (per number)
     threshold: int | None = None  # selection only: noisy shifted users must reach this
+    rho: float | None = None  # gaussian only: its zCDP loss (epsilon is then 0: see plan)
 
     def measurement(self) -> Measurement:
+        if self.rho is not None:
+            if self.threshold is not None:
+                return gaussian_threshold(self.scale, self.threshold)
+            return gaussian_vector(self.scale)
         if self.threshold is not None:
             return laplace_threshold(self.scale, self.threshold)
         return laplace_vector(self.scale)
@@ -105,6 +166,8 @@ class DpPlan:
     quantities: tuple[Quantity, ...]
     epsilon: float  # the window's loss: basic composition of the quantities
     delta: float
+    mechanism: str = "laplace"
+    rho: float | None = None  # gaussian: the window's zCDP loss, before conversion
 
     def get(self, name: str) -> Quantity:
         return next(q for q in self.quantities if q.name == name)
@@ -129,16 +192,23 @@ def quantity_names(p: Pipeline) -> list[str]:
     return names
 
 
-def sensitivity(p: Pipeline, name: str) -> Any:
-    """d_in of a quantity when one person is added or removed (see the module docstring)."""
+def _ceil_sqrt(x: int) -> int:
+    return math.isqrt(x - 1) + 1 if x > 0 else 0
+
+
+def sensitivity(p: Pipeline, name: str, mechanism: str = "laplace") -> Any:
+    """d_in of a quantity when one person is added or removed (see the module docstring):
+    L1 for Laplace, L2 (rounded up) for Gaussian."""
     c = p.contribution
     L, M = c.max_events_per_unit_per_cell, c.max_cells_per_unit_per_window
+    l2 = mechanism == "gaussian"
     if name == "users":
-        return (M, M, 1)
+        return (M, _ceil_sqrt(M), 1) if l2 else (M, M, 1)
+    per_cell = L
     if name.endswith("_sum"):
         lo, hi = p.fields[name[: -len("_sum")]].clamp or (0.0, 0.0)
-        return L * M * int(max(abs(lo), abs(hi)))
-    return L * M
+        per_cell = L * int(max(abs(lo), abs(hi)))
+    return _ceil_sqrt(M * per_cell * per_cell) if l2 else per_cell * M
 
 
 def _vector_quantity(name: str, d_in: int, eps: float) -> Quantity:
@@ -181,12 +251,59 @@ def plan_output(p: Pipeline, out: Output) -> DpPlan:
     selection), and find each mechanism's scale with OpenDP's binary search."""
     assert out.privacy == "dp" and out.dp is not None
     names = quantity_names(p)
-    return _plan(out, tuple((n, sensitivity(p, n)) for n in names))
+    return _plan(out, tuple((n, sensitivity(p, n, out.dp.mechanism)) for n in names))
+
+
+def _gaussian_selection(d_in: tuple[int, int, int], rho: float, delta: float) -> Quantity:
+    never = 2**30  # as in _selection: scale for rho first, then threshold for delta
+    scale = binary_search(
+        lambda s: bool(gaussian_threshold(s, never).map(d_in)[0] <= rho), bounds=(1e-6, 1e9),
+        T=float,
+    )  # fmt: skip
+    threshold = int(binary_search(
+        lambda t: bool(gaussian_threshold(scale, int(t)).map(d_in)[1] <= delta),
+        bounds=(1, never), T=int,
+    ))  # fmt: skip
+    r, d = gaussian_threshold(scale, threshold).map(d_in)
+    if r > rho or d > delta:
+        raise ValueError(f"no threshold meets rho {rho:g}, delta {delta:g}")
+    acc = discrete_gaussian_scale_to_accuracy(scale, ALPHA)
+    return Quantity("users", d_in, scale, 0.0, float(d), acc, threshold, float(r))
+
+
+def _gaussian_vector(name: str, d_in: int, rho: float) -> Quantity:
+    if d_in == 0:
+        return Quantity(name, 0, 0.0, 0.0, 0.0, 0.0, rho=0.0)
+    scale = binary_search_param(gaussian_vector, d_in=d_in, d_out=rho, bounds=(1e-6, 1e15))
+    spent = float(gaussian_vector(scale).map(d_in))
+    acc = discrete_gaussian_scale_to_accuracy(scale, ALPHA)
+    return Quantity(name, d_in, scale, 0.0, 0.0, acc, rho=spent)
+
+
+def _gaussian_plan(out: Output, sens: tuple[tuple[str, Any], ...]) -> DpPlan:
+    """Half of delta to the selection, the rest to the conversion; the largest total rho
+    whose conversion meets epsilon, split evenly over the quantities (each spends at most
+    its share, so the window spends at most what the search allowed)."""
+    assert out.dp is not None
+    eps, delta = out.dp.epsilon, out.dp.delta
+    rho = binary_search(
+        lambda r: zcdp_to_approx(r, delta / 2, delta)[0] <= eps, bounds=(1e-9, 1e3), T=float
+    )
+    share = rho / len(sens)
+    qs = [_gaussian_selection(sens[0][1], share, delta / 2)]
+    qs += [_gaussian_vector(n, d_in, share) for n, d_in in sens[1:]]
+    total_rho = math.fsum(q.rho or 0.0 for q in qs)  # zCDP composition: rhos add up
+    e, d = zcdp_to_approx(total_rho, qs[0].delta, delta)
+    if e > eps or d > delta:
+        raise ValueError(f"no gaussian plan meets epsilon {eps:g}, delta {delta:g}")
+    return DpPlan(out.name, out.k, tuple(qs), e, d, "gaussian", total_rho)
 
 
 @cache
 def _plan(out: Output, sens: tuple[tuple[str, Any], ...]) -> DpPlan:
     assert out.dp is not None
+    if out.dp.mechanism == "gaussian":
+        return _gaussian_plan(out, sens)
     eps = out.dp.epsilon / len(sens)
     qs = [_selection(sens[0][1], eps, out.dp.delta)]
     qs += [_vector_quantity(n, d_in, eps) for n, d_in in sens[1:]]
@@ -331,14 +448,15 @@ def release_dp(p: Pipeline, out: Output, state: WindowState, rows: Rows) -> DpRe
 @cache
 def _noise_meta(plan: DpPlan) -> dict[str, Any]:
     return {
-        "mechanism": MECHANISM,
+        "mechanism": MECHANISMS[plan.mechanism],
         "epsilon": plan.epsilon,
         "delta": plan.delta,
+        **({"rho": plan.rho} if plan.rho is not None else {}),
         "quantities": {
             q.name: {
                 "scale": q.scale,
                 "error95": q.error95,
-                "epsilon": q.epsilon,
+                **({"rho": q.rho} if q.rho is not None else {"epsilon": q.epsilon}),
                 **({"threshold": q.threshold + plan.k - 1} if q.threshold is not None else {}),
             }
             for q in plan.quantities
@@ -348,6 +466,7 @@ def _noise_meta(plan: DpPlan) -> dict[str, Any]:
 
 def noise_meta(plan: DpPlan, out: Output) -> dict[str, Any]:
     """The record's `noise` object: mechanism, the window's loss, and per quantity its
-    scale, 95 % error bound and share of epsilon (a copy: records must not share it)."""
+    scale, 95 % error bound and share of epsilon (laplace) or its rho (gaussian) (a copy:
+    records must not share it)."""
     m = _noise_meta(plan)
     return {**m, "quantities": {k: dict(v) for k, v in m["quantities"].items()}}

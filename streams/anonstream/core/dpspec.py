@@ -27,7 +27,7 @@ class DpSpec:
 
     epsilon: float
     delta: float
-    mechanism: Literal["laplace"] = "laplace"
+    mechanism: Literal["laplace", "gaussian"] = "laplace"  # discrete, both (core/dp.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,8 +65,8 @@ def _mapping(raw: object, path: str, keys: set[str], fail: Fail) -> dict[str, An
 def parse_dp(raw: object, path: str, fail: Fail) -> DpSpec:
     d = _mapping(raw, path, {"epsilon", "delta", "mechanism"}, fail)
     mech = d.get("mechanism", "laplace")
-    if mech != "laplace":
-        raise fail(f"{path}.mechanism", "only laplace (discrete) is supported in dp mode")
+    if mech not in ("laplace", "gaussian"):
+        raise fail(f"{path}.mechanism", "expected laplace or gaussian (both discrete)")
     eps = _number(d, "epsilon", path, fail)
     if not 0 < eps <= 10:
         raise fail(f"{path}.epsilon", "expected a number in (0, 10] per window")
@@ -74,7 +74,7 @@ def parse_dp(raw: object, path: str, fail: Fail) -> DpSpec:
     # delta pays for partition selection (which cells exist); 0 would release no cell.
     if not 0 < delta <= 1e-4:
         raise fail(f"{path}.delta", "expected 0 < delta <= 1e-4 (it pays for choosing cells)")
-    return DpSpec(eps, delta)
+    return DpSpec(eps, delta, mech)
 
 
 def parse_budget(raw: object, path: str, fail: Fail) -> DpBudget | None:
