@@ -12,6 +12,8 @@
    ``anonstream``   ``anonstream worker --stop-at-end`` with the shipped web-activity
                     pipeline (its source and output topics rewired), until its releases
                     for the whole input are out and it exits.
+   ``anonstream_dp`` the same with the dp example (pipelines/examples/web_activity_dp.yaml);
+                    ``ratio_dp_k`` is its events/s over ``anonstream``'s.
    ``scale``        for each worker count of ``--scale`` (1,2,3 by default): that many
                     ``anonstream worker`` processes in scale-out mode, one fresh group and
                     output topic per count, from spawn until every window summary of the
@@ -87,7 +89,9 @@ __all__ = [
     "run_benchmark",
 ]
 
-RUN_NAMES = ("ceiling", "naive_faust", "quixstreams", "anonstream", "kstreams", "scale")
+RUN_NAMES = (
+    "ceiling", "naive_faust", "quixstreams", "anonstream", "anonstream_dp", "kstreams", "scale",
+)  # fmt: skip
 _RUNNER_MODULES = {
     "ceiling": "anonstream_load.runners.ceiling",
     "naive_faust": "anonstream_load.runners.naive_faust",
@@ -95,6 +99,8 @@ _RUNNER_MODULES = {
 }
 DEFAULT_CHART = ROOT / "load" / "results" / "bench.png"
 DEFAULT_PIPELINE = ROOT / "pipelines" / "web_activity.yaml"
+# The anonstream_dp run: the shipped dp example (same input and field policy, dp outputs).
+DP_PIPELINE = ROOT / "pipelines" / "examples" / "web_activity_dp.yaml"
 MIB = 1024 * 1024
 
 
@@ -335,9 +341,10 @@ def _run_peer(ctx: _Ctx, name: str) -> RunResult:
     return _finish(run, error, ctx.cfg.events)
 
 
-def _run_anonstream(ctx: _Ctx, profile: Path | None = None) -> RunResult:
-    """The worker run; with ``profile``, under pyinstrument (report written there)."""
-    name = "anonstream" if profile is None else "anonstream-profile"
+def _run_anonstream(ctx: _Ctx, profile: Path | None = None, dp: bool = False) -> RunResult:
+    """The worker run; with ``profile``, under pyinstrument (report written there); with
+    ``dp``, the dp example pipeline (run ``anonstream_dp``)."""
+    name = "anonstream_dp" if dp else "anonstream" if profile is None else "anonstream-profile"
     if not worker_supports_stop_at_end():
         return RunResult(
             name=name, ok=False, error="`anonstream worker` has no --stop-at-end flag yet"
@@ -346,10 +353,11 @@ def _run_anonstream(ctx: _Ctx, profile: Path | None = None) -> RunResult:
 
     group = f"bench-{ctx.bench_id}-{name}"
     out_topic = f"{ctx.topic}.{name}.out"
-    pipe_dir = ctx.logs / "pipelines"
+    pipe_dir = ctx.logs / ("pipelines-dp" if dp else "pipelines")
     pipeline = write_pipeline(
-        ctx.cfg.pipeline, pipe_dir, source_topic=ctx.topic, output_topic=out_topic
-    )
+        DP_PIPELINE if dp else ctx.cfg.pipeline, pipe_dir, source_topic=ctx.topic,
+        output_topic=out_topic,
+    )  # fmt: skip
     port = free_ports(1)[0]
     env = worker_env(
         ctx.bootstrap, group=group, web_port=port,
@@ -711,6 +719,14 @@ def _ratio(results: dict[str, RunResult], other: str) -> float | None:
     return round(a.events_per_s / b.events_per_s, 3)
 
 
+def _ratio_dp_k(results: dict[str, RunResult]) -> float | None:
+    """dp mode's events/s over k mode's, both anonstream workers in this run."""
+    dp, k = results.get("anonstream_dp"), results.get("anonstream")
+    if dp is None or k is None or not dp.events_per_s or not k.events_per_s:
+        return None
+    return round(dp.events_per_s / k.events_per_s, 3)
+
+
 def _cpu_ratio(results: dict[str, RunResult], other: str) -> float | None:
     """anonstream's events per CPU second over the other run's."""
     a, b = results.get("anonstream"), results.get(other)
@@ -919,7 +935,11 @@ def run_benchmark(cfg: BenchConfig, console: Console | None = None) -> dict[str,
                     batch = _kstreams_runs(ctx, results.get("anonstream"))
                 else:
                     console.print(f"[bold]run {name}[/]")
-                    batch = [_run_anonstream(ctx) if name == "anonstream" else _run_peer(ctx, name)]
+                    batch = [
+                        _run_anonstream(ctx, dp=name == "anonstream_dp")
+                        if name.startswith("anonstream")
+                        else _run_peer(ctx, name)
+                    ]
                 for run in batch:
                     results[run.name] = run
                     if run.ok:
@@ -954,6 +974,8 @@ def run_benchmark(cfg: BenchConfig, console: Console | None = None) -> dict[str,
         "ratio_ceiling": _ratio(results, "ceiling"),
         "ratio_naive_faust": _ratio(results, "naive_faust"),
         "ratio_quixstreams": _ratio(results, "quixstreams"),
+        # dp mode ÷ k mode (issue 14 asks for at least 0.9).
+        "ratio_dp_k": _ratio_dp_k(results),
         # anonstream ÷ Kafka Streams, one thread each; and against all cores for the JVM.
         "ratio_kafka_streams": _ratio(results, "kstreams"),
         "ratio_kafka_streams_all": _ratio(results, "kstreams_all"),

@@ -194,3 +194,16 @@ def test_without_maven_the_kstreams_rows_fail_and_say_why(
     runs = bench._kstreams_runs(ctx, None)  # type: ignore[arg-type]
     assert runs and runs[0].name == "kstreams"
     assert all(not r.ok and "Maven was not found" in (r.error or "") for r in runs)
+
+
+def test_dp_run_and_its_ratio_to_k_mode() -> None:
+    from anonstream_load.bench import DP_PIPELINE, _ratio_dp_k
+
+    assert parse("--runs", "anonstream,anonstream_dp").runs == (  # type: ignore[attr-defined]
+        "anonstream", "anonstream_dp",
+    )  # fmt: skip
+    assert DP_PIPELINE.is_file()
+    k = RunResult(name="anonstream", ok=True, events_per_s=2000.0)
+    dp = RunResult(name="anonstream_dp", ok=True, events_per_s=1900.0)
+    assert _ratio_dp_k({"anonstream": k, "anonstream_dp": dp}) == 0.95
+    assert _ratio_dp_k({"anonstream": k}) is None
