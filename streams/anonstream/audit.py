@@ -15,6 +15,8 @@ itself by also being in the checker. What it can see:
 - ``noise`` / ``sanity``: declared noise is coherent; exact counts are internally consistent.
 - ``budget``: dp outputs (contract v2): no period spends more than its declared budget, the
   summaries' spending adds up, and no aggregate belongs to a window the budget refused.
+- ``ledger``: with the privacy ledger given, dp windows against their charges
+  (audit_ledger.py).
 
 Findings never echo a suspected identifier: it is masked to its first two characters.
 """
@@ -41,6 +43,7 @@ from jsonschema import Draft202012Validator, ValidationError
 from jsonschema.exceptions import best_match
 
 from anonstream.audit_detect import embedded_ipv4_reason, identifier_reasons
+from anonstream.audit_ledger import LedgerCheck
 
 __all__ = [
     "RULES",
@@ -56,7 +59,10 @@ __all__ = [
 SCHEMA_PATH = Path(__file__).parent / "schemas" / "release-v1.json"
 # Records of dp outputs (schema_version 2); any other version is checked against v1.
 SCHEMA_PATHS = {1: SCHEMA_PATH, 2: SCHEMA_PATH.with_name("release-v2.json")}
-RULES = ("schema", "k", "identifier", "duplicate", "differencing", "noise", "sanity", "budget")
+RULES = (
+    "schema", "k", "identifier", "duplicate", "differencing", "noise", "sanity", "budget",
+    "ledger",
+)  # fmt: skip
 STAR = "*"
 IDLE_SECONDS = 2.0  # a topic with no new message for this long is read to its end
 CLI_TOPIC_TIMEOUT = 60.0
@@ -345,7 +351,10 @@ class _Auditor:
     """Checks records one by one, keeps the first record per release_id (as a consumer does)
     and runs the cross-record checks of each window at the end."""
 
-    def __init__(self, k: int | None, assume_totals: bool) -> None:
+    def __init__(
+        self, k: int | None, assume_totals: bool, ledger: list[dict[str, Any]] | None = None
+    ) -> None:
+        self.ledger = LedgerCheck(ledger) if ledger is not None else None
         self.k = k
         self.assume_totals = assume_totals
         self.report = AuditReport()
@@ -404,6 +413,8 @@ class _Auditor:
             self.first[rid] = (digest, line, core)
         if schema_errors or rid is None:
             return  # the cross-record checks need well-formed fields
+        if self.ledger is not None:
+            self.ledger.add(rec)
         if kind == "aggregate":
             self._aggregate(rec, rid, line)
         else:
@@ -520,6 +531,8 @@ class _Auditor:
                     "warning",
                 )  # fmt: skip
         self._budget()
+        for l_rid, l_msg, l_sev in self.ledger.findings() if self.ledger is not None else []:
+            self.find(l_rid, None, "ledger", l_msg, "error" if l_sev == "error" else "warning")
         by_window: dict[tuple[str, int, str, str], dict[str, list[_Cell]]] = defaultdict(dict)
         for (p, v, o, s, e), cells in self.cells.items():
             by_window[(p, v, s, e)][o] = cells
@@ -555,7 +568,9 @@ class _Auditor:
             s = summaries[0]
             if s.privacy is None:
                 continue
-            periods[(key[0], s.privacy["period_start_ms"])].append((s, s.privacy))
+            # Per budget: pipelines sharing one spend it together (its name, else the pipeline).
+            name = s.privacy.get("budget") or key[0]
+            periods[(name, s.privacy["period_start_ms"])].append((s, s.privacy))
             if s.privacy["status"] != "released" and self.cells.get(key):
                 self.find(
                     s.release_id, s.line, "budget",
@@ -568,7 +583,7 @@ class _Auditor:
             eps = sum(pv["window_epsilon"] for _, pv in items)
             delta = sum(pv["window_delta"] for _, pv in items)
             declared = max(pv["period_epsilon_spent"] for _, pv in items)
-            where = f"pipeline {_safe(pipeline)}, period starting {start} ms"
+            where = f"budget {_safe(pipeline)}, period starting {start} ms"
             tol = 1e-9 * max(1.0, budget[0])
             if eps > budget[0] + tol or delta > budget[1] * (1 + 1e-9):
                 self.find(
@@ -851,20 +866,23 @@ def _window_name(key: WindowKey) -> str:
 
 
 def audit_records(
-    records: Iterable[Any], *, k: int | None = None, assume_totals: bool = False
-) -> AuditReport:
-    """Audit release records (dicts) in stream order; `k` is the minimum k to demand."""
-    auditor = _Auditor(k, assume_totals)
+    records: Iterable[Any], *, k: int | None = None, assume_totals: bool = False,
+    ledger: list[dict[str, Any]] | None = None,
+) -> AuditReport:  # fmt: skip
+    """Audit release records (dicts) in stream order; `k` is the minimum k to demand;
+    `ledger`: the privacy ledger's charges, to check dp windows against (rule ledger)."""
+    auditor = _Auditor(k, assume_totals, ledger)
     for rec in records:
         auditor.add(rec)
     return auditor.finish()
 
 
 def audit_file(
-    path: Path | str, *, k: int | None = None, assume_totals: bool = False
-) -> AuditReport:
+    path: Path | str, *, k: int | None = None, assume_totals: bool = False,
+    ledger: list[dict[str, Any]] | None = None,
+) -> AuditReport:  # fmt: skip
     """Audit a JSONL file of releases; findings carry 1-based line numbers."""
-    auditor = _Auditor(k, assume_totals)
+    auditor = _Auditor(k, assume_totals, ledger)
     auditor.report.source = str(path)
     with open(path, "rb") as f:
         for n, raw in enumerate(f, start=1):
@@ -887,6 +905,7 @@ async def audit_topic(
     *,
     k: int | None = None,
     assume_totals: bool = False,
+    ledger: list[dict[str, Any]] | None = None,
     **client_options: Any,
 ) -> AuditReport:
     """Audit an output topic from its beginning: read until every partition reaches the end
@@ -895,7 +914,7 @@ async def audit_topic(
 
     from anonstream.runtime.topic_end import EndNotReached, partitions_of, read_to_end
 
-    auditor = _Auditor(k, assume_totals)
+    auditor = _Auditor(k, assume_totals, ledger)
     auditor.report.source = f"kafka topic {topic} at {bootstrap}"
     opts: dict[str, Any] = {"isolation_level": "read_committed", **client_options}
     consumer = AIOKafkaConsumer(
@@ -943,6 +962,8 @@ def run_audit_cli(
     k: int | None,
     assume_totals: bool,
     as_json: bool,
+    ledger: Path | None = None,
+    ledger_topic: str | None = None,
 ) -> int:
     """`anonstream audit`: prints the report; exit 0 if clean, 1 on findings, 2 on usage
     errors or when the input cannot be read."""
@@ -953,8 +974,9 @@ def run_audit_cli(
         print("anonstream audit: --k must be a positive integer", file=sys.stderr)
         return 2
     try:
+        charges = _ledger_charges(ledger, ledger_topic, bootstrap)
         if input is not None:
-            report = audit_file(input, k=k, assume_totals=assume_totals)
+            report = audit_file(input, k=k, assume_totals=assume_totals, ledger=charges)
         else:
             assert topic is not None
             from anonstream.settings import Settings
@@ -962,7 +984,8 @@ def run_audit_cli(
             settings = Settings()
             reading = audit_topic(
                 bootstrap or settings.bootstrap_servers, topic, CLI_TOPIC_TIMEOUT,
-                k=k, assume_totals=assume_totals, **settings.kafka_client_options(),
+                k=k, assume_totals=assume_totals, ledger=charges,
+                **settings.kafka_client_options(),
             )  # fmt: skip
             report = asyncio.run(reading)
     except Exception as exc:  # a missing file, topic or broker: report it, no traceback
@@ -971,3 +994,21 @@ def run_audit_cli(
         return 2
     print(report.to_json() if as_json else report.render())
     return 0 if report.ok else 1
+
+
+def _ledger_charges(
+    path: Path | None, topic: str | None, bootstrap: str | None
+) -> list[dict[str, Any]] | None:
+    """The privacy ledger of `--ledger FILE` or `--ledger-topic T`, if one is given."""
+    from anonstream.audit_ledger import read_ledger_file, read_ledger_topic
+
+    if path is not None:
+        return read_ledger_file(path)
+    if topic is None:
+        return None
+    from anonstream.settings import Settings
+
+    settings = Settings()
+    return asyncio.run(read_ledger_topic(
+        bootstrap or settings.bootstrap_servers, topic, **settings.kafka_client_options()
+    ))  # fmt: skip

@@ -332,11 +332,19 @@ def audit(
         bool, typer.Option(help="Read '*' cells as totals of their children (stricter).")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    ledger: Annotated[
+        Path | None, typer.Option(help="dp: the privacy ledger (JSONL) to check windows against.")
+    ] = None,
+    ledger_topic: Annotated[
+        str | None, typer.Option(help="dp: read the privacy ledger from this topic.")
+    ] = None,
 ) -> None:
     """Re-check a stream of releases on its own: k, identifiers, duplicates, differencing."""
     from anonstream.audit import run_audit_cli
 
-    raise typer.Exit(run_audit_cli(input, topic, bootstrap_servers, k, assume_totals, as_json))
+    raise typer.Exit(run_audit_cli(
+        input, topic, bootstrap_servers, k, assume_totals, as_json, ledger, ledger_topic
+    ))  # fmt: skip
 
 
 @app.command(

@@ -36,11 +36,22 @@ DAY, HOUR = 86_400_000, 3_600_000
 T0 = (1_700_000_000_000 // DAY + 1) * DAY
 
 
-def _pipeline(tmp: Path, suffix: str) -> Path:
+def _pipeline(
+    tmp: Path, suffix: str, names: tuple[str, ...] = ("dpledger",), shared: str | None = None
+) -> Path:
     d = tmp / "pipelines"
     d.mkdir()
+    for name in names:
+        doc = _doc(suffix, name)
+        if shared is not None:
+            doc["dp_budget"]["name"] = shared
+        (d / f"{name}.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
+    return d
+
+
+def _doc(suffix: str, name: str) -> dict[str, Any]:
     doc: dict[str, Any] = {
-        "pipeline": "dpledger",
+        "pipeline": name,
         "version": 1,
         "contract": "web_activity",
         "source_topic": f"raw.web-activity.{suffix}",
@@ -56,13 +67,12 @@ def _pipeline(tmp: Path, suffix: str) -> Path:
         "contribution": {"max_events_per_unit_per_cell": 1, "max_cells_per_unit_per_window": 1},
         "k": 5,
         "outputs": [{
-            "name": "default", "topic": f"anon.aggregates.dpledger.{suffix}",
+            "name": "default", "topic": f"anon.aggregates.{name}.{suffix}",
             "privacy": "dp", "dp": {"epsilon": 2.0, "delta": 1e-6},
         }],
         "dp_budget": {"epsilon": 5.0, "delta": 1e-4},
     }  # fmt: skip
-    (d / "dpledger.yaml").write_text(yaml.safe_dump(doc, sort_keys=False))
-    return d
+    return doc
 
 
 async def _produce(bootstrap: str, topic: str, hours: list[int]) -> None:
@@ -82,12 +92,12 @@ async def _produce(bootstrap: str, topic: str, hours: list[int]) -> None:
 
 
 def _run_to_end(settings: Settings, pipelines_dir: Path) -> None:
-    p = load_pipeline(pipelines_dir / "dpledger.yaml")
+    ps = [load_pipeline(f) for f in sorted(pipelines_dir.glob("*.yaml"))]
     from anonstream.runtime.run import ensure_output_topics
 
     loop = BatchLoop(
-        settings, [p], load_secret({"ANONSTREAM_SECRET": SECRET}), Metrics(), stop_at_end=True,
-        prepare=lambda: ensure_output_topics(settings, [p]),
+        settings, ps, load_secret({"ANONSTREAM_SECRET": SECRET}), Metrics(), stop_at_end=True,
+        prepare=lambda: ensure_output_topics(settings, ps),
     )  # fmt: skip
     asyncio.run(asyncio.wait_for(loop.run(), timeout=120))
 
@@ -135,3 +145,47 @@ def test_restart_does_not_reset_the_period_budget(kafka_bootstrap: str, tmp_path
     assert sorted(c.start_ms for c in charges) == [T0, T0 + HOUR]
     assert all(c.period == T0 and not c.rerelease for c in charges)
     assert json.dumps([c.pipeline for c in charges]) == '["dpledger", "dpledger"]'
+
+
+def test_pipelines_sharing_a_budget_spend_it_together_across_a_restart(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Two pipelines over the same people name one budget that pays for two windows in
+    all: the first run releases hour 0 of each (the budget is then spent); after a restart
+    neither releases another window of the day. Each on its own budget would release two.
+    The audit of both output topics against the ledger topic finds nothing."""
+    from anonstream.audit import audit_records
+    from anonstream.audit_ledger import read_ledger_topic
+
+    suffix = uuid.uuid4().hex[:8]
+    names = ("dpweb", "dpusage")
+    pdir = _pipeline(tmp_path, suffix, names, shared="people")
+    source = f"raw.web-activity.{suffix}"
+    outs = [f"anon.aggregates.{n}.{suffix}" for n in names]
+    create_topics(kafka_bootstrap, {source: 1})
+    settings = Settings(
+        bootstrap_servers=kafka_bootstrap, group_id=f"it-dps-{suffix}", pipelines_dir=pdir,
+        dead_letter_topic=f"anon.deadletter.{suffix}", instance_id="slot-0", web_enabled=False,
+    )  # fmt: skip
+
+    def statuses(records: list[dict[str, Any]], name: str) -> list[str]:
+        return [s for _, s in _summaries([r for r in records if r["pipeline"] == name])]
+
+    asyncio.run(_produce(kafka_bootstrap, source, [0]))
+    _run_to_end(settings, pdir)
+    asyncio.run(_produce(kafka_bootstrap, source, [1, 2]))
+    _run_to_end(settings, pdir)
+    records = asyncio.run(read_releases(
+        kafka_bootstrap, outs, until=lambda rs: len(_summaries(rs)) >= 6, timeout=60
+    ))  # fmt: skip
+    for name in names:
+        assert statuses(records, name) == ["released", "budget_exhausted", "budget_exhausted"]
+    assert {r["privacy"]["budget"] for r in records if r["kind"] == "window_summary"} == {"people"}
+    charges = asyncio.run(read_ledger_topic(kafka_bootstrap, ledger_topic(settings.group_id)))
+    assert sorted((c["pipeline"], c["start_ms"]) for c in charges) == [
+        ("dpusage", T0), ("dpweb", T0),
+    ]  # fmt: skip
+    assert all(c["budget"] == "people" and c["digest"] for c in charges)
+    report = audit_records(records, ledger=charges)
+    assert report.ok, report.render()
+    assert not [f for f in report.findings if f.rule == "ledger"]
