@@ -70,11 +70,20 @@ def budget_lines(p: Pipeline) -> list[str]:
     eps = sum(pl.epsilon for pl in ps.values())
     delta = sum(pl.delta for pl in ps.values())
     fits = min(int(b.epsilon // eps), int(b.delta // delta) if delta else per_period)
+    shared = (
+        [
+            f"  shared budget '{b.name}': every pipeline that names it spends it too, so "
+            "fewer windows may be released than below (one worker group enforces it)."
+        ]
+        if b.name is not None
+        else []
+    )
     return [
         "",
         f"Privacy budget (dp outputs together, per {rot} pseudonym period): epsilon "
         f"{b.epsilon:g}, delta {b.delta:g}, spent by basic composition over windows and "
         "outputs.",
+        *shared,
         f"  one window of all dp outputs costs epsilon {eps:.4g}, delta {delta:.3g}; a period "
         f"has {per_period} window(s); {min(fits, per_period)} can be released, later "
         "ones are not (their window summary says budget_exhausted).",

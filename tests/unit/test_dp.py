@@ -408,6 +408,10 @@ def test_shared_budget_declarations_must_agree(tmp_path: Path) -> None:
         check_shared_budgets([a, b])
     with pytest.raises(ValueError, match="dp budget people"):
         ledgers([a, b], JsonlLedgerStore(tmp_path / "l.jsonl"))
+    from anonstream.explain import explain_pipeline
+
+    assert "shared budget 'people'" in explain_pipeline(a)
+    assert "shared budget" not in explain_pipeline(make_pipeline(name="web"))
     # A budget shared with a pipeline's own budget by naming it: the same budget.
     check_shared_budgets([make_pipeline(name="web"), make_pipeline(name="x", shared="web")])
     # validate over a directory refuses the disagreement.
