@@ -356,6 +356,11 @@ def test_ledger_is_per_pipeline(tmp_path: Path) -> None:
     # A charge written before budgets had names is the pipeline's own.
     store.append(Charge("dptest", "default", T0, T0 + HOUR, T0, 1.5, 0.0))
     assert Ledger(p, store).spent(T0) == (1.5, 0.0)
+    # The pipeline now shares a budget: what it spent and released on its own still counts.
+    shared = Ledger(make_pipeline(budget=(5.0, 1e-3), shared="people"), store)
+    assert shared.spent(T0) == (5.5, 0.0)
+    decision = shared.request("dptest", "default", T0, T0 + HOUR, (0.1, 0.0))
+    assert decision.status == "already_released"
 
 
 def _window(engines: dict[str, PipelineEngine], name: str, hour: int) -> str:

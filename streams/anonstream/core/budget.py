@@ -192,8 +192,11 @@ class Ledger:
         self.allow_rerelease = allow_rerelease
         self._by_period: dict[int, list[Charge]] = {}
         self._released: set[tuple[str, str, int]] = set()
+        # Also a charge of one of these pipelines to another budget: a budget renamed (or
+        # newly shared) mid-period keeps what its pipelines already spent and released.
+        mine = {p.name for p in ps}
         for c in self.store.load():
-            if c.budget_name == self.name:
+            if c.budget_name == self.name or c.pipeline in mine:
                 self._remember(c)
 
     def _remember(self, c: Charge) -> None:
