@@ -12,8 +12,9 @@
    ``anonstream``   ``anonstream worker --stop-at-end`` with the shipped web-activity
                     pipeline (its source and output topics rewired), until its releases
                     for the whole input are out and it exits.
-   ``anonstream_dp`` the same with the dp example (pipelines/examples/web_activity_dp.yaml);
-                    ``ratio_dp_k`` is its events/s over ``anonstream``'s.
+   ``anonstream_dp`` the same pipeline with every output switched to ``privacy: dp``
+                    (:data:`DP_OUTPUT`, :data:`DP_BUDGET`); ``ratio_dp_k`` is its events/s
+                    over ``anonstream``'s, ``cpu_ratio_dp_k`` its events per CPU second.
    ``scale``        for each worker count of ``--scale`` (1,2,3 by default): that many
                     ``anonstream worker`` processes in scale-out mode, one fresh group and
                     output topic per count, from spawn until every window summary of the
@@ -99,8 +100,11 @@ _RUNNER_MODULES = {
 }
 DEFAULT_CHART = ROOT / "load" / "results" / "bench.png"
 DEFAULT_PIPELINE = ROOT / "pipelines" / "web_activity.yaml"
-# The anonstream_dp run: the shipped dp example (same input and field policy, dp outputs).
-DP_PIPELINE = ROOT / "pipelines" / "examples" / "web_activity_dp.yaml"
+# The anonstream_dp run: the k run's pipeline, each output in dp mode, and a period budget
+# that pays for 100,000 windows, so no window of a run goes unreleased for want of budget
+# (the run fails if one does): the two runs differ in the privacy mode only.
+DP_OUTPUT = {"privacy": "dp", "dp": {"epsilon": 1.0, "delta": 1e-7}}
+DP_BUDGET = {"epsilon": 1e5, "delta": 1e-2}
 MIB = 1024 * 1024
 
 
@@ -343,7 +347,7 @@ def _run_peer(ctx: _Ctx, name: str) -> RunResult:
 
 def _run_anonstream(ctx: _Ctx, profile: Path | None = None, dp: bool = False) -> RunResult:
     """The worker run; with ``profile``, under pyinstrument (report written there); with
-    ``dp``, the dp example pipeline (run ``anonstream_dp``)."""
+    ``dp``, its outputs in dp mode (run ``anonstream_dp``)."""
     name = "anonstream_dp" if dp else "anonstream" if profile is None else "anonstream-profile"
     if not worker_supports_stop_at_end():
         return RunResult(
@@ -355,8 +359,8 @@ def _run_anonstream(ctx: _Ctx, profile: Path | None = None, dp: bool = False) ->
     out_topic = f"{ctx.topic}.{name}.out"
     pipe_dir = ctx.logs / ("pipelines-dp" if dp else "pipelines")
     pipeline = write_pipeline(
-        DP_PIPELINE if dp else ctx.cfg.pipeline, pipe_dir, source_topic=ctx.topic,
-        output_topic=out_topic,
+        ctx.cfg.pipeline, pipe_dir, source_topic=ctx.topic, output_topic=out_topic,
+        changes={"dp_budget": DP_BUDGET} if dp else None, output_changes=DP_OUTPUT if dp else None,
     )  # fmt: skip
     port = free_ports(1)[0]
     env = worker_env(
@@ -398,15 +402,24 @@ def _run_anonstream(ctx: _Ctx, profile: Path | None = None, dp: bool = False) ->
         run.extra["releases"] = kinds = _release_kinds(ctx, out_topic)
         if error is None and not kinds.get("window_summary"):
             error = "anonstream released no window summary"
+        if error is None and kinds.get(_EXHAUSTED):
+            error = f"{kinds[_EXHAUSTED]} window summaries say budget_exhausted"
     return _finish(run, error, ctx.cfg.events)
 
 
+_EXHAUSTED = "budget_exhausted"
+
+
 def _release_kinds(ctx: _Ctx, topic: str) -> dict[str, int]:
-    """Records on ``topic`` (read_committed) by their ``kind``."""
+    """Records on ``topic`` (read_committed) by their ``kind``; and the window summaries of
+    dp windows left unreleased for want of budget, under ``budget_exhausted``."""
     kinds: dict[str, int] = {}
     for value in ctx.probe.read_all(topic):
-        kind = str(json.loads(value).get("kind"))
+        record = json.loads(value)
+        kind = str(record.get("kind"))
         kinds[kind] = kinds.get(kind, 0) + 1
+        if (record.get("privacy") or {}).get("status") == _EXHAUSTED:
+            kinds[_EXHAUSTED] = kinds.get(_EXHAUSTED, 0) + 1
     return kinds
 
 
@@ -727,9 +740,9 @@ def _ratio_dp_k(results: dict[str, RunResult]) -> float | None:
     return round(dp.events_per_s / k.events_per_s, 3)
 
 
-def _cpu_ratio(results: dict[str, RunResult], other: str) -> float | None:
-    """anonstream's events per CPU second over the other run's."""
-    a, b = results.get("anonstream"), results.get(other)
+def _cpu_ratio(results: dict[str, RunResult], other: str, mine: str = "anonstream") -> float | None:
+    """``mine``'s events per CPU second over the other run's."""
+    a, b = results.get(mine), results.get(other)
     if a is None or b is None or not a.ok or not b.ok:
         return None
     mine, theirs = a.extra.get("events_per_cpu_s"), b.extra.get("events_per_cpu_s")
@@ -976,6 +989,7 @@ def run_benchmark(cfg: BenchConfig, console: Console | None = None) -> dict[str,
         "ratio_quixstreams": _ratio(results, "quixstreams"),
         # dp mode ÷ k mode (issue 14 asks for at least 0.9).
         "ratio_dp_k": _ratio_dp_k(results),
+        "cpu_ratio_dp_k": _cpu_ratio(results, "anonstream", mine="anonstream_dp"),
         # anonstream ÷ Kafka Streams, one thread each; and against all cores for the JVM.
         "ratio_kafka_streams": _ratio(results, "kstreams"),
         "ratio_kafka_streams_all": _ratio(results, "kstreams_all"),
@@ -1152,7 +1166,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         first_line = (r.get("error") or "failed").splitlines()[0]
         out.print(f"[red]{name} failed[/]: {escape(first_line)}")
     ratio_keys = [
-        "ratio_ceiling", "ratio_naive_faust", "ratio_quixstreams", "ratio_kafka_streams",
+        "ratio_ceiling", "ratio_naive_faust", "ratio_quixstreams", "ratio_dp_k",
+        "cpu_ratio_dp_k", "ratio_kafka_streams",
         "ratio_kafka_streams_all", "cpu_ratio_kafka_streams", "ratio_scale1_single",
         *sorted(k for k in summary if k.startswith("scale_efficiency_")),
     ]  # fmt: skip

@@ -576,14 +576,17 @@ def write_pipeline(
     source_topic: str,
     output_topic: str,
     changes: Mapping[str, Any] | None = None,
+    output_changes: Mapping[str, Any] | None = None,
 ) -> Path:
     """A copy of pipeline file ``source`` reading ``source_topic`` and writing every output
-    to ``output_topic``, with top-level ``changes`` applied; returns its path."""
+    to ``output_topic``, with top-level ``changes`` and each output's ``output_changes``
+    applied; returns its path."""
     doc = yaml.safe_load(source.read_text(encoding="utf-8"))
     doc["source_topic"] = source_topic
     outputs = doc.get("outputs") or [{"name": "default"}]
     for out in outputs:
         out["topic"] = output_topic
+        out.update(output_changes or {})
     doc["outputs"] = outputs
     doc.update(changes or {})
     dest_dir.mkdir(parents=True, exist_ok=True)

@@ -196,14 +196,34 @@ def test_without_maven_the_kstreams_rows_fail_and_say_why(
     assert all(not r.ok and "Maven was not found" in (r.error or "") for r in runs)
 
 
-def test_dp_run_and_its_ratio_to_k_mode() -> None:
-    from anonstream_load.bench import DP_PIPELINE, _ratio_dp_k
+def test_dp_run_and_its_ratio_to_k_mode(tmp_path: Path) -> None:
+    from anonstream.core.pipeline import load_pipeline
+    from anonstream_load.bench import (
+        DEFAULT_PIPELINE,
+        DP_BUDGET,
+        DP_OUTPUT,
+        _cpu_ratio,
+        _ratio_dp_k,
+    )
+    from anonstream_load.harness import write_pipeline
 
     assert parse("--runs", "anonstream,anonstream_dp").runs == (  # type: ignore[attr-defined]
         "anonstream", "anonstream_dp",
     )  # fmt: skip
-    assert DP_PIPELINE.is_file()
+    # The dp run's pipeline is the k run's with the privacy mode switched, nothing else.
+    k_file = write_pipeline(DEFAULT_PIPELINE, tmp_path / "k", source_topic="s", output_topic="o")
+    dp_file = write_pipeline(
+        DEFAULT_PIPELINE, tmp_path / "dp", source_topic="s", output_topic="o",
+        changes={"dp_budget": DP_BUDGET}, output_changes=DP_OUTPUT,
+    )  # fmt: skip
+    k_p, dp_p = load_pipeline(k_file), load_pipeline(dp_file)
+    assert all(o.privacy == "dp" for o in dp_p.outputs) and dp_p.dp_budget is not None
+    same = ("window", "dimensions", "fields", "sums", "means", "histograms", "contribution", "k")
+    assert [getattr(dp_p, a) for a in same] == [getattr(k_p, a) for a in same]
     k = RunResult(name="anonstream", ok=True, events_per_s=2000.0)
     dp = RunResult(name="anonstream_dp", ok=True, events_per_s=1900.0)
     assert _ratio_dp_k({"anonstream": k, "anonstream_dp": dp}) == 0.95
     assert _ratio_dp_k({"anonstream": k}) is None
+    k.extra["events_per_cpu_s"], dp.extra["events_per_cpu_s"] = 400.0, 300.0
+    runs = {"anonstream": k, "anonstream_dp": dp}
+    assert _cpu_ratio(runs, "anonstream", mine="anonstream_dp") == 0.75
