@@ -10,6 +10,11 @@ adds the rule ``ledger`` to an audit of a dp output stream:
   charged: what was published is what was paid for;
 - no window is charged twice with different content, unless the ledger marks the second
   charge as an operator-allowed re-release (then a warning: both are paid for);
+- every window the ledger charged to an output the stream holds is in the stream: an error
+  for a topic read from its beginning to its end (the worker writes a charge and its
+  window's records in one transaction), except windows older than the topic's oldest
+  (retention may have deleted them: a warning); only a warning for a file, which may hold
+  part of the releases (one replay of several charged to one ledger file, a cut);
 - per budget and period, the charges of the whole ledger (every pipeline that shares the
   budget, not only the audited stream) add up to no more than the budget the summaries
   declare.
@@ -28,7 +33,7 @@ import math
 from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +57,10 @@ def _ms(ts: object) -> int | None:
         return int(datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp() * 1000)
     except ValueError:
         return None
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
 def _charge(raw: object, where: str) -> dict[str, Any]:
@@ -107,6 +116,9 @@ class LedgerCheck:
     """Collects the dp records of a stream (`add`), then compares them with the ledger."""
 
     charges: list[dict[str, Any]]
+    # The stream is the whole output topic, read to its end (audit_topic): a charged window
+    # missing from it was not published. False for a file or a topic read cut short.
+    complete: bool = False
     aggregates: dict[Window, dict[str, dict[str, Any]]] = field(
         default_factory=lambda: defaultdict(dict)
     )
@@ -131,7 +143,40 @@ class LedgerCheck:
             by_window[(c["pipeline"], c["output"], c["start_ms"])].append(c)
         for key, s in sorted(self.summaries.items()):
             out += self._window(key, s, by_window.get(key, []))
+        out += self._not_in_stream(by_window)
         out += self._budgets()
+        return out
+
+    def _not_in_stream(
+        self, by_window: dict[Window, list[dict[str, Any]]]
+    ) -> list[tuple[str | None, str, str]]:
+        """Windows charged to the stream's outputs that the stream does not hold, one
+        finding per output and kind (charges of other outputs, e.g. of pipelines sharing a
+        budget, are for their own topics)."""
+        held = set(self.summaries) | set(self.aggregates)
+        oldest: dict[tuple[str, str], int] = {}
+        for p, o, start in held:
+            if start >= 0:  # -1: a record without a readable window_start
+                oldest[(p, o)] = min(start, oldest.get((p, o), start))
+        missing: dict[tuple[str, str, bool], list[int]] = defaultdict(list)
+        for p, o, start in sorted(set(by_window) - held):
+            if (p, o) in oldest:
+                missing[(p, o, self.complete and start >= oldest[(p, o)])].append(start)
+        out: list[tuple[str | None, str, str]] = []
+        for (p, o, error), starts in sorted(missing.items()):
+            span = _iso(starts[0]) + (f" to {_iso(starts[-1])}" if len(starts) > 1 else "")
+            what = (
+                f"pipeline {p} output {o}: {len(starts)} window(s) charged in the ledger are "
+                f"not in the stream ({span})"
+            )
+            if error:
+                why = "the topic was read from its beginning: paid for but not published"
+            elif self.complete:
+                why = f"older than the topic's oldest window ({_iso(oldest[(p, o)])}): "
+                why += "retention may have deleted them"
+            else:
+                why = "the stream is a file or a partial read, which may hold part of the releases"
+            out.append((None, f"{what}; {why}", "error" if error else "warning"))
         return out
 
     def _window(

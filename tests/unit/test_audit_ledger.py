@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import asdict
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from anonstream.audit import audit_records
-from anonstream.audit_ledger import content_digest
+from anonstream.audit_ledger import LedgerCheck, content_digest
 from anonstream.core import budget
 from anonstream.core.budget import JsonlLedgerStore, Ledger
 from anonstream.core.engine import PipelineEngine
@@ -61,6 +62,55 @@ def test_a_window_missing_from_the_ledger_is_found(tmp_path: Path) -> None:
     recs, charges = _stream(tmp_path)
     (f,) = _ledger_findings(recs, charges[1:])
     assert "released but not charged" in f.message and f.severity == "error"
+
+
+def _without_window(recs: list[dict[str, Any]], charge: dict[str, Any]) -> list[dict[str, Any]]:
+    """The stream without the records of the window `charge` paid for."""
+
+    def start_ms(r: dict[str, Any]) -> int:
+        return int(datetime.fromisoformat(r["window_start"]).timestamp() * 1000)
+
+    kept = [r for r in recs if start_ms(r) != charge["start_ms"]]
+    assert len(kept) < len(recs)
+    return kept
+
+
+def test_a_charged_window_missing_from_the_stream_is_found(tmp_path: Path) -> None:
+    """The worker writes a charge and its window's records in one transaction: a charged
+    window absent from a topic read from its beginning was paid for and not published (or
+    deleted). A file may be part of the stream, and retention removes a topic's oldest
+    windows: warnings there."""
+    recs, charges = _stream(tmp_path, hours=4)  # 2 windows charged, the 3rd over budget
+    assert len(charges) == 2
+    middle = _without_window(recs, charges[1])  # the stream holds windows 1 and 3
+
+    # A file (or records handed over): a warning that says why it is not an error.
+    (f,) = _ledger_findings(middle, charges)
+    assert f.severity == "warning" and "the stream is a file" in f.message
+    assert "1 window(s) charged in the ledger are not in the stream" in f.message
+    assert audit_records(middle, ledger=charges).ok
+
+    def on_topic(stream: list[dict[str, Any]]) -> list[tuple[str | None, str, str]]:
+        check = LedgerCheck(charges, complete=True)
+        for r in stream:
+            check.add(r)
+        return check.findings()
+
+    # The whole topic: a hole after its oldest window is an error ...
+    ((_, msg, sev),) = on_topic(middle)
+    assert sev == "error" and "paid for but not published" in msg
+    # ... windows before it may have gone to retention: a warning.
+    ((_, msg, sev),) = on_topic(_without_window(recs, charges[0]))
+    assert sev == "warning" and "retention may have deleted them" in msg
+    assert on_topic(recs) == []
+    # Charges to outputs the stream does not hold (a pipeline sharing the budget) are for
+    # other topics: not judged.
+    other = [dict(c, pipeline="usage", budget="elsewhere") for c in charges]
+    assert _ledger_findings(recs, [*charges, *other]) == []
+    check = LedgerCheck([*charges, *other], complete=True)
+    for r in recs:
+        check.add(r)
+    assert check.findings() == []
 
 
 def test_a_window_charged_twice_with_other_content(tmp_path: Path) -> None:
