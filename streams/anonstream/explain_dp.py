@@ -6,6 +6,8 @@ ledger charges the same plan, so what explain says a window costs is what it is 
 
 from __future__ import annotations
 
+import math
+
 from anonstream.core.dp import DpPlan, plan_output, plans
 from anonstream.core.keys import ROTATION_MS
 from anonstream.core.pipeline import Output, Pipeline
@@ -99,13 +101,21 @@ def _plan_warnings(p: Pipeline, o: Output, plan: DpPlan) -> list[str]:
             continue
         ratio = q.error95 / smallest
         c = p.contribution
+        # The error is about proportional to the sensitivity over the epsilon share: a
+        # guide, not a map. The sensitivity grows with L x M (Laplace), L x sqrt(M) (Gaussian).
         lm = c.max_events_per_unit_per_cell * c.max_cells_per_unit_per_window
-        # Laplace error is proportional to sensitivity / epsilon share: a guide, not a map.
+        if o.dp.mechanism == "gaussian":
+            now = c.max_events_per_unit_per_cell * math.sqrt(c.max_cells_per_unit_per_window)
+            bound = (
+                f"events x sqrt(cells) per person <= {max(1.0, now / ratio):.3g} (now {now:.3g})"
+            )
+        else:
+            bound = f"events x cells per person <= {max(1, int(lm / ratio))} (now {lm})"
         out.append(
             f"output {o.name}: {q.name} has a 95% error of {q.error95:.4g}, more than the "
             f"smallest releasable cell ({smallest:g} for k = {o.k} people); about epsilon "
-            f"{o.dp.epsilon * ratio:.3g} per window, or bounds with events x cells per person "
-            f"<= {max(1, int(lm / ratio))} (now {lm}), or a larger k would make it useful"
+            f"{o.dp.epsilon * ratio:.3g} per window, or bounds with {bound}, or a larger k "
+            "would make it useful"
         )
     return out
 

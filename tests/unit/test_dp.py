@@ -524,6 +524,17 @@ def test_validate_prints_dp_warnings(tmp_path: Path) -> None:
     assert "warning web_activity_dp: output default: events has a 95% error" in out
 
 
+def test_gaussian_warnings_suggest_bounds_by_its_l2_sensitivity() -> None:
+    """The Gaussian's sensitivity grows with events x sqrt(cells), not events x cells: the
+    suggested bound says so (the shipped example: 2 events x sqrt(3 cells) = 3.46)."""
+    from anonstream.explain_dp import warnings
+
+    src = Path(__file__).parents[2] / "pipelines/examples/web_activity_dp_gaussian.yaml"
+    found = warnings(load_pipeline(src))
+    assert found and all("events x sqrt(cells) per person <=" in w for w in found)
+    assert all("(now 3.46)" in w for w in found)
+
+
 # -- audit ----------------------------------------------------------------------------------
 
 
