@@ -693,14 +693,14 @@ def test_one_person_changes_no_figure_by_more_than_its_sensitivity(
         ]
 
     users = diff("users")
-    l0, l1, linf = D.sensitivity(p, "users")
+    l0, l1, linf = D.sensitivity(p, p.outputs[0], "users")
     assert sum(1 for d in users if d) <= l0 and max(users) <= linf and sum(users) <= l1
-    _, l2, _ = D.sensitivity(p, "users", "gaussian")
+    _, l2, _ = D.sensitivity(p, p.outputs[0], "users", "gaussian")
     assert math.sqrt(sum(d * d for d in users)) <= l2
     for name in ("events", "duration_ms_sum", "duration_ms_count", "duration_ms_histogram"):
-        assert sum(diff(name)) <= D.sensitivity(p, name), name
+        assert sum(diff(name)) <= D.sensitivity(p, p.outputs[0], name), name
         l2 = math.sqrt(sum(d * d for d in diff(name)))
-        assert l2 <= D.sensitivity(p, name, "gaussian"), name
+        assert l2 <= D.sensitivity(p, p.outputs[0], name, "gaussian"), name
 
 
 def test_worker_refuses_dp_in_scale_out_mode() -> None:

@@ -196,9 +196,9 @@ def _ceil_sqrt(x: int) -> int:
     return math.isqrt(x - 1) + 1 if x > 0 else 0
 
 
-def sensitivity(p: Pipeline, name: str, mechanism: str = "laplace") -> Any:
-    """d_in of a quantity when one person is added or removed (see the module docstring):
-    L1 for Laplace, L2 (rounded up) for Gaussian."""
+def sensitivity(p: Pipeline, out: Output, name: str, mechanism: str = "laplace") -> Any:
+    """d_in of a quantity of `out` when one person is added or removed (see the module
+    docstring): L1 for Laplace, L2 (rounded up) for Gaussian."""
     c = p.contribution
     L, M = c.max_events_per_unit_per_cell, c.max_cells_per_unit_per_window
     l2 = mechanism == "gaussian"
@@ -208,7 +208,13 @@ def sensitivity(p: Pipeline, name: str, mechanism: str = "laplace") -> Any:
     if name.endswith("_sum"):
         lo, hi = p.fields[name[: -len("_sum")]].clamp or (0.0, 0.0)
         per_cell = L * int(max(abs(lo), abs(hi)))
-    return _ceil_sqrt(M * per_cell * per_cell) if l2 else per_cell * M
+    if not l2:
+        return per_cell * M
+    if tuple(out.dimensions) != tuple(p.dimensions):
+        # An output cell can merge several of the person's M pipeline cells, each holding up
+        # to L of their events: at worst all M in one output cell, so L2 is L1.
+        return per_cell * M
+    return _ceil_sqrt(M * per_cell * per_cell)
 
 
 def _vector_quantity(name: str, d_in: int, eps: float) -> Quantity:
@@ -251,7 +257,7 @@ def plan_output(p: Pipeline, out: Output) -> DpPlan:
     selection), and find each mechanism's scale with OpenDP's binary search."""
     assert out.privacy == "dp" and out.dp is not None
     names = quantity_names(p)
-    return _plan(out, tuple((n, sensitivity(p, n, out.dp.mechanism)) for n in names))
+    return _plan(out, tuple((n, sensitivity(p, out, n, out.dp.mechanism)) for n in names))
 
 
 def _gaussian_selection(d_in: tuple[int, int, int], rho: float, delta: float) -> Quantity:
