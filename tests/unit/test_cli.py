@@ -944,7 +944,7 @@ def test_kafka_status_is_a_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     rec = {"pid": 4242, "bootstrap": "127.0.0.1:9092", "data_dir": str(data_dir),
            "kafka_version": "4.1.1", "started_at": "2026-12-01T00:00:00+00:00"}  # fmt: skip
     write_state(tmp_path, rec)
-    monkeypatch.setattr(local, "_is_our_broker", lambda pid, d: True)
+    monkeypatch.setattr(local, "is_our_broker", lambda pid, d: True)
     result = invoke("kafka", "status")
     assert result.exit_code == 0, result.output
     lines = [flat(line) for line in result.stdout.splitlines()]
