@@ -1,7 +1,7 @@
 """The load benchmark (issue 5): anonstream against the ceiling and two peers, in ONE run.
 
 1. The standard workload is produced once to a fresh topic: synthetic web-activity events
-   (:class:`~anonstream_load.generator.EventGenerator`, ~430 bytes of JSON each, Zipf users
+   (:class:`~anonstream.synthetic.EventGenerator`, ~430 bytes of JSON each, Zipf users
    and pages, identifiers inside).
 2. Each run consumes that topic from the start with a fresh consumer group, in a fresh
    process of its own, until the last event is processed:
@@ -58,8 +58,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from anonstream.synthetic import EventGenerator, Workload
+from anonstream.synthetic.produce import produce
+
 from .cpucap import CpuCapError, cpu_groups, parse_cap
-from .generator import EventGenerator, Workload
 from .harness import (
     BENCH_SECRET,
     ROOT,
@@ -76,7 +78,6 @@ from .harness import (
     worker_supports_stop_at_end,
     write_pipeline,
 )
-from .produce import produce
 
 __all__ = [
     "RUN_NAMES",

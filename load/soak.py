@@ -42,7 +42,9 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .generator import EventGenerator, Workload
+from anonstream.synthetic import EventGenerator, Workload
+from anonstream.synthetic.produce import produce
+
 from .harness import (
     ROOT,
     KafkaProbe,
@@ -55,7 +57,6 @@ from .harness import (
     worker_env,
     write_pipeline,
 )
-from .produce import produce
 
 __all__ = ["SoakConfig", "print_soak", "run_soak", "soak"]
 

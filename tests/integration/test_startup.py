@@ -23,7 +23,7 @@ import pytest
 
 from anonstream.broker.local import free_ports, run_sync
 from anonstream.broker.topics import create_topics
-from anonstream_load.generator import EventGenerator, Workload
+from anonstream.synthetic import EventGenerator, Workload
 from tests.integration.helpers import (
     ROOT,
     SECRET,

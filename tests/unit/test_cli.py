@@ -34,7 +34,7 @@ from anonstream.broker.local import DATA_DIR_PREFIX, STATE_FILE_NAME
 from anonstream.core.keys import MasterSecret, load_secret
 from anonstream.core.pipeline import find_pipeline
 from anonstream.explain import explain_pipeline
-from anonstream_load.generator import (
+from anonstream.synthetic import (
     TOPIC_WEB,
     EventGenerator,
     Workload,
@@ -780,7 +780,7 @@ def test_worker_without_secret_in_a_real_process() -> None:
 
 
 def test_generate_passes_its_options_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    import anonstream_load.produce as produce
+    import anonstream.synthetic.produce as produce
 
     seen: list[list[str]] = []
     monkeypatch.setattr(produce, "main", lambda argv: seen.append(list(argv)) or 0)
