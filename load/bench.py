@@ -33,7 +33,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -41,7 +40,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -69,6 +67,7 @@ from .harness import (
     KafkaProbe,
     json_line,
     kafka_broker,
+    machine,
     metrics_value,
     run_child,
     run_until,
@@ -736,28 +735,6 @@ def _scale_ratios(results: dict[str, RunResult], scale: list[ScaleResult]) -> di
         if r.ok and r.efficiency is not None:
             out[f"scale_efficiency_{r.workers}"] = round(r.efficiency, 3)
     return out
-
-
-def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for dist in ("faust-streaming", "quixstreams", "aiokafka", "msgspec", "orjson", "numpy"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
-def machine() -> dict[str, Any]:
-    from anonstream.broker.local import KAFKA_VERSION
-
-    return {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "kafka": KAFKA_VERSION,
-        "versions": _versions(),
-    }
 
 
 def render_table(summary: dict[str, Any]) -> Table:

@@ -49,6 +49,7 @@ from .harness import (
     ROOT,
     KafkaProbe,
     kafka_broker,
+    machine,
     metrics_value,
     proc_memory_kib,
     scratch_dir,
@@ -399,8 +400,6 @@ def soak(cfg: SoakConfig, console: Console) -> dict[str, Any]:
         window_latencies=windows,
         worker_exit_code=code,
     )  # fmt: skip
-    from .bench import machine
-
     summary["machine"] = machine()
     summary["chart"] = str(draw_soak_chart(summary, cfg.chart)) if samples else None
     if not summary["ok"] or keep_logs:

@@ -219,6 +219,18 @@ def test_the_load_import_check_finds_a_deferred_import(tmp_path: Path) -> None:
     assert [_imports_the_load_tools(tmp_path / f"{n}.py") for n in "abc"] == [True, True, False]
 
 
+def test_the_soak_run_does_not_import_the_benchmark() -> None:
+    """`bench --soak` hands over to the soak run; what both need lives in the harness, so
+    the soak run never imports the benchmark back, not even inside a function."""
+    tree = ast.parse((PACKAGES["anonstream_load"] / "soak.py").read_text(encoding="utf-8"))
+    relative = {
+        f"anonstream_load.{n.module}"
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and n.level == 1 and n.module
+    }
+    assert "anonstream_load.bench" not in _every_import(tree) | relative
+
+
 def _line_count(path: Path) -> int:
     return len(path.read_text(encoding="utf-8").splitlines())
 
