@@ -96,15 +96,22 @@ class EventGenerator:
         tzi = categorical(rng, TZ_WEIGHTS, m)
         return [ms[i] if as_int[i] else rfc3339(ms[i], tzi[i]) for i in range(m)]
 
+    def _who_and_when(
+        self, seqs: npt.NDArray[np.int64]
+    ) -> tuple[list[int | str], list[str], list[int]]:
+        """What every event has, drawn in this order: its time, its id and its user."""
+        ts = self._timestamps(seqs)
+        ids = uuid_strings(self._rng, len(seqs))
+        users: list[int] = self._user_zipf.sample(self._rng, len(seqs)).tolist()
+        return ts, ids, users
+
     # ------------------------------------------------------------------ web -----------
 
     def _web_batch(self, seqs: npt.NDArray[np.int64]) -> list[dict[str, Any]]:
         rng = self._rng
         pop = self.population
         m = len(seqs)
-        ts = self._timestamps(seqs)
-        ids = uuid_strings(rng, m)
-        users = self._user_zipf.sample(rng, m).tolist()
+        ts, ids, users = self._who_and_when(seqs)
         pages = self._page_zipf.sample(rng, m).tolist()
         ref_pages = self._page_zipf.sample(rng, m).tolist()
         types = categorical(rng, WEB_TYPE_WEIGHTS, m)
@@ -204,9 +211,7 @@ class EventGenerator:
         rng = self._rng
         pop = self.population
         m = len(seqs)
-        ts = self._timestamps(seqs)
-        ids = uuid_strings(rng, m)
-        users = self._user_zipf.sample(rng, m).tolist()
+        ts, ids, users = self._who_and_when(seqs)
         types = categorical(rng, USAGE_TYPE_WEIGHTS, m)
         u_name, u_phone, u_addr, u_ip, u_bill, u_v6, u_svc = (
             rng.random(m).tolist() for _ in range(7)
@@ -276,30 +281,29 @@ class EventGenerator:
 
     # ------------------------------------------------------------------ API -----------
 
-    def web_events(self, n: int) -> Iterator[dict[str, Any]]:
-        """``n`` web-activity events (topic :data:`TOPIC_WEB`)."""
+    def _chunks(self, n: int) -> Iterator[npt.NDArray[np.int64]]:
+        """The positions of the next ``n`` events, in batches of at most CHUNK, each taken
+        only when the previous one is used (the output does not depend on how it is read)."""
         left = n
         while left > 0:
             m = min(CHUNK, left)
             left -= m
-            yield from self._web_batch(self._next_seqs(m))
+            yield self._next_seqs(m)
+
+    def web_events(self, n: int) -> Iterator[dict[str, Any]]:
+        """``n`` web-activity events (topic :data:`TOPIC_WEB`)."""
+        for seqs in self._chunks(n):
+            yield from self._web_batch(seqs)
 
     def usage_events(self, n: int) -> Iterator[dict[str, Any]]:
         """``n`` service-usage events (topic :data:`TOPIC_USAGE`)."""
-        left = n
-        while left > 0:
-            m = min(CHUNK, left)
-            left -= m
-            yield from self._usage_batch(self._next_seqs(m))
+        for seqs in self._chunks(n):
+            yield from self._usage_batch(seqs)
 
     def mixed(self, n: int, web_share: float = 0.7) -> Iterator[tuple[str, dict[str, Any]]]:
         """``n`` ``(topic, event)`` pairs, about ``web_share`` of them web activity."""
-        left = n
-        while left > 0:
-            m = min(CHUNK, left)
-            left -= m
-            seqs = self._next_seqs(m)
-            is_web = self._rng.random(m) < web_share
+        for seqs in self._chunks(n):
+            is_web = self._rng.random(len(seqs)) < web_share
             web = iter(self._web_batch(seqs[is_web]))
             usage = iter(self._usage_batch(seqs[~is_web]))
             for w in is_web.tolist():
@@ -311,8 +315,5 @@ class EventGenerator:
     def encoded_web_events(self, n: int) -> Iterator[bytes]:
         """``n`` web-activity events as compact JSON bytes (orjson)."""
         dumps = orjson.dumps
-        left = n
-        while left > 0:
-            m = min(CHUNK, left)
-            left -= m
-            yield from map(dumps, self._web_batch(self._next_seqs(m)))
+        for seqs in self._chunks(n):
+            yield from map(dumps, self._web_batch(seqs))
