@@ -171,10 +171,10 @@ def test_every_generated_field_is_one_its_contract_lists() -> None:
     from anonstream.core.contract import SERVICE_USAGE, WEB_ACTIVITY
     from anonstream.synthetic import CONTRACT_OF_TOPIC
 
-    assert CONTRACT_OF_TOPIC == {
+    assert {
         WEB_ACTIVITY.topic: WEB_ACTIVITY,
         SERVICE_USAGE.topic: SERVICE_USAGE,
-    }
+    } == CONTRACT_OF_TOPIC
     seen: dict[str, set[str]] = {TOPIC_WEB: set(), TOPIC_USAGE: set()}
     for topic, ev in EventGenerator(Workload(seed=3)).mixed(20_000):
         contract = CONTRACT_OF_TOPIC[topic]
