@@ -44,6 +44,7 @@ import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from anonstream import testing
 from anonstream.runtime.topic_end import read_to_end
 
 __all__ = [
@@ -595,32 +596,26 @@ def write_pipeline(
 
 
 def worker_command(pipeline_file: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "anonstream.cli", "worker", "--pipeline", str(pipeline_file),
-            *extra]  # fmt: skip
+    """A benchmark worker: one pipeline file (``anonstream.testing.worker_command``)."""
+    return testing.worker_command("--pipeline", str(pipeline_file), *extra)
 
 
 def worker_env(
     bootstrap: str, *, group: str, web_port: int, dead_letter_topic: str, **extra: str
 ) -> dict[str, str]:
-    """Environment of an ``anonstream worker`` child (a throwaway benchmark secret)."""
-    env = dict(os.environ)
-    env.pop("ANONSTREAM_SECRET_FILE", None)
-    env.update(
-        ANONSTREAM_BOOTSTRAP_SERVERS=bootstrap,
-        ANONSTREAM_GROUP_ID=group,
-        ANONSTREAM_SECRET=BENCH_SECRET,
-        ANONSTREAM_WEB_PORT=str(web_port),
-        ANONSTREAM_DEAD_LETTER_TOPIC=dead_letter_topic,
-        **extra,
-    )
-    return env
+    """Environment of a benchmark worker (``anonstream.testing.worker_env``): a throwaway
+    benchmark secret and a dead-letter topic of its own."""
+    return testing.worker_env(
+        bootstrap, group_id=group, web_port=web_port, secret=BENCH_SECRET,
+        extra={"ANONSTREAM_DEAD_LETTER_TOPIC": dead_letter_topic, **extra},
+    )  # fmt: skip
 
 
 def worker_supports_stop_at_end(timeout: float = 60.0) -> bool:
     """Whether ``anonstream worker`` has the ``--stop-at-end`` flag (the benchmark needs it)."""
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "anonstream.cli", "worker", "--help"],
+            testing.worker_command("--help"),
             capture_output=True, text=True, timeout=timeout, check=False,
             env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"},
         )  # fmt: skip
