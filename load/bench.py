@@ -1,7 +1,7 @@
 """The load benchmark (issue 5): anonstream against the ceiling and two peers, in ONE run.
 
 1. The standard workload is produced once to a fresh topic: synthetic web-activity events
-   (:class:`~anonstream_load.generator.EventGenerator`, ~430 bytes of JSON each, Zipf users
+   (:class:`~anonstream.synthetic.EventGenerator`, ~430 bytes of JSON each, Zipf users
    and pages, identifiers inside).
 2. Each run consumes that topic from the start with a fresh consumer group, in a fresh
    process of its own, until the last event is processed:
@@ -36,7 +36,6 @@ import asyncio
 import contextlib
 import json
 import os
-import platform
 import shutil
 import sys
 import tempfile
@@ -44,7 +43,6 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +59,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from anonstream.synthetic import EventGenerator, Workload
+from anonstream.synthetic.produce import produce
+
 from .cpucap import CpuCapError, cpu_groups, parse_cap
-from .generator import EventGenerator, Workload
 from .harness import (
     BENCH_SECRET,
     ROOT,
@@ -70,6 +70,7 @@ from .harness import (
     KafkaProbe,
     json_line,
     kafka_broker,
+    machine,
     metrics_value,
     run_child,
     run_until,
@@ -79,7 +80,6 @@ from .harness import (
     worker_supports_stop_at_end,
     write_pipeline,
 )
-from .produce import produce
 
 __all__ = [
     "RUN_NAMES",
@@ -765,28 +765,6 @@ def _scale_ratios(results: dict[str, RunResult], scale: list[ScaleResult]) -> di
         if r.ok and r.efficiency is not None:
             out[f"scale_efficiency_{r.workers}"] = round(r.efficiency, 3)
     return out
-
-
-def _versions() -> dict[str, str | None]:
-    out: dict[str, str | None] = {}
-    for dist in ("faust-streaming", "quixstreams", "aiokafka", "msgspec", "orjson", "numpy"):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            out[dist] = None
-    return out
-
-
-def machine() -> dict[str, Any]:
-    from anonstream.broker.local import KAFKA_VERSION
-
-    return {
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "kafka": KAFKA_VERSION,
-        "versions": _versions(),
-    }
 
 
 def render_table(summary: dict[str, Any]) -> Table:

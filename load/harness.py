@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import platform
 import re
 import shutil
 import signal
@@ -34,6 +35,7 @@ import urllib.request
 from collections.abc import Callable, Coroutine, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -42,6 +44,7 @@ import yaml
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient
 
+from anonstream import testing
 from anonstream.runtime.topic_end import read_to_end
 
 __all__ = [
@@ -596,35 +599,52 @@ def write_pipeline(
 
 
 def worker_command(pipeline_file: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "anonstream.cli", "worker", "--pipeline", str(pipeline_file),
-            *extra]  # fmt: skip
+    """A benchmark worker: one pipeline file (``anonstream.testing.worker_command``)."""
+    return testing.worker_command("--pipeline", str(pipeline_file), *extra)
 
 
 def worker_env(
     bootstrap: str, *, group: str, web_port: int, dead_letter_topic: str, **extra: str
 ) -> dict[str, str]:
-    """Environment of an ``anonstream worker`` child (a throwaway benchmark secret)."""
-    env = dict(os.environ)
-    env.pop("ANONSTREAM_SECRET_FILE", None)
-    env.update(
-        ANONSTREAM_BOOTSTRAP_SERVERS=bootstrap,
-        ANONSTREAM_GROUP_ID=group,
-        ANONSTREAM_SECRET=BENCH_SECRET,
-        ANONSTREAM_WEB_PORT=str(web_port),
-        ANONSTREAM_DEAD_LETTER_TOPIC=dead_letter_topic,
-        **extra,
-    )
-    return env
+    """Environment of a benchmark worker (``anonstream.testing.worker_env``): a throwaway
+    benchmark secret and a dead-letter topic of its own."""
+    return testing.worker_env(
+        bootstrap, group_id=group, web_port=web_port, secret=BENCH_SECRET,
+        extra={"ANONSTREAM_DEAD_LETTER_TOPIC": dead_letter_topic, **extra},
+    )  # fmt: skip
 
 
 def worker_supports_stop_at_end(timeout: float = 60.0) -> bool:
     """Whether ``anonstream worker`` has the ``--stop-at-end`` flag (the benchmark needs it)."""
     try:
         proc = subprocess.run(
-            [sys.executable, "-m", "anonstream.cli", "worker", "--help"],
+            testing.worker_command("--help"),
             capture_output=True, text=True, timeout=timeout, check=False,
             env={**os.environ, "COLUMNS": "200", "NO_COLOR": "1", "TERM": "dumb"},
         )  # fmt: skip
     except (OSError, subprocess.TimeoutExpired):
         return False
     return proc.returncode == 0 and "--stop-at-end" in proc.stdout
+
+
+def _versions() -> dict[str, str | None]:
+    out: dict[str, str | None] = {}
+    for dist in ("faust-streaming", "quixstreams", "aiokafka", "msgspec", "orjson", "numpy"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = None
+    return out
+
+
+def machine() -> dict[str, Any]:
+    """The machine and versions a result was measured with (bench and soak reports)."""
+    from anonstream.broker.jars import KAFKA_VERSION
+
+    return {
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "kafka": KAFKA_VERSION,
+        "versions": _versions(),
+    }

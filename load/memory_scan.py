@@ -27,8 +27,7 @@ from rich.table import Table
 from anonstream.core.engine import PipelineEngine
 from anonstream.core.keys import load_secret
 from anonstream.core.pipeline import load_pipeline
-
-from .generator import EventGenerator, Workload
+from anonstream.synthetic import EventGenerator, Workload
 
 PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "web_activity.yaml"
 BATCH = 5000

@@ -20,8 +20,7 @@ from anonstream.core.decode import Decoded, Decoder
 from anonstream.core.keys import load_secret
 from anonstream.core.pipeline import load_pipeline
 from anonstream.core.policy import Policy
-
-from .generator import EventGenerator, Workload
+from anonstream.synthetic import EventGenerator, Workload
 
 PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "web_activity.yaml"
 

@@ -23,11 +23,8 @@ import json
 import math
 import shutil
 import signal
-import subprocess
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -42,20 +39,22 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from .generator import EventGenerator, Workload
+from anonstream.synthetic import EventGenerator, Workload
+from anonstream.synthetic.produce import produce
+from anonstream.testing import WorkerProcess
+
 from .harness import (
+    BENCH_SECRET,
     ROOT,
     KafkaProbe,
     kafka_broker,
+    machine,
     metrics_value,
     proc_memory_kib,
     scratch_dir,
     tail,
-    worker_command,
-    worker_env,
     write_pipeline,
 )
-from .produce import produce
 
 __all__ = ["SoakConfig", "print_soak", "run_soak", "soak"]
 
@@ -201,34 +200,6 @@ class _Sampler(threading.Thread):
         self.join(10)
 
 
-def _wait_healthy(proc: subprocess.Popen[bytes], url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the worker exited with code {proc.returncode} while starting")
-        try:
-            with urllib.request.urlopen(url, timeout=1) as resp:
-                if resp.status == 200:
-                    return
-        except (OSError, urllib.error.URLError):
-            pass
-        time.sleep(0.3)
-    raise RuntimeError(f"the worker was not healthy (consuming) within {timeout:.0f} s")
-
-
-def _stop_worker(proc: subprocess.Popen[bytes], grace: float = 30.0) -> int | None:
-    """SIGTERM the worker (its pid only), SIGKILL after ``grace`` s."""
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(grace)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
-    return proc.returncode
-
-
 def soak(cfg: SoakConfig, console: Console) -> dict[str, Any]:
     soak_id = uuid.uuid4().hex[:8]
     topic, out_topic = f"anonstream-soak-{soak_id}", f"anonstream-soak-{soak_id}.out"
@@ -243,7 +214,6 @@ def soak(cfg: SoakConfig, console: Console) -> dict[str, Any]:
                    "idle_close_s": cfg.idle_close_s},
     }  # fmt: skip
     error: str | None = None
-    from anonstream.broker.local import free_ports
     from anonstream.broker.topics import create_topics
 
     def say(message: str) -> None:
@@ -263,82 +233,79 @@ def soak(cfg: SoakConfig, console: Console) -> dict[str, Any]:
                            "allowed_lateness": f"{cfg.lateness_s}s"},
             },
         )  # fmt: skip
-        port = free_ports(1)[0]
-        env = worker_env(
-            bootstrap, group=group, web_port=port, dead_letter_topic=f"{topic}.deadletter",
-            ANONSTREAM_IDLE_CLOSE_SECONDS=str(cfg.idle_close_s),
-            ANONSTREAM_PIPELINES_DIR=str(pipeline.parent),
+        worker = WorkerProcess(
+            bootstrap, pipelines=[str(pipeline)], pipelines_dir=pipeline.parent,
+            group_id=group, idle_close_seconds=cfg.idle_close_s, secret=BENCH_SECRET,
+            extra_env={"ANONSTREAM_DEAD_LETTER_TOPIC": f"{topic}.deadletter"},
+            log_path=logs / "worker.log", cwd=ROOT,
         )  # fmt: skip
-        log_file = logs / "worker.log"
         produced = [0]
         sent, produce_s, produce_end_ms = 0, 0.0, 0
         follower: _Follower | None = None
         sampler: _Sampler | None = None
-        with open(log_file, "wb") as log:
-            proc = subprocess.Popen(
-                worker_command(pipeline), env=env, cwd=ROOT, stdin=subprocess.DEVNULL,
-                stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+        worker.start(wait=False)
+        assert worker.proc is not None and worker.log_path is not None
+        proc = worker.proc
+        try:
+            console.print(f"[bold]soak[/]: worker pid {proc.pid}, waiting until it consumes")
+            worker.wait_healthy(120.0)
+            follower = _Follower(probe, out_topic)
+            sampler = _Sampler(proc.pid, f"{worker.url}/metrics", produced)
+            sampler.start()
+            console.print(
+                f"[bold]soak[/]: producing {cfg.rate:,.0f} events/s for {cfg.seconds:.0f} s "
+                f"({count:,} events, {cfg.users:,} users) to {topic}"
+            )
+            gen = EventGenerator(Workload(users=cfg.users, seed=cfg.seed))
+
+            def counted() -> Iterator[tuple[str, bytes]]:
+                for item in _now_stamped(gen, topic, count):
+                    produced[0] += 1
+                    yield item
+
+            with console.status("producing") as status:
+
+                async def produce_with_status() -> int:
+                    task = asyncio.ensure_future(
+                        produce(bootstrap, counted(), rate=cfg.rate, total=count)
+                    )
+                    while not task.done():
+                        if sampler is not None and sampler.samples:
+                            last = sampler.samples[-1]
+                            status.update(
+                                f"producing: {produced[0]:,}/{count:,} sent, worker read "
+                                f"{last['events_in'] or 0:,.0f}, RSS {last['rss_mib']} MiB, "
+                                f"{len(follower.summaries) if follower else 0} windows out"
+                            )
+                        await asyncio.sleep(0.5)
+                    return task.result()
+
+                t_produce = time.monotonic()
+                sent = asyncio.run(produce_with_status())
+                produce_s = time.monotonic() - t_produce
+            produce_end_ms = time.time_ns() // 1_000_000
+            last_window_end = (produce_end_ms // window_ms + 1) * window_ms
+            # Wait for the window holding the last events (closed by the idle timer).
+            deadline = time.monotonic() + cfg.window_s + cfg.lateness_s + cfg.idle_close_s + 60
+            with console.status("waiting for the last window"):
+                while time.monotonic() < deadline and proc.poll() is None:
+                    ends = [_ms(s["window_end"]) for s in follower.summaries]
+                    if ends and max(ends) >= last_window_end:
+                        break
+                    time.sleep(0.5)
+            time.sleep(1.5)  # one more sample after the last release
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+            sent = sent or produced[0]
+        finally:
             try:
-                console.print(f"[bold]soak[/]: worker pid {proc.pid}, waiting until it consumes")
-                _wait_healthy(proc, f"http://127.0.0.1:{port}/health", 120.0)
-                follower = _Follower(probe, out_topic)
-                sampler = _Sampler(proc.pid, f"http://127.0.0.1:{port}/metrics", produced)
-                sampler.start()
-                console.print(
-                    f"[bold]soak[/]: producing {cfg.rate:,.0f} events/s for {cfg.seconds:.0f} s "
-                    f"({count:,} events, {cfg.users:,} users) to {topic}"
-                )
-                gen = EventGenerator(Workload(users=cfg.users, seed=cfg.seed))
-
-                def counted() -> Iterator[tuple[str, bytes]]:
-                    for item in _now_stamped(gen, topic, count):
-                        produced[0] += 1
-                        yield item
-
-                with console.status("producing") as status:
-
-                    async def produce_with_status() -> int:
-                        task = asyncio.ensure_future(
-                            produce(bootstrap, counted(), rate=cfg.rate, total=count)
-                        )
-                        while not task.done():
-                            if sampler is not None and sampler.samples:
-                                last = sampler.samples[-1]
-                                status.update(
-                                    f"producing: {produced[0]:,}/{count:,} sent, worker read "
-                                    f"{last['events_in'] or 0:,.0f}, RSS {last['rss_mib']} MiB, "
-                                    f"{len(follower.summaries) if follower else 0} windows out"
-                                )
-                            await asyncio.sleep(0.5)
-                        return task.result()
-
-                    t_produce = time.monotonic()
-                    sent = asyncio.run(produce_with_status())
-                    produce_s = time.monotonic() - t_produce
-                produce_end_ms = time.time_ns() // 1_000_000
-                last_window_end = (produce_end_ms // window_ms + 1) * window_ms
-                # Wait for the window holding the last events (closed by the idle timer).
-                deadline = time.monotonic() + cfg.window_s + cfg.lateness_s + cfg.idle_close_s + 60
-                with console.status("waiting for the last window"):
-                    while time.monotonic() < deadline and proc.poll() is None:
-                        ends = [_ms(s["window_end"]) for s in follower.summaries]
-                        if ends and max(ends) >= last_window_end:
-                            break
-                        time.sleep(0.5)
-                time.sleep(1.5)  # one more sample after the last release
-            except Exception as exc:
-                error = f"{type(exc).__name__}: {exc}"
-                sent = sent or produced[0]
+                if sampler is not None:
+                    sampler.stop()
+                if follower is not None:
+                    follower.close()
             finally:
-                try:
-                    if sampler is not None:
-                        sampler.stop()
-                    if follower is not None:
-                        follower.close()
-                finally:
-                    code = _stop_worker(proc)
-        worker_log = log_file.read_text(encoding="utf-8", errors="replace")
+                code = worker.stop(30.0)
+        worker_log = worker.log_path.read_text(encoding="utf-8", errors="replace")
         if cfg.bootstrap:
             with contextlib.suppress(Exception):
                 probe.delete_topics([t for t in probe.topics() if soak_id in t])
@@ -398,8 +365,6 @@ def soak(cfg: SoakConfig, console: Console) -> dict[str, Any]:
         window_latencies=windows,
         worker_exit_code=code,
     )  # fmt: skip
-    from .bench import machine
-
     summary["machine"] = machine()
     summary["chart"] = str(draw_soak_chart(summary, cfg.chart)) if samples else None
     if not summary["ok"] or keep_logs:

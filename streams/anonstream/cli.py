@@ -19,6 +19,8 @@ from anonstream.core.keys import SecretError, load_secret
 from anonstream.core.pipeline import Pipeline, PipelineError, find_pipeline, load_pipeline
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from anonstream.settings import Settings
 
 app = typer.Typer(
@@ -308,7 +310,7 @@ def generate(
     """Produce synthetic raw events (fake identifiers) to the raw topics."""
     import time
 
-    from anonstream_load.produce import main as produce_main
+    from anonstream.synthetic.produce import main as produce_main
 
     start = start or str(int(time.time() * 1000))
     code = produce_main(
@@ -356,9 +358,19 @@ def bench(ctx: typer.Context) -> None:
     1, 2, 3 scale-out workers) on a local broker. Options are those of
     `python -m anonstream_load.bench --help` (--events, --users, --partitions, --runs,
     --scale, --soak, ...)."""
-    from anonstream_load.bench import main as bench_main
+    raise typer.Exit(_tool_command("bench")(ctx.args))
 
-    raise typer.Exit(bench_main(ctx.args))
+
+def _tool_command(name: str) -> Callable[[list[str]], int]:
+    """A command that an installed tool package provides (entry point group
+    "anonstream.commands", see pyproject.toml): the product imports no tool by name, so it
+    installs and runs without them."""
+    from importlib.metadata import entry_points
+
+    for entry in entry_points(group="anonstream.commands", name=name):
+        command: Callable[[list[str]], int] = entry.load()
+        return command
+    fail(f"`anonstream {name}` needs the load tools (anonstream_load), which are not installed")
 
 
 @app.command()

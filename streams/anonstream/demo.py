@@ -51,8 +51,8 @@ def _table(
 
 
 def run_demo(*, events: int, users: int, pipelines_dir: Path) -> int:
-    from anonstream_load.generator import EventGenerator, Workload
-    from anonstream_load.produce import produce
+    from anonstream.synthetic import EventGenerator, Workload
+    from anonstream.synthetic.produce import produce
 
     pipelines = [
         load_pipeline(pipelines_dir / f"{n}.yaml") for n in ("web_activity", "service_usage")

@@ -10,7 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -18,6 +18,37 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 
 from anonstream.broker.local import free_ports
+
+
+def worker_command(*args: str) -> list[str]:
+    """`anonstream worker` with `args`, run by this interpreter: how every worker child
+    process (demo, tests, benchmark, soak run) is started."""
+    return [sys.executable, "-m", "anonstream.cli", "worker", *args]
+
+
+def worker_env(
+    bootstrap: str,
+    *,
+    group_id: str,
+    web_port: int,
+    secret: str | None = None,
+    base: Mapping[str, str] | None = None,
+    extra: Mapping[str, str] | None = None,
+) -> dict[str, str]:
+    """The environment of a worker child: `base` (this process's by default) without its
+    secret file, with the broker, group and web port set; `secret` when given (a throwaway
+    one: tests, benchmarks); `extra` last."""
+    env = dict(os.environ if base is None else base)
+    env.pop("ANONSTREAM_SECRET_FILE", None)
+    env.update(
+        ANONSTREAM_BOOTSTRAP_SERVERS=bootstrap,
+        ANONSTREAM_GROUP_ID=group_id,
+        ANONSTREAM_WEB_PORT=str(web_port),
+    )
+    if secret is not None:
+        env["ANONSTREAM_SECRET"] = secret
+    env.update(extra or {})
+    return env
 
 
 class WorkerProcess:
@@ -35,27 +66,23 @@ class WorkerProcess:
         demo: bool = False,
         extra_env: dict[str, str] | None = None,
         log_path: Path | None = None,
+        args: Sequence[str] = (),
+        base_env: Mapping[str, str] | None = None,
+        cwd: Path | None = None,
     ) -> None:
         (self.web_port,) = free_ports(1)
         self.bootstrap = bootstrap
-        env = dict(os.environ)
-        env.update(
-            ANONSTREAM_BOOTSTRAP_SERVERS=bootstrap,
-            ANONSTREAM_GROUP_ID=group_id,
-            ANONSTREAM_WEB_PORT=str(self.web_port),
-            ANONSTREAM_IDLE_CLOSE_SECONDS=str(idle_close_seconds),
-            ANONSTREAM_PIPELINES_DIR=str(pipelines_dir),
-        )
-        env.pop("ANONSTREAM_SECRET_FILE", None)
-        if secret is not None:
-            env["ANONSTREAM_SECRET"] = secret
-        env.update(extra_env or {})
-        self.cmd = [sys.executable, "-m", "anonstream.cli", "worker"]
-        for p in pipelines:
-            self.cmd += ["--pipeline", p]
-        if demo:
-            self.cmd.append("--demo")
-        self.env = env
+        self.env = worker_env(
+            bootstrap, group_id=group_id, web_port=self.web_port, secret=secret, base=base_env,
+            extra={
+                "ANONSTREAM_IDLE_CLOSE_SECONDS": str(idle_close_seconds),
+                "ANONSTREAM_PIPELINES_DIR": str(pipelines_dir),
+                **(extra_env or {}),
+            },
+        )  # fmt: skip
+        pipeline_args = [a for p in pipelines for a in ("--pipeline", p)]
+        self.cmd = worker_command(*pipeline_args, *(["--demo"] if demo else []), *args)
+        self.cwd = cwd
         self.log_path = log_path
         self.proc: subprocess.Popen[bytes] | None = None
         self._log: IO[bytes] | None = None
@@ -64,12 +91,21 @@ class WorkerProcess:
     def url(self) -> str:
         return f"http://127.0.0.1:{self.web_port}"
 
-    def start(self, timeout: float = 60.0) -> None:
+    def start(self, timeout: float = 60.0, *, wait: bool = True) -> None:
+        """Start the worker and, with `wait`, wait until it is healthy (consuming); a worker
+        that does not get there within `timeout` is killed."""
         self._log = open(self.log_path, "wb") if self.log_path else None  # noqa: SIM115
         self.proc = subprocess.Popen(
-            self.cmd, env=self.env, stdout=self._log or subprocess.DEVNULL,
-            stderr=subprocess.STDOUT,
+            self.cmd, env=self.env, cwd=self.cwd, stdin=subprocess.DEVNULL,
+            stdout=self._log or subprocess.DEVNULL, stderr=subprocess.STDOUT,
         )  # fmt: skip
+        if wait:
+            self.wait_healthy(timeout)
+
+    def wait_healthy(self, timeout: float = 60.0) -> None:
+        """Return once /health answers 200 (consuming); a worker that exits first raises, one
+        that does not get there within `timeout` is killed, then raises."""
+        assert self.proc is not None, "start() first"
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:

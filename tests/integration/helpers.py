@@ -20,8 +20,8 @@ from anonstream.core.keys import load_secret
 from anonstream.core.pipeline import Pipeline, load_pipeline
 from anonstream.core.windows import window_starts
 from anonstream.runtime.replay import replay
+from anonstream.synthetic.produce import produce
 from anonstream.testing import WorkerProcess, read_releases, summaries_complete
-from anonstream_load.produce import produce
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "integration-test-secret-0123456789abcdef"

@@ -29,8 +29,8 @@ from anonstream.broker.local import ensure_jars, find_java
 from anonstream.core.decode import parse_ts
 from anonstream.core.pipeline import WindowSpec, load_pipeline
 from anonstream.core.windows import window_starts
+from anonstream.synthetic import EventGenerator, Workload
 from anonstream.testing import WorkerProcess
-from anonstream_load.generator import EventGenerator, Workload
 from anonstream_load.harness import KafkaProbe, metrics_value, proc_memory_kib
 from tests.integration.cpu_hog import cpu_hog_fixture  # noqa: F401 (the fixture)
 from tests.integration.helpers import (
@@ -46,7 +46,7 @@ from tests.integration.helpers import (
 
 pytestmark = pytest.mark.integration
 
-# The test's own producer (anonstream_load.produce) uses this client id; it is exempted
+# The test's own producer (anonstream.synthetic.produce) uses this client id; it is exempted
 # from the throttle, which applies to every other client (the worker's producer).
 LOAD_CLIENT = "anonstream-load"
 THROTTLE_BYTES_PER_S = 12_000  # a window releases ~130 KB: ~10 s a window

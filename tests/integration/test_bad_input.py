@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from anonstream_load.generator import TOPIC_USAGE, EventGenerator, Workload, bad_messages
+from anonstream.synthetic import TOPIC_USAGE, EventGenerator, Workload, bad_messages
 from tests.integration.helpers import (
     canonical,
     expected_windows,

@@ -216,7 +216,7 @@ def test_start_timeout_kills_the_jvm(monkeypatch: pytest.MonkeyPatch) -> None:
             seen["data_dir"] = kafka.data_dir
         return False
 
-    monkeypatch.setattr(local, "_tcp_accepts", never_accepts)
+    monkeypatch.setattr(local, "tcp_accepts", never_accepts)
     kafka = LocalKafka()
     with pytest.raises(BrokerError, match="not ready within the timeout") as info:
         # Long enough for the storage format and the JVM start on a loaded machine (3 s was

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from anonstream_load.generator import EventGenerator, Workload
-from anonstream_load.produce import produce
+from anonstream.synthetic import EventGenerator, Workload
+from anonstream.synthetic.produce import produce
 from tests.integration.helpers import (
     assert_equal_to_replay,
     expected_windows,

@@ -155,7 +155,7 @@ def test_pipelines_sharing_a_budget_spend_it_together_across_a_restart(
     neither releases another window of the day. Each on its own budget would release two.
     The audit of both output topics against the ledger topic finds nothing."""
     from anonstream.audit import audit_records
-    from anonstream.audit_ledger import read_ledger_topic
+    from anonstream.audit.ledger import read_ledger_topic
 
     suffix = uuid.uuid4().hex[:8]
     names = ("dpweb", "dpusage")

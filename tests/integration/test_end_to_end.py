@@ -7,7 +7,7 @@ from pathlib import Path
 import orjson
 import pytest
 
-from anonstream_load.generator import EventGenerator, Workload, identifiers_of
+from anonstream.synthetic import EventGenerator, Workload, identifiers_of
 from tests.integration.helpers import (
     canonical,
     expected_windows,

@@ -18,7 +18,7 @@ from aiokafka import AIOKafkaConsumer
 from anonstream.core import policy as policy_module
 from anonstream.core.engine import wall_clock_ms
 from anonstream.core.records import rfc3339
-from anonstream_load.generator import EventGenerator, Workload
+from anonstream.synthetic import EventGenerator, Workload
 from tests.integration.helpers import (
     Setup,
     assert_equal_to_replay,

@@ -19,7 +19,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaProducer
 
-from anonstream_load.generator import EventGenerator, Workload
+from anonstream.synthetic import EventGenerator, Workload
 from tests.integration.helpers import (
     assert_equal_to_replay,
     isolated_pipelines,

@@ -21,9 +21,9 @@ import orjson
 import pytest
 
 from anonstream.broker.topics import create_topics
+from anonstream.synthetic.produce import produce
 from anonstream_load.harness import BENCH_SECRET, KafkaProbe, json_line
 from anonstream_load.kstreams import ensure_peer_jar, peer_command
-from anonstream_load.produce import produce
 
 pytestmark = pytest.mark.integration
 

@@ -20,7 +20,7 @@ from anonstream.core.keys import load_secret
 from anonstream.metrics import Metrics
 from anonstream.runtime.batch import BatchLoop
 from anonstream.settings import Settings
-from anonstream_load.generator import EventGenerator, Workload
+from anonstream.synthetic import EventGenerator, Workload
 from tests.integration.helpers import (
     SECRET,
     assert_equal_to_replay,

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from anonstream.synthetic import EventGenerator, Workload
+from anonstream.synthetic.produce import produce
 from anonstream.testing import WorkerProcess
-from anonstream_load.generator import EventGenerator, Workload
-from anonstream_load.produce import produce
 from tests.integration.helpers import (
     assert_equal_to_replay,
     expected_windows,

@@ -30,8 +30,8 @@ from aiokafka.errors import TopicAuthorizationFailedError
 from anonstream.broker.local import LocalKafka, run_sync
 from anonstream.broker.secure import Scram, acreate_acls
 from anonstream.core.pipeline import load_pipeline
+from anonstream.synthetic import EventGenerator, Workload
 from anonstream.testing import WorkerProcess, summaries_complete
-from anonstream_load.generator import EventGenerator, Workload
 from tests.integration.helpers import ROOT, SECRET, Setup, assert_equal_to_replay, expected_windows
 
 pytestmark = pytest.mark.integration

@@ -13,7 +13,6 @@ import os
 import re
 import signal
 import subprocess
-import sys
 import time
 import uuid
 from datetime import datetime
@@ -23,7 +22,8 @@ import pytest
 
 from anonstream.broker.local import free_ports, run_sync
 from anonstream.broker.topics import create_topics
-from anonstream_load.generator import EventGenerator, Workload
+from anonstream.synthetic import EventGenerator, Workload
+from anonstream.testing import WorkerProcess
 from tests.integration.helpers import (
     ROOT,
     SECRET,
@@ -44,17 +44,16 @@ STAMP = re.compile(r"^\[(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]")
 def spawn(
     bootstrap: str, log: Path, pipelines_dir: Path, *args: str, **env: str
 ) -> subprocess.Popen[bytes]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("ANONSTREAM_")}
-    base.update(
-        ANONSTREAM_BOOTSTRAP_SERVERS=bootstrap, ANONSTREAM_SECRET=SECRET,
-        ANONSTREAM_PIPELINES_DIR=str(pipelines_dir),
-        ANONSTREAM_GROUP_ID=f"su-{uuid.uuid4().hex[:8]}", **env,
+    """A worker started without waiting for its health, in an environment with none of the
+    caller's ANONSTREAM_ settings."""
+    worker = WorkerProcess(
+        bootstrap, pipelines_dir=pipelines_dir, secret=SECRET,
+        group_id=f"su-{uuid.uuid4().hex[:8]}", extra_env=env, log_path=log, args=args, cwd=ROOT,
+        base_env={k: v for k, v in os.environ.items() if not k.startswith("ANONSTREAM_")},
     )  # fmt: skip
-    out = log.open("wb")
-    return subprocess.Popen(
-        [sys.executable, "-m", "anonstream.cli", "worker", *args],
-        env=base, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT,
-    )  # fmt: skip
+    worker.start(wait=False)
+    assert worker.proc is not None
+    return worker.proc
 
 
 def wait_for_line(log: Path, proc: subprocess.Popen[bytes], needle: str, timeout: float) -> str:
@@ -134,15 +133,12 @@ def test_missing_topic_is_named_at_once_waited_for_and_health_says_why(
 
 def start_worker_waiting(setup, bootstrap: str, tmp: Path):  # type: ignore[no-untyped-def]
     """A worker whose start does not wait for health (it is not healthy while waiting)."""
-    from anonstream.testing import WorkerProcess
-
     w = WorkerProcess(
         bootstrap, pipelines_dir=setup.dir, secret=SECRET, group_id=f"it-{setup.suffix}",
         extra_env={"ANONSTREAM_DEAD_LETTER_TOPIC": setup.dead_letter_topic},
         log_path=tmp / "worker.log",
     )  # fmt: skip
-    w._log = open(w.log_path, "wb")  # noqa: SIM115 - closed by stop()
-    w.proc = subprocess.Popen(w.cmd, env=w.env, stdout=w._log, stderr=subprocess.STDOUT)
+    w.start(wait=False)
     return w
 
 

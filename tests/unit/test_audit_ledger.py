@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from anonstream.audit import audit_records
-from anonstream.audit_ledger import LedgerCheck, content_digest
+from anonstream.audit.ledger import LedgerCheck, content_digest
 from anonstream.core import budget
 from anonstream.core.budget import JsonlLedgerStore, Ledger
 from anonstream.core.engine import PipelineEngine

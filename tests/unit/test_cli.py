@@ -34,7 +34,7 @@ from anonstream.broker.local import DATA_DIR_PREFIX, STATE_FILE_NAME
 from anonstream.core.keys import MasterSecret, load_secret
 from anonstream.core.pipeline import find_pipeline
 from anonstream.explain import explain_pipeline
-from anonstream_load.generator import (
+from anonstream.synthetic import (
     TOPIC_WEB,
     EventGenerator,
     Workload,
@@ -780,7 +780,7 @@ def test_worker_without_secret_in_a_real_process() -> None:
 
 
 def test_generate_passes_its_options_on(monkeypatch: pytest.MonkeyPatch) -> None:
-    import anonstream_load.produce as produce
+    import anonstream.synthetic.produce as produce
 
     seen: list[list[str]] = []
     monkeypatch.setattr(produce, "main", lambda argv: seen.append(list(argv)) or 0)
@@ -944,7 +944,7 @@ def test_kafka_status_is_a_table(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     rec = {"pid": 4242, "bootstrap": "127.0.0.1:9092", "data_dir": str(data_dir),
            "kafka_version": "4.1.1", "started_at": "2026-12-01T00:00:00+00:00"}  # fmt: skip
     write_state(tmp_path, rec)
-    monkeypatch.setattr(local, "_is_our_broker", lambda pid, d: True)
+    monkeypatch.setattr(local, "is_our_broker", lambda pid, d: True)
     result = invoke("kafka", "status")
     assert result.exit_code == 0, result.output
     lines = [flat(line) for line in result.stdout.splitlines()]

@@ -19,7 +19,7 @@ from anonstream.core.engine import Message, PipelineEngine
 from anonstream.core.keys import load_secret
 from anonstream.core.pipeline import load_pipeline
 from anonstream.core.policy import PolicyRecord
-from anonstream_load.generator import TOPIC_USAGE, TOPIC_WEB, EventGenerator, Workload, bad_messages
+from anonstream.synthetic import TOPIC_USAGE, TOPIC_WEB, EventGenerator, Workload, bad_messages
 
 SECRET = load_secret({"ANONSTREAM_SECRET": "c" * 32})
 NOW = 1_796_100_000_000

@@ -31,7 +31,7 @@ from anonstream.core.decode import (
     parse_ts,
     plain_heads_ms,
 )
-from anonstream_load.generator import (
+from anonstream.synthetic import (
     DEFAULT_START_MS,
     MAX_MESSAGE_BYTES,
     TOPIC_USAGE,

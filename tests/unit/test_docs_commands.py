@@ -23,7 +23,7 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from anonstream import cli
-from anonstream_load.generator import EventGenerator, Workload
+from anonstream.synthetic import EventGenerator, Workload
 from tests.unit.test_docker_files import check_cli_call, typer_tree
 
 ROOT = Path(__file__).resolve().parents[2]

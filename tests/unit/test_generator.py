@@ -1,4 +1,4 @@
-"""Unit tests for the synthetic event generator (anonstream_load.generator)."""
+"""Unit tests for the synthetic event generator (anonstream.synthetic)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from urllib.parse import unquote_plus
 import orjson
 import pytest
 
-from anonstream_load.generator import (
+from anonstream.synthetic import (
     DEFAULT_START_MS,
     MAX_MESSAGE_BYTES,
     REQUIRED_USAGE,
@@ -162,6 +162,31 @@ def test_usage_events_follow_contract(usage: list[dict[str, Any]]) -> None:
     services = {ev["service"] for ev in usage}
     assert services == {"email_filtering", "archiving", "encryption", "continuity", "portal"}
     assert 0 < sum("billing" in ev for ev in usage) / len(usage) < 0.1
+
+
+def test_every_generated_field_is_one_its_contract_lists() -> None:
+    """The generator takes its topics from the input contract and writes only the fields
+    (and billing sub-fields) that contract lists: a field the pipelines would drop as
+    unknown would make the demo and the benchmarks measure the wrong thing."""
+    from anonstream.core.contract import SERVICE_USAGE, WEB_ACTIVITY
+    from anonstream.synthetic import CONTRACT_OF_TOPIC
+
+    assert {
+        WEB_ACTIVITY.topic: WEB_ACTIVITY,
+        SERVICE_USAGE.topic: SERVICE_USAGE,
+    } == CONTRACT_OF_TOPIC
+    seen: dict[str, set[str]] = {TOPIC_WEB: set(), TOPIC_USAGE: set()}
+    for topic, ev in EventGenerator(Workload(seed=3)).mixed(20_000):
+        contract = CONTRACT_OF_TOPIC[topic]
+        assert set(ev) <= set(contract.names), (topic, set(ev) - set(contract.names))
+        seen[topic].update(ev)
+        if "billing" in ev:
+            billing = contract.field("billing")
+            assert billing is not None
+            assert set(ev["billing"]) <= {c.name for c in billing.children}
+    for topic, contract in CONTRACT_OF_TOPIC.items():
+        assert {f.name for f in contract.fields if f.required} <= seen[topic]
+        assert set(REQUIRED_WEB if topic == TOPIC_WEB else REQUIRED_USAGE) <= set(contract.names)
 
 
 def test_mixed_is_mostly_web() -> None:

@@ -45,7 +45,7 @@ from anonstream.core.pipeline import (
 )
 from anonstream.core.policy import NO_PRIVACY_UNIT, PolicyRecord
 from anonstream.core.records import rfc3339
-from anonstream_load.generator import EventGenerator, Workload
+from anonstream.synthetic import EventGenerator, Workload
 
 SECRET = load_secret({"ANONSTREAM_SECRET": "h" * 32})
 NOW = 1_796_100_000_000  # 2026-12-01T05:20:00Z, a day after the generator's events

@@ -27,7 +27,7 @@ from anonstream.metrics import Metrics
 from anonstream.runtime.batch import BatchLoop
 from anonstream.runtime.replay import replay
 from anonstream.settings import Settings
-from anonstream_load.generator import EventGenerator, Workload
+from anonstream.synthetic import EventGenerator, Workload
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = "x" * 32

@@ -27,7 +27,7 @@ from anonstream.core.decode import Decoded, Decoder, Rejection
 from anonstream.core.keys import EventHasher, MasterSecret, Pseudonymizer
 from anonstream.core.pipeline import Pipeline, load_pipeline, parse_pipeline
 from anonstream.core.policy import MAX_KEPT_LEN, NO_PRIVACY_UNIT, Policy, PolicyRecord
-from anonstream_load.generator import (
+from anonstream.synthetic import (
     DEFAULT_START_MS,
     SERVICES_FOR_TYPE,
     USAGE_TYPES,

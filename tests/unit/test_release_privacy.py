@@ -352,7 +352,7 @@ def test_bad_allow_lists_and_bounds_fail_at_load_naming_file_and_path(
 
 def test_shipped_pipelines_list_the_values_the_generator_produces() -> None:
     from anonstream.core.pipeline import load_pipeline
-    from anonstream_load.generator import SERVICES_FOR_TYPE, USAGE_TYPES, WEB_TYPES
+    from anonstream.synthetic import SERVICES_FOR_TYPE, USAGE_TYPES, WEB_TYPES
 
     web = load_pipeline("pipelines/web_activity.yaml")
     usage = load_pipeline("pipelines/service_usage.yaml")

@@ -11,7 +11,7 @@ from anonstream.core.engine import PipelineEngine
 from anonstream.core.keys import load_secret
 from anonstream.core.pipeline import load_pipeline
 from anonstream.runtime.scaleout import IngestStage, ReleaseStage
-from anonstream_load.generator import DEFAULT_START_MS, EventGenerator, Workload
+from anonstream.synthetic import DEFAULT_START_MS, EventGenerator, Workload
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = load_secret({"ANONSTREAM_SECRET": "x" * 32})

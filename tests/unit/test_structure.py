@@ -24,8 +24,6 @@ MAX_LINES = 500
 LONG_HEADER = "Why this module is long:"
 # Long today, each to be split by job (issue 15); an entry that goes stale fails the test.
 KNOWN_LONG = {
-    "anonstream/audit.py": "rules, report and sources of the audit in one module",
-    "anonstream/broker/local.py": "the local broker's download, config, process and admin jobs",
     "anonstream/cli.py": "every command's options and help, one typer app",
     "anonstream/core/generalize.py": "every generalizer with its options parser",
     "anonstream/core/pipeline.py": "the whole pipeline YAML parser (parse_pipeline)",
@@ -185,6 +183,52 @@ def test_importing_the_core_loads_no_kafka_or_faust_client() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
     ).stdout
     assert out.strip() == "[]"
+
+
+def _every_import(tree: ast.AST) -> set[str]:
+    """Absolute dotted names imported anywhere in a module, inside functions too."""
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names.add(node.module)
+    return names
+
+
+def _imports_the_load_tools(path: Path) -> bool:
+    names = _every_import(ast.parse(path.read_text(encoding="utf-8")))
+    return any(n.split(".")[0] == "anonstream_load" for n in names)
+
+
+def test_the_product_never_imports_the_load_tools() -> None:
+    """The product runs without its benchmarks: `anonstream` never imports `anonstream_load`,
+    not even inside a function (the load tools import the product, not the other way)."""
+    product = [p for m, p in _modules().items() if m.split(".")[0] == "anonstream"]
+    assert product
+    assert [str(p.relative_to(ROOT)) for p in product if _imports_the_load_tools(p)] == []
+
+
+def test_the_load_import_check_finds_a_deferred_import(tmp_path: Path) -> None:
+    """Attack the test: an import of the load tools inside a function is found."""
+    (tmp_path / "a.py").write_text(
+        "def f():\n    from anonstream_load.bench import main\n", encoding="utf-8"
+    )
+    (tmp_path / "b.py").write_text("import anonstream_load\n", encoding="utf-8")
+    (tmp_path / "c.py").write_text("from anonstream.synthetic import x\n", encoding="utf-8")
+    assert [_imports_the_load_tools(tmp_path / f"{n}.py") for n in "abc"] == [True, True, False]
+
+
+def test_the_soak_run_does_not_import_the_benchmark() -> None:
+    """`bench --soak` hands over to the soak run; what both need lives in the harness, so
+    the soak run never imports the benchmark back, not even inside a function."""
+    tree = ast.parse((PACKAGES["anonstream_load"] / "soak.py").read_text(encoding="utf-8"))
+    relative = {
+        f"anonstream_load.{n.module}"
+        for n in ast.walk(tree)
+        if isinstance(n, ast.ImportFrom) and n.level == 1 and n.module
+    }
+    assert "anonstream_load.bench" not in _every_import(tree) | relative
 
 
 def _line_count(path: Path) -> int:

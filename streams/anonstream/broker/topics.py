@@ -14,7 +14,8 @@ from typing import Any
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import for_code
 
-from anonstream.broker.local import BrokerError, run_sync
+from anonstream.broker import BrokerError
+from anonstream.broker.admin import run_sync
 
 __all__ = ["acreate_topics", "create_topics"]
 

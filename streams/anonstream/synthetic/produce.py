@@ -1,9 +1,12 @@
-"""Load producer: push synthetic raw events into Kafka with aiokafka.
+"""Producing synthetic raw events into Kafka with aiokafka (`anonstream generate`, the demo,
+the tests and the benchmarks).
 
 Usage::
 
-    python -m anonstream_load.produce --bootstrap 127.0.0.1:9092 --count 10000 \\
+    python -m anonstream.synthetic.produce --bootstrap 127.0.0.1:9092 --count 10000 \\
         --kind web|usage|mixed --rate 0 --users 1000 --seed 7
+
+(``anonstream generate`` runs it with its own defaults.)
 
 Messages are sent **without a key** by default.  Our own tools never use a raw identifier
 (visitor id, e-mail, ...) as a Kafka key: keys are stored in clear in the log and in
@@ -30,13 +33,8 @@ from aiokafka import AIOKafkaProducer
 from aiokafka import codec as _codec
 from aiokafka.errors import KafkaError
 
-from .generator import (
-    DEFAULT_START_MS,
-    TOPIC_USAGE,
-    TOPIC_WEB,
-    EventGenerator,
-    Workload,
-)
+from anonstream.synthetic.generator import EventGenerator
+from anonstream.synthetic.kinds import DEFAULT_START_MS, TOPIC_USAGE, TOPIC_WEB, Workload
 
 __all__ = ["available_compressions", "main", "produce"]
 
