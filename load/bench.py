@@ -12,7 +12,7 @@
    ``anonstream``   ``anonstream worker --stop-at-end`` with the shipped web-activity
                     pipeline (its source and output topics rewired), until its releases
                     for the whole input are out and it exits.
-   ``anonstream_dp`` the same pipeline with every output switched to ``privacy: dp``
+   ``anonstream-dp`` the same pipeline with every output switched to ``privacy: dp``
                     (:data:`DP_OUTPUT`, :data:`DP_BUDGET`); ``ratio_dp_k`` is its events/s
                     over ``anonstream``'s, ``cpu_ratio_dp_k`` its events per CPU second.
    ``scale``        for each worker count of ``--scale`` (1,2,3 by default): that many
@@ -91,7 +91,7 @@ __all__ = [
 ]
 
 RUN_NAMES = (
-    "ceiling", "naive_faust", "quixstreams", "anonstream", "anonstream_dp", "kstreams", "scale",
+    "ceiling", "naive_faust", "quixstreams", "anonstream", "anonstream-dp", "kstreams", "scale",
 )  # fmt: skip
 _RUNNER_MODULES = {
     "ceiling": "anonstream_load.runners.ceiling",
@@ -100,7 +100,7 @@ _RUNNER_MODULES = {
 }
 DEFAULT_CHART = ROOT / "load" / "results" / "bench.png"
 DEFAULT_PIPELINE = ROOT / "pipelines" / "web_activity.yaml"
-# The anonstream_dp run: the k run's pipeline, each output in dp mode at the largest epsilon
+# The anonstream-dp run: the k run's pipeline, each output in dp mode at the largest epsilon
 # and delta per window that dp mode accepts (the most cells selected, so the most release
 # work), and a period budget that pays for 1,000 windows, so no window of a run goes
 # unreleased for want of budget (the run fails if one does): the runs differ in the mode only.
@@ -348,8 +348,8 @@ def _run_peer(ctx: _Ctx, name: str) -> RunResult:
 
 def _run_anonstream(ctx: _Ctx, profile: Path | None = None, dp: bool = False) -> RunResult:
     """The worker run; with ``profile``, under pyinstrument (report written there); with
-    ``dp``, its outputs in dp mode (run ``anonstream_dp``)."""
-    name = "anonstream_dp" if dp else "anonstream" if profile is None else "anonstream-profile"
+    ``dp``, its outputs in dp mode (run ``anonstream-dp``)."""
+    name = "anonstream-dp" if dp else "anonstream" if profile is None else "anonstream-profile"
     if not worker_supports_stop_at_end():
         return RunResult(
             name=name, ok=False, error="`anonstream worker` has no --stop-at-end flag yet"
@@ -735,7 +735,7 @@ def _ratio(results: dict[str, RunResult], other: str) -> float | None:
 
 def _ratio_dp_k(results: dict[str, RunResult]) -> float | None:
     """dp mode's events/s over k mode's, both anonstream workers in this run."""
-    dp, k = results.get("anonstream_dp"), results.get("anonstream")
+    dp, k = results.get("anonstream-dp"), results.get("anonstream")
     if dp is None or k is None or not dp.events_per_s or not k.events_per_s:
         return None
     return round(dp.events_per_s / k.events_per_s, 3)
@@ -928,7 +928,7 @@ def run_benchmark(cfg: BenchConfig, console: Console | None = None) -> dict[str,
                 else:
                     console.print(f"[bold]run {name}[/]")
                     batch = [
-                        _run_anonstream(ctx, dp=name == "anonstream_dp")
+                        _run_anonstream(ctx, dp=name == "anonstream-dp")
                         if name.startswith("anonstream")
                         else _run_peer(ctx, name)
                     ]
@@ -968,7 +968,7 @@ def run_benchmark(cfg: BenchConfig, console: Console | None = None) -> dict[str,
         "ratio_quixstreams": _ratio(results, "quixstreams"),
         # dp mode ÷ k mode (issue 14 asks for at least 0.9).
         "ratio_dp_k": _ratio_dp_k(results),
-        "cpu_ratio_dp_k": _cpu_ratio(results, "anonstream", mine="anonstream_dp"),
+        "cpu_ratio_dp_k": _cpu_ratio(results, "anonstream", mine="anonstream-dp"),
         # anonstream ÷ Kafka Streams, one thread each; and against all cores for the JVM.
         "ratio_kafka_streams": _ratio(results, "kstreams"),
         "ratio_kafka_streams_all": _ratio(results, "kstreams_all"),

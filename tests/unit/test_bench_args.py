@@ -207,8 +207,8 @@ def test_dp_run_and_its_ratio_to_k_mode(tmp_path: Path) -> None:
     )
     from anonstream_load.harness import write_pipeline
 
-    assert parse("--runs", "anonstream,anonstream_dp").runs == (  # type: ignore[attr-defined]
-        "anonstream", "anonstream_dp",
+    assert parse("--runs", "anonstream,anonstream-dp").runs == (  # type: ignore[attr-defined]
+        "anonstream", "anonstream-dp",
     )  # fmt: skip
     # The dp run's pipeline is the k run's with the privacy mode switched, nothing else.
     k_file = write_pipeline(DEFAULT_PIPELINE, tmp_path / "k", source_topic="s", output_topic="o")
@@ -221,9 +221,9 @@ def test_dp_run_and_its_ratio_to_k_mode(tmp_path: Path) -> None:
     same = ("window", "dimensions", "fields", "sums", "means", "histograms", "contribution", "k")
     assert [getattr(dp_p, a) for a in same] == [getattr(k_p, a) for a in same]
     k = RunResult(name="anonstream", ok=True, events_per_s=2000.0)
-    dp = RunResult(name="anonstream_dp", ok=True, events_per_s=1900.0)
-    assert _ratio_dp_k({"anonstream": k, "anonstream_dp": dp}) == 0.95
+    dp = RunResult(name="anonstream-dp", ok=True, events_per_s=1900.0)
+    assert _ratio_dp_k({"anonstream": k, "anonstream-dp": dp}) == 0.95
     assert _ratio_dp_k({"anonstream": k}) is None
     k.extra["events_per_cpu_s"], dp.extra["events_per_cpu_s"] = 400.0, 300.0
-    runs = {"anonstream": k, "anonstream_dp": dp}
-    assert _cpu_ratio(runs, "anonstream", mine="anonstream_dp") == 0.75
+    runs = {"anonstream": k, "anonstream-dp": dp}
+    assert _cpu_ratio(runs, "anonstream", mine="anonstream-dp") == 0.75
