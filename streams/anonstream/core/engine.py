@@ -21,6 +21,7 @@ import numpy.typing as npt
 
 from anonstream.core.budget import Ledger
 from anonstream.core.cellstate import Rows, WindowState
+from anonstream.core.checkpoint import Checkpoint
 from anonstream.core.columns import ColumnPolicy, Columns
 from anonstream.core.decode import INTERNAL_ERROR, Decoded, Decoder, Rejection
 from anonstream.core.keys import MasterSecret
@@ -349,6 +350,17 @@ class PipelineEngine:
         for p in partitions:
             self.watermark.register(p, now, hold=hold)
 
+    def set_sources(self, sources: Sequence[Hashable]) -> None:
+        """A single-worker engine owns its sources: it is assigned them."""
+        return None
+
+    def busy(self, partition: Hashable) -> None:
+        """Unread data waits in `partition`: it must not count as idle however long the loop
+        took to come back to it (a slow output, a long batch). Idle close is for silent
+        input; taking a backlog for silence releases windows before their events are read."""
+        if partition in self.watermark.partitions:
+            self.watermark.observe(partition, NEG_INF, self.clock_ms())
+
     def silent(self, partition: Hashable, since_ms: int, until_ms: int) -> None:
         """The runtime's evidence that `partition` had nothing unread and nothing new
         from `since_ms` to `until_ms` (fetch response times): what makes it idle."""
@@ -426,23 +438,43 @@ class PipelineEngine:
             return min(firsts) if firsts else None
         return min([nxt, *firsts])
 
-    def checkpoint(self, partition: Hashable) -> dict[str, int]:
+    def checkpoint(self, partition: Hashable) -> Checkpoint:
         """What a restart needs besides the offset: which windows are already released,
         how far this partition was processed, and its share of the pending counters."""
-        return {
-            "closed_until": self.closed_until,
-            "next": self._next_offset.get(partition, -1),
-            "late": self._late_pending.get(partition, 0),
-            "rejected": self._rejected_pending.get(partition, 0),
-        }
+        return Checkpoint(
+            closed_until=self.closed_until,
+            next=self._next_offset.get(partition, -1),
+            late=self._late_pending.get(partition, 0),
+            rejected=self._rejected_pending.get(partition, 0),
+        )
 
-    def restore(self, partition: Hashable, checkpoint: dict[str, int]) -> None:
-        self.closed_until = max(self.closed_until, int(checkpoint.get("closed_until", NEG_INF)))
-        nxt = int(checkpoint.get("next", -1))
-        if nxt >= 0:
-            self._resume_next[partition] = nxt
-        self._late_pending[partition] += int(checkpoint.get("late", 0))
-        self._rejected_pending[partition] += int(checkpoint.get("rejected", 0))
+    def restore(self, partition: Hashable, checkpoint: Checkpoint) -> None:
+        self.closed_until = max(self.closed_until, checkpoint.closed_until)
+        if checkpoint.next >= 0:
+            self._resume_next[partition] = checkpoint.next
+        self._late_pending[partition] += checkpoint.late
+        self._rejected_pending[partition] += checkpoint.rejected
+
+    def next_offset(self, partition: Hashable) -> int | None:
+        """The first offset of `partition` not processed yet (None: nothing read)."""
+        return self._next_offset.get(partition)
+
+    def replayed(self, partition: Hashable, offset: int) -> bool:
+        """Whether `offset` was processed before the restart this engine resumes from: it
+        rebuilds state but counts nothing a second time."""
+        return offset < self._resume_next.get(partition, -1)
+
+    def count_rejected(self, partition: Hashable, n: int) -> None:
+        """Rejections made elsewhere (scale-out: another worker's ingest), for the next
+        window summary, in `partition`'s share of the checkpoint."""
+        self._rejected_pending[partition] += n
+
+    def take_rejected(self) -> int:
+        """The rejections pending since the last summary, handed over and cleared (the
+        scale-out ingest forwards them to the release stage)."""
+        n = sum(self._rejected_pending.values())
+        self._rejected_pending.clear()
+        return n
 
     def forget(self, partition: Hashable) -> None:
         """A partition moved to another worker."""
@@ -459,3 +491,7 @@ class PipelineEngine:
     @property
     def open_windows(self) -> int:
         return len(self.windows)
+
+    @property
+    def late_events(self) -> int:
+        return int(self.counters["late"])

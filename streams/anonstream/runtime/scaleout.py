@@ -19,13 +19,14 @@ the partials topic as internal (pseudonymous data, not for partners).
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 import orjson
 
+from anonstream.core.checkpoint import Checkpoint
 from anonstream.core.columns import Columns
 from anonstream.core.engine import PipelineEngine, StepResult
 from anonstream.core.pipeline import Pipeline
@@ -81,8 +82,7 @@ class IngestStage:
                 for start in np.unique(col).tolist():
                     p = (start // spec.step_ms) % self.partitions
                     by_partition.setdefault(p, []).append((col == start, start))
-        rejected = sum(self.engine._rejected_pending.values())
-        self.engine._rejected_pending.clear()
+        rejected = self.engine.take_rejected()
         prog = list(progress.values())
         for p in range(self.partitions):
             doc: dict[str, Any] = {"v": PARTIALS_VERSION, "progress": prog}
@@ -98,13 +98,23 @@ class IngestStage:
 
     # Ingest is stateless: its committed offset is simply the next one to read.
     def safe_offset(self, partition: Hashable) -> int | None:
-        return self.engine._next_offset.get(partition)
+        return self.engine.next_offset(partition)
 
-    def checkpoint(self, partition: Hashable) -> dict[str, int]:
-        return {}
-
-    def restore(self, partition: Hashable, checkpoint: dict[str, int]) -> None:
+    def checkpoint(self, partition: Hashable) -> Checkpoint | None:
         return None
+
+    def restore(self, partition: Hashable, checkpoint: Checkpoint) -> None:
+        return None
+
+    def set_sources(self, sources: Sequence[Hashable]) -> None:
+        return None  # it reads the raw partitions it owns
+
+    def silent(self, partition: Hashable, since_ms: int, until_ms: int) -> None:
+        return None  # idleness is the release stage's call, from this stage's heartbeats
+
+    @property
+    def late_events(self) -> int:
+        return 0  # lateness is decided at release
 
     def assign(self, partitions: list[Hashable]) -> None:
         now = self.engine.clock_ms()
@@ -117,7 +127,7 @@ class IngestStage:
             self._last_data[partition] = self.engine.clock_ms()
 
     def forget(self, partition: Hashable) -> None:
-        self.engine._next_offset.pop(partition, None)
+        self.engine.forget(partition)
         self._max_ts.pop(partition, None)
         self._last_data.pop(partition, None)
 
@@ -243,9 +253,9 @@ class ReleaseStage:
                     else (ts, data_ms, sent_ms)
                 )
             offset = int(offs[k])
-            again = offset < e._resume_next.get(part, -1)
+            again = e.replayed(part, offset)
             if doc.get("rejected") and not again:
-                e._rejected_pending[part] += int(doc["rejected"])
+                e.count_rejected(part, int(doc["rejected"]))
             rows = doc.get("rows")
             if rows:
                 names = [tuple(x) for x in rows["names"]]
@@ -280,12 +290,27 @@ class ReleaseStage:
         e = self.engines.get(partition)
         return None if e is None else e.safe_offset(partition)
 
-    def checkpoint(self, partition: Hashable) -> dict[str, int]:
+    def checkpoint(self, partition: Hashable) -> Checkpoint | None:
         e = self.engines.get(partition)
-        return {} if e is None else e.checkpoint(partition)
+        return None if e is None else e.checkpoint(partition)
 
-    def restore(self, partition: Hashable, checkpoint: dict[str, int]) -> None:
+    def restore(self, partition: Hashable, checkpoint: Checkpoint) -> None:
         self._engine(partition).restore(partition, checkpoint)
+
+    def set_sources(self, sources: Sequence[Hashable]) -> None:
+        self.sources = list(sources)
+
+    # A partials partition always has news (every owner's heartbeat, each second), and its
+    # sources' idleness is the owners' word, read in order: nothing to note here.
+    def busy(self, partition: Hashable) -> None:
+        return None
+
+    def silent(self, partition: Hashable, since_ms: int, until_ms: int) -> None:
+        return None
+
+    @property
+    def late_events(self) -> int:
+        return 0  # counted per partials engine, in the metrics' view (StagesView)
 
     def assign(self, partitions: list[Hashable]) -> None:
         for p in partitions:
@@ -336,16 +361,3 @@ class StagesView:
 
     def state_bytes(self) -> int:
         return sum(e.state_bytes() for e in self.release.engines.values())
-
-
-def mark_busy(stage: Any, partition: Hashable) -> None:
-    """Unread data waits in ``partition``: it must not count as idle however long the loop
-    took to come back to it (a slow output, a long batch). Idle close is for silent input;
-    taking a backlog for silence releases windows before their events are read.
-
-    Raw partitions only. A partials partition always has news (every owner's heartbeat,
-    each second), and its sources' idleness is the owners' word, read in order."""
-    if isinstance(stage, IngestStage):
-        stage.busy(partition)
-    elif isinstance(stage, PipelineEngine) and partition in stage.watermark.partitions:
-        stage.watermark.observe(partition, NEG_INF, stage.clock_ms())

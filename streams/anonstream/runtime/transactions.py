@@ -1,0 +1,151 @@
+"""The worker's one transactional producer: every write of the loop, in transactions.
+
+Each transaction carries a step's releases, partials, dead letters and privacy-ledger
+charges AND the consumer offsets with their checkpoints, committed atomically: consumers
+reading with isolation_level=read_committed see each release exactly once, and a restart
+resumes exactly after the last committed step. A producer whose transaction broke is
+replaced (see `replace`); one fenced by a newer producer of the same transactional id, or
+refused by the broker, is fatal (`FATAL`): another worker took over this slot.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable
+from typing import Any
+
+from aiokafka import TopicPartition
+from aiokafka.errors import (
+    ClusterAuthorizationFailedError,
+    GroupAuthorizationFailedError,
+    KafkaError,
+    ProducerFenced,
+    TopicAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+)
+from aiokafka.structs import OffsetAndMetadata
+
+from anonstream.metrics import Metrics
+from anonstream.runtime.clients import Clients, Producer
+from anonstream.runtime.ledger import KafkaLedgerStore
+from anonstream.settings import Settings
+
+log = logging.getLogger("anonstream.worker")
+
+MAX_PRODUCER_RESTARTS = 5  # within 5 minutes; past that the worker exits (1)
+
+# Another worker took over this slot (a zombie must stop), or the broker says no: a new
+# producer would not help.
+FATAL = (
+    ProducerFenced,
+    GroupAuthorizationFailedError,
+    TransactionalIdAuthorizationFailed,
+    TopicAuthorizationFailedError,
+    ClusterAuthorizationFailedError,
+)
+
+
+class Transactions:
+    """The producer, its open transaction, and the ledger charges that ride in it."""
+
+    def __init__(
+        self,
+        clients: Clients,
+        settings: Settings,
+        transactional_id: str,
+        metrics: Metrics,
+        ledger: KafkaLedgerStore | None = None,
+    ) -> None:
+        self.clients = clients
+        self.settings = settings
+        self.transactional_id = transactional_id
+        self.metrics = metrics
+        self.ledger = ledger
+        self.producer: Producer | None = None
+        self.open = False  # a transaction is open
+        self.restarts = 0
+        self._failures: list[float] = []
+
+    def create(self) -> Producer:
+        """A producer for this slot, not started (`start` registers its id)."""
+        self.producer = self.clients.producer(self.settings, self.transactional_id)
+        return self.producer
+
+    async def begin(self) -> None:
+        assert self.producer is not None
+        if not self.open:
+            await self.producer.begin_transaction()
+            self.open = True
+
+    async def send(
+        self,
+        topic: str,
+        value: bytes,
+        *,
+        key: bytes | None = None,
+        partition: int | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> Awaitable[Any]:
+        """One record in the open transaction (begun if need be); await the result for
+        its delivery."""
+        assert self.producer is not None
+        await self.begin()
+        return await self.producer.send(topic, value, key=key, partition=partition, headers=headers)
+
+    async def send_charges(self) -> list[Awaitable[Any]]:
+        """The privacy-ledger charges of the windows released since the last send."""
+        if self.ledger is None:
+            return []
+        return [
+            await self.send(self.ledger.topic, value, key=key) for key, value in self.ledger.drain()
+        ]
+
+    async def commit(self, offsets: dict[TopicPartition, OffsetAndMetadata], group_id: str) -> None:
+        """The offsets (with their checkpoints), then the whole transaction."""
+        assert self.producer is not None
+        await self.begin()
+        if offsets:
+            await self.producer.send_offsets_to_transaction(offsets, group_id)
+        await self.producer.commit_transaction()
+        if self.ledger is not None:
+            self.ledger.committed()
+        self.open = False
+
+    async def abort(self) -> None:
+        """Abort the open transaction, if any: none of its writes is ever read."""
+        if self.producer is not None and self.open:
+            await self.producer.abort_transaction()
+            self.open = False
+
+    async def replace(self, exc: KafkaError) -> None:
+        """A producer whose transaction broke (a produce request that timed out and left
+        its sequence numbers behind, an expired batch, a lost producer id) cannot go on.
+        Rather than exit, start a new one with the same transactional id, which aborts the
+        open transaction on the broker; the caller resumes from the last commit. Too many
+        in a short time is a real fault: give up (re-raise, exit 1)."""
+        now = time.monotonic()
+        self._failures = [t for t in self._failures if now - t < 300] + [now]
+        if len(self._failures) > MAX_PRODUCER_RESTARTS:
+            raise exc
+        log.warning(
+            "the producer failed (%s); restarting it and resuming from the last commit",
+            type(exc).__name__,
+        )
+        old, self.producer = self.producer, None
+        self.open = False
+        if old is not None:
+            with contextlib.suppress(Exception):
+                await old.stop()
+        await self.create().start()
+        self.restarts += 1
+        self.metrics.producer_restarts.inc()
+
+    async def stop(self) -> None:
+        """Abort what is open, then stop the producer."""
+        try:
+            await self.abort()
+        finally:
+            if self.producer is not None:
+                await self.producer.stop()
