@@ -384,6 +384,8 @@ class BatchLoop:
             for stage in self.stages.values():
                 await self._deliver(stage, stage.close_all())
             await self._commit(force=True)
+            if self._reset_needed:
+                return False  # a rebalance came meanwhile: aborted, read to the end again
             log.info("reached the end offsets; every window released")
             return True
         await self._commit()
