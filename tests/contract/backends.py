@@ -44,6 +44,10 @@ class Backend(Protocol):
         """Start another producer of `transactional_id`: the one in use is fenced."""
         ...
 
+    async def close(self) -> None:
+        """Stop the clients the backend started for a scenario."""
+        ...
+
 
 class MemoryBackend:
     name = "memory"
@@ -78,6 +82,9 @@ class MemoryBackend:
 
     async def fence(self, settings: Settings, transactional_id: str) -> None:
         await self.broker.producer(settings, transactional_id).start()
+
+    async def close(self) -> None:
+        return None
 
 
 class KafkaBackend:
@@ -152,7 +159,8 @@ class KafkaBackend:
         self._fencers.append(p)
 
     async def close(self) -> None:
-        for c in self._members:
+        members, fencers, self._members, self._fencers = self._members, self._fencers, [], []
+        for c in members:
             await c.stop()
-        for p in self._fencers:
+        for p in fencers:
             await p.stop()

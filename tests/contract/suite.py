@@ -147,9 +147,14 @@ class _FaultyProducer:
         return await self.inner.send(topic, *args, **kwargs)
 
 
-def run(coro: Awaitable[Any]) -> Any:
+def run(backend: Backend, coro: Awaitable[Any]) -> Any:
+    """One scenario in its own event loop; the backend's own clients close in it too."""
+
     async def bounded() -> Any:
-        return await asyncio.wait_for(coro, timeout=180)
+        try:
+            return await asyncio.wait_for(coro, timeout=180)
+        finally:
+            await backend.close()
 
     return asyncio.run(bounded())
 
@@ -163,7 +168,7 @@ class LoopContract:
             await world.loop().run()
             world.assert_exactly_replay(await world.released())
 
-        run(scenario())
+        run(backend, scenario())
 
     def test_a_rebalance_revokes_and_reassigns_and_releases_stay_exact(
         self, backend: Backend, tmp_path: Path
@@ -187,7 +192,7 @@ class LoopContract:
             assert seen["assigned"] and seen["again"] == seen["assigned"]
             world.assert_exactly_replay(await world.released())
 
-        run(scenario())
+        run(backend, scenario())
 
     def test_an_aborted_upstream_transaction_is_never_counted(
         self, backend: Backend, tmp_path: Path
@@ -207,7 +212,7 @@ class LoopContract:
             await world.loop().run()
             world.assert_exactly_replay(await world.released())
 
-        run(scenario())
+        run(backend, scenario())
 
     def test_a_failed_producer_is_replaced_and_releases_stay_exact(
         self, backend: Backend, tmp_path: Path
@@ -229,7 +234,7 @@ class LoopContract:
             assert state["failed"] == 1 and loop.producer_restarts == 1
             world.assert_exactly_replay(await world.released())
 
-        run(scenario())
+        run(backend, scenario())
 
     def test_a_fenced_producer_stops_the_loop_and_its_transaction_is_never_read(
         self, backend: Backend, tmp_path: Path
@@ -260,7 +265,7 @@ class LoopContract:
             assert set(canonical(released, kinds=KINDS)) <= set(canonical(expected, kinds=KINDS))
             assert len(canonical(released, kinds=KINDS)) < len(canonical(expected, kinds=KINDS))
 
-        run(scenario())
+        run(backend, scenario())
 
     def test_a_crash_then_a_restart_from_the_checkpoints_releases_exactly_replay(
         self, backend: Backend, tmp_path: Path
@@ -288,4 +293,4 @@ class LoopContract:
             assert len(after) > len(before)  # open windows were rebuilt and released
             world.assert_exactly_replay(after)
 
-        run(scenario())
+        run(backend, scenario())

@@ -3,9 +3,6 @@ suite the unit tier runs against the in-memory one."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Iterator
-
 import pytest
 
 from tests.contract.backends import KafkaBackend
@@ -16,7 +13,5 @@ pytestmark = pytest.mark.integration
 
 class TestKafka(LoopContract):
     @pytest.fixture
-    def backend(self, kafka_bootstrap: str) -> Iterator[KafkaBackend]:
-        b = KafkaBackend(kafka_bootstrap)
-        yield b
-        asyncio.run(b.close())
+    def backend(self, kafka_bootstrap: str) -> KafkaBackend:
+        return KafkaBackend(kafka_bootstrap)

@@ -229,7 +229,7 @@ class BatchLoop:
 
     async def close(self) -> None:
         try:
-            await self.txn.abort()
+            await self.txn.abandon()
         finally:
             if self.consumer is not None:
                 await self.consumer.stop()

@@ -119,6 +119,17 @@ class Transactions:
             await self.producer.abort_transaction()
             self.open = False
 
+    async def abandon(self) -> None:
+        """Abort the open transaction if the producer still can (on the way out). A fenced
+        or failed one cannot (aiokafka asserts on it, hiding why the worker stops); the
+        broker aborts its transaction anyway, at the next producer of this transactional
+        id or at the transaction timeout."""
+        try:
+            await self.abort()
+        except Exception as exc:  # the error that stops the worker is the one to see
+            log.warning("the open transaction could not be aborted (%s)", type(exc).__name__)
+        self.open = False
+
     async def replace(self, exc: KafkaError) -> None:
         """A producer whose transaction broke (a produce request that timed out and left
         its sequence numbers behind, an expired batch, a lost producer id) cannot go on.
@@ -142,10 +153,3 @@ class Transactions:
         self.restarts += 1
         self.metrics.producer_restarts.inc()
 
-    async def stop(self) -> None:
-        """Abort what is open, then stop the producer."""
-        try:
-            await self.abort()
-        finally:
-            if self.producer is not None:
-                await self.producer.stop()
