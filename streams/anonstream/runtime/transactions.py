@@ -152,4 +152,3 @@ class Transactions:
         await self.create().start()
         self.restarts += 1
         self.metrics.producer_restarts.inc()
-
