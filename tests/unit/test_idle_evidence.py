@@ -134,7 +134,7 @@ def test_a_slow_output_does_not_make_a_partition_idle(
     settings = Settings(idle_close_seconds=IDLE_S, pipelines_dir=ROOT / "pipelines")
     loop = BatchLoop(settings, [pipeline], load_secret({"ANONSTREAM_SECRET": SECRET}), Metrics())
     consumer, producer = FakeConsumer(wall), FakeProducer(wall)
-    loop.consumer, loop.producer = consumer, producer  # type: ignore[assignment]
+    loop.consumer, loop.txn.producer = consumer, producer  # type: ignore[assignment]
     tp0, tp1 = (TopicPartition(pipeline.source_topic, i) for i in (0, 1))
     loop.assigned = {tp0, tp1}
     for tp in (tp0, tp1):
@@ -192,7 +192,7 @@ def test_a_partition_shown_silent_goes_idle_and_the_last_window_is_released(
     settings = Settings(idle_close_seconds=IDLE_S, pipelines_dir=ROOT / "pipelines")
     loop = BatchLoop(settings, [pipeline], load_secret({"ANONSTREAM_SECRET": SECRET}), Metrics())
     consumer, producer = FakeConsumer(wall), FakeProducer(wall, commit_ms=0)
-    loop.consumer, loop.producer = consumer, producer  # type: ignore[assignment]
+    loop.consumer, loop.txn.producer = consumer, producer  # type: ignore[assignment]
     tp = TopicPartition(pipeline.source_topic, 0)
     loop.assigned = {tp}
     consumer.parts[tp] = _Part()

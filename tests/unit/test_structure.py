@@ -29,7 +29,6 @@ KNOWN_LONG = {
     "anonstream/core/pipeline.py": "the whole pipeline YAML parser (parse_pipeline)",
     "anonstream/core/release.py": "the release rules, roll-up and suppression together",
     "anonstream/core/scrub.py": "every identifier pattern of the scrubber",
-    "anonstream/runtime/batch.py": "the batch loop with its producer and transaction handling",
 }
 
 

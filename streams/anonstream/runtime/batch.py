@@ -4,13 +4,14 @@ Why not a per-event Faust stream: every event through Faust's stream machinery c
 than reading and decoding it (see docs/benchmarks.md), so the hot path takes whole fetches
 with the consumer's getmany and hands them to the engine as one batch.
 
-Crash safety without a state store: each transaction carries the releases of a batch AND
-the consumer offsets, committed atomically. The committed offset of a partition is not the
-position reached but the first offset of the oldest window still open, so a restart
-re-reads exactly what it needs to rebuild open windows. The offset's metadata carries the
-checkpoint (which windows are already released, how far the partition was read, its pending
-counters), so replayed events of released windows are neither released again nor counted
-twice. Consumers reading with isolation_level=read_committed see each release exactly once.
+Crash safety without a state store: each transaction (runtime/transactions.py) carries
+the releases of a batch AND the consumer offsets. The committed offset of a partition is
+not the position reached but the first offset of the oldest window still open, so a
+restart re-reads exactly what it needs to rebuild open windows; the offset's metadata
+carries the stages' checkpoints (core/checkpoint.py), so replayed events of released
+windows are neither released again nor counted twice. The loop only moves batches between
+Kafka and its stages (core/stage.py); its clients come from runtime/clients.py, or from the
+in-memory broker in the contract tests (tests/contract/).
 """
 
 from __future__ import annotations
@@ -29,19 +30,18 @@ from operator import attrgetter
 from typing import Any
 
 import numpy as np
-import orjson
-from aiokafka import ConsumerRebalanceListener, TopicPartition
+from aiokafka import TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from anonstream.core.budget import Ledger, ledgers
 from anonstream.core.checkpoint import decode_checkpoints, encode_checkpoints
-from anonstream.core.engine import DeadLetter, PipelineEngine, StepResult
+from anonstream.core.engine import PipelineEngine, StepResult
 from anonstream.core.keys import MasterSecret
 from anonstream.core.pipeline import Pipeline
 from anonstream.core.stage import Stage
 from anonstream.metrics import Metrics
-from anonstream.runtime.clients import Clients, Consumer, KafkaClients, Producer
+from anonstream.runtime.clients import Clients, Consumer, KafkaClients, Rebalance
 from anonstream.runtime.ledger import KafkaLedgerStore, ledger_topic
 from anonstream.runtime.quiet import Silence
 from anonstream.runtime.scaleout import IngestStage, ReleaseStage, StagesView, partials_topic
@@ -58,17 +58,6 @@ MISSING_TOPICS_CHECK_S = 2.0
 MISSING_TOPICS_SAY_S = 10.0
 LATE_WARN_FRACTION = 0.5  # a batch mostly too late for its windows: say so,
 LATE_WARN_INTERVAL_S = 60.0  # at most once a minute per pipeline
-
-
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, loop: BatchLoop) -> None:
-        self.loop = loop
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self.loop.on_revoked(list(revoked))
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        await self.loop.on_assigned(list(assigned))
 
 
 class BatchLoop:
@@ -130,14 +119,6 @@ class BatchLoop:
         self.done = asyncio.Event()
 
     @property
-    def producer(self) -> Producer | None:
-        return self.txn.producer
-
-    @producer.setter
-    def producer(self, producer: Producer | None) -> None:
-        self.txn.producer = producer
-
-    @property
     def producer_restarts(self) -> int:
         return self.txn.restarts
 
@@ -190,7 +171,9 @@ class BatchLoop:
         if self.missing_topics:
             return  # stopped while waiting: subscribing would let the broker auto-create them
         self._phase("joining the consumer group")
-        self.consumer.subscribe(list(self.by_topic), listener=_Rebalance(self))
+        self.consumer.subscribe(
+            list(self.by_topic), listener=Rebalance(self.on_revoked, self.on_assigned)
+        )
 
     def _phase(self, name: str) -> None:
         if self.deadlines is not None:
@@ -233,8 +216,8 @@ class BatchLoop:
         finally:
             if self.consumer is not None:
                 await self.consumer.stop()
-            if self.producer is not None:
-                await self.producer.stop()
+            if self.txn.producer is not None:
+                await self.txn.producer.stop()
 
     # -- rebalance -------------------------------------------------------------------------
     # A rebalance is handled as a restart from the last checkpoint: the callbacks only
@@ -265,7 +248,7 @@ class BatchLoop:
 
     async def _reset(self) -> None:
         """Back to the last checkpoint of every assigned partition."""
-        assert self.consumer is not None and self.producer is not None
+        assert self.consumer is not None and self.txn.producer is not None
         self._reset_needed = False
         await self.txn.abort()
         if self.ledger is not None:
@@ -468,26 +451,8 @@ class BatchLoop:
         """A step's records, in the open transaction; releases are committed at once."""
         if not step.releases and not step.dead_letters and not step.forward:
             return
-        txn = self.txn
-        await txn.begin()
         p = stage.pipeline
-        futures = []
-        for topic, partition, key, value in step.forward:
-            futures.append(await txn.send(topic, value, key=key or None, partition=partition))
-        for rec in step.releases:
-            topic = self.outputs[(p.name, rec["output"])]
-            futures.append(await txn.send(topic, orjson.dumps(rec), key=rec["release_id"].encode()))
-        futures += await txn.send_charges()  # the charges of this step's windows
-        for dl in step.dead_letters:
-            futures.append(await txn.send(
-                self.settings.dead_letter_topic, dl.value, headers=_dl_headers(p, dl)
-            ))  # fmt: skip
-            log.warning(
-                "rejected message %s offset %s: %s%s", _where(dl), dl.offset, dl.reason,
-                f" ({dl.field})" if dl.field else "",
-            )  # fmt: skip
-        if futures:
-            await asyncio.gather(*futures)
+        await self.txn.deliver(p, step, self.outputs, self.settings.dead_letter_topic)
         self._dirty = True
         if step.releases:
             self.metrics.observe_batch(p.name, 0, step)
@@ -497,7 +462,7 @@ class BatchLoop:
 
     async def _commit(self, force: bool = False) -> None:
         """Offsets and checkpoints, in the same transaction as the releases before them."""
-        if not self._dirty or self.producer is None or self.consumer is None:
+        if not self._dirty or self.txn.producer is None or self.consumer is None:
             return
         if self._reset_needed:
             return  # a rebalance came: this transaction will be aborted
@@ -526,18 +491,3 @@ class BatchLoop:
 
 
 _value, _offset = attrgetter("value"), attrgetter("offset")
-
-
-def _where(dl: DeadLetter) -> str:
-    if isinstance(dl.partition, tuple):
-        return f"{dl.partition[0]}/{dl.partition[1]}"
-    return str(dl.partition)
-
-
-def _dl_headers(pipeline: Pipeline, dl: DeadLetter) -> list[tuple[str, bytes]]:
-    return [
-        ("anonstream.reason", dl.reason.encode()),
-        ("anonstream.field", (dl.field or "").encode()),
-        ("anonstream.pipeline", pipeline.name.encode()),
-        ("anonstream.source", f"{_where(dl)}/{dl.offset}".encode()),
-    ]

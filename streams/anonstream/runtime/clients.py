@@ -11,10 +11,10 @@ milliseconds, and the same contract suite runs against the real broker
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, Protocol
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
 from anonstream.runtime.kafka_compat import committed_with_metadata, raw_records
@@ -81,6 +81,24 @@ class Clients(Protocol):
     def install_fast_fetch(self) -> bool:
         """Switch to the fast record reader; False if it fell back to the slow one."""
         ...
+
+
+class Rebalance(ConsumerRebalanceListener):
+    """A consumer's rebalance, handed to the loop's callbacks (the in-memory broker calls
+    the same two methods)."""
+
+    def __init__(
+        self,
+        revoked: Callable[[list[TopicPartition]], Awaitable[None]],
+        assigned: Callable[[list[TopicPartition]], Awaitable[None]],
+    ) -> None:
+        self.revoked, self.assigned = revoked, assigned
+
+    async def on_partitions_revoked(self, revoked: Any) -> None:
+        await self.revoked(list(revoked))
+
+    async def on_partitions_assigned(self, assigned: Any) -> None:
+        await self.assigned(list(assigned))
 
 
 class KafkaClients:

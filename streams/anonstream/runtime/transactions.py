@@ -10,12 +10,14 @@ refused by the broker, is fatal (`FATAL`): another worker took over this slot.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Mapping
 from typing import Any
 
+import orjson
 from aiokafka import TopicPartition
 from aiokafka.errors import (
     ClusterAuthorizationFailedError,
@@ -27,6 +29,8 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import OffsetAndMetadata
 
+from anonstream.core.engine import DeadLetter, StepResult
+from anonstream.core.pipeline import Pipeline
 from anonstream.metrics import Metrics
 from anonstream.runtime.clients import Clients, Producer
 from anonstream.runtime.ledger import KafkaLedgerStore
@@ -94,6 +98,37 @@ class Transactions:
         await self.begin()
         return await self.producer.send(topic, value, key=key, partition=partition, headers=headers)
 
+    async def deliver(
+        self,
+        pipeline: Pipeline,
+        step: StepResult,
+        outputs: Mapping[tuple[str, str], str],
+        dead_letter_topic: str,
+    ) -> None:
+        """A step's records in the open transaction (begun if need be), acknowledged on
+        return: partials, releases to their output topics (`outputs`: by pipeline and
+        output name), the privacy-ledger charges of the step's windows, dead letters."""
+        await self.begin()
+        futures = []
+        for topic, partition, key, value in step.forward:
+            futures.append(await self.send(topic, value, key=key or None, partition=partition))
+        for rec in step.releases:
+            topic = outputs[(pipeline.name, rec["output"])]
+            futures.append(
+                await self.send(topic, orjson.dumps(rec), key=rec["release_id"].encode())
+            )
+        futures += await self.send_charges()
+        for dl in step.dead_letters:
+            futures.append(await self.send(
+                dead_letter_topic, dl.value, headers=_dl_headers(pipeline, dl)
+            ))  # fmt: skip
+            log.warning(
+                "rejected message %s offset %s: %s%s", _where(dl), dl.offset, dl.reason,
+                f" ({dl.field})" if dl.field else "",
+            )  # fmt: skip
+        if futures:
+            await asyncio.gather(*futures)
+
     async def send_charges(self) -> list[Awaitable[Any]]:
         """The privacy-ledger charges of the windows released since the last send."""
         if self.ledger is None:
@@ -152,3 +187,18 @@ class Transactions:
         await self.create().start()
         self.restarts += 1
         self.metrics.producer_restarts.inc()
+
+
+def _where(dl: DeadLetter) -> str:
+    if isinstance(dl.partition, tuple):
+        return f"{dl.partition[0]}/{dl.partition[1]}"
+    return str(dl.partition)
+
+
+def _dl_headers(pipeline: Pipeline, dl: DeadLetter) -> list[tuple[str, bytes]]:
+    return [
+        ("anonstream.reason", dl.reason.encode()),
+        ("anonstream.field", (dl.field or "").encode()),
+        ("anonstream.pipeline", pipeline.name.encode()),
+        ("anonstream.source", f"{_where(dl)}/{dl.offset}".encode()),
+    ]
