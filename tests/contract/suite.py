@@ -73,7 +73,7 @@ class World:
         assert any(r["kind"] == "aggregate" for r in records)  # not trivially empty
 
 
-async def make_world(backend: Backend, tmp: Path, n_events: int = 1_500) -> World:
+async def make_world(backend: Backend, tmp: Path, n_events: int = 800) -> World:
     suffix = uuid.uuid4().hex[:8]
     doc = yaml.safe_load((ROOT / "pipelines" / "web_activity.yaml").read_text())
     doc["source_topic"] = f"contract.raw.{suffix}"
@@ -204,7 +204,7 @@ class LoopContract:
             aborted = [(i % PARTITIONS, v) for i, v in enumerate(world.events)]
             await backend.produce_aborted(world.pipeline.source_topic, aborted)
             gen = EventGenerator(Workload(users=40, events_per_second_of_event_time=0.15, seed=8))
-            more = [orjson.dumps(ev) for ev in gen.web_events(300)]
+            more = [orjson.dumps(ev) for ev in gen.web_events(200)]
             await backend.produce(
                 world.pipeline.source_topic, [(i % PARTITIONS, v) for i, v in enumerate(more)]
             )
