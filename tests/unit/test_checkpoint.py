@@ -94,3 +94,14 @@ def test_every_stage_kind_is_a_stage() -> None:
         ReleaseStage(lambda: PipelineEngine(pipeline, SECRET), pipeline, "partials", 2),
     ]
     assert [s.pipeline.name for s in stages] == [pipeline.name] * 3
+
+
+def test_counts_made_elsewhere_go_to_the_partitions_checkpoint() -> None:
+    """Scale-out's release stage counts rejections and late events its ingest found."""
+    pipeline = load_pipeline(ROOT / "pipelines" / "web_activity.yaml")
+    engine = PipelineEngine(pipeline, SECRET)
+    engine.count_rejected("p", 3)
+    engine.count_late("p", 2)
+    assert engine.checkpoint("p") == Checkpoint(engine.closed_until, -1, 2, 3)
+    assert engine.late_events == 2
+    assert engine.take_rejected() == 3 and engine.checkpoint("p").rejected == 0

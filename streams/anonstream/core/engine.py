@@ -469,6 +469,12 @@ class PipelineEngine:
         window summary, in `partition`'s share of the checkpoint."""
         self._rejected_pending[partition] += n
 
+    def count_late(self, partition: Hashable, n: int) -> None:
+        """Events found late elsewhere (scale-out: a window's partial that came after its
+        release), counted as `_add` counts them, in `partition`'s share of the checkpoint."""
+        self.counters["late"] += n
+        self._late_pending[partition] += n
+
     def take_rejected(self) -> int:
         """The rejections pending since the last summary, handed over and cleared (the
         scale-out ingest forwards them to the release stage)."""
