@@ -351,13 +351,11 @@ class PipelineEngine:
             self.watermark.register(p, now, hold=hold)
 
     def set_sources(self, sources: Sequence[Hashable]) -> None:
-        """A single-worker engine owns its sources: it is assigned them."""
-        return None
+        return None  # a single-worker engine owns its sources: it is assigned them
 
     def busy(self, partition: Hashable) -> None:
-        """Unread data waits in `partition`: it must not count as idle however long the loop
-        took to come back to it (a slow output, a long batch). Idle close is for silent
-        input; taking a backlog for silence releases windows before their events are read."""
+        """Unread data waits in `partition`: not idle, however long the loop took to come
+        back to it (taking a backlog for silence releases windows before their events)."""
         if partition in self.watermark.partitions:
             self.watermark.observe(partition, NEG_INF, self.clock_ms())
 
@@ -442,11 +440,9 @@ class PipelineEngine:
         """What a restart needs besides the offset: which windows are already released,
         how far this partition was processed, and its share of the pending counters."""
         return Checkpoint(
-            closed_until=self.closed_until,
-            next=self._next_offset.get(partition, -1),
-            late=self._late_pending.get(partition, 0),
-            rejected=self._rejected_pending.get(partition, 0),
-        )
+            self.closed_until, self._next_offset.get(partition, -1),
+            self._late_pending.get(partition, 0), self._rejected_pending.get(partition, 0),
+        )  # fmt: skip
 
     def restore(self, partition: Hashable, checkpoint: Checkpoint) -> None:
         self.closed_until = max(self.closed_until, checkpoint.closed_until)
@@ -455,29 +451,22 @@ class PipelineEngine:
         self._late_pending[partition] += checkpoint.late
         self._rejected_pending[partition] += checkpoint.rejected
 
-    def next_offset(self, partition: Hashable) -> int | None:
-        """The first offset of `partition` not processed yet (None: nothing read)."""
+    def next_offset(self, partition: Hashable) -> int | None:  # for scale-out's ingest
         return self._next_offset.get(partition)
 
     def replayed(self, partition: Hashable, offset: int) -> bool:
-        """Whether `offset` was processed before the restart this engine resumes from: it
-        rebuilds state but counts nothing a second time."""
+        """Processed before the restart this engine resumes from: rebuilds, counts nothing."""
         return offset < self._resume_next.get(partition, -1)
 
     def count_rejected(self, partition: Hashable, n: int) -> None:
-        """Rejections made elsewhere (scale-out: another worker's ingest), for the next
-        window summary, in `partition`'s share of the checkpoint."""
-        self._rejected_pending[partition] += n
+        self._rejected_pending[partition] += n  # found by the ingest, for the next summary
 
     def count_late(self, partition: Hashable, n: int) -> None:
-        """Events found late elsewhere (scale-out: a window's partial that came after its
-        release), counted as `_add` counts them, in `partition`'s share of the checkpoint."""
-        self.counters["late"] += n
+        self.counters["late"] += n  # a window's partial that came after its release
         self._late_pending[partition] += n
 
     def take_rejected(self) -> int:
-        """The rejections pending since the last summary, handed over and cleared (the
-        scale-out ingest forwards them to the release stage)."""
+        """The rejections pending since the last summary, handed over and cleared."""
         n = sum(self._rejected_pending.values())
         self._rejected_pending.clear()
         return n
