@@ -908,3 +908,24 @@ def test_plan_searches_find_what_whole_range_searches_find(
     p = make_pipeline(L=L, M=M, clamp=[0, 900], metrics=metrics, outputs=[out])
     plan = D.plan_output(p, p.outputs[0])
     assert [(q.scale, q.threshold) for q in plan.quantities] == _full_search_plan(p)
+
+
+@pytest.mark.parametrize("example", ["web_activity_dp", "web_activity_dp_gaussian"])
+def test_the_explain_report_in_the_docs_is_what_explain_prints(example: str) -> None:
+    """docs/privacy-model.md shows each shipped dp example's `explain` report: it must be
+    what `explain` prints today (the docs wrap its long lines), not a stale copy."""
+    import re
+
+    from anonstream.explain import explain_pipeline
+
+    root = Path(__file__).parents[2]
+    docs = (root / "docs/privacy-model.md").read_text()
+    command = f"anonstream explain -p pipelines/examples/{example}.yaml"
+    flat_docs = " ".join(docs.split())
+    at = flat_docs.index(command)  # the report is the text block right after the command
+    block = flat_docs[at:].split("```text", 1)[1].split("```", 1)[0]
+    printed = explain_pipeline(load_pipeline(root / f"pipelines/examples/{example}.yaml"))
+    flat = re.sub(r"\s+", " ", printed)
+    # A repeated warning may be cut short as "... (the same)": each piece around it counts.
+    for piece in block.split("... (the same)"):
+        assert re.sub(r"\s+", " ", piece).strip() in flat
