@@ -29,6 +29,11 @@ most L (times the clamp for sums), so by at most L*sqrt(M), rounded up to an int
 No roll-up in dp mode: partition selection decides which cells exist, and a cell that is
 not selected is in no released number. Histograms keep their declared bands (merging bands
 to k people would be an exact, data-dependent choice).
+
+Why this module is long: the plan and the release are one mechanism. The measurements the
+plan's searches build and map are the very objects the release invokes (cached per scale),
+and the sensitivities, plan and exact figures must agree line for line; one module keeps
+that evident.
 """
 
 from __future__ import annotations
