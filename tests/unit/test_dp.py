@@ -929,3 +929,15 @@ def test_the_explain_report_in_the_docs_is_what_explain_prints(example: str) -> 
     # A repeated warning may be cut short as "... (the same)": each piece around it counts.
     for piece in block.split("... (the same)"):
         assert re.sub(r"\s+", " ", piece).strip() in flat
+
+
+@pytest.mark.parametrize("scale", [1e5 * (1 + 1e-9), 3.3e5, 1e6])
+def test_gaussian_error_bound_above_the_exact_range_is_not_below_the_discrete_one(
+    scale: float,
+) -> None:
+    """Large discrete Gaussian scales (sums) take the continuous bound with a margin, as
+    OpenDP's discrete bound takes seconds there; it must not promise a smaller error."""
+    from opendp.accuracy import discrete_gaussian_scale_to_accuracy
+
+    exact = discrete_gaussian_scale_to_accuracy(scale, D.ALPHA)
+    assert exact <= D.gaussian_error95(scale) <= exact * (1 + 2e-6) + 3
