@@ -294,7 +294,7 @@ def test_partials_are_compacted_per_batch() -> None:
 
 def test_the_partials_format_round_trips_and_an_unknown_version_fails_clearly() -> None:
     wp = WindowPartial(
-        T0, np.array([3, 9], dtype=np.uint64), [("a", "b"), ("c", "d")],
+        T0, np.array([3, 9], dtype=np.uint64), {9: ("c", "d")},
         np.array([1, 2], dtype=np.int64), np.array([1, 2, 3], dtype=np.uint64),
         np.array([4, 5, 6], dtype=np.uint64), np.array([[1.5], [np.nan], [2.0]]), 3, 4, 1, 0,
     )  # fmt: skip
@@ -338,3 +338,29 @@ def test_a_release_stage_still_reads_version_1_partials() -> None:
     got = stage.process_batch([v1], np.zeros(1, np.int64), [("partials", 0)], np.zeros(1, np.int64))
     got.extend(stage.close_all())
     assert canonical(got) == canonical(want)
+
+
+def test_cells_are_named_once_per_window_and_a_missing_name_fails_clearly() -> None:
+    """The second batch of a window names none of the cells the first named; a release
+    stage that reads the second without the first (a record lost) says so."""
+    pipeline = scale_pipeline(2, 10, 10, hopping=False, secondary=False)
+    events = [
+        {"event_id": f"e{i}", "ts": T0 + i, "type": "page_view", "visitor_id": f"v{i % 3}",
+         "url": "https://shop.example.com/a", "duration_ms": 5}
+        for i in range(6)
+    ]  # fmt: skip
+    msgs = raw_messages(events, 1)
+    ingest = IngestStage(PipelineEngine(pipeline, SECRET, clock_ms=lambda: T0 + DAY), "p", 1)
+    first, second = (
+        [v for _, _, _, v in ingest.process_batch(*batch_args(part)).forward]
+        for part in (msgs[:3], msgs[3:])
+    )
+    assert [len(w.names) for w in decode_partial(first[0]).windows] == [1]
+    assert [len(w.names) for w in decode_partial(second[0]).windows] == [0]
+    stage = ReleaseStage(
+        partial(PipelineEngine, pipeline, SECRET, clock_ms=lambda: T0 + DAY), pipeline, "p", 1
+    )
+    stage.sources = [("raw", 0)]
+    stage.assign([("p", 0)])
+    with pytest.raises(RuntimeError, match="no name"):
+        stage.process_batch(second, np.zeros(1, np.int64), [("p", 0)], np.ones(1, np.int64))

@@ -46,7 +46,7 @@ from __future__ import annotations
 import struct
 from collections import Counter
 from collections.abc import Callable, Hashable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import numpy as np
@@ -66,6 +66,7 @@ READS_VERSIONS = (1, 2)
 _MAGIC = b"ASPT"
 _HEAD = struct.Struct("<4sHI")  # magic, version, header length; then header JSON, payload
 _CELL_CACHE_MAX = 500_000
+_NAMED_WINDOWS = 256  # (partials partition, window) pairs whose named cells are remembered
 
 U64 = npt.NDArray[np.uint64]
 
@@ -103,7 +104,9 @@ class WindowPartial:
 
     start_ms: int
     cells: U64  # distinct cell ids, ascending
-    names: list[tuple[str, ...]]  # each cell's dimension values
+    # Dimension values of the cells this record names: each cell is named in the first
+    # record its ingest sends the window's partials partition (see IngestStage._name_once).
+    names: dict[int, tuple[str, ...]]
     cell_rows: npt.NDArray[np.int64]  # rows of each cell
     unit: U64
     event: U64
@@ -150,7 +153,8 @@ def encode_partial(p: Partial) -> bytes:
                 "in": w.rows_in,
                 "dup": w.duplicates,
                 "over": w.over_limit,
-                "names": w.names,
+                "named": [i for i, c in enumerate(w.cells.tolist()) if c in w.names],
+                "names": list(w.names.values()),
             }
             for w in p.windows
         ]
@@ -195,7 +199,9 @@ def decode_partial(raw: bytes) -> Partial:
         unit, event = take("<u8", nr), take("<u8", nr)
         measures = take("<f8", nr * m).reshape(nr, m)
         windows.append(WindowPartial(
-            int(h["start"]), cells, [tuple(x) for x in h["names"]], counts, unit, event,
+            int(h["start"]), cells,
+            {int(cells[i]): tuple(x) for i, x in zip(h["named"], h["names"], strict=True)},
+            counts, unit, event,
             measures, int(h.get("first", 0)), int(h.get("in", nr)), int(h.get("dup", 0)),
             int(h.get("over", 0)),
         ))  # fmt: skip
@@ -237,7 +243,7 @@ def window_partials(
             # An event is late (if at all) in its first window: column 0 of `starts`.
             n_first = n_in if j == 0 else 0
             out.append(WindowPartial(
-                start, ids, [cell_dims[c] for c in ids.tolist()], counts.astype(np.int64),
+                start, ids, {c: cell_dims[c] for c in ids.tolist()}, counts.astype(np.int64),
                 rows.unit, rows.event, rows.measures, n_first, n_in, stats.duplicates,
                 stats.over_limit,
             ))  # fmt: skip
@@ -257,6 +263,8 @@ class IngestStage:
         self._last_data: dict[Hashable, int] = {}
         self._cells: dict[tuple[str, ...], int] = {}
         self._dims: dict[int, tuple[str, ...]] = {}
+        self._named: dict[tuple[int, int], set[int]] = {}  # (partials partition, window)
+        self._named_total = 0
 
     @property
     def input_topic(self) -> str:
@@ -285,7 +293,7 @@ class IngestStage:
                 progress.append(Progress(topic, partition, ts, now, now))
             for wp in window_partials(self.engine, cols, self._cell_ids(cols), self._dims):
                 p = (wp.start_ms // step_ms) % self.partitions
-                by_partition.setdefault(p, []).append(wp)
+                by_partition.setdefault(p, []).append(self._name_once(p, wp))
         rejected = sum(self.engine._rejected_pending.values())
         self.engine._rejected_pending.clear()
         for p in range(self.partitions):
@@ -296,6 +304,23 @@ class IngestStage:
             value = encode_partial(Partial(progress, rej, windows))
             result.forward.append((self.topic, p, b"", value))
         return result
+
+    def _name_once(self, p: int, wp: WindowPartial) -> WindowPartial:
+        """Name each cell only in the first record this stage sends partition `p` for the
+        window: a release stage re-reads every record of an open window after a restart
+        (from the window's first offset), so the name is always read before it is needed.
+        Forgetting what was named only names a cell again; engines (and so this) are new
+        after every rebalance or producer restart, with the transaction that sent them."""
+        named = self._named.get((p, wp.start_ms))
+        if named is None:
+            if len(self._named) >= _NAMED_WINDOWS or self._named_total > _CELL_CACHE_MAX:
+                self._named.clear()
+                self._named_total = 0
+            named = self._named[(p, wp.start_ms)] = set()
+        new = {c: d for c, d in wp.names.items() if c not in named}
+        named.update(new)
+        self._named_total += len(new)
+        return replace(wp, names=new)
 
     def _cell_ids(self, cols: Columns) -> U64:
         """Each event's cell id: the keyed hash the release engine would give its cell."""
@@ -537,8 +562,14 @@ def _add_window(
     prev = w.first_offsets.get(part)
     if prev is None or offset < prev:
         w.first_offsets[part] = offset
-    for c, dims in zip(wp.cells.tolist(), wp.names, strict=True):
+    for c in wp.cells.tolist():
         if c not in w.cells:
+            dims = wp.names.get(c)
+            if dims is None:  # named in an earlier record of this window: it must be here
+                raise RuntimeError(
+                    f"partials: a cell of window {wp.start_ms} has no name; a record of this "
+                    "window before this one is missing from the partials topic (retention?)"
+                )
             w.cells[c] = dims
     if len(wp):
         w.add(wp.rows())
