@@ -9,10 +9,11 @@ scrubbed, generalizers drop what identifies, and everything undeclared is left b
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 
+from anonstream.core.cache import KEPT_VALUES, cached
 from anonstream.core.decode import Decoded, Rejection
 from anonstream.core.generalize import (
     UserAgentGeneralizer,
@@ -25,6 +26,7 @@ from anonstream.core.keys import EventHasher, MasterSecret, Pseudonymizer
 from anonstream.core.pipeline import OTHER, FieldAction, Pipeline
 from anonstream.core.records import STAR
 from anonstream.core.scrub import scrub_identifiers
+from anonstream.core.unit import PrivacyUnit
 from anonstream.core.windows import needs_earlier_key
 
 NONE = "(none)"  # dimension value of an absent optional field
@@ -43,21 +45,6 @@ class PolicyRecord(NamedTuple):
     # The unit's pseudonym under the key of the period before ts, for an event that falls
     # in a window starting there (hopping windows; see windows.needs_earlier_key).
     earlier_unit: int | None = None
-
-
-def _bounded_cache(fn: Callable[[str], str], size: int = 50_000) -> Callable[[str], str]:
-    cache: dict[str, str] = {}
-
-    def cached(value: str) -> str:
-        out = cache.get(value)
-        if out is None:
-            out = fn(value)
-            if len(cache) >= size:
-                cache.clear()
-            cache[value] = out
-        return out
-
-    return cached
 
 
 def scrub_kept(value: str) -> str:
@@ -95,7 +82,7 @@ def _generalizer_fn(fa: FieldAction, ua: UserAgentGeneralizer) -> Callable[[obje
     if fa.action == "keep" and fa.values is not None:
         return allow_list(fa.values)
     if fa.action == "keep":
-        keep = _bounded_cache(_keep)
+        keep = cached(_keep, KEPT_VALUES)
         return lambda v: keep(v) if isinstance(v, str) else NONE
     g = fa.generalizer
     if g == "ip_prefix":
@@ -117,7 +104,7 @@ def _generalizer_fn(fa: FieldAction, ua: UserAgentGeneralizer) -> Callable[[obje
         edges = fa.edges
         return lambda v: band(float(v), edges) if isinstance(v, int | float) else NONE
     if g == "text":
-        text = _bounded_cache(_keep)
+        text = cached(_keep, KEPT_VALUES)
         return lambda v: text(v) if isinstance(v, str) else NONE
     raise ValueError(f"no dimension function for {fa}")  # pipeline validation prevents this
 
@@ -130,6 +117,7 @@ class Policy:
         self.pseudonyms = Pseudonymizer(secret, pipeline.name, pipeline.rotation_ms)
         self.event_hash = EventHasher(secret, pipeline.name)
         ua = UserAgentGeneralizer()
+        self.unit = PrivacyUnit(pipeline.privacy_unit, self.pseudonyms)
         self._unit_fields = pipeline.privacy_unit
         self.dim_functions = tuple(
             (name, _dimension_fn(pipeline.fields[name], ua)) for name in pipeline.dimensions
@@ -137,25 +125,16 @@ class Policy:
         self._dims = self.dim_functions
         self._measures = pipeline.measures
 
-    def _unit(self, ev: dict[str, Any], ts: int) -> int | None:
-        for name in self._unit_fields:
-            v = ev.get(name)
-            if isinstance(v, str) and v and not v.isspace():
-                # Emails are case-insensitive in practice; one person, one pseudonym.
-                value = v.strip().lower() if name.endswith("email") else v
-                return self.pseudonyms.pseudonym(name, value, ts)
-        return None
-
     def apply(self, d: Decoded) -> PolicyRecord | Rejection:
         ev = d.event
         ts = d.ts_ms
-        unit = self._unit(ev, ts)
+        unit = self.unit.of_event(ev, ts)
         if unit is None:
             return Rejection(NO_PRIVACY_UNIT, "/".join(self._unit_fields))
         earlier = None
         rotation = self.pseudonyms.rotation_ms
         if needs_earlier_key(self.pipeline.window, rotation, np.array([ts], dtype=np.int64))[0]:
-            earlier = self._unit(ev, ts - rotation)
+            earlier = self.unit.of_event(ev, ts - rotation)
         dims = tuple(fn(ev.get(name)) for name, fn in self._dims)
         nan = float("nan")
         measures = tuple(float(v) if (v := ev.get(m)) is not None else nan for m in self._measures)
