@@ -17,7 +17,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from anonstream.core import policy as policy_module
+from anonstream.core import generalizers as generalizers_module
 from anonstream.core import release
 from anonstream.core.contract import SERVICE_USAGE, WEB_ACTIVITY, Contract
 from anonstream.core.decode import (
@@ -260,14 +260,14 @@ MARKER = "internal-error-probe"
 @pytest.fixture
 def buggy_url_template(monkeypatch: pytest.MonkeyPatch) -> None:
     """A generalizer with a bug that one value meets: what internal_error is for."""
-    real = policy_module.url_template
+    real = generalizers_module.url_template
 
     def url_template(value: str) -> str:
         if MARKER in value:
             raise RuntimeError("a bug met by one value")
         return real(value)
 
-    monkeypatch.setattr(policy_module, "url_template", url_template)
+    monkeypatch.setattr(generalizers_module, "url_template", url_template)
 
 
 @pytest.mark.usefixtures("buggy_url_template")
