@@ -3,15 +3,15 @@
 A pipeline must say what happens to every field of its input contract: there is no
 default action, so a new field cannot slip through unreviewed. Actions are checked against
 the field's sensitivity class, and a wrong file fails at load time with the file, the field
-path and the reason.
+path and the reason. The file is read section by section, one small function each, in
+file order; the `fields:` section is core/fieldparse.py's, getters and errors are
+core/reader.py's.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
-from itertools import pairwise
 from pathlib import Path
 from typing import Any
 
@@ -19,14 +19,13 @@ import yaml
 
 from anonstream.core.actions import (
     ACTIONS,
-    ALLOWED,
     DIMENSION_ACTIONS,
     OTHER,
     Action,
     FieldAction,
     Mechanism,
 )
-from anonstream.core.contract import CONTRACTS, Contract, FieldSpec, FieldType
+from anonstream.core.contract import CONTRACTS, Contract
 from anonstream.core.contribution import KEYS as CONTRIBUTION_KEYS
 from anonstream.core.contribution import Contribution
 from anonstream.core.decode import DEFAULT_MAX_FUTURE_MS
@@ -38,34 +37,15 @@ from anonstream.core.dpspec import (
     parse_dp,
     parse_mode,
 )
-from anonstream.core.generalizers import GENERALIZERS as _GENERALIZER_CLASSES
+from anonstream.core.fieldparse import GENERALIZERS, MAX_EDGES, field_action
 from anonstream.core.keys import ROTATION_MS
-from anonstream.core.scrub import scrub_identifiers
+from anonstream.core.reader import PipelineError, Reader, parse_duration_ms
 
 __all__ = [
-    "ACTIONS", "GENERALIZERS", "OTHER", "Action", "Contribution", "FieldAction", "Mechanism",
-    "Noise", "Output", "Pipeline", "PipelineError", "WindowSpec", "find_pipeline",
+    "ACTIONS", "GENERALIZERS", "MAX_EDGES", "OTHER", "Action", "Contribution", "FieldAction",
+    "Mechanism", "Noise", "Output", "Pipeline", "PipelineError", "WindowSpec", "find_pipeline",
     "load_pipeline", "parse_duration_ms", "parse_pipeline",
 ]  # fmt: skip
-
-GENERALIZERS = tuple(_GENERALIZER_CLASSES)  # their names, in registration order
-# release.band_histograms keeps each person's bands as bits of one int64 (with one bit
-# to spare for its masks): at most 62 bands. More than that would overflow silently.
-MAX_EDGES = 61
-
-
-class PipelineError(ValueError):
-    """A pipeline file is wrong. The message names the file, the field path and the reason."""
-
-    def __init__(self, source: str, path: str, reason: str) -> None:
-        super().__init__(f"{source}: {path}: {reason}")
-        self.source = source
-        self.path = path
-        self.reason = reason
-
-
-_RESERVED_VALUES = frozenset({OTHER, "(none)", "(*)", "*", "<invalid>"})
-MAX_ALLOWED_VALUE_LEN = 80
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,196 +111,7 @@ class Pipeline:
         return tuple(seen)
 
 
-_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1000}
-
-
-def parse_duration_ms(value: object) -> int:
-    """'90s', '5m', '1h', '1d', '250ms' or a bare number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration like 5m or 1h")
-    if isinstance(value, int):
-        return value * 1000
-    m = _DURATION.match(str(value))
-    if not m:
-        raise ValueError(f"expected a duration like 5m or 1h, got {value!r}")
-    return int(m.group(1)) * _UNIT_MS[m.group(2)]
-
-
-class _Reader:
-    """Small helper that knows where it is in the document, for readable errors."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, path: str, reason: str) -> PipelineError:
-        return PipelineError(self.source, path, reason)
-
-    def mapping(self, obj: object, path: str) -> dict[str, Any]:
-        if not isinstance(obj, dict):
-            raise self.fail(path, f"expected a mapping, got {type(obj).__name__}")
-        return obj
-
-    def string_list(self, obj: object, path: str) -> tuple[str, ...]:
-        if obj is None:
-            return ()
-        if isinstance(obj, str):
-            return (obj,)
-        if not isinstance(obj, list) or not all(isinstance(x, str) for x in obj):
-            raise self.fail(path, "expected a list of field names")
-        return tuple(obj)
-
-    def positive_int(self, obj: object, path: str, minimum: int = 1) -> int:
-        if isinstance(obj, bool) or not isinstance(obj, int) or obj < minimum:
-            raise self.fail(path, f"expected an integer >= {minimum}, got {obj!r}")
-        return obj
-
-    def duration(self, obj: object, path: str) -> int:
-        try:
-            return parse_duration_ms(obj)
-        except ValueError as exc:
-            raise self.fail(path, str(exc)) from None
-
-    def unknown_keys(self, d: dict[str, Any], allowed: set[str], path: str) -> None:
-        extra = sorted(set(d) - allowed)
-        if extra:
-            raise self.fail(f"{path}.{extra[0]}" if path else extra[0], "unknown key")
-
-
-def _action_and_params(r: _Reader, raw: object, path: str) -> tuple[str, dict[str, Any]]:
-    """The action a field entry names, and its options (a generalize entry's generalizer
-    under the key `generalizer`)."""
-    if isinstance(raw, str):
-        return raw, {}
-    if not isinstance(raw, dict) or len(raw) < 1:
-        raise r.fail(path, f"expected an action ({', '.join(ACTIONS)})")
-    keys = [k for k in raw if k in ACTIONS]
-    if len(keys) != 1:
-        raise r.fail(path, f"name exactly one action of {', '.join(ACTIONS)}")
-    action = keys[0]
-    params = {k: v for k, v in raw.items() if k != action}
-    if action == Action.GENERALIZE:
-        params["generalizer"] = raw[action]
-    elif action == Action.KEEP and raw[action] not in (True, None):
-        # keep: {values: [...]}: the options of keep sit under it
-        params.update(r.mapping(raw[action], f"{path}.keep"))
-    return action, params
-
-
-def _check_action(r: _Reader, spec: FieldSpec, raw_action: str, path: str) -> Action:
-    """The action, if it exists and suits the field's sensitivity class and type."""
-    if raw_action not in ACTIONS:
-        raise r.fail(path, f"unknown action {raw_action!r}; expected one of {', '.join(ACTIONS)}")
-    action = Action(raw_action)
-    allowed = ALLOWED[spec.sensitivity]
-    if action not in allowed:
-        raise r.fail(
-            path,
-            f"action {raw_action!r} is not allowed for a {spec.sensitivity.value} field "
-            f"(allowed: {', '.join(sorted(allowed))})",
-        )
-    if action is Action.DEDUPE and spec.name != "event_id":
-        raise r.fail(path, "only event_id can be used for duplicate detection")
-    if action is Action.WINDOW and spec.type is not FieldType.TIMESTAMP:
-        raise r.fail(path, "only the event time can be the window field")
-    if spec.type is FieldType.OBJECT and action is not Action.DROP:
-        raise r.fail(path, "nested objects can only be dropped")
-    if action is Action.MEASURE and spec.type is not FieldType.INT:
-        raise r.fail(path, "only numeric fields can be measured")
-    return action
-
-
-def _generalizer(r: _Reader, spec: FieldSpec, params: dict[str, Any], path: str) -> dict[str, Any]:
-    """The generalizer's name and its own options (parsed by its registered class)."""
-    g = params.pop("generalizer", None)
-    if g is None:
-        raise r.fail(path, f"name the generalizer: {{generalize: one of {GENERALIZERS}}}")
-    if not isinstance(g, str) or g not in GENERALIZERS:
-        raise r.fail(path, f"unknown generalizer {g!r}; expected one of {GENERALIZERS}")
-    return {"generalizer": g, **_GENERALIZER_CLASSES[g].parse(spec, params, path, r.fail)}
-
-
-def _edges(r: _Reader, params: dict[str, Any], path: str) -> tuple[float, ...]:
-    edges = params.pop("edges", None) or params.pop("bands", None)
-    if (
-        not isinstance(edges, list)
-        or len(edges) < 1
-        or not all(isinstance(e, int | float) for e in edges)
-        or not all(math.isfinite(e) for e in edges)
-        or any(a >= b for a, b in pairwise(edges))
-    ):
-        raise r.fail(f"{path}.edges", "expected a strictly increasing list of numbers")
-    if len(edges) > MAX_EDGES:
-        raise r.fail(f"{path}.edges", f"at most {MAX_EDGES} edges, got {len(edges)}")
-    return tuple(float(e) for e in edges)
-
-
-def _measure(r: _Reader, params: dict[str, Any], path: str) -> dict[str, Any]:
-    """A measure's clamp (the bounds of one event) and its per-person sum bound."""
-    clamp = params.pop("clamp", None)
-    if (
-        not isinstance(clamp, list)
-        or len(clamp) != 2
-        or not all(isinstance(c, int | float) and math.isfinite(c) for c in clamp)
-        or clamp[0] > clamp[1]
-    ):
-        raise r.fail(f"{path}.clamp", "a measure needs clamp: [low, high], the bounds of one event")
-    lo, hi = float(clamp[0]), float(clamp[1])
-    bound = params.pop("max_sum_per_unit", None)
-    if bound is None:  # default: one event's worth per person and cell
-        bound = max(abs(lo), abs(hi))
-    elif (
-        isinstance(bound, bool)
-        or not isinstance(bound, int | float)
-        or not (math.isfinite(bound) and bound > 0)
-    ):
-        raise r.fail(
-            f"{path}.max_sum_per_unit",
-            "expected a positive number: the most one person adds to one cell's sum",
-        )
-    return {"clamp": (lo, hi), "max_sum_per_unit": float(bound)}
-
-
-def _field_action(r: _Reader, spec: FieldSpec, raw: object, path: str) -> FieldAction:
-    raw_action, params = _action_and_params(r, raw, path)
-    action = _check_action(r, spec, raw_action, path)
-    kw: dict[str, Any] = {}
-    if action is Action.GENERALIZE:
-        kw.update(_generalizer(r, spec, params, path))
-    if action in (Action.MEASURE, Action.GENERALIZE) and ("edges" in params or "bands" in params):
-        kw["edges"] = _edges(r, params, path)
-    generalizer = _GENERALIZER_CLASSES.get(kw.get("generalizer", ""))
-    if generalizer is not None and generalizer.needs_edges and not kw.get("edges"):
-        raise r.fail(f"{path}.edges", f"{generalizer.name} needs edges")
-    if action is Action.MEASURE:
-        kw.update(_measure(r, params, path))
-    if action is Action.KEEP and "values" in params:
-        kw["values"] = _allowed_values(r, params.pop("values"), f"{path}.keep.values")
-    if params:
-        raise r.fail(f"{path}.{sorted(params)[0]}", f"unknown option for {action}")
-    return FieldAction(field=spec.name, action=action, **kw)
-
-
-def _allowed_values(r: _Reader, raw: object, path: str) -> tuple[str, ...]:
-    """An allow-list of a kept field: distinct, short, printable strings that are neither
-    a marker of the release format nor changed by scrubbing (they are released as is)."""
-    if not isinstance(raw, list) or not raw:
-        raise r.fail(path, "expected a non-empty list of strings")
-    for v in raw:
-        if not isinstance(v, str) or not v or not v.isprintable() or v.isspace():
-            raise r.fail(path, f"expected printable strings, got {v!r}")
-        if len(v) > MAX_ALLOWED_VALUE_LEN:
-            raise r.fail(path, f"a value is longer than {MAX_ALLOWED_VALUE_LEN} characters")
-        if v in _RESERVED_VALUES:
-            raise r.fail(path, f"{v!r} is a marker of the release format")
-        if scrub_identifiers(v) != v:
-            raise r.fail(path, "a value looks like an identifier (scrubbing would change it)")
-    if len(set(raw)) != len(raw):
-        raise r.fail(path, "a value is listed twice")
-    return tuple(raw)
-
-
-def _noise(r: _Reader, raw: object, path: str) -> Noise | None:
+def _noise(r: Reader, raw: object, path: str) -> Noise | None:
     if raw is None:
         return None
     d = r.mapping(raw, path)
@@ -348,7 +139,7 @@ _TOP_KEYS = {
 _NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
 
 
-def _header(r: _Reader, d: dict[str, Any]) -> tuple[str, int, Contract]:
+def _header(r: Reader, d: dict[str, Any]) -> tuple[str, int, Contract]:
     """`pipeline`, `version` and `contract`."""
     name = d.get("pipeline")
     if not isinstance(name, str) or not _NAME.fullmatch(name):
@@ -360,7 +151,7 @@ def _header(r: _Reader, d: dict[str, Any]) -> tuple[str, int, Contract]:
     return name, version, CONTRACTS[cname]
 
 
-def _fields(r: _Reader, d: dict[str, Any], contract: Contract) -> dict[str, FieldAction]:
+def _fields(r: Reader, d: dict[str, Any], contract: Contract) -> dict[str, FieldAction]:
     """`fields`: an explicit action for every field of the contract, and no other."""
     raw_fields = r.mapping(d.get("fields"), "fields")
     fields: dict[str, FieldAction] = {}
@@ -370,7 +161,7 @@ def _fields(r: _Reader, d: dict[str, Any], contract: Contract) -> dict[str, Fiel
                 f"fields.{spec.name}",
                 "missing: every field of the input contract needs an explicit action",
             )
-        fields[spec.name] = _field_action(r, spec, raw_fields[spec.name], f"fields.{spec.name}")
+        fields[spec.name] = field_action(r, spec, raw_fields[spec.name], f"fields.{spec.name}")
     for extra in raw_fields:
         if extra not in fields:
             raise r.fail(f"fields.{extra}", f"not a field of the {contract.name} contract")
@@ -379,7 +170,7 @@ def _fields(r: _Reader, d: dict[str, Any], contract: Contract) -> dict[str, Fiel
     return fields
 
 
-def _privacy_unit(r: _Reader, d: dict[str, Any], fields: dict[str, FieldAction]) -> tuple[str, ...]:
+def _privacy_unit(r: Reader, d: dict[str, Any], fields: dict[str, FieldAction]) -> tuple[str, ...]:
     unit = r.string_list(d.get("privacy_unit"), "privacy_unit")
     if not unit:
         raise r.fail("privacy_unit", "name the field(s) identifying a person, first present wins")
@@ -389,7 +180,7 @@ def _privacy_unit(r: _Reader, d: dict[str, Any], fields: dict[str, FieldAction])
     return unit
 
 
-def _window(r: _Reader, d: dict[str, Any], rotation: str) -> WindowSpec:
+def _window(r: Reader, d: dict[str, Any], rotation: str) -> WindowSpec:
     """`window`; its size divides the key period `rotation`."""
     wd = r.mapping(d.get("window"), "window")
     r.unknown_keys(wd, {"size", "step", "allowed_lateness", "max_future_skew"}, "window")
@@ -413,7 +204,7 @@ def _window(r: _Reader, d: dict[str, Any], rotation: str) -> WindowSpec:
     return WindowSpec(size, step, lateness, skew)
 
 
-def _dimensions(r: _Reader, d: dict[str, Any], fields: dict[str, FieldAction]) -> tuple[str, ...]:
+def _dimensions(r: Reader, d: dict[str, Any], fields: dict[str, FieldAction]) -> tuple[str, ...]:
     dims = r.string_list(d.get("dimensions"), "dimensions")
     for dim in dims:
         fa = fields.get(dim)
@@ -430,7 +221,7 @@ def _dimensions(r: _Reader, d: dict[str, Any], fields: dict[str, FieldAction]) -
 
 
 def _metrics(
-    r: _Reader, d: dict[str, Any], fields: dict[str, FieldAction]
+    r: Reader, d: dict[str, Any], fields: dict[str, FieldAction]
 ) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
     """`metrics`: sums, means and histograms, each of measured fields."""
     md = r.mapping(d.get("metrics") or {}, "metrics")
@@ -447,7 +238,7 @@ def _metrics(
     return sums, means, hists
 
 
-def _contribution(r: _Reader, d: dict[str, Any]) -> Contribution:
+def _contribution(r: Reader, d: dict[str, Any]) -> Contribution:
     """`contribution`: its keys are the fields of core/contribution.py's `Contribution`."""
     cd = r.mapping(d.get("contribution") or {}, "contribution")
     r.unknown_keys(cd, set(CONTRIBUTION_KEYS), "contribution")
@@ -460,7 +251,7 @@ def _contribution(r: _Reader, d: dict[str, Any]) -> Contribution:
 
 
 def _output(
-    r: _Reader, i: int, ro: object, name: str, dims: tuple[str, ...], k: int, noise: Noise | None
+    r: Reader, i: int, ro: object, name: str, dims: tuple[str, ...], k: int, noise: Noise | None
 ) -> Output:
     """One entry of `outputs`; unset keys take the pipeline's values."""
     p = f"outputs[{i}]"
@@ -489,7 +280,7 @@ def _output(
 
 
 def _outputs(
-    r: _Reader, d: dict[str, Any], name: str, dims: tuple[str, ...], k: int, noise: Noise | None
+    r: Reader, d: dict[str, Any], name: str, dims: tuple[str, ...], k: int, noise: Noise | None
 ) -> tuple[Output, ...]:
     """`outputs` (one output named default if none); names unique, secondary outputs'
     dimensions within the first's."""
@@ -512,7 +303,7 @@ def _outputs(
 def parse_pipeline(doc: object, source: str = "<memory>") -> Pipeline:
     """A validated pipeline from a parsed YAML document, section by section in file order;
     the first problem found raises a PipelineError naming `source`, the path and the reason."""
-    r = _Reader(source)
+    r = Reader(source)
     d = r.mapping(doc, "(top)")
     r.unknown_keys(d, _TOP_KEYS, "")
     name, version, contract = _header(r, d)
