@@ -11,6 +11,7 @@ from itertools import pairwise
 import numpy as np
 import numpy.typing as npt
 
+from anonstream.core.cache import BAND_TABLES
 from anonstream.core.markers import NAN_BAND
 
 
@@ -69,7 +70,7 @@ class Bands:
         return table[self.index_array(values)]  # index -1 picks NAN_BAND, the last entry
 
 
-@lru_cache(maxsize=256)
+@lru_cache(maxsize=BAND_TABLES)
 def _bands(edges: tuple[float, ...]) -> Bands:
     return Bands(edges)
 

@@ -44,6 +44,22 @@ KEPT_VALUES = 50_000
 # more than a day of one stream's seconds.
 TIMESTAMP_PARTS = 100_000
 
+# Least-recently-used caches of the value functions (functools.lru_cache, which evicts
+# one entry at a time; their hit rates are what the hot path lives on):
+# IPv4/IPv6 prefixes that miss the /24 fast path (core/ipprefix.py); a stream's networks.
+IP_PREFIXES = 16_384
+# Parsed user agents per UserAgentGeneralizer (core/useragent.py): parsing costs 10-300 us
+# and a site sees thousands of distinct agents, not millions.
+USER_AGENTS = 10_000
+# URL path segments and whole path templates (core/urls.py): pages repeat, ids in them
+# do not, hence more room than for hosts.
+URL_SEGMENTS = 65_536
+URL_PATHS = 65_536
+# URL and referrer hosts (core/urls.py): a stream links to thousands of sites.
+URL_HOSTS = 16_384
+# Band tables by their edges (core/bands.py): a pipeline has a handful of edge lists.
+BAND_TABLES = 256
+
 
 class BoundedCache(dict[K, V]):
     """A dict of at most about `limit` entries that empties itself (keeping its `pinned`

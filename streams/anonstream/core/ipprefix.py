@@ -7,6 +7,8 @@ import re
 import socket
 from functools import lru_cache
 
+from anonstream.core.cache import IP_PREFIXES
+
 _OCTET = r"(?:25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"  # as ipaddress: no leading 0
 _V4_24_RE = re.compile(rf"({_OCTET}\.{_OCTET}\.{_OCTET})\.{_OCTET}")
 _V4_ONES = (1 << 32) - 1
@@ -36,7 +38,7 @@ def _v4_text(n: int) -> str:
     return f"{n >> 24}.{(n >> 16) & 255}.{(n >> 8) & 255}.{n & 255}"
 
 
-@lru_cache(maxsize=16384)
+@lru_cache(maxsize=IP_PREFIXES)
 def _ip_prefix_slow(value: str, v4_bits: int, v6_bits: int) -> str | None:
     text = value.strip()
     if text.startswith("[") and text.endswith("]"):

@@ -12,6 +12,7 @@ from functools import lru_cache
 from itertools import pairwise
 from urllib.parse import quote, unquote_plus
 
+from anonstream.core.cache import URL_HOSTS, URL_PATHS, URL_SEGMENTS
 from anonstream.core.ipprefix import ip_prefix
 from anonstream.core.markers import INVALID, IP_HOST, NONE
 from anonstream.core.scrub import (
@@ -87,7 +88,7 @@ def _id_placeholder(token: str) -> str | None:
     return None
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=URL_SEGMENTS)
 def _segment(raw: str) -> str:
     """Template one path segment: a placeholder if it looks like an identifier.
 
@@ -173,7 +174,7 @@ def _host_label(label: str, cased: str) -> str:
     return ":id" if scrub_text(label) != label or identifier_kinds(cased, True) else label
 
 
-@lru_cache(maxsize=16384)
+@lru_cache(maxsize=URL_HOSTS)
 def _host(authority: str) -> str:
     """Normalized host of a URL authority: lowercase, no userinfo/port; ":ip" for IP
     literals, "" if empty, INVALID if malformed. Labels that look like ids (per-user or
@@ -367,7 +368,7 @@ def _url_template_impl(url: str) -> str:
     return _cap(f"{host}/{path_t}")
 
 
-@lru_cache(maxsize=65536)
+@lru_cache(maxsize=URL_PATHS)
 def _url_template_cached(url: str) -> str:
     try:
         return _url_template_impl(url)
@@ -401,7 +402,7 @@ def url_template(url: str) -> str:
     return _url_template_cached(url.partition("?")[0].partition("#")[0])
 
 
-@lru_cache(maxsize=16384)
+@lru_cache(maxsize=URL_HOSTS)
 def _referrer_host(authority: str) -> str:
     host = _host(authority)
     if host == "":

@@ -8,6 +8,7 @@ from functools import _CacheInfo, _lru_cache_wrapper, lru_cache
 import ua_parser
 from ua_parser import Domain, PartialResult, Resolver, load_builtins, load_lazy_builtins
 
+from anonstream.core.cache import USER_AGENTS
 from anonstream.core.markers import OTHER
 from anonstream.core.scrub import (
     scrub_identifiers,
@@ -68,7 +69,7 @@ class UserAgentGeneralizer:
 
     __slots__ = ("_cached", "_resolver")
 
-    def __init__(self, cache_size: int = 10000, resolver: Resolver | None = None) -> None:
+    def __init__(self, cache_size: int = USER_AGENTS, resolver: Resolver | None = None) -> None:
         if cache_size < 0:
             raise ValueError("cache_size must be >= 0")
         self._resolver: Resolver = resolver if resolver is not None else _default_resolver()
