@@ -36,9 +36,9 @@ MARKER = "internal-error-probe"
 # value meets, standing for any error nothing foresaw. The test process applies the same
 # fault to its replay.
 SITECUSTOMIZE = f"""
-from anonstream.core import policy
+from anonstream.core import generalizers
 
-_real = policy.url_template
+_real = generalizers.url_template
 
 
 def url_template(value):
@@ -47,7 +47,7 @@ def url_template(value):
     return _real(value)
 
 
-policy.url_template = url_template
+generalizers.url_template = url_template
 """
 
 
