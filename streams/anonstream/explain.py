@@ -9,6 +9,7 @@ from anonstream.core.actions import DIMENSION_ACTIONS, Action, FieldAction
 from anonstream.core.generalizers import dimension_maker
 from anonstream.core.keys import ROTATION_MS
 from anonstream.core.pipeline import Pipeline
+from anonstream.core.unit import describe_unit
 
 
 def _fmt_ms(ms: int) -> str:
@@ -58,7 +59,6 @@ def _describe(fa: FieldAction, p: Pipeline) -> str:
 def explain_pipeline(p: Pipeline) -> str:
     from anonstream import explain_dp  # loads OpenDP: not for `import anonstream.explain`
 
-    c = p.contribution
     lines = [
         f"Pipeline {p.name} v{p.version}  ({p.source_file})",
         f"  {p.description}" if p.description else "",
@@ -81,14 +81,11 @@ def explain_pipeline(p: Pipeline) -> str:
     kind = "tumbling" if not w.hopping else f"hopping every {_fmt_ms(w.step_ms)}"
     lines += [
         "",
-        f"Privacy unit (a person, for k): first present of {', '.join(p.privacy_unit)}, "
-        "pseudonymized.",
+        f"Privacy unit (a person, for k): {describe_unit(p.privacy_unit)}.",
         f"Windows: {_fmt_ms(w.size_ms)} {kind}, event time, allowed lateness "
         f"{_fmt_ms(w.allowed_lateness_ms)}; later events are counted late, never merged; "
         f"events more than {_fmt_ms(w.max_future_skew_ms)} ahead of the clock are rejected.",
-        f"Contribution bounds: at most {c.max_events_per_unit_per_cell} events of one person "
-        f"per cell, at most {c.max_cells_per_unit_per_window} cells per person per window "
-        "(excess dropped by a keyed hash, not by arrival order).",
+        f"Contribution bounds: {p.contribution.describe()}.",
         "",
         "Releases:",
     ]

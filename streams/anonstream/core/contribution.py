@@ -33,6 +33,14 @@ class Contribution:
     max_events_per_unit_per_cell: int = 10
     max_cells_per_unit_per_window: int = 20
 
+    def describe(self) -> str:
+        """The bounds in a sentence, for `anonstream explain`."""
+        return (
+            f"at most {self.max_events_per_unit_per_cell} events of one person per cell, at "
+            f"most {self.max_cells_per_unit_per_window} cells per person per window (excess "
+            "dropped by a keyed hash, not by arrival order)"
+        )
+
 
 # The section's keys, with their defaults, in file order.
 KEYS: dict[str, Any] = {f.name: f.default for f in fields(Contribution)}

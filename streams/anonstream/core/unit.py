@@ -42,6 +42,11 @@ def normalize(name: str, value: str) -> str:
     return value.strip().lower() if is_email_field(name) else value
 
 
+def describe_unit(fields: tuple[str, ...]) -> str:
+    """The rule above in a sentence, for `anonstream explain`."""
+    return f"first present of {', '.join(fields)}, pseudonymized"
+
+
 class PrivacyUnit:
     """The privacy-unit choice of one pipeline, with its one pseudonym cache."""
 
