@@ -751,14 +751,23 @@ def _cpu_ratio(results: dict[str, RunResult], other: str, mine: str = "anonstrea
 
 
 def _scale_ratios(results: dict[str, RunResult], scale: list[ScaleResult]) -> dict[str, Any]:
-    """``ratio_scale1_single`` (one scale-out worker ÷ single mode, events/s) and the
-    efficiency per worker count (``scale_efficiency_<n>``, busy throughput)."""
+    """``ratio_scale1_single`` (one scale-out worker ÷ single mode, events/s),
+    ``cpu_ratio_scale1_single`` (the same in events per CPU second) and the efficiency per
+    worker count (``scale_efficiency_<n>``, busy throughput)."""
     out: dict[str, Any] = {}
     single = results.get("anonstream")
     one = next((r for r in scale if r.workers == 1 and r.ok), None)
     out["ratio_scale1_single"] = (
         round(one.events_per_s / single.events_per_s, 3)
         if one and one.events_per_s and single and single.ok and single.events_per_s
+        else None
+    )
+    # The same in events per CPU second (start-up included in both): the cost per event,
+    # apart from the fixed wall time of the scale run (start-up, idle close).
+    theirs = single.extra.get("events_per_cpu_s") if single and single.ok else None
+    out["cpu_ratio_scale1_single"] = (
+        round(1e6 / one.cpu_us_per_event / theirs, 3)
+        if one and one.cpu_us_per_event and theirs
         else None
     )
     for r in scale:
@@ -1148,7 +1157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ratio_ceiling", "ratio_naive_faust", "ratio_quixstreams", "ratio_dp_k",
         "cpu_ratio_dp_k", "ratio_kafka_streams",
         "ratio_kafka_streams_all", "cpu_ratio_kafka_streams", "ratio_scale1_single",
-        *sorted(k for k in summary if k.startswith("scale_efficiency_")),
+        "cpu_ratio_scale1_single", *sorted(k for k in summary if k.startswith("scale_efficiency_")),
     ]  # fmt: skip
     for key in ratio_keys:
         if summary.get(key) is not None:

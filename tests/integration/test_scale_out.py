@@ -1,20 +1,25 @@
 """Three workers share the partitions; k is still checked over everyone's events, and the
-releases equal replay's."""
+releases equal replay's, also when a worker (or the release stage of an open window) is
+killed mid-stream."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from anonstream.synthetic import EventGenerator, Workload
+from anonstream.runtime.scaleout import partials_topic
+from anonstream.synthetic import DEFAULT_START_MS, EventGenerator, Workload
 from anonstream.synthetic.produce import produce
-from anonstream.testing import WorkerProcess
+from anonstream.testing import WorkerProcess, read_releases
 from tests.integration.helpers import (
+    Setup,
     assert_equal_to_replay,
     expected_windows,
     isolated_pipelines,
@@ -112,3 +117,75 @@ def test_faults_with_three_workers_still_release_what_replay_does(
         for w in workers:
             w.stop()
     assert_equal_to_replay(setup, events, records, kinds=("aggregate",))
+
+
+def _owner_of(logs: list[Path], topic: str, partition: int) -> int | None:
+    """Which worker's latest assignment (its log's last "assigned" line) holds the partition."""
+    want = f"{topic}/{partition}"
+    for i, log in enumerate(logs):
+        lines = [x for x in log.read_text(errors="replace").splitlines() if " assigned " in x]
+        if lines and want in lines[-1].split("assigned ", 1)[1].split(", "):
+            return i
+    return None
+
+
+def test_killing_the_release_stage_of_an_open_window_still_releases_what_replay_does(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """SIGKILL the worker whose release stage holds the open window's partial state (the
+    owner of that window's partials partition), with 40 % of the window's events read;
+    restart it and send the rest: the window is rebuilt from the partials topic and
+    released once, as replay releases it."""
+    setup = isolated_pipelines(tmp_path, kafka_bootstrap, partitions=6)
+    gen = EventGenerator(Workload(users=300, events_per_second_of_event_time=3.0, seed=29))
+    names = {"raw.web-activity": "web_activity", "raw.usage": "service_usage"}
+    events = [(names[t], ev) for t, ev in gen.mixed(18_000)]
+    routed = [(setup.source(n), ev) for n, ev in events]
+    cut = len(routed) * 2 // 5  # about 40 minutes of event time: mid first hour
+    pipeline = setup.pipelines["web_activity"]
+    window = pipeline.window
+    partition = (DEFAULT_START_MS // window.step_ms) % int(
+        SCALE_OUT["ANONSTREAM_PARTIALS_PARTITIONS"]
+    )
+    topic = partials_topic(f"it-{setup.suffix}", pipeline.name)
+
+    def worker(slot: str) -> WorkerProcess:
+        # Idle close well above the pause around the kill: the window must not close early.
+        return start_worker(
+            setup, kafka_bootstrap, tmp_path, instance_id=slot, idle_close_seconds=30.0,
+            extra_env=SCALE_OUT,
+        )  # fmt: skip
+
+    workers = [worker(f"slot-{i}") for i in range(3)]
+    logs = [tmp_path / f"worker-{i}.log" for i in range(3)]
+    try:
+        asyncio.run(produce(kafka_bootstrap, routed[:cut]))
+        deadline = time.monotonic() + 60
+        victim = _owner_of(logs, topic, partition)
+        while victim is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            victim = _owner_of(logs, topic, partition)
+        assert victim is not None, "no worker owns the open window's partials partition"
+        time.sleep(3.0)  # the first part read and its partials in the release stage
+        assert not read_all_now(kafka_bootstrap, setup), "the window closed before the kill"
+        workers[victim].kill()
+        workers[victim] = worker(f"slot-{victim}")
+        asyncio.run(produce(kafka_bootstrap, routed[cut:]))
+        records = read_all(kafka_bootstrap, setup, expected_windows(setup, events), timeout=240)
+    finally:
+        for w in workers:
+            w.stop()
+    assert_equal_to_replay(setup, events, records, kinds=("aggregate",))
+
+
+def read_all_now(bootstrap: str, setup: Setup) -> list[dict[str, Any]]:
+    """The web_activity releases out so far (read_committed)."""
+    topics = [o.topic for o in setup.pipelines["web_activity"].outputs]
+    got: list[dict[str, Any]] = []
+    with contextlib.suppress(TimeoutError):
+        asyncio.run(
+            read_releases(
+                bootstrap, topics, until=lambda _: False, timeout=3.0, on_record=got.append
+            )
+        )
+    return got

@@ -87,11 +87,14 @@ def _scale(workers: int, busy: float, eps: float = 1000.0) -> ScaleResult:
 
 def test_scale_ratios() -> None:
     single = RunResult(name="anonstream", ok=True, events_per_s=2000.0)
+    single.extra["events_per_cpu_s"] = 50_000.0
     runs = [_scale(1, 100.0, eps=1600.0), _scale(2, 190.0), _scale(4, 300.0)]
+    runs[0].cpu_us_per_event = 25.0  # 40,000 events per CPU second
     runs[0].efficiency, runs[1].efficiency, runs[2].efficiency = 1.0, 0.95, 0.75
     got = _scale_ratios({"anonstream": single}, runs)
     assert got == {
         "ratio_scale1_single": 0.8,
+        "cpu_ratio_scale1_single": 0.8,
         "scale_efficiency_1": 1.0,
         "scale_efficiency_2": 0.95,
         "scale_efficiency_4": 0.75,

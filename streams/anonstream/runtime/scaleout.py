@@ -4,38 +4,250 @@ With several workers in one consumer group each sees only some input partitions,
 people of one cell are spread over workers and a k checked per worker would be wrong. In
 scale-out mode every worker runs two stages over one consumer (and one transaction):
 
-- ingest: raw partitions -> decode + policy -> rows (window, cell, pseudonym, event hash,
-  measures) -> the partials topic, partitioned by window, so all rows of a window meet in
-  one place. Each batch also tells every partials partition how far each raw partition has
-  got (its event-time progress), which drives the watermark downstream. Ingest holds no
-  state: its offsets are committed in the same transaction as its partials.
+- ingest: raw partitions -> decode + policy -> per batch and window, the batch's partial
+  state of that window (see `WindowPartial`) -> the partials topic, partitioned by window,
+  so all partial state of a window meets in one place. Each batch also tells every partials
+  partition how far each raw partition has got (its event-time progress), which drives the
+  watermark downstream. Ingest holds no state: its offsets are committed in the same
+  transaction as its partials.
 - release: partials partitions -> the engine's windows, watermark and release rules, as in
   single mode, with the same checkpoints in the offsets' metadata.
 
-Partials carry keyed pseudonyms and keyed hashes only, never a raw identifier; still, treat
-the partials topic as internal (pseudonymous data, not for partners).
+Pre-aggregation and the contribution bounds. A window's release depends on its rows only
+through their compaction (duplicates by keyed event hash dropped, at most L events per
+(cell, person): the L smallest event hashes) and then the bound of M cells per person (the
+M cells of smallest keyed (person, cell) priority). Both choices are by hash, never by
+arrival, and both keep a subset that is determined pairwise, so each batch can apply
+them to its own rows without changing the outcome on the union:
+
+- dedupe and L per (cell, person) are applied at ingest: an event among the L smallest
+  distinct hashes of the union is among the L smallest of its batch. The release compacts
+  the union again (a duplicate or the (L+1)-th event can come from two batches).
+- M cells per person is NOT applied at ingest: a batch-local top M would be exact too (a
+  cell in the global top M is in the top M of any subset it is in), but it costs one more
+  sort per batch and drops rows only for people with over M cells in one batch. It is
+  applied at release, on the whole window, as in single mode.
+- L per (released cell, person) of merged (rolled-up) cells needs the events themselves (the
+  L smallest hashes over several cells), so partials keep rows, not sums: (cell, person,
+  event hash, measures), at most L per (cell, person) and batch, columnar and binary.
+  Counts, clamped sums, value counts and band bits are derived from them at release,
+  exactly as in single mode (docs/architecture.md, scale-out).
+
+Partials carry keyed pseudonyms, keyed cell ids and keyed hashes only, never a raw
+identifier; the cell names are generalised dimension values, as released. Still, treat the
+partials topic as internal (pseudonymous data, not for partners).
+
+Why this module is long: the versioned partials record is written by the ingest stage and
+read by the release stage, and both sides of it are kept together here.
 """
 
 from __future__ import annotations
 
+import struct
 from collections import Counter
 from collections.abc import Callable, Hashable
+from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
 import orjson
 
+from anonstream.core.cellstate import Rows, WindowState, compact, group_starts
 from anonstream.core.columns import Columns
 from anonstream.core.engine import PipelineEngine, StepResult
 from anonstream.core.pipeline import Pipeline
 from anonstream.core.windows import NEG_INF, window_starts_array, window_units
 
-PARTIALS_VERSION = 1
+# 1: JSON, one row per event (dims by name, window per row).
+# 2: binary, per window the batch's compacted rows (see WindowPartial and encode_partial).
+PARTIALS_VERSION = 2
+READS_VERSIONS = (1, 2)
+_MAGIC = b"ASPT"
+_HEAD = struct.Struct("<4sHI")  # magic, version, header length; then header JSON, payload
+_CELL_CACHE_MAX = 500_000
+_NAMED_WINDOWS = 256  # (partials partition, window) pairs whose named cells are remembered
+
+U64 = npt.NDArray[np.uint64]
+
+
+class PartialsVersionError(ValueError):
+    """A partials record this release stage cannot read (a newer worker wrote it)."""
 
 
 def partials_topic(group_id: str, pipeline: str) -> str:
     return f"anonstream.partials.{group_id}.{pipeline}"
+
+
+@dataclass(frozen=True, slots=True)
+class Progress:
+    """A raw partition's progress as its owner reports it: highest event time read, when
+    it last had data and when this was said (the owner's clock)."""
+
+    topic: str
+    partition: int
+    max_ts: int
+    data_ms: int
+    sent_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class WindowPartial:
+    """One batch's share of one window, compacted: rows sorted by (cell, person, event),
+    no duplicate (cell, person, event), at most L events per (cell, person).
+
+    `first_events` counts the batch's accepted events whose first window this is (before
+    compaction): if the window is already released when this arrives, they are the late
+    events, counted once per event as single mode counts them. `rows_in`, `duplicates` and
+    `over_limit` are the rows before compaction and those it dropped, so the window's
+    accounting still adds up."""
+
+    start_ms: int
+    cells: U64  # distinct cell ids, ascending
+    # Dimension values of the cells this record names: each cell is named in the first
+    # record its ingest sends the window's partials partition (see IngestStage._name_once).
+    names: dict[int, tuple[str, ...]]
+    cell_rows: npt.NDArray[np.int64]  # rows of each cell
+    unit: U64
+    event: U64
+    measures: npt.NDArray[np.float64]  # (rows, measures)
+    first_events: int = 0
+    rows_in: int = 0
+    duplicates: int = 0
+    over_limit: int = 0
+
+    def rows(self) -> Rows:
+        return Rows(np.repeat(self.cells, self.cell_rows), self.unit, self.event, self.measures)
+
+    def __len__(self) -> int:
+        return len(self.unit)
+
+
+@dataclass(frozen=True, slots=True)
+class Partial:
+    """One partials record: what one ingest batch sends one partials partition."""
+
+    progress: list[Progress] = field(default_factory=list)
+    rejected: int = 0
+    windows: list[WindowPartial] = field(default_factory=list)
+
+
+def encode_partial(p: Partial) -> bytes:
+    """Header (magic, version, JSON length), JSON header, then each window's arrays in
+    order: cell ids (u64), rows per cell (i64), persons (u64), events (u64), measures (f64,
+    row-major)."""
+    head: dict[str, Any] = {"progress": [
+        [x.topic, x.partition, x.max_ts, x.data_ms, x.sent_ms] for x in p.progress
+    ]}  # fmt: skip
+    if p.rejected:
+        head["rejected"] = p.rejected
+    payload: list[bytes] = []
+    if p.windows:
+        head["windows"] = [
+            {
+                "start": w.start_ms,
+                "cells": len(w.cells),
+                "rows": len(w),
+                "m": int(w.measures.shape[1]),
+                "first": w.first_events,
+                "in": w.rows_in,
+                "dup": w.duplicates,
+                "over": w.over_limit,
+                "named": [i for i, c in enumerate(w.cells.tolist()) if c in w.names],
+                "names": list(w.names.values()),
+            }
+            for w in p.windows
+        ]
+        for w in p.windows:
+            payload += [
+                w.cells.astype("<u8").tobytes(), w.cell_rows.astype("<i8").tobytes(),
+                w.unit.astype("<u8").tobytes(), w.event.astype("<u8").tobytes(),
+                w.measures.astype("<f8").tobytes(),
+            ]  # fmt: skip
+    header = orjson.dumps(head)
+    return b"".join([_HEAD.pack(_MAGIC, PARTIALS_VERSION, len(header)), header, *payload])
+
+
+def decode_partial(raw: bytes) -> Partial:
+    """A version 2 record; a version 1 record (JSON) or one of an unknown version raises
+    PartialsVersionError (the release stage reads version 1 on its own path)."""
+    if len(raw) < _HEAD.size:
+        raise PartialsVersionError(f"not a partials record ({len(raw)} bytes)")
+    magic, version, n = _HEAD.unpack_from(raw)
+    if magic != _MAGIC:
+        raise PartialsVersionError("not a partials record (no magic)")
+    if version != PARTIALS_VERSION:
+        raise PartialsVersionError(
+            f"partials format version {version}; this worker reads versions "
+            f"{', '.join(map(str, READS_VERSIONS))}: a newer worker wrote it. Upgrade every "
+            "worker of the group before the new version writes partials."
+        )
+    head = orjson.loads(raw[_HEAD.size : _HEAD.size + n])
+    pos = _HEAD.size + n
+    buf = memoryview(raw)
+
+    def take(dtype: str, count: int) -> Any:
+        nonlocal pos
+        a = np.frombuffer(buf, dtype=dtype, count=count, offset=pos)
+        pos += 8 * count
+        return a.astype(dtype[1:]) if a.dtype.byteorder not in "=|" else a
+
+    windows = []
+    for h in head.get("windows", []):
+        nc, nr, m = int(h["cells"]), int(h["rows"]), int(h["m"])
+        cells, counts = take("<u8", nc), take("<i8", nc)
+        unit, event = take("<u8", nr), take("<u8", nr)
+        measures = take("<f8", nr * m).reshape(nr, m)
+        windows.append(WindowPartial(
+            int(h["start"]), cells,
+            {int(cells[i]): tuple(x) for i, x in zip(h["named"], h["names"], strict=True)},
+            counts, unit, event,
+            measures, int(h.get("first", 0)), int(h.get("in", nr)), int(h.get("dup", 0)),
+            int(h.get("over", 0)),
+        ))  # fmt: skip
+    if pos != len(raw):
+        raise PartialsVersionError(f"a partials record of {len(raw)} bytes, {pos} expected")
+    progress = [Progress(str(t), int(p), int(ts), int(d), int(s))
+                for t, p, ts, d, s in head.get("progress", [])]  # fmt: skip
+    return Partial(progress, int(head.get("rejected", 0)), windows)
+
+
+def window_partials(
+    engine: PipelineEngine,
+    cols: Columns,
+    cell: U64,
+    cell_dims: dict[int, tuple[str, ...]],
+) -> list[WindowPartial]:
+    """A batch's accepted events (`cell`: each one's cell id) as one compacted partial
+    per window they fall in."""
+    p = engine.pipeline
+    spec = p.window
+    L = p.contribution.max_events_per_unit_per_cell
+    starts = window_starts_array(spec, cols.ts)
+    out: list[WindowPartial] = []
+    for j in range(starts.shape[1]):
+        col = starts[:, j]
+        units = window_units(cols.unit, cols.earlier_unit, cols.ts, col, p.rotation_ms)
+        lo, hi = int(col.min()), int(col.max())
+        for start in [lo] if lo == hi else np.unique(col).tolist():
+            if lo == hi:
+                rows = Rows(cell, units, cols.event, cols.measures)
+            else:
+                sel = col == start
+                rows = Rows(cell[sel], units[sel], cols.event[sel], cols.measures[sel])
+            n_in = len(rows)
+            rows, stats = compact(rows, L)
+            cell_starts = group_starts(rows.cell)
+            ids = rows.cell[cell_starts]
+            counts = np.diff(np.append(np.flatnonzero(cell_starts), len(rows)))
+            # An event is late (if at all) in its first window: column 0 of `starts`.
+            n_first = n_in if j == 0 else 0
+            out.append(WindowPartial(
+                start, ids, {c: cell_dims[c] for c in ids.tolist()}, counts.astype(np.int64),
+                rows.unit, rows.event, rows.measures, n_first, n_in, stats.duplicates,
+                stats.over_limit,
+            ))  # fmt: skip
+    return out
 
 
 class IngestStage:
@@ -49,6 +261,10 @@ class IngestStage:
         # Per owned raw partition: highest event time read, and when data last came.
         self._max_ts: dict[Hashable, int] = {}
         self._last_data: dict[Hashable, int] = {}
+        self._cells: dict[tuple[str, ...], int] = {}
+        self._dims: dict[int, tuple[str, ...]] = {}
+        self._named: dict[tuple[int, int], set[int]] = {}  # (partials partition, window)
+        self._named_total = 0
 
     @property
     def input_topic(self) -> str:
@@ -62,9 +278,9 @@ class IngestStage:
         offs: npt.NDArray[np.int64],
     ) -> StepResult:
         cols, _again, result = self.engine.ingest(values, pidx, part_of, offs)
-        spec = self.pipeline.window
-        progress: dict[int, list[Any]] = {}
-        by_partition: dict[int, list[tuple[npt.NDArray[np.bool_], int]]] = {}
+        step_ms = self.pipeline.window.step_ms
+        progress: list[Progress] = []
+        by_partition: dict[int, list[WindowPartial]] = {}
         now = self.engine.clock_ms()
         if len(cols):
             cpidx = pidx[cols.index]
@@ -74,27 +290,54 @@ class IngestStage:
                 ts = max(int(cols.ts[cpidx == i].max()), self._max_ts.get(key, NEG_INF))
                 self._max_ts[key] = ts
                 self._last_data[key] = now
-                progress[i] = [topic, partition, ts, now, now]
-            starts = window_starts_array(spec, cols.ts)
-            for j in range(starts.shape[1]):
-                col = starts[:, j]
-                for start in np.unique(col).tolist():
-                    p = (start // spec.step_ms) % self.partitions
-                    by_partition.setdefault(p, []).append((col == start, start))
+                progress.append(Progress(topic, partition, ts, now, now))
+            for wp in window_partials(self.engine, cols, self._cell_ids(cols), self._dims):
+                p = (wp.start_ms // step_ms) % self.partitions
+                by_partition.setdefault(p, []).append(self._name_once(p, wp))
         rejected = sum(self.engine._rejected_pending.values())
         self.engine._rejected_pending.clear()
-        prog = list(progress.values())
         for p in range(self.partitions):
-            doc: dict[str, Any] = {"v": PARTIALS_VERSION, "progress": prog}
-            if p == 0 and rejected:
-                doc["rejected"] = rejected
-            parts = by_partition.get(p, [])
-            if parts:
-                doc["rows"] = _rows(cols, parts, self.pipeline.rotation_ms)
-            elif not prog and "rejected" not in doc:
+            windows = by_partition.get(p, [])
+            rej = rejected if p == 0 else 0
+            if not windows and not progress and not rej:
                 continue
-            result.forward.append((self.topic, p, b"", orjson.dumps(doc)))
+            value = encode_partial(Partial(progress, rej, windows))
+            result.forward.append((self.topic, p, b"", value))
         return result
+
+    def _name_once(self, p: int, wp: WindowPartial) -> WindowPartial:
+        """Name each cell only in the first record this stage sends partition `p` for the
+        window: a release stage re-reads every record of an open window after a restart
+        (from the window's first offset), so the name is always read before it is needed.
+        Forgetting what was named only names a cell again; engines (and so this) are new
+        after every rebalance or producer restart, with the transaction that sent them."""
+        named = self._named.get((p, wp.start_ms))
+        if named is None:
+            if len(self._named) >= _NAMED_WINDOWS or self._named_total > _CELL_CACHE_MAX:
+                self._named.clear()
+                self._named_total = 0
+            named = self._named[(p, wp.start_ms)] = set()
+        new = {c: d for c, d in wp.names.items() if c not in named}
+        named.update(new)
+        self._named_total += len(new)
+        return replace(wp, names=new)
+
+    def _cell_ids(self, cols: Columns) -> U64:
+        """Each event's cell id: the keyed hash the release engine would give its cell."""
+        cache, dims = self._cells, self._dims
+        if len(cache) > _CELL_CACHE_MAX:  # bound memory; partials carry their cells' names
+            cache.clear()
+            dims.clear()
+        ids = list(map(cache.get, cols.dims))
+        if None in ids:
+            for j in [j for j, c in enumerate(ids) if c is None]:
+                d = cols.dims[j]
+                c = cache.get(d)
+                if c is None:
+                    c = cache[d] = self.engine.cell_id(d)
+                    dims[c] = d
+                ids[j] = c
+        return np.array(ids, dtype=np.uint64)
 
     # Ingest is stateless: its committed offset is simply the next one to read.
     def safe_offset(self, partition: Hashable) -> int | None:
@@ -132,47 +375,14 @@ class IngestStage:
         beat = []
         for key, last in self._last_data.items():
             topic, partition = cast(tuple[str, int], key)
-            beat.append([topic, partition, self._max_ts.get(key, NEG_INF), last, now])
-        doc = orjson.dumps({"v": PARTIALS_VERSION, "progress": beat})
+            beat.append(Progress(topic, partition, self._max_ts.get(key, NEG_INF), last, now))
+        doc = encode_partial(Partial(beat))
         for p in range(self.partitions):
             result.forward.append((self.topic, p, b"", doc))
         return result
 
     def close_all(self) -> StepResult:
         return StepResult()
-
-
-def _rows(
-    cols: Columns, parts: list[tuple[npt.NDArray[np.bool_], int]], rotation_ms: int
-) -> dict[str, Any]:
-    """The rows of some windows, as JSON-able columns (cell names once per message); each
-    row carries the pseudonym that counts in its window."""
-    sel_all = np.zeros(len(cols), dtype=bool)
-    win = []
-    idx_list = []
-    units = []
-    for sel, start in parts:
-        idx = np.flatnonzero(sel)
-        idx_list.append(idx)
-        starts = np.full(len(idx), start, dtype=np.int64)
-        earlier = None if cols.earlier_unit is None else cols.earlier_unit[idx]
-        units.append(window_units(cols.unit[idx], earlier, cols.ts[idx], starts, rotation_ms))
-        win.extend([start] * len(idx))
-        sel_all |= sel
-    idx = np.concatenate(idx_list)
-    names: dict[tuple[str, ...], int] = {}
-    dim_ref = [names.setdefault(cols.dims[i], len(names)) for i in idx.tolist()]
-    m = cols.measures[idx]
-    measures = [[None if x != x else x for x in row] for row in m.tolist()]  # NaN -> null
-    return {
-        "w": win,
-        "ts": cols.ts[idx].tolist(),
-        "u": np.concatenate(units).tolist(),
-        "e": cols.event[idx].tolist(),
-        "d": dim_ref,
-        "names": [list(k) for k in names],
-        "m": measures,
-    }
 
 
 class ReleaseStage:
@@ -229,42 +439,20 @@ class ReleaseStage:
         self, part: Hashable, values: list[bytes], offs: npt.NDArray[np.int64]
     ) -> StepResult:
         e = self._engine(part)
-        n_measures = len(self.pipeline.measures)
         progress: dict[Hashable, tuple[int, int, int]] = {}
-        chunks: list[tuple[Columns, npt.NDArray[np.int64], int]] = []
         for k, raw in enumerate(values):
-            doc = orjson.loads(raw)
-            for topic, partition, ts, data_ms, sent_ms in doc.get("progress", []):
-                key = (topic, partition)
-                old = progress.get(key)
-                progress[key] = (
-                    (max(old[0], ts), max(old[1], data_ms), max(old[2], sent_ms))
-                    if old
-                    else (ts, data_ms, sent_ms)
-                )
             offset = int(offs[k])
             again = offset < e._resume_next.get(part, -1)
-            if doc.get("rejected") and not again:
-                e._rejected_pending[part] += int(doc["rejected"])
-            rows = doc.get("rows")
-            if rows:
-                names = [tuple(x) for x in rows["names"]]
-                n = len(rows["ts"])
-                m = np.array(rows["m"], dtype=np.float64).reshape(n, n_measures)
-                cols = Columns(
-                    np.arange(n, dtype=np.int64),
-                    np.array(rows["ts"], dtype=np.int64),
-                    np.array(rows["u"], dtype=np.uint64),
-                    np.array(rows["e"], dtype=np.uint64),
-                    [names[i] for i in rows["d"]],
-                    m,
-                )
-                chunks.append((cols, np.array(rows["w"], dtype=np.int64), offset))
-        for cols, starts, offset in chunks:
-            n = len(cols)
-            e.add_rows(
-                cols, starts, np.zeros(n, dtype=np.int64), np.full(n, offset, np.int64), [part]
-            )
+            if raw[:1] == b"{":  # version 1, from a worker not upgraded yet
+                self._add_v1(e, part, orjson.loads(raw), offset, again, progress)
+                continue
+            rec = decode_partial(raw)
+            for x in rec.progress:
+                _progress(progress, (x.topic, x.partition), x.max_ts, x.data_ms, x.sent_ms)
+            if rec.rejected and not again:
+                e._rejected_pending[part] += rec.rejected
+            for wp in rec.windows:
+                _add_window(e, wp, part, offset, again)
         # Offsets of messages without rows still move this partition forward.
         e.track_offsets(np.zeros(len(offs), dtype=np.int64), [part], offs)
         # How long a source has had no data is the owner's word (sent - data, one clock),
@@ -275,6 +463,40 @@ class ReleaseStage:
         for source, (ts, data_ms, sent_ms) in progress.items():
             e.observe_progress(source, ts, now - max(0, sent_ms - data_ms), sent_ms)
         return e.advance()
+
+    def _add_v1(
+        self,
+        e: PipelineEngine,
+        part: Hashable,
+        doc: dict[str, Any],
+        offset: int,
+        again: bool,
+        progress: dict[Hashable, tuple[int, int, int]],
+    ) -> None:
+        """A version 1 record (JSON, one row per event): read as before, so that a worker
+        upgraded first still releases what the old ones sent."""
+        if doc.get("v") != 1:
+            raise PartialsVersionError(f"a JSON partials record of version {doc.get('v')}")
+        for topic, partition, ts, data_ms, sent_ms in doc.get("progress", []):
+            _progress(progress, (topic, partition), ts, data_ms, sent_ms)
+        if doc.get("rejected") and not again:
+            e._rejected_pending[part] += int(doc["rejected"])
+        rows = doc.get("rows")
+        if not rows:
+            return
+        names = [tuple(x) for x in rows["names"]]
+        n = len(rows["ts"])
+        m = np.array(rows["m"], dtype=np.float64).reshape(n, len(self.pipeline.measures))
+        cols = Columns(
+            np.arange(n, dtype=np.int64),
+            np.array(rows["ts"], dtype=np.int64),
+            np.array(rows["u"], dtype=np.uint64),
+            np.array(rows["e"], dtype=np.uint64),
+            [names[i] for i in rows["d"]],
+            m,
+        )
+        starts = np.array(rows["w"], dtype=np.int64)
+        e.add_rows(cols, starts, np.zeros(n, dtype=np.int64), np.full(n, offset, np.int64), [part])
 
     def safe_offset(self, partition: Hashable) -> int | None:
         e = self.engines.get(partition)
@@ -305,6 +527,56 @@ class ReleaseStage:
         for e in self.engines.values():
             result.extend(e.close_all())
         return result
+
+
+def _progress(
+    into: dict[Hashable, tuple[int, int, int]], key: Hashable, ts: int, data_ms: int, sent_ms: int
+) -> None:
+    old = into.get(key)
+    into[key] = (
+        (max(old[0], ts), max(old[1], data_ms), max(old[2], sent_ms))
+        if old
+        else (ts, data_ms, sent_ms)
+    )
+
+
+def _add_window(
+    e: PipelineEngine, wp: WindowPartial, part: Hashable, offset: int, again: bool
+) -> None:
+    """One window's partial into the release engine's state, as `PipelineEngine._add`
+    adds rows in single mode: late if the window is already released (counted once per
+    event, `first_events`, unless re-read after a restart), else merged into the window."""
+    spec = e.pipeline.window
+    end = wp.start_ms + spec.size_ms
+    if end <= e.closed_until:
+        if wp.first_events and not again:
+            e.counters["late"] += wp.first_events
+            e._late_pending[part] += wp.first_events
+        return
+    w = e.windows.get(wp.start_ms)
+    if w is None:
+        w = e.windows[wp.start_ms] = WindowState(
+            wp.start_ms, end, len(e.pipeline.measures),
+            e.pipeline.contribution.max_events_per_unit_per_cell,
+        )  # fmt: skip
+    prev = w.first_offsets.get(part)
+    if prev is None or offset < prev:
+        w.first_offsets[part] = offset
+    for c in wp.cells.tolist():
+        if c not in w.cells:
+            dims = wp.names.get(c)
+            if dims is None:  # named in an earlier record of this window: it must be here
+                raise RuntimeError(
+                    f"partials: a cell of window {wp.start_ms} has no name; a record of this "
+                    "window before this one is missing from the partials topic (retention?)"
+                )
+            w.cells[c] = dims
+    if len(wp):
+        w.add(wp.rows())
+    # What the ingest's compaction dropped, so that the window's accounting adds up.
+    w.rows_in += wp.rows_in - len(wp)
+    w.duplicates += wp.duplicates
+    w.over_limit += wp.over_limit
 
 
 class StagesView:
