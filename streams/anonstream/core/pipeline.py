@@ -146,7 +146,7 @@ def _header(r: Reader, d: dict[str, Any]) -> tuple[str, int, Contract]:
         raise r.fail("pipeline", "expected a lowercase name of letters, digits and _")
     version = r.positive_int(d.get("version"), "version")
     cname = d.get("contract")
-    if cname not in CONTRACTS:
+    if not isinstance(cname, str) or cname not in CONTRACTS:
         raise r.fail("contract", f"expected one of {', '.join(CONTRACTS)}, got {cname!r}")
     return name, version, CONTRACTS[cname]
 
@@ -310,7 +310,7 @@ def parse_pipeline(doc: object, source: str = "<memory>") -> Pipeline:
     fields = _fields(r, d, contract)
     unit = _privacy_unit(r, d, fields)
     rotation = d.get("pseudonym_rotation", "daily")
-    if rotation not in ROTATION_MS:
+    if not isinstance(rotation, str) or rotation not in ROTATION_MS:
         raise r.fail("pseudonym_rotation", f"expected one of {', '.join(ROTATION_MS)}")
     window = _window(r, d, rotation)
     dims = _dimensions(r, d, fields)
