@@ -102,6 +102,7 @@ class FaustPipeline:
         self._next: dict[tuple[str, int], int] = {}  # offset after the last event read
         self._caught_up: dict[tuple[str, int], int] = {}  # since when (ms) nothing unread
         self._stream: Any = None
+        self.events_read = 0  # since this process started, re-reads included
         self._lock: asyncio.Lock | None = None
         self.agent = app.agent(self.source, name=f"anonstream-{pipeline.name}")(self._consume)
         app.timer(TICK_S)(self._tick)
@@ -129,6 +130,7 @@ class FaustPipeline:
                     self._held.setdefault(key, deque()).append(event)
                     self._next[key] = msg.offset + 1
                     self._caught_up.pop(key, None)
+                self.events_read += len(events)
                 step = engine.process_batch(
                     values, np.array(pidx, dtype=np.int64), list(parts),
                     np.array(offs, dtype=np.int64),
@@ -141,7 +143,8 @@ class FaustPipeline:
         if self.engine is None:
             return
         if not self.app.flow_control.is_active():
-            self._reset()
+            if not self._locked().locked():  # else the next tick
+                self._reset()
             return
         async with self._locked():
             engine = self.engine
@@ -159,6 +162,13 @@ class FaustPipeline:
                 since = self._caught_up.setdefault(key, now)
                 engine.silent(key, since, now)
             await self._deliver(engine, engine.tick())
+
+    async def release_all(self) -> None:
+        """End of input (a backfill, a benchmark): release every open window now, as the
+        worker's --stop-at-end does, and ack what was read."""
+        async with self._locked():
+            if self.engine is not None:
+                await self._deliver(self.engine, self.engine.close_all())
 
     def _locked(self) -> asyncio.Lock:
         if self._lock is None:
@@ -239,6 +249,8 @@ class FaustPipeline:
                 futures.append(await self.dead_letters.send(value=dl.value, headers=headers))
         if futures:
             await asyncio.gather(*futures)
+        if self.engine is not engine:
+            return  # a rebalance reset the pipeline meanwhile: nothing of it is acked
         if step.releases:
             n = sum(1 for r in step.releases if r["kind"] == "aggregate")
             log.info("%s: released %d aggregates", self.pipeline.name, n)
@@ -257,6 +269,8 @@ class FaustPipeline:
             topic_key = f"{key[0]}/{key[1]}".encode()
             saved.append(await self.checkpoints.send(key=topic_key, value=value))
         await asyncio.gather(*saved)
+        if self.engine is not engine:
+            return
         for key, safe in acks.items():
             held = self._held[key]
             while held and held[0].message.offset < safe:

@@ -100,23 +100,48 @@ def test_sigkill_and_restart_at_least_once_with_repeated_release_ids(
 ) -> None:
     rnd = random.Random(seed)
     setup = isolated_pipelines(tmp_path, kafka_bootstrap, partitions=6)
-    events = _events(seed, 24_000)
+    events = _events(seed, 30_000)
     windows = expected_windows(setup, events)
     routed = [(setup.source(n), ev) for n, ev in events]
+    arrivals: list[float] = []  # when each release became readable
+    out: list[list[dict[str, Any]]] = []
+
+    def reader() -> None:
+        out.append(
+            asyncio.run(
+                read_releases(
+                    kafka_bootstrap, setup.output_topics, until=windows_complete(windows),
+                    timeout=240, on_record=lambda _: arrivals.append(time.monotonic()),
+                )
+            )
+        )  # fmt: skip
+
     producer = threading.Thread(
-        target=lambda: asyncio.run(produce(kafka_bootstrap, routed, rate=3000)), daemon=True
+        target=lambda: asyncio.run(produce(kafka_bootstrap, routed, rate=2500)), daemon=True
     )
+    reading = threading.Thread(target=reader, daemon=True)
     app = start_app(setup, kafka_bootstrap, tmp_path)
     producer.start()
+    reading.start()
+    kills = 0
     try:
         for _ in range(2):
-            time.sleep(rnd.uniform(4.0, 7.0))  # the app's start-up is in this too
+            started = time.monotonic()
+            deadline = started + 90
+            # Mid-stream: once this process has released something, at a random moment.
+            while not [t for t in arrivals if t > started] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            assert [t for t in arrivals if t > started], "nothing released before the kill"
+            time.sleep(rnd.uniform(0.0, 2.0))
             app.kill()  # SIGKILL: releases sent, checkpoints and commits maybe not
+            kills += 1
             app = start_app(setup, kafka_bootstrap, tmp_path)
         producer.join(60)
-        records = _read(kafka_bootstrap, setup, windows)
+        reading.join(240)
     finally:
         app.stop()
+    assert kills == 2 and out, "the releases were not complete"
+    records = out[0]
     repeated = len(records) - len({r["release_id"] for r in records})
     print(f"\n{len(records)} releases read, {repeated} of them repeats of an earlier release_id")
-    assert_equal_to_replay(setup, events, records)  # each release_id one content
+    assert_equal_to_replay(setup, events, records)  # and each release_id one content
