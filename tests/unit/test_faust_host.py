@@ -32,6 +32,7 @@ def _pipeline(tmp: Path, dp: bool = False):  # type: ignore[no-untyped-def]
 
 def test_the_worker_host_starts_no_kafka_service(tmp_path: Path) -> None:
     worker = Worker(Settings(web_enabled=True), [_pipeline(tmp_path)], load_secret(SECRET))
+    worker.deadlines.pause()  # its start-up clock would end this process: nothing starts
     services = [type(s).__name__ for s in worker.app.on_init_dependencies()]
     assert "Web" in services  # /metrics and /health stay
     for kafka in ("Consumer", "Producer", "LeaderAssignor", "Conductor", "ReplyConsumer"):
