@@ -18,7 +18,7 @@ from typing import Any
 import orjson
 import pytest
 import yaml
-from aiokafka import AIOKafkaProducer
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
 
 from anonstream.broker.topics import create_topics
 from anonstream.core.keys import load_secret
@@ -189,3 +189,91 @@ def test_pipelines_sharing_a_budget_spend_it_together_across_a_restart(
     report = audit_records(records, ledger=charges)
     assert report.ok, report.render()
     assert not [f for f in report.findings if f.rule == "ledger"]
+
+
+async def _rewind(bootstrap: str, group: str, topic: str) -> None:
+    """A backfill: the group's committed offset on `topic` back to 0, with no checkpoint,
+    so the next worker of the group reads the whole topic again from an empty state."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=group)
+    await consumer.start()
+    try:
+        tp = TopicPartition(topic, 0)
+        consumer.assign([tp])
+        await consumer.commit({tp: 0})
+    finally:
+        await consumer.stop()
+
+
+async def _all_records(bootstrap: str, topic: str) -> list[dict[str, Any]]:
+    """Every committed record of `topic`, to its end offsets."""
+    from anonstream.runtime.topic_end import partitions_of, read_to_end
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+        isolation_level="read_committed",
+    )  # fmt: skip
+    await consumer.start()
+    try:
+        tps = await partitions_of(consumer, topic)
+        return [
+            json.loads(m.value)
+            async for _, msgs in read_to_end(consumer, tps, timeout=60)
+            for m in msgs
+        ]
+    finally:
+        await consumer.stop()
+
+
+def test_backfill_with_one_more_person_does_not_release_the_window_again(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Issue 14's re-release case on the real broker: after hour 0 is released, a backfill
+    (the group rewound to offset 0, no checkpoint) reads hour 0 again with one person more.
+    The worker finds the window in the ledger topic and publishes nothing for it: no second,
+    different release, no second charge; the new hour 1 is released and charged as usual.
+    (Releasing it again needs the operator's `--allow-rerelease`, a replay option, tested
+    in tests/unit/test_dp.py.)"""
+    suffix = uuid.uuid4().hex[:8]
+    pdir = _pipeline(tmp_path, suffix)
+    source, out = f"raw.web-activity.{suffix}", f"anon.aggregates.dpledger.{suffix}"
+    create_topics(kafka_bootstrap, {source: 1})
+    settings = Settings(
+        bootstrap_servers=kafka_bootstrap, group_id=f"it-dpb-{suffix}", pipelines_dir=pdir,
+        dead_letter_topic=f"anon.deadletter.{suffix}", instance_id="slot-0", web_enabled=False,
+    )  # fmt: skip
+    asyncio.run(_produce(kafka_bootstrap, source, [0]))
+    _run_to_end(settings, pdir)
+    first = asyncio.run(_all_records(kafka_bootstrap, out))
+    assert [s for _, s in _summaries(first)] == ["released"]
+    first_aggs = sorted(json.dumps(r, sort_keys=True) for r in first if r["kind"] == "aggregate")
+    assert first_aggs
+
+    async def one_more_person_and_hour_1() -> None:
+        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
+        await producer.start()
+        try:
+            ev = {
+                "event_id": "e-0-newcomer", "ts": T0 + 120_000, "type": "page_view",
+                "visitor_id": "newcomer", "url": "https://www.example.com/",
+            }  # fmt: skip
+            await producer.send(source, orjson.dumps(ev), partition=0)
+            await producer.flush()
+        finally:
+            await producer.stop()
+        await _produce(kafka_bootstrap, source, [1])
+
+    asyncio.run(one_more_person_and_hour_1())
+    asyncio.run(_rewind(kafka_bootstrap, settings.group_id, source))
+    _run_to_end(settings, pdir)
+    records = asyncio.run(_all_records(kafka_bootstrap, out))
+    # Hour 0: still the one summary and the first run's aggregates, nothing else.
+    assert [s for _, s in _summaries(records)] == ["released", "released"]
+    hour0 = [r for r in records if r["window_start"] == first[0]["window_start"]]
+    assert sorted(json.dumps(r, sort_keys=True) for r in hour0 if r["kind"] == "aggregate") == (
+        first_aggs
+    )
+    store = KafkaLedgerStore(ledger_topic(settings.group_id))
+    asyncio.run(store.read(kafka_bootstrap, {}))
+    assert sorted((c.start_ms, c.rerelease) for c in store.load()) == [
+        (T0, False), (T0 + HOUR, False),
+    ]  # fmt: skip

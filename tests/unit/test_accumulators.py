@@ -1,5 +1,8 @@
 """Property tests of the distinct-unit count (anonstream.core.accumulators).
 
+`DistinctUnits` below is the count's mergeable reference model (the product needs only the
+one-pass `distinct_count`, so the model lives here, with its tests).
+
 `merge` must be associative and commutative and equal to adding everything at once, and the
 release's one-pass `distinct_count` must equal it: that is what makes batches, partitions
 and roll-ups the same problem.
@@ -8,20 +11,63 @@ and roll-ups the same problem.
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from anonstream.core.accumulators import (
     HLL_P,
-    DistinctUnits,
+    U64,
     _hll_estimate,
     _hll_registers,
     distinct_count,
 )
+
+
+@dataclass
+class DistinctUnits:
+    """Distinct privacy units: exact (sorted unique uint64) up to `exact_limit`, then a
+    HyperLogLog sketch. Set `exact_limit` at or above the largest k in use: below it the
+    k decision is exact; above it the decision can no longer change, only the reported
+    count becomes an estimate."""
+
+    exact_limit: int = 4096
+    exact: U64 | None = field(default_factory=lambda: np.empty(0, dtype=np.uint64))
+    registers: npt.NDArray[np.uint8] | None = None
+
+    def add(self, units: U64) -> None:
+        self.merge(DistinctUnits(self.exact_limit, np.unique(units.astype(np.uint64))))
+
+    def merge(self, other: DistinctUnits) -> None:
+        if self.exact is not None and other.exact is not None:
+            merged = np.union1d(self.exact, other.exact)
+            if len(merged) <= self.exact_limit:
+                self.exact = merged
+                return
+            self.registers = _hll_registers(merged)
+            self.exact = None
+            return
+        mine = self.registers if self.exact is None else _hll_registers(self.exact)
+        theirs = other.registers if other.exact is None else _hll_registers(other.exact)
+        assert mine is not None and theirs is not None
+        self.registers = np.maximum(mine, theirs)
+        self.exact = None
+
+    @property
+    def is_exact(self) -> bool:
+        return self.exact is not None
+
+    def result(self) -> int:
+        if self.exact is not None:
+            return len(self.exact)
+        assert self.registers is not None
+        return max(_hll_estimate(self.registers), self.exact_limit + 1)
+
 
 SETTINGS = settings(deadline=None, max_examples=75)
 

@@ -832,3 +832,112 @@ def test_gaussian_neighbouring_inputs_empirical_loss_within_epsilon() -> None:
             continue
         worst = max(worst, abs(math.log(ca / cb)) - 3 * math.sqrt(1 / ca + 1 / cb))
     assert worst <= plan.epsilon
+
+
+# -- the plan's faster searches find what OpenDP's own searches over the whole range find --
+
+
+def _full_search_plan(p: Any) -> list[tuple[float, int | None]]:
+    """(scale, threshold) per quantity by OpenDP's binary searches over the whole ranges
+    the plan used before it searched near a guess first (core/dp.py `_boundary`)."""
+    out = p.outputs[0]
+    gauss = out.dp.mechanism == "gaussian"
+    ints = dp.vector_domain(dp.atom_domain(T=dp.i64))
+    cells = dp.map_domain(dp.atom_domain(T=dp.i64), dp.atom_domain(T=dp.i64))
+    names = D.quantity_names(p)
+    never = 2**30
+    if gauss:
+        delta = out.dp.delta
+        rho = dp.binary_search(
+            lambda r: D.zcdp_to_approx(r, delta / 2, delta)[0] <= out.dp.epsilon,
+            bounds=(1e-9, 1e3), T=float,
+        )  # fmt: skip
+        share, sel_delta = rho / len(names), delta / 2
+        metric = dp.l02inf_distance(dp.absolute_distance(T=dp.i64))
+
+        def thr(s: float, t: int) -> Any:
+            return dp.m.make_gaussian_threshold(cells, metric, s, t)
+
+        def vec(s: float) -> Any:
+            return dp.m.make_gaussian(ints, dp.l2_distance(T=dp.i64), s)
+    else:
+        share, sel_delta = out.dp.epsilon / len(names), out.dp.delta
+        metric = dp.l01inf_distance(dp.absolute_distance(T=dp.i64))
+
+        def thr(s: float, t: int) -> Any:
+            return dp.m.make_laplace_threshold(cells, metric, s, t)
+
+        def vec(s: float) -> Any:
+            return dp.m.make_laplace(ints, dp.l1_distance(T=dp.i64), s)
+
+    d_sel = D.sensitivity(p, out, "users", out.dp.mechanism)
+    scale = dp.binary_search(
+        lambda s: thr(s, never).map(d_sel)[0] <= share, bounds=(1e-6, 1e9), T=float
+    )
+    t = dp.binary_search(
+        lambda t: thr(scale, int(t)).map(d_sel)[1] <= sel_delta, bounds=(1, never), T=int
+    )
+    found: list[tuple[float, int | None]] = [(scale, int(t))]
+    for name in names[1:]:
+        d_in = D.sensitivity(p, out, name, out.dp.mechanism)
+        s = dp.binary_search_param(vec, d_in=d_in, d_out=share, bounds=(1e-6, 1e15))
+        found.append((s, None))
+    return found
+
+
+@pytest.mark.parametrize(
+    ("L", "M", "eps", "delta", "mechanism"),
+    [
+        (1, 1, 1.0, 1e-6, "laplace"),
+        (2, 3, 2.0, 1e-6, "laplace"),
+        (10, 20, 10.0, 1e-4, "laplace"),
+        (10, 20, 0.1, 1e-9, "laplace"),
+        (3, 7, 1 / 3, 1e-7, "laplace"),
+        (1, 1, 1.0, 1e-6, "gaussian"),
+        (2, 3, 0.5, 1e-8, "gaussian"),
+    ],
+)
+def test_plan_searches_find_what_whole_range_searches_find(
+    L: int, M: int, eps: float, delta: float, mechanism: str
+) -> None:
+    """The plan searches near a guess first (start-up cost); the guess is only a hint, so
+    the scales and thresholds are those OpenDP's searches over the whole range give."""
+    out = {"name": "default", "privacy": "dp",
+           "dp": {"epsilon": eps, "delta": delta, "mechanism": mechanism}}  # fmt: skip
+    metrics = {"sums": ["duration_ms"], "means": ["duration_ms"]}
+    p = make_pipeline(L=L, M=M, clamp=[0, 900], metrics=metrics, outputs=[out])
+    plan = D.plan_output(p, p.outputs[0])
+    assert [(q.scale, q.threshold) for q in plan.quantities] == _full_search_plan(p)
+
+
+@pytest.mark.parametrize("example", ["web_activity_dp", "web_activity_dp_gaussian"])
+def test_the_explain_report_in_the_docs_is_what_explain_prints(example: str) -> None:
+    """docs/privacy-model.md shows each shipped dp example's `explain` report: it must be
+    what `explain` prints today (the docs wrap its long lines), not a stale copy."""
+    import re
+
+    from anonstream.explain import explain_pipeline
+
+    root = Path(__file__).parents[2]
+    docs = (root / "docs/privacy-model.md").read_text()
+    command = f"anonstream explain -p pipelines/examples/{example}.yaml"
+    flat_docs = " ".join(docs.split())
+    at = flat_docs.index(command)  # the report is the text block right after the command
+    block = flat_docs[at:].split("```text", 1)[1].split("```", 1)[0]
+    printed = explain_pipeline(load_pipeline(root / f"pipelines/examples/{example}.yaml"))
+    flat = re.sub(r"\s+", " ", printed)
+    # A repeated warning may be cut short as "... (the same)": each piece around it counts.
+    for piece in block.split("... (the same)"):
+        assert re.sub(r"\s+", " ", piece).strip() in flat
+
+
+@pytest.mark.parametrize("scale", [1e5 * (1 + 1e-9), 3.3e5, 1e6])
+def test_gaussian_error_bound_above_the_exact_range_is_not_below_the_discrete_one(
+    scale: float,
+) -> None:
+    """Large discrete Gaussian scales (sums) take the continuous bound with a margin, as
+    OpenDP's discrete bound takes seconds there; it must not promise a smaller error."""
+    from opendp.accuracy import discrete_gaussian_scale_to_accuracy
+
+    exact = discrete_gaussian_scale_to_accuracy(scale, D.ALPHA)
+    assert exact <= D.gaussian_error95(scale) <= exact * (1 + 2e-6) + 3

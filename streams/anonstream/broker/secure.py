@@ -165,9 +165,8 @@ async def acreate_acls(
     the local broker uses."""
     from aiokafka.admin import AIOKafkaAdminClient
     from aiokafka.errors import for_code
-    from aiokafka.protocol.admin import CreateAclsRequest
 
-    from anonstream.runtime.kafka_compat import send_admin_request
+    from anonstream.runtime.kafka_compat import create_acls_request, send_admin_request
 
     admin = AIOKafkaAdminClient(
         bootstrap_servers=bootstrap, client_id="anonstream-acls", **client_options
@@ -175,7 +174,7 @@ async def acreate_acls(
     await admin.start()
     try:
         requests = [
-            CreateAclsRequest(
+            create_acls_request(
                 RESOURCE_TYPES[e["resource_type"]], e["name"],
                 PATTERN_TYPES[e.get("pattern_type", "literal")], e["principal"], "*",
                 OPERATIONS[op], ALLOW,

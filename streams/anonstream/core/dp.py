@@ -29,6 +29,11 @@ most L (times the clamp for sums), so by at most L*sqrt(M), rounded up to an int
 No roll-up in dp mode: partition selection decides which cells exist, and a cell that is
 not selected is in no released number. Histograms keep their declared bands (merging bands
 to k people would be an exact, data-dependent choice).
+
+Why this module is long: the plan and the release are one mechanism. The measurements the
+plan's searches build and map are the very objects the release invokes (cached per scale),
+and the sensitivities, plan and exact figures must agree line for line; one module keeps
+that evident.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import numpy.typing as npt
 from opendp.accuracy import (
     discrete_gaussian_scale_to_accuracy,
     discrete_laplacian_scale_to_accuracy,
+    gaussian_scale_to_accuracy,
 )
 from opendp.combinators import make_fix_delta, make_zCDP_to_approxDP
 from opendp.domains import atom_domain, map_domain, vector_domain
@@ -63,7 +69,7 @@ from opendp.metrics import (
     l2_distance,
     symmetric_distance,
 )
-from opendp.mod import Measurement, binary_search, binary_search_param, enable_features
+from opendp.mod import Measurement, binary_search, enable_features
 from opendp.typing import i64
 
 from anonstream.core.budget import compose
@@ -217,10 +223,45 @@ def sensitivity(p: Pipeline, out: Output, name: str, mechanism: str = "laplace")
     return _ceil_sqrt(M * per_cell * per_cell)
 
 
+def _boundary(pred: Any, guess: float, bounds: tuple[float, float], T: type = float) -> Any:
+    """What OpenDP's `binary_search(pred, bounds)` returns (the passing value next to the
+    boundary of a monotonic predicate), found faster: first within a narrow bracket around
+    `guess`. The guess is a hint and never trusted: the bracket is searched only if `pred`
+    (a check against OpenDP's privacy map) differs at its two ends, so the boundary lies
+    inside it and the search ends on the same value; else the whole of `bounds` is
+    searched. A plan is searched once per output at start: this makes it several times
+    cheaper (tests/unit/test_dp.py compares both searches)."""
+    if not math.isfinite(guess):
+        return binary_search(pred, bounds=bounds, T=T)
+    brackets: list[tuple[float, float]]
+    if T is int:  # a threshold: brackets of 4, 32 and 256 around the guess
+        brackets = [(round(guess) - w, round(guess) + w) for w in (2, 16, 128)]
+    else:  # a scale or a rho: within 10^-12, 10^-6, 10^-3 of the guess
+        brackets = [(guess * (1 - w), guess * (1 + w)) for w in (1e-12, 1e-6, 1e-3)]
+    for lo, hi in brackets:
+        if bounds[0] < lo < hi < bounds[1] and pred(lo) != pred(hi):
+            return binary_search(pred, bounds=(lo, hi), T=T)
+    return binary_search(pred, bounds=bounds, T=T)
+
+
+def scale_guess(loss_at_1: float, target: float, power: int) -> float:
+    """A hint for _boundary: the scale at which a loss of `loss_at_1` at scale 1 would fall
+    to `target` if it fell as 1 / scale^power."""
+    return float((loss_at_1 / target) ** (1 / power)) if target > 0 else math.nan
+
+
+@cache  # events, counts and bands often share (d_in, epsilon): one search for them all
+def _laplace_scale(d_in: int, eps: float) -> float:
+    """The smallest discrete Laplace scale whose privacy map gives at most `eps` at `d_in`
+    (OpenDP's `binary_search_param`); the guess assumes the loss falls as 1 / scale."""
+    guess = scale_guess(float(laplace_vector(1.0).map(d_in)), eps, 1)
+    return float(_boundary(lambda s: bool(laplace_vector(s).map(d_in) <= eps), guess, (1e-6, 1e15)))
+
+
 def _vector_quantity(name: str, d_in: int, eps: float) -> Quantity:
     if d_in == 0:  # clamp [0, 0]: the sum is always 0 and needs no noise
         return Quantity(name, 0, 0.0, 0.0, 0.0, 0.0)
-    scale = binary_search_param(laplace_vector, d_in=d_in, d_out=eps, bounds=(1e-6, 1e15))
+    scale = _laplace_scale(d_in, eps)
     spent = laplace_vector(scale).map(d_in)
     return Quantity(
         name, d_in, scale, float(spent), 0.0, discrete_laplacian_scale_to_accuracy(scale, ALPHA)
@@ -241,8 +282,14 @@ def _selection(d_in: tuple[int, int, int], eps: float, delta: float) -> Quantity
     def delta_ok(t: float) -> bool:
         return bool(laplace_threshold(scale, int(t)).map(d_in)[1] <= delta)
 
-    scale = binary_search(eps_ok, bounds=(1e-6, 1e9), T=float)
-    threshold = int(binary_search(delta_ok, bounds=(1, never), T=int))
+    # Hints for _boundary only: epsilon falling as 1 / scale; delta, past the threshold's
+    # first few steps, falling by a factor e per `scale` steps of the threshold.
+    scale = _boundary(eps_ok, scale_guess(laplace_threshold(1.0, never).map(d_in)[0], eps, 1),
+                      (1e-6, 1e9))  # fmt: skip
+    t1 = max(2, round(scale * math.log(1 / delta)))
+    d1 = laplace_threshold(scale, t1).map(d_in)[1]
+    guess = t1 + scale * math.log(d1 / delta) if d1 > 0 else math.nan
+    threshold = int(_boundary(delta_ok, guess, (1, never), int))
     e, d = laplace_threshold(scale, threshold).map(d_in)
     if e > eps or d > delta:  # the searches assume epsilon does not grow with the threshold
         raise ValueError(f"no threshold meets epsilon {eps:g}, delta {delta:g}")
@@ -262,27 +309,52 @@ def plan_output(p: Pipeline, out: Output) -> DpPlan:
 
 def _gaussian_selection(d_in: tuple[int, int, int], rho: float, delta: float) -> Quantity:
     never = 2**30  # as in _selection: scale for rho first, then threshold for delta
-    scale = binary_search(
-        lambda s: bool(gaussian_threshold(s, never).map(d_in)[0] <= rho), bounds=(1e-6, 1e9),
-        T=float,
+    # Hints for _boundary: rho falling as 1 / scale^2; a Gaussian tail for delta.
+    scale = _boundary(
+        lambda s: bool(gaussian_threshold(s, never).map(d_in)[0] <= rho),
+        scale_guess(gaussian_threshold(1.0, never).map(d_in)[0], rho, 2), (1e-6, 1e9),
     )  # fmt: skip
-    threshold = int(binary_search(
+    threshold = int(_boundary(
         lambda t: bool(gaussian_threshold(scale, int(t)).map(d_in)[1] <= delta),
-        bounds=(1, never), T=int,
+        d_in[2] + scale * math.sqrt(2 * math.log(1 / delta)), (1, never), int,
     ))  # fmt: skip
     r, d = gaussian_threshold(scale, threshold).map(d_in)
     if r > rho or d > delta:
         raise ValueError(f"no threshold meets rho {rho:g}, delta {delta:g}")
-    acc = discrete_gaussian_scale_to_accuracy(scale, ALPHA)
+    acc = gaussian_error95(scale)
     return Quantity("users", d_in, scale, 0.0, float(d), acc, threshold, float(r))
+
+
+@cache
+def _gaussian_scale(d_in: int, rho: float) -> float:
+    """As _laplace_scale, for the discrete Gaussian's rho (falling as 1 / scale^2)."""
+    guess = scale_guess(float(gaussian_vector(1.0).map(d_in)), rho, 2)
+    return float(
+        _boundary(lambda s: bool(gaussian_vector(s).map(d_in) <= rho), guess, (1e-6, 1e15))
+    )
+
+
+# OpenDP's discrete Gaussian accuracy sums the distribution: its time grows with the scale
+# (0.06 s at 1e5, 4 s at 1e7, 40 s at 1e8, the scale of a sum clamped to minutes of ms).
+EXACT_GAUSSIAN_ACCURACY_UP_TO = 1e5
+
+
+def gaussian_error95(scale: float) -> float:
+    """The 95 % error bound of discrete Gaussian noise of `scale`: OpenDP's discrete bound;
+    above EXACT_GAUSSIAN_ACCURACY_UP_TO, OpenDP's continuous Gaussian bound with a margin
+    (10^-6 of it, plus 2), which is never below the discrete bound there (the discrete one
+    exceeds the continuous by 0.6 to 1.4 from 1e5 to 2.5e7; tests/unit/test_dp.py checks)."""
+    if scale <= EXACT_GAUSSIAN_ACCURACY_UP_TO:
+        return float(discrete_gaussian_scale_to_accuracy(scale, ALPHA))
+    return float(math.ceil(gaussian_scale_to_accuracy(scale, ALPHA) * (1 + 1e-6) + 2))
 
 
 def _gaussian_vector(name: str, d_in: int, rho: float) -> Quantity:
     if d_in == 0:
         return Quantity(name, 0, 0.0, 0.0, 0.0, 0.0, rho=0.0)
-    scale = binary_search_param(gaussian_vector, d_in=d_in, d_out=rho, bounds=(1e-6, 1e15))
+    scale = _gaussian_scale(d_in, rho)
     spent = float(gaussian_vector(scale).map(d_in))
-    acc = discrete_gaussian_scale_to_accuracy(scale, ALPHA)
+    acc = gaussian_error95(scale)
     return Quantity(name, d_in, scale, 0.0, 0.0, acc, rho=spent)
 
 
@@ -292,9 +364,25 @@ def _gaussian_plan(out: Output, sens: tuple[tuple[str, Any], ...]) -> DpPlan:
     its share, so the window spends at most what the search allowed)."""
     assert out.dp is not None
     eps, delta = out.dp.epsilon, out.dp.delta
-    rho = binary_search(
-        lambda r: zcdp_to_approx(r, delta / 2, delta)[0] <= eps, bounds=(1e-9, 1e3), T=float
-    )
+
+    # Hint for _boundary: epsilon = rho + 2 sqrt(rho ln(1/delta)) solved for rho, then
+    # secant steps on OpenDP's conversion itself.
+    def gap(r: float) -> float:
+        return zcdp_to_approx(r, delta / 2, delta)[0] - eps
+
+    log_d = math.log(1 / delta)
+    a = (math.sqrt(log_d + eps) - math.sqrt(log_d)) ** 2
+    b, fa = a * 1.01, gap(a)
+    for _ in range(8):
+        fb = gap(b)
+        if fb == fa or abs(b - a) <= 1e-14 * b:
+            break
+        a, b, fa = b, b - fb * (b - a) / (fb - fa), fb
+        if not 0 < b < 1e3:
+            b = math.nan
+            break
+    guess = b
+    rho = _boundary(lambda r: zcdp_to_approx(r, delta / 2, delta)[0] <= eps, guess, (1e-9, 1e3))
     share = rho / len(sens)
     qs = [_gaussian_selection(sens[0][1], share, delta / 2)]
     qs += [_gaussian_vector(n, d_in, share) for n, d_in in sens[1:]]

@@ -14,7 +14,10 @@ test_quiet.py and test_idle_evidence.py exercise each piece):
   live (`consumer._coordinator`); the public `committed()` returns the offset only.
 - `send_admin_request()`: one protocol request through the admin client
   (`AIOKafkaAdminClient._send_request`); it has no ACL method, and ACLs are created with
-  aiokafka's own `CreateAclsRequest`.
+  aiokafka's own `CreateAclsRequest` (`create_acls_request()`).
+- `probe_metadata()`: the start-up check's one connection to one bootstrap server and one
+  metadata request (`aiokafka.conn.create_conn`, `MetadataRequest`), which no public client
+  offers without joining, fetching or auto-creating topics.
 
 The fetch shortcut: fetched messages without a `ConsumerRecord` per message, drained a
 record batch at a time.
@@ -49,6 +52,7 @@ have the same `offset` and `value` attributes.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -273,3 +277,35 @@ async def committed_with_metadata(consumer: Any, tps: Sequence[Any]) -> dict[Any
 async def send_admin_request(admin: Any, request: Any) -> Any:
     """Send one protocol request through a started admin client; its response."""
     return await admin._send_request(request)
+
+
+def create_acls_request(*fields: Any) -> Any:
+    """aiokafka's `CreateAclsRequest` (the protocol's own field order), for
+    `send_admin_request`."""
+    from aiokafka.protocol.admin import CreateAclsRequest
+
+    return CreateAclsRequest(*fields)
+
+
+async def probe_metadata(
+    host: str, port: int, topics: list[str], timeout: float, **conn_options: Any
+) -> Any:
+    """Connect (and authenticate) to one broker and ask for `topics`' metadata, never
+    auto-creating them; the response. `conn_options` are `create_conn`'s."""
+    from aiokafka.conn import create_conn
+    from aiokafka.protocol.metadata import MetadataRequest
+
+    conn = await asyncio.wait_for(
+        create_conn(
+            host, port, client_id="anonstream-preflight",
+            request_timeout_ms=max(1000, int(timeout * 1000)), **conn_options,
+        ),
+        timeout,
+    )  # fmt: skip
+    try:
+        # Never auto-create: a broker that does would make the topics with its default count.
+        return await asyncio.wait_for(
+            conn.send(MetadataRequest(topics, allow_auto_topic_creation=False)), timeout
+        )
+    finally:
+        conn.close()

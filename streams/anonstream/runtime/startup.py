@@ -20,9 +20,8 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from aiokafka import errors as kerrors
-from aiokafka.conn import create_conn
-from aiokafka.protocol.metadata import MetadataRequest
 
+from anonstream.runtime.kafka_compat import probe_metadata
 from anonstream.settings import Settings
 
 log = logging.getLogger("anonstream.worker")
@@ -81,24 +80,13 @@ def _reason(exc: BaseException, settings: Settings) -> tuple[str, bool]:
 
 async def _probe(host: str, port: int, settings: Settings, topics: list[str], timeout: float):
     opts = settings.kafka_client_options()
-    conn = await asyncio.wait_for(
-        create_conn(
-            host, port, client_id="anonstream-preflight",
-            request_timeout_ms=max(1000, int(timeout * 1000)),
-            ssl_context=opts.get("ssl_context"), security_protocol=settings.security_protocol,
-            sasl_mechanism=opts.get("sasl_mechanism"),
-            sasl_plain_username=opts.get("sasl_plain_username"),
-            sasl_plain_password=opts.get("sasl_plain_password"),
-        ),
-        timeout,
+    return await probe_metadata(
+        host, port, topics, timeout,
+        ssl_context=opts.get("ssl_context"), security_protocol=settings.security_protocol,
+        sasl_mechanism=opts.get("sasl_mechanism"),
+        sasl_plain_username=opts.get("sasl_plain_username"),
+        sasl_plain_password=opts.get("sasl_plain_password"),
     )  # fmt: skip
-    try:
-        # Never auto-create: a broker that does would make the topics with its default count.
-        return await asyncio.wait_for(
-            conn.send(MetadataRequest(topics, allow_auto_topic_creation=False)), timeout
-        )
-    finally:
-        conn.close()
 
 
 async def check_cluster(settings: Settings, input_topics: Iterable[str]) -> ClusterCheck:
