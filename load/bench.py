@@ -67,6 +67,7 @@ from anonstream.synthetic import EventGenerator, Workload
 from anonstream.synthetic.produce import produce
 
 from .cpucap import CpuCapError, cpu_groups, parse_cap
+from .extras import chart_unavailable, unavailable_runs
 from .harness import (
     BENCH_SECRET,
     ROOT,
@@ -1036,7 +1037,10 @@ def run_benchmark(cfg: BenchConfig, console: Console | None = None) -> dict[str,
     }
     if profiled_info is not None:
         summary["profile"] = profiled_info
-    if any(r.ok for r in every):
+    no_chart = chart_unavailable()
+    if no_chart is not None:
+        summary["chart_skipped"] = no_chart
+    elif any(r.ok for r in every):
         summary["chart"] = str(draw_chart(summary, cfg.chart))
     if not ok or keep_logs:
         summary["logs"] = str(logs)
@@ -1173,6 +1177,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         scale_idle_close_s=args.scale_idle_close, cap=args.cap,
         kstreams_guarantee=args.kstreams_guarantee,
     )  # fmt: skip
+    # Peers that cannot run here are skipped by name, before anything starts.
+    skipped = unavailable_runs(cfg.runs)
+    for name, why in skipped.items():
+        console.print(f"[yellow]skipping {name}[/]: {escape(why)}")
+    cfg.runs = tuple(n for n in cfg.runs if n not in skipped)
+    if not cfg.runs:
+        console.print("[red]no run left to do[/]")
+        print(json.dumps({"benchmark": "anonstream-load", "ok": False, "skipped": skipped}))
+        return 2
     if cfg.cap is not None and "scale" in cfg.runs:
         try:  # before anything runs: a cap that cannot be set up fails now, not at the end
             with cpu_groups(1, cfg.cap):
@@ -1188,6 +1201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     try:
         summary = run_benchmark(cfg, console)
+        summary["skipped"] = skipped
     except Exception as exc:  # broker, topic or produce failures: say what, no traceback
         console.print(f"[red]benchmark failed[/]: {escape(f'{type(exc).__name__}: {exc}')}")
         print(json.dumps({"benchmark": "anonstream-load", "ok": False, "error": str(exc)}))
@@ -1208,8 +1222,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key in ratio_keys:
         if summary.get(key) is not None:
             out.print(f"{key}: {summary[key]:.3f}")
+    for name, why in skipped.items():
+        out.print(f"[yellow]{name} skipped[/]: {escape(why)}")
     if summary["chart"]:
         out.print(f"chart: {summary['chart']}")
+    elif summary.get("chart_skipped"):
+        out.print(f"[yellow]chart skipped[/]: {escape(summary['chart_skipped'])}")
     sys.stdout.flush()
     print(json.dumps(summary), flush=True)
     return 0 if summary["ok"] else 1
