@@ -120,7 +120,7 @@ class Transactions:
         futures += await self.send_charges()
         for dl in step.dead_letters:
             futures.append(await self.send(
-                dead_letter_topic, dl.value, headers=_dl_headers(pipeline, dl)
+                dead_letter_topic, dl.value, headers=dead_letter_headers(pipeline, dl)
             ))  # fmt: skip
             log.warning(
                 "rejected message %s offset %s: %s%s", _where(dl), dl.offset, dl.reason,
@@ -195,7 +195,8 @@ def _where(dl: DeadLetter) -> str:
     return str(dl.partition)
 
 
-def _dl_headers(pipeline: Pipeline, dl: DeadLetter) -> list[tuple[str, bytes]]:
+def dead_letter_headers(pipeline: Pipeline, dl: DeadLetter) -> list[tuple[str, bytes]]:
+    """Why a message was rejected, and where it came from (the dead-letter topic's headers)."""
     return [
         ("anonstream.reason", dl.reason.encode()),
         ("anonstream.field", (dl.field or "").encode()),
