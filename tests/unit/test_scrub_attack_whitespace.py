@@ -42,3 +42,10 @@ def test_url_path_with_encoded_newlines() -> None:
 def test_plain_text_unchanged() -> None:
     for s in ["line one\nline two", "a\tb", "10:15\n11:30", "size 1920x1080"]:
         assert scrub_text(s) == s
+
+
+@given(zeros=st.integers(min_value=0, max_value=40), hexa=st.booleans())
+def test_html_entities_with_leading_zeros(zeros: int, hexa: bool) -> None:
+    """Browsers and html.unescape read "&#x0000040;" as "@" whatever the zeros."""
+    ent = f"&#x{'0' * zeros}40;" if hexa else f"&#{'0' * zeros}64;"
+    assert scrub_text(f"jane.doe{ent}example.com") == "<email>"

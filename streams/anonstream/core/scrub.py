@@ -475,7 +475,7 @@ _PCT_RUN_RE = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
 # "=40" (only the "@", before a letter or digit: "a=40&b" stays), HTML entities.
 _ESCAPE_RE = re.compile(
     r"(?:%[0-9A-Fa-f]{2})+|\\u[0-9A-Fa-f]{4}|\\x[0-9A-Fa-f]{2}|=40(?=[0-9A-Za-z])"
-    r"|&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});?"
+    r"|&(?:#0*[0-9]{1,7}|#[xX]0*[0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});?"
 )
 _PCT_ROUNDS = 8  # decoding passes; deeper percent nesting is refused (see _view)
 # Plain ASCII text is its own view unless it holds an escape, a NUL (dropped), ...
