@@ -12,6 +12,10 @@
    ``anonstream``   ``anonstream worker --stop-at-end`` with the shipped web-activity
                     pipeline (its source and output topics rewired), until its releases
                     for the whole input are out and it exits.
+   ``faust_agent``  the same pipeline as an agent of a plain Faust app
+                    (:mod:`anonstream.faust`, runner ``runners/faust_agent.py``): the same
+                    engine fed by ``stream.noack_take`` batches, releases through Faust's
+                    producer; ``ratio_faust_agent`` is its events/s over ``anonstream``'s.
    ``anonstream-dp`` the same pipeline with every output switched to ``privacy: dp``
                     (:data:`DP_OUTPUT`, :data:`DP_BUDGET`); ``ratio_dp_k`` is its events/s
                     over ``anonstream``'s, ``cpu_ratio_dp_k`` its events per CPU second.
@@ -63,6 +67,7 @@ from anonstream.synthetic import EventGenerator, Workload
 from anonstream.synthetic.produce import produce
 
 from .cpucap import CpuCapError, cpu_groups, parse_cap
+from .extras import chart_unavailable, unavailable_runs
 from .harness import (
     BENCH_SECRET,
     ROOT,
@@ -91,7 +96,8 @@ __all__ = [
 ]
 
 RUN_NAMES = (
-    "ceiling", "naive_faust", "quixstreams", "anonstream", "anonstream-dp", "kstreams", "scale",
+    "ceiling", "naive_faust", "quixstreams", "anonstream", "faust_agent", "anonstream-dp",
+    "kstreams", "scale",
 )  # fmt: skip
 _RUNNER_MODULES = {
     "ceiling": "anonstream_load.runners.ceiling",
@@ -409,6 +415,38 @@ def _run_anonstream(ctx: _Ctx, profile: Path | None = None, dp: bool = False) ->
 
 
 _EXHAUSTED = "budget_exhausted"
+
+
+def _run_faust_agent(ctx: _Ctx) -> RunResult:
+    """The pipeline of the anonstream run as an agent of a Faust app (anonstream.faust)."""
+    name = "faust_agent"
+    group = f"bench-{ctx.bench_id}-{name}"
+    out_topic = f"{ctx.topic}.{name}.out"
+    pipeline = write_pipeline(
+        ctx.cfg.pipeline, ctx.logs / "pipelines-faust", source_topic=ctx.topic,
+        output_topic=out_topic,
+    )  # fmt: skip
+    cmd = [
+        sys.executable, "-m", "anonstream_load.runners.faust_agent", "--bootstrap", ctx.bootstrap,
+        "--pipeline", str(pipeline), "--events", str(ctx.cfg.events), "--group", group,
+    ]  # fmt: skip
+    env = {**_child_env(), "ANONSTREAM_SECRET": BENCH_SECRET}
+    env.pop("ANONSTREAM_SECRET_FILE", None)
+    load_before = os.getloadavg()[0]
+    result = _watched_child(ctx, name, cmd, env, group)
+    run = _measured(name, result, load_before)
+    error = _failure(name, result, ctx.cfg.timeout)
+    report = json_line(result.stdout)
+    if report is not None:
+        _read_report(run, report, result.started_at)
+    elif error is None:
+        error = f"{name} printed no result line:\n{result.stdout[-2000:]}"
+    if error is None and run.count != ctx.cfg.events:
+        error = f"{name} read {run.count} events, not {ctx.cfg.events}"
+    run.extra["releases"] = kinds = _release_kinds(ctx, out_topic)
+    if error is None and not kinds.get("window_summary"):
+        error = f"{name} released no window summary"
+    return _finish(run, error, ctx.cfg.events)
 
 
 def _release_kinds(ctx: _Ctx, topic: str) -> dict[str, int]:
@@ -733,12 +771,17 @@ def _ratio(results: dict[str, RunResult], other: str) -> float | None:
     return round(a.events_per_s / b.events_per_s, 3)
 
 
+def _ratio_of(results: dict[str, RunResult], mine: str, other: str) -> float | None:
+    """``mine``'s events/s over ``other``'s, both runs of this benchmark."""
+    a, b = results.get(mine), results.get(other)
+    if a is None or b is None or not a.events_per_s or not b.events_per_s:
+        return None
+    return round(a.events_per_s / b.events_per_s, 3)
+
+
 def _ratio_dp_k(results: dict[str, RunResult]) -> float | None:
     """dp mode's events/s over k mode's, both anonstream workers in this run."""
-    dp, k = results.get("anonstream-dp"), results.get("anonstream")
-    if dp is None or k is None or not dp.events_per_s or not k.events_per_s:
-        return None
-    return round(dp.events_per_s / k.events_per_s, 3)
+    return _ratio_of(results, "anonstream-dp", "anonstream")
 
 
 def _cpu_ratio(results: dict[str, RunResult], other: str, mine: str = "anonstream") -> float | None:
@@ -939,6 +982,8 @@ def run_benchmark(cfg: BenchConfig, console: Console | None = None) -> dict[str,
                     batch = [
                         _run_anonstream(ctx, dp=name == "anonstream-dp")
                         if name.startswith("anonstream")
+                        else _run_faust_agent(ctx)
+                        if name == "faust_agent"
                         else _run_peer(ctx, name)
                     ]
                 for run in batch:
@@ -977,6 +1022,8 @@ def run_benchmark(cfg: BenchConfig, console: Console | None = None) -> dict[str,
         "ratio_quixstreams": _ratio(results, "quixstreams"),
         # dp mode ÷ k mode (issue 14 asks for at least 0.9).
         "ratio_dp_k": _ratio_dp_k(results),
+        # anonstream.faust ÷ the worker: what the Faust agent way costs.
+        "ratio_faust_agent": _ratio_of(results, "faust_agent", "anonstream"),
         "cpu_ratio_dp_k": _cpu_ratio(results, "anonstream", mine="anonstream-dp"),
         # anonstream ÷ Kafka Streams, one thread each; and against all cores for the JVM.
         "ratio_kafka_streams": _ratio(results, "kstreams"),
@@ -990,7 +1037,10 @@ def run_benchmark(cfg: BenchConfig, console: Console | None = None) -> dict[str,
     }
     if profiled_info is not None:
         summary["profile"] = profiled_info
-    if any(r.ok for r in every):
+    no_chart = chart_unavailable()
+    if no_chart is not None:
+        summary["chart_skipped"] = no_chart
+    elif any(r.ok for r in every):
         summary["chart"] = str(draw_chart(summary, cfg.chart))
     if not ok or keep_logs:
         summary["logs"] = str(logs)
@@ -1127,6 +1177,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         scale_idle_close_s=args.scale_idle_close, cap=args.cap,
         kstreams_guarantee=args.kstreams_guarantee,
     )  # fmt: skip
+    # Peers that cannot run here are skipped by name, before anything starts.
+    skipped = unavailable_runs(cfg.runs)
+    for name, why in skipped.items():
+        console.print(f"[yellow]skipping {name}[/]: {escape(why)}")
+    cfg.runs = tuple(n for n in cfg.runs if n not in skipped)
+    if not cfg.runs:
+        console.print("[red]no run left to do[/]")
+        print(json.dumps({"benchmark": "anonstream-load", "ok": False, "skipped": skipped}))
+        return 2
     if cfg.cap is not None and "scale" in cfg.runs:
         try:  # before anything runs: a cap that cannot be set up fails now, not at the end
             with cpu_groups(1, cfg.cap):
@@ -1142,6 +1201,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
     try:
         summary = run_benchmark(cfg, console)
+        summary["skipped"] = skipped
     except Exception as exc:  # broker, topic or produce failures: say what, no traceback
         console.print(f"[red]benchmark failed[/]: {escape(f'{type(exc).__name__}: {exc}')}")
         print(json.dumps({"benchmark": "anonstream-load", "ok": False, "error": str(exc)}))
@@ -1162,8 +1222,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     for key in ratio_keys:
         if summary.get(key) is not None:
             out.print(f"{key}: {summary[key]:.3f}")
+    for name, why in skipped.items():
+        out.print(f"[yellow]{name} skipped[/]: {escape(why)}")
     if summary["chart"]:
         out.print(f"chart: {summary['chart']}")
+    elif summary.get("chart_skipped"):
+        out.print(f"[yellow]chart skipped[/]: {escape(summary['chart_skipped'])}")
     sys.stdout.flush()
     print(json.dumps(summary), flush=True)
     return 0 if summary["ok"] else 1

@@ -63,13 +63,23 @@ def _complete(home: Path) -> bool:
     return (home / MARKER_NAME).is_file() and (home / JAR_NAME).is_file()
 
 
+def peer_home(source: Path = JVM_SOURCE, cache: Path | None = None) -> Path:
+    """Where the peer built from `source` lives (one directory per source digest)."""
+    return (cache if cache is not None else cache_dir()) / f"kstreams-peer-{source_digest(source)}"
+
+
+def peer_built(source: Path = JVM_SOURCE, cache: Path | None = None) -> bool:
+    """Is the peer of `source` built already (then Maven is not needed)?"""
+    return _complete(peer_home(source, cache))
+
+
 def ensure_peer_jar(
     source: Path = JVM_SOURCE, cache: Path | None = None, *, quiet: bool = False
 ) -> Path:
     """The built jar (its dependencies in ``lib/`` next to it), building it if needed."""
     if not (source / "pom.xml").is_file():
         raise PeerBuildError(f"no Maven project at {source} (pom.xml missing)")
-    home = (cache if cache is not None else cache_dir()) / f"kstreams-peer-{source_digest(source)}"
+    home = peer_home(source, cache)
     if _complete(home):
         return home / JAR_NAME
     home.mkdir(parents=True, exist_ok=True)

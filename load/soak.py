@@ -43,6 +43,7 @@ from anonstream.synthetic import EventGenerator, Workload
 from anonstream.synthetic.produce import produce
 from anonstream.testing import WorkerProcess
 
+from .extras import chart_unavailable
 from .harness import (
     BENCH_SECRET,
     ROOT,
@@ -366,7 +367,12 @@ def soak(cfg: SoakConfig, console: Console) -> dict[str, Any]:
         worker_exit_code=code,
     )  # fmt: skip
     summary["machine"] = machine()
-    summary["chart"] = str(draw_soak_chart(summary, cfg.chart)) if samples else None
+    no_chart = chart_unavailable()
+    if no_chart is not None:
+        summary["chart_skipped"] = no_chart
+    summary["chart"] = (
+        str(draw_soak_chart(summary, cfg.chart)) if samples and not no_chart else None
+    )
     if not summary["ok"] or keep_logs:
         summary["logs"] = str(logs)
     else:

@@ -14,8 +14,16 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 
 from anonstream.broker.local import LocalKafka
+
+# Results never depend on speed: a property test that is slow on a busy machine is still a
+# pass. Hypothesis's per-example deadline and its too-slow health check would turn load into
+# failures, so the project's profile has neither (tests that set their own settings inherit
+# this profile for whatever they leave out).
+settings.register_profile("anonstream", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("anonstream")
 
 
 @pytest.fixture(scope="session")

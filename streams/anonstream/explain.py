@@ -3,8 +3,13 @@ for a privacy reviewer rather than a programmer."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from anonstream.core.actions import DIMENSION_ACTIONS, Action, FieldAction
+from anonstream.core.generalizers import dimension_maker
 from anonstream.core.keys import ROTATION_MS
-from anonstream.core.pipeline import OTHER, FieldAction, Pipeline
+from anonstream.core.pipeline import Pipeline
+from anonstream.core.unit import describe_unit
 
 
 def _fmt_ms(ms: int) -> str:
@@ -14,43 +19,46 @@ def _fmt_ms(ms: int) -> str:
     return f"{ms}ms"
 
 
-def _describe(fa: FieldAction, p: Pipeline) -> str:
+def _pseudonymized(fa: FieldAction, p: Pipeline) -> str:
     rot = {v: k for k, v in ROTATION_MS.items()}[p.rotation_ms]
-    if fa.action == "drop":
-        return "dropped at the boundary; never stored or released"
-    if fa.action == "dedupe":
-        return "keyed hash kept only to count producer retries once; never released"
-    if fa.action == "window":
-        return f"generalized to its {_fmt_ms(p.window.size_ms)} window"
-    if fa.action == "pseudonymize":
-        use = "privacy unit (counted for k)" if fa.field in p.privacy_unit else "not used"
-        return f"keyed BLAKE2b pseudonym, key rotated {rot}; {use}; never released"
-    if fa.action == "keep" and fa.values is not None:
-        return f"kept only as one of {list(fa.values)}; any other value is released as {OTHER}"
-    if fa.action == "keep":
-        return "kept as is after scrubbing emails, phones, cards, IPs and long numbers"
-    if fa.action == "measure":
-        lo, hi = fa.clamp or (0, 0)
-        bands = f", bands {list(fa.edges)}" if fa.edges else ""
-        return (
-            f"numeric measure clamped to [{lo:g}, {hi:g}] per event; one person adds at most "
-            f"{fa.max_sum_per_unit:g} to a cell's sum{bands}"
-        )
-    g = fa.generalizer
-    return {
-        "ip_prefix": f"IPv4 to /{fa.ipv4_bits}, IPv6 to /{fa.ipv6_bits} network prefix",
-        "user_agent": "browser family + major version / OS family",
-        "url": "host + path template; query and fragment removed; ids in the path replaced",
-        "referrer_domain": "referring domain only",
-        "band": f"numeric band of {list(fa.edges)}",
-        "text": "free text scrubbed of emails, phones, cards, IPs and long numbers",
-    }.get(g or "", str(g))
+    use = "privacy unit (counted for k)" if fa.field in p.privacy_unit else "not used"
+    return f"keyed BLAKE2b pseudonym, key rotated {rot}; {use}; never released"
+
+
+def _measured(fa: FieldAction, p: Pipeline) -> str:
+    lo, hi = fa.clamp or (0, 0)
+    bands = f", bands {list(fa.edges)}" if fa.edges else ""
+    return (
+        f"numeric measure clamped to [{lo:g}, {hi:g}] per event; one person adds at most "
+        f"{fa.max_sum_per_unit:g} to a cell's sum{bands}"
+    )
+
+
+def _dimension(fa: FieldAction, p: Pipeline) -> str:
+    return dimension_maker(fa).describe(fa)  # each generalizer describes itself
+
+
+# What each action does to a field, for a privacy reviewer.
+_DESCRIBE: dict[Action, Callable[[FieldAction, Pipeline], str]] = {
+    Action.DROP: lambda fa, p: "dropped at the boundary; never stored or released",
+    Action.DEDUPE: lambda fa, p: (
+        "keyed hash kept only to count producer retries once; never released"
+    ),
+    Action.WINDOW: lambda fa, p: f"generalized to its {_fmt_ms(p.window.size_ms)} window",
+    Action.PSEUDONYMIZE: _pseudonymized,
+    Action.KEEP: _dimension,
+    Action.MEASURE: _measured,
+    Action.GENERALIZE: _dimension,
+}
+
+
+def _describe(fa: FieldAction, p: Pipeline) -> str:
+    return _DESCRIBE[fa.action](fa, p)
 
 
 def explain_pipeline(p: Pipeline) -> str:
     from anonstream import explain_dp  # loads OpenDP: not for `import anonstream.explain`
 
-    c = p.contribution
     lines = [
         f"Pipeline {p.name} v{p.version}  ({p.source_file})",
         f"  {p.description}" if p.description else "",
@@ -64,7 +72,7 @@ def explain_pipeline(p: Pipeline) -> str:
     for spec in p.contract.fields:
         fa = p.fields[spec.name]
         what = _describe(fa, p)
-        if fa.action in ("keep", "generalize") and spec.name not in p.dimensions:
+        if fa.action in DIMENSION_ACTIONS and spec.name not in p.dimensions:
             what += "; not a dimension, so never released"
         lines.append(
             f"  {spec.name:<{width}}  [{spec.sensitivity.value:<10}] {fa.action:<12} {what}"
@@ -73,14 +81,11 @@ def explain_pipeline(p: Pipeline) -> str:
     kind = "tumbling" if not w.hopping else f"hopping every {_fmt_ms(w.step_ms)}"
     lines += [
         "",
-        f"Privacy unit (a person, for k): first present of {', '.join(p.privacy_unit)}, "
-        "pseudonymized.",
+        f"Privacy unit (a person, for k): {describe_unit(p.privacy_unit)}.",
         f"Windows: {_fmt_ms(w.size_ms)} {kind}, event time, allowed lateness "
         f"{_fmt_ms(w.allowed_lateness_ms)}; later events are counted late, never merged; "
         f"events more than {_fmt_ms(w.max_future_skew_ms)} ahead of the clock are rejected.",
-        f"Contribution bounds: at most {c.max_events_per_unit_per_cell} events of one person "
-        f"per cell, at most {c.max_cells_per_unit_per_window} cells per person per window "
-        "(excess dropped by a keyed hash, not by arrival order).",
+        f"Contribution bounds: {p.contribution.describe()}.",
         "",
         "Releases:",
     ]

@@ -8,15 +8,16 @@ from __future__ import annotations
 
 import math
 
+from anonstream.core.actions import Mechanism
 from anonstream.core.dp import DpPlan, plan_output, plans
 from anonstream.core.keys import ROTATION_MS
 from anonstream.core.pipeline import Output, Pipeline
 
-_KIND = {
-    ("laplace", True): "Laplace threshold (selects cells)",
-    ("laplace", False): "discrete Laplace",
-    ("gaussian", True): "Gaussian threshold (selects cells)",
-    ("gaussian", False): "discrete Gaussian",
+_KIND: dict[tuple[str, bool], str] = {  # Mechanism members: equal to dp.py's names
+    (Mechanism.LAPLACE, True): "Laplace threshold (selects cells)",
+    (Mechanism.LAPLACE, False): "discrete Laplace",
+    (Mechanism.GAUSSIAN, True): "Gaussian threshold (selects cells)",
+    (Mechanism.GAUSSIAN, False): "discrete Gaussian",
 }
 
 
@@ -104,7 +105,7 @@ def _plan_warnings(p: Pipeline, o: Output, plan: DpPlan) -> list[str]:
         # The error is about proportional to the sensitivity over the epsilon share: a
         # guide, not a map. The sensitivity grows with L x M (Laplace), L x sqrt(M) (Gaussian).
         lm = c.max_events_per_unit_per_cell * c.max_cells_per_unit_per_window
-        if o.dp.mechanism == "gaussian":
+        if o.dp.mechanism == Mechanism.GAUSSIAN:
             now = c.max_events_per_unit_per_cell * math.sqrt(c.max_cells_per_unit_per_window)
             bound = (
                 f"events x sqrt(cells) per person <= {max(1.0, now / ratio):.3g} (now {now:.3g})"

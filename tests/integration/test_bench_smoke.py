@@ -24,7 +24,7 @@ EVENTS = 20_000
 def test_bench_small_workload(kafka_bootstrap: str, tmp_path: Path) -> None:
     runs = ["ceiling", "naive_faust", "quixstreams"]
     if worker_supports_stop_at_end():
-        runs.append("anonstream")
+        runs += ["anonstream", "faust_agent"]
     chart = tmp_path / "bench.png"
     before = set(ROOT.glob("*-data"))
     proc = subprocess.run(
@@ -66,6 +66,10 @@ def test_bench_small_workload(kafka_bootstrap: str, tmp_path: Path) -> None:
     aggregates = {s["releases"]["aggregate"] for s in summary["scale"]}
     if "anonstream" in runs:
         aggregates.add(summary["runs"]["anonstream"]["releases"]["aggregate"])
+    if "faust_agent" in runs:  # the same engine in a Faust app: the same releases
+        agent, worker = summary["runs"]["faust_agent"], summary["runs"]["anonstream"]
+        assert agent["releases"] == worker["releases"]
+        assert summary["ratio_faust_agent"] > 0
     assert len(aggregates) == 1 and aggregates.pop() > 0
     assert chart.is_file() and chart.stat().st_size > 1000
     assert set(ROOT.glob("*-data")) == before  # no Faust data directory left in the checkout

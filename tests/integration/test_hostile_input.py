@@ -15,7 +15,7 @@ import orjson
 import pytest
 from aiokafka import AIOKafkaConsumer
 
-from anonstream.core import policy as policy_module
+from anonstream.core import generalizers as generalizers_module
 from anonstream.core.engine import wall_clock_ms
 from anonstream.core.records import rfc3339
 from anonstream.synthetic import EventGenerator, Workload
@@ -36,9 +36,9 @@ MARKER = "internal-error-probe"
 # value meets, standing for any error nothing foresaw. The test process applies the same
 # fault to its replay.
 SITECUSTOMIZE = f"""
-from anonstream.core import policy
+from anonstream.core import generalizers
 
-_real = policy.url_template
+_real = generalizers.url_template
 
 
 def url_template(value):
@@ -47,7 +47,7 @@ def url_template(value):
     return _real(value)
 
 
-policy.url_template = url_template
+generalizers.url_template = url_template
 """
 
 
@@ -139,14 +139,14 @@ def test_poison_messages_then_sigkill_the_worker_keeps_releasing_what_replay_doe
     assert "Traceback" not in log
     assert MARKER not in log  # the message is never logged
     # Replay, with the same fault, releases exactly what the worker released.
-    real = policy_module.url_template
+    real = generalizers_module.url_template
 
     def url_template(value: str) -> str:
         if MARKER in value:
             raise RuntimeError("injected fault")
         return real(value)
 
-    monkeypatch.setattr(policy_module, "url_template", url_template)
+    monkeypatch.setattr(generalizers_module, "url_template", url_template)
     assert_equal_to_replay(setup, stream, records)
     # Every poison message is on the dead-letter topic exactly once, with its reason.
     dls = asyncio.run(_dead_letters(kafka_bootstrap, setup.dead_letter_topic, len(poison)))

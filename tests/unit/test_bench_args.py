@@ -230,3 +230,55 @@ def test_dp_run_and_its_ratio_to_k_mode(tmp_path: Path) -> None:
     k.extra["events_per_cpu_s"], dp.extra["events_per_cpu_s"] = 400.0, 300.0
     runs = {"anonstream": k, "anonstream-dp": dp}
     assert _cpu_ratio(runs, "anonstream", mine="anonstream-dp") == 0.75
+
+
+def _without(monkeypatch: pytest.MonkeyPatch, *modules: str) -> None:
+    """Make `modules` look uninstalled to the benchmark's checks."""
+    from anonstream_load import extras
+
+    real = extras._missing_module
+    monkeypatch.setattr(extras, "_missing_module", lambda m: m in modules or real(m))
+
+
+def test_a_peer_without_its_extra_is_skipped_by_name_before_anything_starts(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """No quixstreams: the run is named as skipped with what to install; with nothing left
+    to run the command stops at once (no broker is started, no traceback)."""
+    from anonstream_load.extras import unavailable_runs
+
+    _without(monkeypatch, "quixstreams")
+    assert unavailable_runs(("anonstream", "quixstreams")) == {
+        "quixstreams": "quixstreams is not installed (pip install 'anonstream[bench]')"
+    }
+    started: list[object] = []
+    monkeypatch.setattr(bench, "run_benchmark", lambda *a, **k: started.append(a))
+    assert bench.main(["--runs", "quixstreams"]) == 2
+    assert started == []
+    out = capsys.readouterr()
+    assert '"skipped": {"quixstreams": "quixstreams is not installed' in out.out
+    assert "skipping quixstreams" in out.err and "Traceback" not in out.err
+
+
+def test_the_other_runs_go_on_without_the_skipped_one_and_the_chart_is_optional(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from anonstream_load.extras import chart_unavailable
+
+    _without(monkeypatch, "quixstreams", "matplotlib")
+    assert chart_unavailable() == (
+        "matplotlib is not installed (pip install 'anonstream[bench]'); no chart"
+    )
+    seen: list[tuple[str, ...]] = []
+
+    def fake_run(cfg: bench.BenchConfig, console: object) -> dict[str, object]:
+        seen.append(cfg.runs)
+        return {"ok": True, "runs": {}, "scale": [], "events": 1, "users": 1,
+                "partitions": 1, "chart": None, "chart_skipped": chart_unavailable()}  # fmt: skip
+
+    monkeypatch.setattr(bench, "run_benchmark", fake_run)
+    monkeypatch.setattr(bench, "render_table", lambda summary: "")
+    assert bench.main(["--runs", "ceiling,quixstreams"]) == 0
+    assert seen == [("ceiling",)]
+    out = capsys.readouterr().out
+    assert "quixstreams skipped" in out and "chart skipped" in out

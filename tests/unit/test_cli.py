@@ -976,7 +976,6 @@ def test_topics_plan_lists_every_topic_a_deployment_needs() -> None:
         "raw.web-activity": "input", "raw.usage": "input",
         "anon.aggregates.web_activity": "output", "anon.aggregates.service_usage": "output",
         "anon.deadletter": "dead-letter",
-        "anonstream-host-__assignor-__leader": "host-leader",
     }  # fmt: skip
     assert topics["raw.usage"]["partitions"] == 12
     assert topics["anon.deadletter"]["configs"]["retention.ms"] == str(3 * 24 * HOUR)
@@ -1000,8 +999,7 @@ def test_topics_plan_acls_least_privilege() -> None:
     for acl in doc["acls"]:
         assert acl["principal"] in {"User:w", "User:p", "User:d"}
         assert "All" not in acl["operations"]
-        if "Create" in acl["operations"]:  # Faust asks to create it at every start
-            assert roles[acl["name"]] == "host-leader", acl
+        assert "Create" not in acl["operations"]  # the worker's host creates no topic
         if acl["principal"] != "User:w":
             assert acl["resource_type"] == "topic", acl
             assert roles[acl["name"]] == "output", acl
@@ -1010,7 +1008,7 @@ def test_topics_plan_acls_least_privilege() -> None:
               for a in doc["acls"] if a["principal"] == "User:w"}  # fmt: skip
     assert worker[("transactional-id", "anonstream-g-", "prefixed")] == {"Write", "Describe"}
     assert worker[("group", "g", "literal")] == {"Read"}
-    assert worker[("group", "g-host", "literal")] == {"Read"}
+    assert ("group", "g-host", "literal") not in worker  # the host joins no group
     assert worker[("topic", "raw.usage", "literal")] == {"Read", "Describe"}
     assert "Read" not in worker[("topic", "anon.deadletter", "literal")]
     partials = worker[("topic", "anonstream.partials.g.web_activity", "literal")]

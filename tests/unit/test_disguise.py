@@ -35,7 +35,6 @@ from hypothesis import strategies as st
 
 from anonstream.audit import audit_records
 from anonstream.audit_detect import identifier_reasons
-from anonstream.core.columns import Columns
 from anonstream.core.engine import PipelineEngine
 from anonstream.core.keys import load_secret
 from anonstream.core.pipeline import Pipeline, parse_pipeline
@@ -415,10 +414,8 @@ def release(placement: Placement, value: str | None, fast: bool = True) -> list[
         if value is not None:
             ev[field] = template(value)
         events.append(orjson.dumps(ev))
-    engine = PipelineEngine(pipeline, SECRET, clock_ms=lambda: T0 + DAY)
-    if not fast:  # every message takes the per-event path (as in test_columns)
-        empty = Columns.from_records([], [], len(pipeline.measures))
-        engine.columns.run = lambda values: (empty, list(range(len(values))))  # type: ignore[method-assign]
+    # fast=False: every message takes the per-event path (as in test_columns)
+    engine = PipelineEngine(pipeline, SECRET, clock_ms=lambda: T0 + DAY, fast_path=fast)
     out: list[dict[str, Any]] = []
     replay(engine, events, out.append)
     return out

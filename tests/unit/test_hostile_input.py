@@ -17,9 +17,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from anonstream.core import policy as policy_module
+from anonstream.core import generalizers as generalizers_module
 from anonstream.core import release
-from anonstream.core.columns import Columns
 from anonstream.core.contract import SERVICE_USAGE, WEB_ACTIVITY, Contract
 from anonstream.core.decode import (
     BAD_TIMESTAMP,
@@ -61,11 +60,7 @@ YEAR_ONE = ["0001-01-01T00:00:00+01:00", "0001-01-01T00:00:00Z", "0001-01-01T00:
 
 
 def _engine(pipeline: Pipeline, *, fast: bool = True, now: int = NOW) -> PipelineEngine:
-    e = PipelineEngine(pipeline, SECRET, clock_ms=lambda: now)
-    if not fast:
-        empty = Columns.from_records([], [], len(pipeline.measures))
-        e.columns.run = lambda values: (empty, list(range(len(values))))  # type: ignore[method-assign]
-    return e
+    return PipelineEngine(pipeline, SECRET, clock_ms=lambda: now, fast_path=fast)
 
 
 def _run(e: PipelineEngine, raws: list[bytes]) -> StepResult:
@@ -265,14 +260,14 @@ MARKER = "internal-error-probe"
 @pytest.fixture
 def buggy_url_template(monkeypatch: pytest.MonkeyPatch) -> None:
     """A generalizer with a bug that one value meets: what internal_error is for."""
-    real = policy_module.url_template
+    real = generalizers_module.url_template
 
     def url_template(value: str) -> str:
         if MARKER in value:
             raise RuntimeError("a bug met by one value")
         return real(value)
 
-    monkeypatch.setattr(policy_module, "url_template", url_template)
+    monkeypatch.setattr(generalizers_module, "url_template", url_template)
 
 
 @pytest.mark.usefixtures("buggy_url_template")

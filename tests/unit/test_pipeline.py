@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 from collections.abc import Callable
@@ -478,3 +479,35 @@ def test_find_pipeline_named_twice_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(PipelineError) as info:
         find_pipeline("web_activity", tmp_path)
     assert "declared by 2 files" in info.value.reason
+
+
+def _paths(node: Any, prefix: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+    """Every key path of a parsed YAML document (mappings and lists)."""
+    out = [prefix]
+    items = (
+        node.items()
+        if isinstance(node, dict)
+        else enumerate(node)
+        if isinstance(node, list)
+        else ()
+    )
+    for k, v in items:
+        out += _paths(v, (*prefix, k))
+    return out
+
+
+@pytest.mark.parametrize("path", sorted(PIPELINES.rglob("*.yaml")), ids=lambda p: p.name)
+def test_any_value_of_the_wrong_type_anywhere_is_a_pipeline_error(path: Path) -> None:
+    """A hand-edited pipeline with a mapping, a list, a number, null or a bool where the
+    shipped one has something else gets a PipelineError naming the place, never a
+    TypeError (a mapping as `contract` once raised "unhashable type")."""
+    base = yaml.safe_load(path.read_text(encoding="utf-8"))
+    for where in _paths(base)[1:]:
+        for value in ({"a": 1}, ["x"], 3, -1, None, "x", 1.5, True, "", float("nan")):
+            doc = copy.deepcopy(base)
+            node = doc
+            for k in where[:-1]:
+                node = node[k]
+            node[where[-1]] = value
+            with contextlib.suppress(PipelineError):
+                parse_pipeline(doc)

@@ -46,13 +46,8 @@ def make_pipeline(**changes: Any) -> Any:
 
 
 def run(pipeline: Any, events: list[dict[str, Any]], *, fast: bool = True) -> StepResult:
-    engine = PipelineEngine(pipeline, SECRET, clock_ms=lambda: T0 + 7 * DAY)
-    if not fast:  # every event down the per-event reference path
-        run_columns = engine.columns.run
-        engine.columns.run = lambda values: (  # type: ignore[method-assign]
-            run_columns([])[0],
-            list(range(len(values))),
-        )
+    # fast=False: every event down the per-event reference path
+    engine = PipelineEngine(pipeline, SECRET, clock_ms=lambda: T0 + 7 * DAY, fast_path=fast)
     engine.assign([0])
     result = engine.process([Message(orjson.dumps(e), 0, i) for i, e in enumerate(events)])
     assert not result.dead_letters

@@ -17,7 +17,7 @@ from typing import Any, Literal
 from anonstream.core.pipeline import Pipeline
 from anonstream.settings import Settings
 
-Role = Literal["input", "output", "dead-letter", "partials", "ledger", "host-leader"]
+Role = Literal["input", "output", "dead-letter", "partials", "ledger"]
 ResourceType = Literal["topic", "group", "transactional-id"]
 
 DEFAULT_INPUT_PARTITIONS = 6
@@ -47,15 +47,6 @@ class Principals:
     worker: str = "User:anonstream"
     reader: str = "User:partner"
     dashboard: str = "User:dashboard"
-
-
-def host_app_id(settings: Settings) -> str:
-    """The Faust app hosting the worker: its id is its consumer group's name."""
-    return f"{settings.group_id}-host"
-
-
-def host_leader_topic(settings: Settings) -> str:
-    return f"{host_app_id(settings)}-__assignor-__leader"
 
 
 def transactional_id_prefix(settings: Settings) -> str:
@@ -101,14 +92,13 @@ def deployment_topics(
     pipelines: Sequence[Pipeline],
     input_partitions: int = DEFAULT_INPUT_PARTITIONS,
 ) -> list[TopicSpec]:
-    """Every topic a deployment needs: inputs, what the worker writes, the host's own."""
+    """Every topic a deployment needs: inputs and what the worker writes (its Faust host
+    starts no Kafka client: runtime/worker.py)."""
     inputs = {
         p.source_topic: TopicSpec(p.source_topic, input_partitions, "input", note="raw events")
         for p in pipelines
     }
-    leader = host_leader_topic(settings)
-    host = TopicSpec(leader, 1, "host-leader", note="Faust's leader election (the host)")
-    return [*inputs.values(), *worker_topics(settings, pipelines), host]
+    return [*inputs.values(), *worker_topics(settings, pipelines)]
 
 
 def acls(settings: Settings, pipelines: Sequence[Pipeline], principals: Principals) -> list[Acl]:
@@ -132,15 +122,8 @@ def acls(settings: Settings, pipelines: Sequence[Pipeline], principals: Principa
         Acl(w, "topic", n, ("Read", "Write", "Describe"), why="dp privacy ledger")
         for n in by_role.get("ledger", [])
     ]
-    # Faust asks to create its leader topic at every start, existing or not; the broker
-    # answers "exists" only to a principal allowed to create it.
-    out += [
-        Acl(w, "topic", n, ("Read", "Write", "Describe", "Create"), why="the Faust host's own")
-        for n in by_role["host-leader"]
-    ]
     out += [
         Acl(w, "group", settings.group_id, ("Read",), why="consume and commit in transactions"),
-        Acl(w, "group", host_app_id(settings), ("Read",), why="the Faust host's own group"),
         Acl(
             w, "transactional-id", transactional_id_prefix(settings), ("Write", "Describe"),
             "prefixed", "one transactional id per worker slot",

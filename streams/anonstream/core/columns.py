@@ -12,16 +12,15 @@ which is the reference: both paths give the same result for every input (propert
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from dataclasses import dataclass
-from itertools import compress, repeat
-from operator import and_, attrgetter, is_
+from operator import attrgetter
 from typing import Annotated, Any
 
 import msgspec
 import numpy as np
 import numpy.typing as npt
 
+from anonstream.core.cache import DIMENSION_VALUES, BoundedCache
 from anonstream.core.contract import Contract, FieldType
 from anonstream.core.decode import MAX_TS_MS, MIN_TS_MS, Decoder, TimestampCache, parse_ts
 from anonstream.core.policy import NONE, Policy, PolicyRecord
@@ -146,12 +145,12 @@ class ColumnPolicy:
         self._get = {f.name: attrgetter(f.name) for f in contract.fields}
         self._ts_strings = TimestampCache()
         p = policy.pipeline
-        self._unit_fields = p.privacy_unit
         self._dim_names = p.dimensions
         self._dim_fns = dict(policy.dim_functions)
-        self._dim_cache: dict[str, dict[Any, str]] = {n: {None: NONE} for n in p.dimensions}
+        self._dim_cache: dict[str, BoundedCache[Any, str]] = {
+            n: BoundedCache(DIMENSION_VALUES, {None: NONE}) for n in p.dimensions
+        }
         self._measures = p.measures
-        self._unit_cache: dict[tuple[int, str], dict[str, int]] = {}
 
     def run(self, values: list[bytes]) -> tuple[Columns, list[int]]:
         """Columns of the events that pass every check, and the indices of the others
@@ -217,78 +216,13 @@ class ColumnPolicy:
                 flagged.add(i)
         return objs
 
-    def _cache_for(self, period: int, name: str) -> dict[str, int]:
-        cache = self._unit_cache.get((period, name))
-        if cache is None:
-            if len(self._unit_cache) > 16:  # only a few periods are ever in flight
-                self._unit_cache.clear()
-            cache = self._unit_cache[(period, name)] = {}
-        return cache
-
-    def _pseudonym(self, name: str, raw: str, ts_ms: int) -> int | None:
-        """One event's pseudonym, for batches that span key periods; None if blank."""
-        period = ts_ms // self.policy.pseudonyms.rotation_ms
-        cache = self._cache_for(period, name)
-        u = cache.get(raw)
-        if u is None:
-            if len(cache) > 500_000:
-                cache.clear()
-            self._new_pseudonyms(name, {raw}, period)
-            u = cache.get(raw)
-        return u
-
-    def _new_pseudonyms(self, name: str, raws: set[str], period: int) -> None:
-        """`_pseudonym` into the cache, for the distinct misses of a batch within one key
-        period; blank values are left out (absent: the next unit field decides)."""
-        keep = [r for r in raws if not r.isspace()]
-        # One person, one pseudonym: emails are case-insensitive in practice.
-        norm = [r.strip().lower() for r in keep] if name.endswith("email") else keep
-        units = self.policy.pseudonyms.many(name, norm, period)
-        self._cache_for(period, name).update(zip(keep, units, strict=True))
-
     def _units(
         self, objs: list[Any], ts: npt.NDArray[np.int64], one_period: bool
     ) -> list[int | None]:
-        """Privacy unit of each event: the first non-empty field, keyed pseudonym (key of
-        the period of `ts`) through a per-period cache; a batch within one key period (the
-        usual case) needs no per-event period. None where every unit field is blank."""
-        n = len(objs)
-        rotation = self.policy.pseudonyms.rotation_ms
-        periods = ts // rotation
-        one_period = one_period and int(periods.min()) == int(periods.max())
-        unit_list: list[int | None] = [None] * n
-        for i, name in enumerate(self._unit_fields):
-            col: list[Any] = list(map(self._get[name], objs))
-            if one_period:
-                period = int(periods[0])
-                cache = self._cache_for(period, name)
-                if len(cache) > 500_000:
-                    cache.clear()  # before the look-ups: the second pass must find every miss
-                got: list[int | None] = list(map(cache.get, col))
-                if None in got:
-                    # Distinct values not cached and not already decided by an earlier unit
-                    # field, picked out in C; absent and empty values are no pseudonyms.
-                    need: Iterator[bool] = map(is_, got, repeat(None))
-                    if i:
-                        need = map(and_, need, map(is_, unit_list, repeat(None)))
-                    todo = set(compress(col, need))
-                    todo.discard(None)
-                    todo.discard("")
-                    if todo:
-                        self._new_pseudonyms(name, todo, period)
-                        got = list(map(cache.get, col))  # blank values stay None
-            else:
-                got = [None] * n
-                for j in range(n) if i == 0 else [j for j in range(n) if unit_list[j] is None]:
-                    if col[j]:
-                        got[j] = self._pseudonym(name, col[j], int(ts[j]))
-            if i == 0:
-                unit_list = got
-            else:
-                unit_list = [g if u is None else u for u, g in zip(unit_list, got, strict=True)]
-            if None not in unit_list:
-                break
-        return unit_list
+        """Privacy unit of each event (None where no unit field is present): the policy's
+        `PrivacyUnit`, given the unit fields one column at a time."""
+        get = self._get
+        return self.policy.unit.of_columns(lambda name: list(map(get[name], objs)), ts, one_period)
 
     def _policy(self, objs: list[Any]) -> tuple[Columns, set[int]]:
         n = len(objs)
@@ -336,10 +270,9 @@ class ColumnPolicy:
             out: list[str | None] = list(map(dcache.get, col))
             if None in out:
                 fn = self._dim_fns[name]
-                if len(dcache) > 200_000:
-                    dcache.clear()
-                    dcache[None] = NONE
-                for j in [j for j in range(n) if out[j] is None]:
+                missed = [j for j in range(n) if out[j] is None]
+                dcache.make_room(len(missed))
+                for j in missed:
                     out[j] = dcache[col[j]] = fn(col[j])
             dim_cols.append(out)
         dims: list[tuple[str, ...]] = list(zip(*dim_cols, strict=True)) if dim_cols else [()] * n

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from anonstream.core.cache import TIMESTAMP_PARTS, BoundedCache
 from anonstream.core.contract import Contract, FieldSpec, FieldType
 
 # Reason codes; stable, documented in docs/input-contract.md and used as metric labels.
@@ -161,10 +162,9 @@ class TimestampCache:
     by the caller (which rejects the last).
     """
 
-    def __init__(self, limit: int = 100_000) -> None:
-        self._heads: dict[str, int] = {}  # _BAD: not a plain date-time
-        self._tails: dict[str, int] = {}  # _BAD: not a fraction and an offset
-        self._limit = limit
+    def __init__(self, limit: int = TIMESTAMP_PARTS) -> None:
+        self._heads: BoundedCache[str, int] = BoundedCache(limit)  # _BAD: not a plain date-time
+        self._tails: BoundedCache[str, int] = BoundedCache(limit)  # _BAD: no fraction and offset
 
     def __call__(self, value: str) -> int:
         """Epoch ms of an RFC 3339 string, or 0 when the caller must ask `parse_ts`."""
@@ -194,17 +194,13 @@ class TimestampCache:
 
     def _new_heads(self, heads: list[str]) -> list[int]:
         ms = plain_heads_ms(heads).tolist()
-        if len(self._heads) + len(heads) > self._limit:
-            self._heads.clear()
+        self._heads.make_room(len(heads))
         self._heads.update(zip(heads, ms, strict=True))
         return ms
 
     def _tail(self, tail: str) -> int:
         ms = parse_ts(_MID + tail)
-        if len(self._tails) >= self._limit:
-            self._tails.clear()
-        self._tails[tail] = got = _BAD if ms is None else ms - _MID_MS
-        return got
+        return self._tails.put(tail, _BAD if ms is None else ms - _MID_MS)
 
 
 def _depth(value: object, limit: int) -> int:

@@ -16,7 +16,9 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
+
+from anonstream.core.actions import Mechanism
 
 PRIVACY_MODES = ("k", "dp")
 
@@ -27,7 +29,7 @@ class DpSpec:
 
     epsilon: float
     delta: float
-    mechanism: Literal["laplace", "gaussian"] = "laplace"  # discrete, both (core/dp.py)
+    mechanism: Mechanism = Mechanism.LAPLACE  # discrete, both (core/dp.py)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +67,7 @@ def _mapping(raw: object, path: str, keys: set[str], fail: Fail) -> dict[str, An
 def parse_dp(raw: object, path: str, fail: Fail) -> DpSpec:
     d = _mapping(raw, path, {"epsilon", "delta", "mechanism"}, fail)
     mech = d.get("mechanism", "laplace")
-    if mech not in ("laplace", "gaussian"):
+    if mech not in tuple(Mechanism):
         raise fail(f"{path}.mechanism", "expected laplace or gaussian (both discrete)")
     eps = _number(d, "epsilon", path, fail)
     if not 0 < eps <= 10:
@@ -74,7 +76,7 @@ def parse_dp(raw: object, path: str, fail: Fail) -> DpSpec:
     # delta pays for partition selection (which cells exist); 0 would release no cell.
     if not 0 < delta <= 1e-4:
         raise fail(f"{path}.delta", "expected 0 < delta <= 1e-4 (it pays for choosing cells)")
-    return DpSpec(eps, delta, mech)
+    return DpSpec(eps, delta, Mechanism(mech))
 
 
 def parse_budget(raw: object, path: str, fail: Fail) -> DpBudget | None:

@@ -23,6 +23,8 @@ import mmh3
 import numpy as np
 import numpy.typing as npt
 
+from anonstream.core.cache import PERIOD_KEYS, BoundedCache
+
 SECRET_ENV = "ANONSTREAM_SECRET"
 SECRET_FILE_ENV = "ANONSTREAM_SECRET_FILE"
 MIN_SECRET_BYTES = 16
@@ -87,21 +89,24 @@ def load_secret(
 
 
 class Pseudonymizer:
-    """Keyed pseudonyms per (pipeline, period), with a bounded cache.
+    """Keyed pseudonyms per (pipeline, period).
 
-    The cache maps raw values to pseudonyms in process memory only (like the event being
-    processed); it is never persisted, and it is cleared when it fills up.
+    This is the keyed function only: pseudonyms are cached once, by the privacy unit that
+    asks for them (core/unit.py). What is kept here is per period: its key and a keyed
+    hash state, both bounded (core/cache.py PERIOD_KEYS).
     """
 
     def __init__(
-        self, secret: MasterSecret, pipeline: str, rotation_ms: int, cache_size: int = 200_000
+        self, secret: MasterSecret, pipeline: str, rotation_ms: int, cache_size: int = 0
     ) -> None:
+        # cache_size: accepted for callers written when this class cached pseudonyms; the
+        # one pseudonym cache is PrivacyUnit's now.
+        del cache_size
         self._root = secret.derive(f"pseudonym/{pipeline}")
         self.rotation_ms = rotation_ms
-        self._keys: dict[int, bytes] = {}
-        self._keyed: dict[int, Any] = {}  # period -> keyed BLAKE2b state, never fed data
-        self._cache: dict[tuple[int, str], int] = {}
-        self._cache_size = cache_size
+        self._keys: BoundedCache[int, bytes] = BoundedCache(PERIOD_KEYS)
+        # period -> keyed BLAKE2b state, never fed data
+        self._keyed: BoundedCache[int, Any] = BoundedCache(PERIOD_KEYS)
 
     def period_of(self, ts_ms: int) -> int:
         return ts_ms // self.rotation_ms
@@ -109,37 +114,26 @@ class Pseudonymizer:
     def period_key(self, period: int) -> bytes:
         key = self._keys.get(period)
         if key is None:
-            key = hmac.new(self._root, f"period/{period}".encode(), hashlib.sha256).digest()
-            if len(self._keys) > 64:  # only a few periods are ever open at once
-                self._keys.clear()
-            self._keys[period] = key
+            key = self._keys.put(
+                period, hmac.new(self._root, f"period/{period}".encode(), hashlib.sha256).digest()
+            )
         return key
 
     def pseudonym(self, tag: str, value: str, ts_ms: int) -> int:
         """A 64-bit pseudonym of `value`, domain-separated by `tag` (the field name)."""
-        period = ts_ms // self.rotation_ms
-        ck = (period, tag + "\x00" + value)
-        p = self._cache.get(ck)
-        if p is None:
-            p = self.uncached(tag, value, period)
-            if len(self._cache) >= self._cache_size:
-                self._cache.clear()
-            self._cache[ck] = p
-        return p
+        return self.uncached(tag, value, ts_ms // self.rotation_ms)
 
     def _keyed_state(self, period: int) -> Any:
         keyed = self._keyed.get(period)
         if keyed is None:
-            if len(self._keyed) > 64:
-                self._keyed.clear()
             # The key block is hashed once per period; copies start from that state.
-            keyed = self._keyed[period] = hashlib.blake2b(
-                key=self.period_key(period), digest_size=8
+            keyed = self._keyed.put(
+                period, hashlib.blake2b(key=self.period_key(period), digest_size=8)
             )
         return keyed
 
     def uncached(self, tag: str, value: str, period: int) -> int:
-        """`pseudonym` for callers that keep their own cache."""
+        """The pseudonym of `value` under the key of `period`."""
         return self.many(tag, [value], period)[0]
 
     def many(self, tag: str, values: list[str], period: int) -> list[int]:

@@ -3,21 +3,31 @@
 A pipeline must say what happens to every field of its input contract: there is no
 default action, so a new field cannot slip through unreviewed. Actions are checked against
 the field's sensitivity class, and a wrong file fails at load time with the file, the field
-path and the reason.
+path and the reason. The file is read section by section, one small function each, in
+file order; the `fields:` section is core/fieldparse.py's, getters and errors are
+core/reader.py's.
 """
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
-from itertools import pairwise
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
 
-from anonstream.core.contract import CONTRACTS, Contract, FieldSpec, FieldType, Sensitivity
+from anonstream.core.actions import (
+    ACTIONS,
+    DIMENSION_ACTIONS,
+    OTHER,
+    Action,
+    FieldAction,
+    Mechanism,
+)
+from anonstream.core.contract import CONTRACTS, Contract
+from anonstream.core.contribution import KEYS as CONTRIBUTION_KEYS
+from anonstream.core.contribution import Contribution
 from anonstream.core.decode import DEFAULT_MAX_FUTURE_MS
 from anonstream.core.dpspec import (
     DpBudget,
@@ -27,52 +37,15 @@ from anonstream.core.dpspec import (
     parse_dp,
     parse_mode,
 )
+from anonstream.core.fieldparse import GENERALIZERS, MAX_EDGES, field_action
 from anonstream.core.keys import ROTATION_MS
-from anonstream.core.scrub import scrub_identifiers
+from anonstream.core.reader import PipelineError, Reader, parse_duration_ms
 
-GENERALIZERS = ("ip_prefix", "user_agent", "url", "referrer_domain", "band", "text")
-ACTIONS = ("drop", "keep", "pseudonymize", "generalize", "measure", "dedupe", "window")
-# release.band_histograms keeps each person's bands as bits of one int64 (with one bit
-# to spare for its masks): at most 62 bands. More than that would overflow silently.
-MAX_EDGES = 61
-
-_ALLOWED: dict[Sensitivity, set[str]] = {
-    Sensitivity.META: {"dedupe", "window", "drop"},
-    Sensitivity.IDENTIFIER: {"drop", "pseudonymize"},
-    Sensitivity.QUASI: {"drop", "generalize"},
-    Sensitivity.ACCOUNT: {"drop", "keep", "pseudonymize"},
-    Sensitivity.SAFE: {"drop", "keep", "generalize", "measure"},
-}
-
-
-class PipelineError(ValueError):
-    """A pipeline file is wrong. The message names the file, the field path and the reason."""
-
-    def __init__(self, source: str, path: str, reason: str) -> None:
-        super().__init__(f"{source}: {path}: {reason}")
-        self.source = source
-        self.path = path
-        self.reason = reason
-
-
-@dataclass(frozen=True, slots=True)
-class FieldAction:
-    field: str
-    action: str
-    generalizer: str | None = None
-    ipv4_bits: int = 24
-    ipv6_bits: int = 48
-    edges: tuple[float, ...] = ()
-    clamp: tuple[float, float] | None = None
-    # measure: one person's total in one cell's sum is clipped to [-bound, bound]
-    max_sum_per_unit: float | None = None
-    # keep: the values released as they are; any other becomes OTHER
-    values: tuple[str, ...] | None = None
-
-
-OTHER = "(other)"  # released value of a kept field outside its allow-list
-_RESERVED_VALUES = frozenset({OTHER, "(none)", "(*)", "*", "<invalid>"})
-MAX_ALLOWED_VALUE_LEN = 80
+__all__ = [
+    "ACTIONS", "GENERALIZERS", "MAX_EDGES", "OTHER", "Action", "Contribution", "FieldAction",
+    "Mechanism", "Noise", "Output", "Pipeline", "PipelineError", "WindowSpec", "find_pipeline",
+    "load_pipeline", "parse_duration_ms", "parse_pipeline",
+]  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,14 +63,8 @@ class WindowSpec:
 
 
 @dataclass(frozen=True, slots=True)
-class Contribution:
-    max_events_per_unit_per_cell: int = 10
-    max_cells_per_unit_per_window: int = 20
-
-
-@dataclass(frozen=True, slots=True)
 class Noise:
-    mechanism: Literal["laplace", "gaussian"]
+    mechanism: Mechanism
     epsilon: float
     delta: float = 0.0
 
@@ -144,232 +111,48 @@ class Pipeline:
         return tuple(seen)
 
 
-_DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)?\s*$")
-_UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1000}
-
-
-def parse_duration_ms(value: object) -> int:
-    """'90s', '5m', '1h', '1d', '250ms' or a bare number of seconds."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration like 5m or 1h")
-    if isinstance(value, int):
-        return value * 1000
-    m = _DURATION.match(str(value))
-    if not m:
-        raise ValueError(f"expected a duration like 5m or 1h, got {value!r}")
-    return int(m.group(1)) * _UNIT_MS[m.group(2)]
-
-
-class _Reader:
-    """Small helper that knows where it is in the document, for readable errors."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, path: str, reason: str) -> PipelineError:
-        return PipelineError(self.source, path, reason)
-
-    def mapping(self, obj: object, path: str) -> dict[str, Any]:
-        if not isinstance(obj, dict):
-            raise self.fail(path, f"expected a mapping, got {type(obj).__name__}")
-        return obj
-
-    def string_list(self, obj: object, path: str) -> tuple[str, ...]:
-        if obj is None:
-            return ()
-        if isinstance(obj, str):
-            return (obj,)
-        if not isinstance(obj, list) or not all(isinstance(x, str) for x in obj):
-            raise self.fail(path, "expected a list of field names")
-        return tuple(obj)
-
-    def positive_int(self, obj: object, path: str, minimum: int = 1) -> int:
-        if isinstance(obj, bool) or not isinstance(obj, int) or obj < minimum:
-            raise self.fail(path, f"expected an integer >= {minimum}, got {obj!r}")
-        return obj
-
-    def duration(self, obj: object, path: str) -> int:
-        try:
-            return parse_duration_ms(obj)
-        except ValueError as exc:
-            raise self.fail(path, str(exc)) from None
-
-    def unknown_keys(self, d: dict[str, Any], allowed: set[str], path: str) -> None:
-        extra = sorted(set(d) - allowed)
-        if extra:
-            raise self.fail(f"{path}.{extra[0]}" if path else extra[0], "unknown key")
-
-
-def _field_action(r: _Reader, spec: FieldSpec, raw: object, path: str) -> FieldAction:
-    allowed = _ALLOWED[spec.sensitivity]
-    if isinstance(raw, str):
-        action, params = raw, {}
-    elif isinstance(raw, dict) and len(raw) >= 1:
-        keys = [k for k in raw if k in ACTIONS]
-        if len(keys) != 1:
-            raise r.fail(path, f"name exactly one action of {', '.join(ACTIONS)}")
-        action = keys[0]
-        params = {k: v for k, v in raw.items() if k != action}
-        if action == "generalize":
-            params["generalizer"] = raw[action]
-        elif action == "keep" and raw[action] not in (True, None):
-            # keep: {values: [...]}: the options of keep sit under it
-            params.update(r.mapping(raw[action], f"{path}.keep"))
-    else:
-        raise r.fail(path, f"expected an action ({', '.join(ACTIONS)})")
-    if action not in ACTIONS:
-        raise r.fail(path, f"unknown action {action!r}; expected one of {', '.join(ACTIONS)}")
-    if action not in allowed:
-        raise r.fail(
-            path,
-            f"action {action!r} is not allowed for a {spec.sensitivity.value} field "
-            f"(allowed: {', '.join(sorted(allowed))})",
-        )
-    if action == "dedupe" and spec.name != "event_id":
-        raise r.fail(path, "only event_id can be used for duplicate detection")
-    if action == "window" and spec.type is not FieldType.TIMESTAMP:
-        raise r.fail(path, "only the event time can be the window field")
-    if spec.type is FieldType.OBJECT and action != "drop":
-        raise r.fail(path, "nested objects can only be dropped")
-    if action == "measure" and spec.type is not FieldType.INT:
-        raise r.fail(path, "only numeric fields can be measured")
-    kw: dict[str, Any] = {}
-    if action == "generalize":
-        g = params.pop("generalizer", None)
-        if g is None:
-            raise r.fail(path, f"name the generalizer: {{generalize: one of {GENERALIZERS}}}")
-        if not isinstance(g, str) or g not in GENERALIZERS:
-            raise r.fail(path, f"unknown generalizer {g!r}; expected one of {GENERALIZERS}")
-        if g == "text" and spec.sensitivity is not Sensitivity.SAFE:
-            raise r.fail(
-                path,
-                "free-text scrubbing is not generalization enough for a "
-                f"{spec.sensitivity.value} field; use its own generalizer",
-            )
-        if g == "band" and spec.type is not FieldType.INT:
-            raise r.fail(path, "band generalizes numeric fields only")
-        kw["generalizer"] = g
-        if g == "ip_prefix":
-            kw["ipv4_bits"] = params.pop("ipv4_bits", 24)
-            kw["ipv6_bits"] = params.pop("ipv6_bits", 48)
-            if not (isinstance(kw["ipv4_bits"], int) and 0 <= kw["ipv4_bits"] <= 24):
-                raise r.fail(f"{path}.ipv4_bits", "must be an integer from 0 to 24")
-            # Past /48 a NAT64 network-specific prefix (RFC 6052: /32 to /96) keeps
-            # embedded IPv4 address bits, so a released /64 can hold a whole IPv4 address.
-            if not (isinstance(kw["ipv6_bits"], int) and 0 <= kw["ipv6_bits"] <= 48):
-                raise r.fail(
-                    f"{path}.ipv6_bits",
-                    "must be an integer from 0 to 48 (longer prefixes can keep an IPv4"
-                    " address embedded by NAT64)",
-                )
-    if action in ("measure", "generalize") and ("edges" in params or "bands" in params):
-        edges = params.pop("edges", None) or params.pop("bands", None)
-        if (
-            not isinstance(edges, list)
-            or len(edges) < 1
-            or not all(isinstance(e, int | float) for e in edges)
-            or not all(math.isfinite(e) for e in edges)
-            or any(a >= b for a, b in pairwise(edges))
-        ):
-            raise r.fail(f"{path}.edges", "expected a strictly increasing list of numbers")
-        if len(edges) > MAX_EDGES:
-            raise r.fail(f"{path}.edges", f"at most {MAX_EDGES} edges, got {len(edges)}")
-        kw["edges"] = tuple(float(e) for e in edges)
-    if kw.get("generalizer") == "band" and not kw.get("edges"):
-        raise r.fail(f"{path}.edges", "band needs edges")
-    if action == "measure":
-        clamp = params.pop("clamp", None)
-        if (
-            not isinstance(clamp, list)
-            or len(clamp) != 2
-            or not all(isinstance(c, int | float) and math.isfinite(c) for c in clamp)
-            or clamp[0] > clamp[1]
-        ):
-            raise r.fail(
-                f"{path}.clamp", "a measure needs clamp: [low, high], the bounds of one event"
-            )
-        kw["clamp"] = (float(clamp[0]), float(clamp[1]))
-    if action == "measure":
-        assert kw["clamp"] is not None
-        bound = params.pop("max_sum_per_unit", None)
-        if bound is None:  # default: one event's worth per person and cell
-            bound = max(abs(kw["clamp"][0]), abs(kw["clamp"][1]))
-        elif (
-            isinstance(bound, bool)
-            or not isinstance(bound, int | float)
-            or not (math.isfinite(bound) and bound > 0)
-        ):
-            raise r.fail(
-                f"{path}.max_sum_per_unit",
-                "expected a positive number: the most one person adds to one cell's sum",
-            )
-        kw["max_sum_per_unit"] = float(bound)
-    if action == "keep" and "values" in params:
-        kw["values"] = _allowed_values(r, params.pop("values"), f"{path}.keep.values")
-    if params:
-        raise r.fail(f"{path}.{sorted(params)[0]}", f"unknown option for {action}")
-    return FieldAction(field=spec.name, action=action, **kw)
-
-
-def _allowed_values(r: _Reader, raw: object, path: str) -> tuple[str, ...]:
-    """An allow-list of a kept field: distinct, short, printable strings that are neither
-    a marker of the release format nor changed by scrubbing (they are released as is)."""
-    if not isinstance(raw, list) or not raw:
-        raise r.fail(path, "expected a non-empty list of strings")
-    for v in raw:
-        if not isinstance(v, str) or not v or not v.isprintable() or v.isspace():
-            raise r.fail(path, f"expected printable strings, got {v!r}")
-        if len(v) > MAX_ALLOWED_VALUE_LEN:
-            raise r.fail(path, f"a value is longer than {MAX_ALLOWED_VALUE_LEN} characters")
-        if v in _RESERVED_VALUES:
-            raise r.fail(path, f"{v!r} is a marker of the release format")
-        if scrub_identifiers(v) != v:
-            raise r.fail(path, "a value looks like an identifier (scrubbing would change it)")
-    if len(set(raw)) != len(raw):
-        raise r.fail(path, "a value is listed twice")
-    return tuple(raw)
-
-
-def _noise(r: _Reader, raw: object, path: str) -> Noise | None:
+def _noise(r: Reader, raw: object, path: str) -> Noise | None:
     if raw is None:
         return None
     d = r.mapping(raw, path)
     r.unknown_keys(d, {"mechanism", "epsilon", "delta"}, path)
-    mech = d.get("mechanism", "laplace")
-    if mech not in ("laplace", "gaussian"):
-        raise r.fail(f"{path}.mechanism", "expected laplace or gaussian")
+    kind = d.get("mechanism", Mechanism.LAPLACE.value)
+    if kind not in tuple(Mechanism):
+        raise r.fail(f"{path}.mechanism", f"expected {' or '.join(Mechanism)}")
+    mech = Mechanism(kind)
     eps = d.get("epsilon")
     if not isinstance(eps, int | float) or isinstance(eps, bool) or not 0 < eps <= 20:
         raise r.fail(f"{path}.epsilon", "expected a number in (0, 20]")
     delta = d.get("delta", 0.0)
     if not isinstance(delta, int | float) or isinstance(delta, bool):
         raise r.fail(f"{path}.delta", "expected a number")
-    if mech == "gaussian" and not 0 < delta < 1e-3:
+    if mech is Mechanism.GAUSSIAN and not 0 < delta < 1e-3:
         raise r.fail(f"{path}.delta", "gaussian noise needs 0 < delta < 0.001")
     return Noise(mech, float(eps), float(delta))
 
 
-def parse_pipeline(doc: object, source: str = "<memory>") -> Pipeline:
-    r = _Reader(source)
-    d = r.mapping(doc, "(top)")
-    r.unknown_keys(
-        d,
-        {
-            "pipeline", "version", "description", "contract", "source_topic", "privacy_unit",
-            "pseudonym_rotation", "fields", "window", "dimensions", "metrics", "contribution",
-            "k", "noise", "outputs", "dp_budget",
-        },
-        "",
-    )  # fmt: skip
+_TOP_KEYS = {
+    "pipeline", "version", "description", "contract", "source_topic", "privacy_unit",
+    "pseudonym_rotation", "fields", "window", "dimensions", "metrics", "contribution",
+    "k", "noise", "outputs", "dp_budget",
+}  # fmt: skip
+_NAME = re.compile(r"[a-z][a-z0-9_]{0,62}")
+
+
+def _header(r: Reader, d: dict[str, Any]) -> tuple[str, int, Contract]:
+    """`pipeline`, `version` and `contract`."""
     name = d.get("pipeline")
-    if not isinstance(name, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", name):
+    if not isinstance(name, str) or not _NAME.fullmatch(name):
         raise r.fail("pipeline", "expected a lowercase name of letters, digits and _")
     version = r.positive_int(d.get("version"), "version")
     cname = d.get("contract")
-    if cname not in CONTRACTS:
+    if not isinstance(cname, str) or cname not in CONTRACTS:
         raise r.fail("contract", f"expected one of {', '.join(CONTRACTS)}, got {cname!r}")
-    contract = CONTRACTS[cname]
+    return name, version, CONTRACTS[cname]
 
+
+def _fields(r: Reader, d: dict[str, Any], contract: Contract) -> dict[str, FieldAction]:
+    """`fields`: an explicit action for every field of the contract, and no other."""
     raw_fields = r.mapping(d.get("fields"), "fields")
     fields: dict[str, FieldAction] = {}
     for spec in contract.fields:
@@ -378,25 +161,27 @@ def parse_pipeline(doc: object, source: str = "<memory>") -> Pipeline:
                 f"fields.{spec.name}",
                 "missing: every field of the input contract needs an explicit action",
             )
-        fields[spec.name] = _field_action(r, spec, raw_fields[spec.name], f"fields.{spec.name}")
+        fields[spec.name] = field_action(r, spec, raw_fields[spec.name], f"fields.{spec.name}")
     for extra in raw_fields:
         if extra not in fields:
             raise r.fail(f"fields.{extra}", f"not a field of the {contract.name} contract")
-    if fields["event_id"].action != "dedupe" or fields["ts"].action != "window":
+    if fields["event_id"].action is not Action.DEDUPE or fields["ts"].action is not Action.WINDOW:
         raise r.fail("fields", "event_id must be 'dedupe' and ts must be 'window'")
+    return fields
 
+
+def _privacy_unit(r: Reader, d: dict[str, Any], fields: dict[str, FieldAction]) -> tuple[str, ...]:
     unit = r.string_list(d.get("privacy_unit"), "privacy_unit")
     if not unit:
         raise r.fail("privacy_unit", "name the field(s) identifying a person, first present wins")
     for u in unit:
-        if u not in fields or fields[u].action != "pseudonymize":
+        if u not in fields or fields[u].action is not Action.PSEUDONYMIZE:
             raise r.fail("privacy_unit", f"{u!r} must be a field whose action is pseudonymize")
+    return unit
 
-    rotation = d.get("pseudonym_rotation", "daily")
-    if rotation not in ROTATION_MS:
-        raise r.fail("pseudonym_rotation", f"expected one of {', '.join(ROTATION_MS)}")
-    rotation_ms = ROTATION_MS[rotation]
 
+def _window(r: Reader, d: dict[str, Any], rotation: str) -> WindowSpec:
+    """`window`; its size divides the key period `rotation`."""
     wd = r.mapping(d.get("window"), "window")
     r.unknown_keys(wd, {"size", "step", "allowed_lateness", "max_future_skew"}, "window")
     size = r.duration(wd.get("size"), "window.size")
@@ -406,6 +191,7 @@ def parse_pipeline(doc: object, source: str = "<memory>") -> Pipeline:
         raise r.fail("window", "size and step must be positive")
     if step > size or size % step:
         raise r.fail("window.step", "step must divide size (tumbling: step = size)")
+    rotation_ms = ROTATION_MS[rotation]
     if rotation_ms % size or rotation_ms % step:
         # Then a window starts at most one key period before its events; it counts people
         # with the key of the period it starts in (windows.needs_earlier_key).
@@ -415,21 +201,29 @@ def parse_pipeline(doc: object, source: str = "<memory>") -> Pipeline:
     )
     if not 0 <= skew <= 86_400_000:
         raise r.fail("window.max_future_skew", "expected a duration from 0s to 1d")
-    window = WindowSpec(size, step, lateness, skew)
+    return WindowSpec(size, step, lateness, skew)
 
+
+def _dimensions(r: Reader, d: dict[str, Any], fields: dict[str, FieldAction]) -> tuple[str, ...]:
     dims = r.string_list(d.get("dimensions"), "dimensions")
     for dim in dims:
         fa = fields.get(dim)
         if fa is None:
             raise r.fail("dimensions", f"{dim!r} is not a field")
-        if fa.action not in ("keep", "generalize"):
+        if fa.action not in DIMENSION_ACTIONS:
             raise r.fail(
                 "dimensions", f"{dim!r} is {fa.action}: only kept or generalized fields can be "
                 "dimensions (a pseudonym as a dimension would single people out)",
             )  # fmt: skip
     if len(set(dims)) != len(dims):
         raise r.fail("dimensions", "a dimension is listed twice")
+    return dims
 
+
+def _metrics(
+    r: Reader, d: dict[str, Any], fields: dict[str, FieldAction]
+) -> tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]:
+    """`metrics`: sums, means and histograms, each of measured fields."""
     md = r.mapping(d.get("metrics") or {}, "metrics")
     r.unknown_keys(md, {"sums", "means", "histograms"}, "metrics")
     sums = r.string_list(md.get("sums"), "metrics.sums")
@@ -437,55 +231,63 @@ def parse_pipeline(doc: object, source: str = "<memory>") -> Pipeline:
     hists = r.string_list(md.get("histograms"), "metrics.histograms")
     for key, names in (("sums", sums), ("means", means), ("histograms", hists)):
         for n in names:
-            if n not in fields or fields[n].action != "measure":
+            if n not in fields or fields[n].action is not Action.MEASURE:
                 raise r.fail(f"metrics.{key}", f"{n!r} must be a field whose action is measure")
             if key == "histograms" and not fields[n].edges:
                 raise r.fail(f"fields.{n}.edges", "a histogram needs edges on its measure")
+    return sums, means, hists
 
+
+def _contribution(r: Reader, d: dict[str, Any]) -> Contribution:
+    """`contribution`: its keys are the fields of core/contribution.py's `Contribution`."""
     cd = r.mapping(d.get("contribution") or {}, "contribution")
-    r.unknown_keys(
-        cd, {"max_events_per_unit_per_cell", "max_cells_per_unit_per_window"}, "contribution"
+    r.unknown_keys(cd, set(CONTRIBUTION_KEYS), "contribution")
+    return Contribution(
+        **{
+            key: r.positive_int(cd.get(key, default), f"contribution.{key}")
+            for key, default in CONTRIBUTION_KEYS.items()
+        }
     )
-    contribution = Contribution(
-        r.positive_int(
-            cd.get("max_events_per_unit_per_cell", 10), "contribution.max_events_per_unit_per_cell"
-        ),
-        r.positive_int(
-            cd.get("max_cells_per_unit_per_window", 20),
-            "contribution.max_cells_per_unit_per_window",
-        ),
-    )
-    k = r.positive_int(d.get("k", 10), "k", minimum=2)
-    noise = _noise(r, d.get("noise"), "noise")
 
-    outputs: list[Output] = []
+
+def _output(
+    r: Reader, i: int, ro: object, name: str, dims: tuple[str, ...], k: int, noise: Noise | None
+) -> Output:
+    """One entry of `outputs`; unset keys take the pipeline's values."""
+    p = f"outputs[{i}]"
+    od = r.mapping(ro, p)
+    r.unknown_keys(od, {"name", "topic", "dimensions", "k", "noise", "privacy", "dp"}, p)
+    oname = od.get("name", "default")
+    if not isinstance(oname, str) or not _NAME.fullmatch(oname):
+        raise r.fail(f"{p}.name", "expected a lowercase name")
+    default_topic = f"anon.aggregates.{name}" + ("" if oname == "default" else f".{oname}")
+    topic = od.get("topic", default_topic)
+    odims = r.string_list(od.get("dimensions"), f"{p}.dimensions") or dims
+    if not set(odims) <= set(dims) or len(set(odims)) != len(odims):
+        raise r.fail(f"{p}.dimensions", "must be a subset of the pipeline's dimensions")
+    ok = r.positive_int(od.get("k", k), f"{p}.k", minimum=2)
+    if ok < k:
+        raise r.fail(f"{p}.k", f"an output cannot lower the pipeline's k ({k})")
+    onoise = _noise(r, od["noise"], f"{p}.noise") if "noise" in od else noise
+    mode = parse_mode(od.get("privacy", "k"), f"{p}.privacy", r.fail)
+    odp = parse_dp(od.get("dp"), f"{p}.dp", r.fail) if mode == "dp" else None
+    if mode == "dp" and "noise" in od:
+        raise r.fail(f"{p}.noise", "a dp output draws its own noise: use dp, not noise")
+    if mode != "dp" and "dp" in od:
+        raise r.fail(f"{p}.dp", "needs privacy: dp")
+    onoise = None if mode == "dp" else onoise
+    return Output(oname, str(topic), odims, ok, onoise, mode, odp)
+
+
+def _outputs(
+    r: Reader, d: dict[str, Any], name: str, dims: tuple[str, ...], k: int, noise: Noise | None
+) -> tuple[Output, ...]:
+    """`outputs` (one output named default if none); names unique, secondary outputs'
+    dimensions within the first's."""
     raw_outputs = d.get("outputs") or [{"name": "default"}]
     if not isinstance(raw_outputs, list):
         raise r.fail("outputs", "expected a list")
-    for i, ro in enumerate(raw_outputs):
-        p = f"outputs[{i}]"
-        od = r.mapping(ro, p)
-        r.unknown_keys(od, {"name", "topic", "dimensions", "k", "noise", "privacy", "dp"}, p)
-        oname = od.get("name", "default")
-        if not isinstance(oname, str) or not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", oname):
-            raise r.fail(f"{p}.name", "expected a lowercase name")
-        default_topic = f"anon.aggregates.{name}" + ("" if oname == "default" else f".{oname}")
-        topic = od.get("topic", default_topic)
-        odims = r.string_list(od.get("dimensions"), f"{p}.dimensions") or dims
-        if not set(odims) <= set(dims) or len(set(odims)) != len(odims):
-            raise r.fail(f"{p}.dimensions", "must be a subset of the pipeline's dimensions")
-        ok = r.positive_int(od.get("k", k), f"{p}.k", minimum=2)
-        if ok < k:
-            raise r.fail(f"{p}.k", f"an output cannot lower the pipeline's k ({k})")
-        onoise = _noise(r, od["noise"], f"{p}.noise") if "noise" in od else noise
-        mode = parse_mode(od.get("privacy", "k"), f"{p}.privacy", r.fail)
-        odp = parse_dp(od.get("dp"), f"{p}.dp", r.fail) if mode == "dp" else None
-        if mode == "dp" and "noise" in od:
-            raise r.fail(f"{p}.noise", "a dp output draws its own noise: use dp, not noise")
-        if mode != "dp" and "dp" in od:
-            raise r.fail(f"{p}.dp", "needs privacy: dp")
-        onoise = None if mode == "dp" else onoise
-        outputs.append(Output(oname, str(topic), odims, ok, onoise, mode, odp))
+    outputs = [_output(r, i, ro, name, dims, k, noise) for i, ro in enumerate(raw_outputs)]
     if len({o.name for o in outputs}) != len(outputs):
         raise r.fail("outputs", "output names must be unique")
     for i, o in enumerate(outputs[1:], start=1):
@@ -495,13 +297,35 @@ def parse_pipeline(doc: object, source: str = "<memory>") -> Pipeline:
                 f"outputs[{i}].dimensions",
                 f"must be a subset of the first output's dimensions {list(outputs[0].dimensions)}",
             )
+    return tuple(outputs)
+
+
+def parse_pipeline(doc: object, source: str = "<memory>") -> Pipeline:
+    """A validated pipeline from a parsed YAML document, section by section in file order;
+    the first problem found raises a PipelineError naming `source`, the path and the reason."""
+    r = Reader(source)
+    d = r.mapping(doc, "(top)")
+    r.unknown_keys(d, _TOP_KEYS, "")
+    name, version, contract = _header(r, d)
+    fields = _fields(r, d, contract)
+    unit = _privacy_unit(r, d, fields)
+    rotation = d.get("pseudonym_rotation", "daily")
+    if not isinstance(rotation, str) or rotation not in ROTATION_MS:
+        raise r.fail("pseudonym_rotation", f"expected one of {', '.join(ROTATION_MS)}")
+    window = _window(r, d, rotation)
+    dims = _dimensions(r, d, fields)
+    sums, means, hists = _metrics(r, d, fields)
+    contribution = _contribution(r, d)
+    k = r.positive_int(d.get("k", 10), "k", minimum=2)
+    noise = _noise(r, d.get("noise"), "noise")
+    outputs = _outputs(r, d, name, dims, k, noise)
     dp_budget = parse_budget(d.get("dp_budget"), "dp_budget", r.fail)
     clamps = {
         n: fa.clamp
         for n, fa in fields.items()
         if fa.clamp is not None and n in (*sums, *means, *hists)
     }
-    check_dp_pipeline(outputs, dp_budget, clamps, r.fail)
+    check_dp_pipeline(list(outputs), dp_budget, clamps, r.fail)
 
     return Pipeline(
         name=name,
@@ -510,7 +334,7 @@ def parse_pipeline(doc: object, source: str = "<memory>") -> Pipeline:
         contract=contract,
         source_topic=str(d.get("source_topic", contract.topic)),
         privacy_unit=unit,
-        rotation_ms=rotation_ms,
+        rotation_ms=ROTATION_MS[rotation],
         fields=fields,
         window=window,
         dimensions=dims,
@@ -520,7 +344,7 @@ def parse_pipeline(doc: object, source: str = "<memory>") -> Pipeline:
         contribution=contribution,
         k=k,
         noise=noise,
-        outputs=tuple(outputs),
+        outputs=outputs,
         source_file=source,
         dp_budget=dp_budget,
     )

@@ -26,19 +26,11 @@ import orjson
 from anonstream.core.accumulators import distinct_count
 from anonstream.core.budget import Ledger
 from anonstream.core.cellstate import Rows, WindowState, group_starts, rank_in_group
+from anonstream.core.contribution import bound_cells_per_unit  # also re-exported here
 from anonstream.core.pipeline import Noise, Output, Pipeline
 from anonstream.core.records import STAR, aggregate_record, release_id
 
 U64 = npt.NDArray[np.uint64]
-_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
-
-
-def _mix64(x: U64) -> U64:
-    """splitmix64 finaliser: a fixed, well-spread order for deterministic choices."""
-    with np.errstate(over="ignore"):
-        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
-        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        return x ^ (x >> np.uint64(31))
 
 
 def _non_decreasing(a: npt.NDArray[Any], within: npt.NDArray[Any] | None = None) -> bool:
@@ -49,29 +41,6 @@ def _non_decreasing(a: npt.NDArray[Any], within: npt.NDArray[Any] | None = None)
     if within is not None:
         up |= within[1:] != within[:-1]
     return bool(up.all())
-
-
-def bound_cells_per_unit(rows: Rows, max_cells: int) -> tuple[Rows, int]:
-    """Keep each unit's rows in at most `max_cells` cells, chosen by a hash of (unit, cell)
-    rather than by arrival, so the choice is the same however events were batched."""
-    if not len(rows):
-        return rows, 0
-    order = np.lexsort((rows.cell, rows.unit))
-    r = rows.take(order)
-    pair_start = group_starts(r.unit, r.cell)
-    pair_id = np.cumsum(pair_start) - 1
-    pu, pc = r.unit[pair_start], r.cell[pair_start]
-    with np.errstate(over="ignore"):
-        prio = _mix64(pu ^ (pc * _GOLDEN))
-    porder = np.lexsort((prio, pu))
-    rank_sorted = rank_in_group(group_starts(pu[porder]))
-    keep_pair = np.empty(len(pu), dtype=bool)
-    keep_pair[porder] = rank_sorted < max_cells
-    keep = np.empty(len(order), dtype=bool)
-    keep[order] = keep_pair[pair_id]
-    dropped = int(len(keep) - keep.sum())
-    # In the rows' own order: compacted rows stay sorted by cell, which release reuses.
-    return (rows.take(keep) if dropped else rows), dropped
 
 
 def bound_events_per_released_cell(

@@ -192,6 +192,7 @@ class BatchLoop:
             max_poll_records=s.batch_max, fetch_max_bytes=64 * 1024 * 1024,
             max_partition_fetch_bytes=8 * 1024 * 1024, client_id=f"anonstream-{s.group_id}",
             value_deserializer=raw_records,  # offset and value only: see kafka_compat.py
+            group_instance_id=s.instance_id if s.static_membership else None,  # see Settings
             **client,
         )  # fmt: skip
         self.producer = self._new_producer()

@@ -129,7 +129,7 @@ def run_worker(
     deadlines = Deadlines(settings.startup_timeout_seconds, settings.stop_timeout_seconds)
     deadlines.phase("connecting to Kafka")
     try:
-        check = asyncio.run(_guarded(prepare(settings, pipelines), deadlines))
+        asyncio.run(_guarded(prepare(settings, pipelines), deadlines))
     except StartupError as exc:
         log.error("cannot start: %s", exc)
         return 1
@@ -142,7 +142,7 @@ def run_worker(
 
     stop_on_signals()
     deadlines.phase("starting the host")
-    worker = Worker(settings, pipelines, secret, deadlines, brokers=check.brokers)
+    worker = Worker(settings, pipelines, secret, deadlines)
     return worker.run(log_level)
 
 

@@ -1,8 +1,16 @@
 """The worker process: a Faust app hosting the batched Kafka loop, metrics and health.
 
-Faust gives the process its lifecycle (signals, graceful stop), its web server (/metrics,
-/health) and timers; the hot path itself is `BatchLoop` (runtime/batch.py), which reads
-whole fetches with getmany instead of pushing each event through a Faust stream.
+Faust gives the process its lifecycle (signals, graceful stop, the stop deadline's first
+signal), its web server (/metrics, /health) and its tasks; the hot path itself is
+`BatchLoop` (runtime/batch.py), which reads whole fetches with getmany instead of pushing
+each event through a Faust stream.
+
+The host starts none of Faust's Kafka services (`_HostBoot`): no consumer group of its own,
+no leader topic, no producer. Its only Kafka clients are the batch loop's, so a restarted
+worker waits for nothing of Faust's; with `ANONSTREAM_INSTANCE_ID` set, the loop's consumer
+is a static member of the anonstream group and takes its killed predecessor's place at
+once (docs/operations.md#restarts). Users who run Faust apps of their own put a pipeline
+into them as agents with `anonstream.faust` instead.
 """
 
 from __future__ import annotations
@@ -17,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import faust
+from faust.app.base import BootStrategy
 
 from anonstream.core.keys import MasterSecret
 from anonstream.core.pipeline import Pipeline
@@ -28,25 +37,22 @@ from anonstream.settings import Settings
 log = logging.getLogger("anonstream.worker")
 
 
-def _credentials(settings: Settings) -> Any:
-    proto = settings.security_protocol
-    ssl_ctx = settings.kafka_client_options().get("ssl_context")
-    if proto.startswith("SASL"):
-        return faust.SASLCredentials(
-            username=settings.sasl_username,
-            password=settings.sasl_password.get_secret_value() if settings.sasl_password else None,
-            mechanism=settings.sasl_mechanism,
-            ssl_context=ssl_ctx,
-        )
-    if proto == "SSL":
-        return faust.SSLCredentials(ssl_ctx)
-    return None
-
-
 def _faust_datadir(group_id: str) -> Path:
     path = Path(tempfile.gettempdir()) / "anonstream-faust" / group_id
     path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+class _HostBoot(BootStrategy):
+    """Web server, sensors and tasks only: Faust starts no Kafka client of its own (its
+    consumer would join a group, elect a leader on a topic it creates and, after a crash,
+    wait for its dead predecessor's session to expire before the host runs)."""
+
+    enable_kafka = False
+
+
+class _HostApp(faust.App):
+    BootStrategy = _HostBoot
 
 
 class _OneLine(logging.Filter):
@@ -94,7 +100,6 @@ class Worker:
         pipelines: Sequence[Pipeline],
         secret: MasterSecret,
         deadlines: Deadlines | None = None,
-        brokers: int | None = None,
     ) -> None:
         self.settings = settings
         self.secret = secret
@@ -106,25 +111,19 @@ class Worker:
         self.exit_code = 0
         self._loop_running = False
         self._stopping: asyncio.Future[None] | None = None
-        self.app = faust.App(
+        self.app = _HostApp(
             f"{settings.group_id}-host",
+            # never contacted: the host starts no Kafka client (_HostBoot)
             broker=[f"kafka://{h}" for h in settings.bootstrap_servers.split(",")],
-            broker_credentials=_credentials(settings),
             store="memory://",
             web_enabled=settings.web_enabled,
             web_port=settings.web_port,
             web_host=settings.web_host,
             web_bind=settings.web_host,
-            # its leader topic, if it has to create it
-            topic_replication_factor=settings.replication_factor or min(3, brokers or 1),
             autodiscover=False,
             # Faust keeps table data in a dir of its own; the host has no tables, keep it
             # out of the working directory.
             datadir=_faust_datadir(settings.group_id),
-            # The host joins a group of its own (Faust's leader election); after a crash,
-            # a restarted host waits for its dead predecessor to time out of it.
-            broker_session_timeout=10.0,
-            broker_heartbeat_interval=3.0,
             loghandlers=[],
         )
         self.faust_worker: faust.Worker | None = None
