@@ -73,9 +73,15 @@ _DASHES = frozenset("\u2010\u2011\u2012\u2013\u2014\u2015\u2212")
 
 
 def _plain(s: str) -> str:
-    """NFKC, then no format characters, no combining marks, ASCII digits and dashes."""
-    if s.isascii():
+    """NFKC, then no format characters, no combining marks, ASCII digits and dashes; any
+    whitespace (and the blank braille cell) a space, tag characters the ASCII they mirror."""
+    if s.isascii() and (s.isprintable() or not any(c.isspace() for c in s)):
         return s
+    s = "".join(
+        chr(ord(c) - 0xE0000) if 0xE0020 <= ord(c) <= 0xE007E
+        else " " if c.isspace() or c == "\u2800" else c
+        for c in s
+    )  # fmt: skip
     s = unicodedata.normalize("NFD", unicodedata.normalize("NFKC", s))
     out = []
     for ch in s:

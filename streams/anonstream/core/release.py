@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import orjson
 
 from anonstream.core.accumulators import distinct_count
 from anonstream.core.budget import Ledger
@@ -274,15 +275,18 @@ class Releaser:
         self.ledger = ledger
         self._noise_key = noise_key
         # Injectable for tests; by default one generator per release, seeded from a secret
-        # key and the release id, so a re-run after a crash releases the very same noise.
-        self._rng_factory = rng_factory or self._seeded_rng
+        # key, the release id and the cell's exact numbers: a re-run after a crash releases
+        # the very same noise, and a release of the same cell with other data (a backfill,
+        # a replay with one person more) fresh noise, which does not cancel in a difference.
+        self._rng_factory: Any = rng_factory
         measures = pipeline.measures
         self._col = {m: i for i, m in enumerate(measures)}
         self._exact_limit = max(4096, *(o.k for o in pipeline.outputs))
 
-    def _seeded_rng(self, rid: str) -> np.random.Generator:
-        seed = hashlib.blake2b(rid.encode(), key=self._noise_key, digest_size=16).digest()
-        return np.random.default_rng(int.from_bytes(seed, "little"))
+    def _seeded_rng(self, rid: str, exact: bytes = b"") -> np.random.Generator:
+        h = hashlib.blake2b(rid.encode(), key=self._noise_key, digest_size=16)
+        h.update(exact)
+        return np.random.default_rng(int.from_bytes(h.digest(), "little"))
 
     def release(self, state: WindowState) -> list[OutputRelease]:
         """Release every output of the pipeline for one closed window.
@@ -652,7 +656,14 @@ class Releaser:
         L, M = c.max_events_per_unit_per_cell, c.max_cells_per_unit_per_window
         n_metrics = 2 + len(p.sums) + 2 * len(p.means) + len(fig.hists)
         eps = noise.epsilon / n_metrics
-        rng = self._rng_factory(rid)
+        if self._rng_factory is not None:
+            rng = self._rng_factory(rid)
+        else:
+            exact = orjson.dumps(
+                [metrics["events"], metrics["users"], fig.sums, fig.counts, fig.hists],
+                option=orjson.OPT_SORT_KEYS | orjson.OPT_SERIALIZE_NUMPY,
+            )
+            rng = self._seeded_rng(rid, exact)
 
         def noisy(value: float, l1: float, l2: float) -> float:
             if noise.mechanism == "laplace":

@@ -414,7 +414,15 @@ _TABLE_MAX = 65_536  # distinct characters remembered (bounded memory)
 
 def _fold_char(c: str) -> str:
     """What one character is for detection: compatibility-decomposed, format characters
-    and combining marks dropped, any-script digits and dashes made ASCII."""
+    and combining marks dropped, any-script digits and dashes made ASCII. Any whitespace
+    (tab, newline, U+2028, Ogham space...) and the blank braille cell are a space, so
+    "4111\n1111\n1111\n1111" is a card as "4111 1111 1111 1111" is; Unicode tag
+    characters (U+E0020-U+E007E, invisible "ASCII smuggling") are the ASCII they mirror."""
+    cp = ord(c)
+    if 0xE0020 <= cp <= 0xE007E:
+        return chr(cp - 0xE0000)
+    if c.isspace() or c == "\u2800":
+        return " "
     if unicodedata.category(c) in ("Cf", "Cs") or c in "\x00\ufffd":
         return ""  # also NUL and U+FFFD (broken or overlong UTF-8: "%C0%80")
     out: list[str] = []
@@ -467,13 +475,15 @@ _PCT_RUN_RE = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
 # "=40" (only the "@", before a letter or digit: "a=40&b" stays), HTML entities.
 _ESCAPE_RE = re.compile(
     r"(?:%[0-9A-Fa-f]{2})+|\\u[0-9A-Fa-f]{4}|\\x[0-9A-Fa-f]{2}|=40(?=[0-9A-Za-z])"
-    r"|&(?:#[0-9]{1,7}|#[xX][0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});?"
+    r"|&(?:#0*[0-9]{1,7}|#[xX]0*[0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});?"
 )
 _PCT_ROUNDS = 8  # decoding passes; deeper percent nesting is refused (see _view)
 # Plain ASCII text is its own view unless it holds an escape, a NUL (dropped), ...
-_VIEW_TRIGGER_RE = re.compile(r"[%&\\\x00]|=40")
+_VIEW_TRIGGER_RE = re.compile(r"[%&\\\x00\t\n\r\x0b\x0c\x1c-\x1f]|=40")
+# ASCII characters the fold changes: NUL (dropped) and whitespace other than " " (a space).
+_ASCII_FOLDED_RE = re.compile(r"[\x00\t\n\r\x0b\x0c\x1c-\x1f]")
 # ... or a run that may be encoded.
-_NEEDS_VIEW_RE = re.compile(r"[%&\\\x00]|=40|[A-Za-z0-9+/=_\-]{10,}")
+_NEEDS_VIEW_RE = re.compile(r"[%&\\\x00\t\n\r\x0b\x0c\x1c-\x1f]|=40|[A-Za-z0-9+/=_\-]{10,}")
 _B64_RUN_RE = re.compile(r"[A-Za-z0-9+/=_\-]{10,}")
 _HEX_RUN_RE = re.compile(r"[0-9A-Fa-f]{12,}")
 _URLSAFE = str.maketrans("-_", "+/")
@@ -493,7 +503,7 @@ class View(NamedTuple):
 
 
 def _fold(text: str, starts: IntArray, ends: IntArray) -> tuple[str, IntArray, IntArray]:
-    if text.isascii() and "\x00" not in text:
+    if text.isascii() and _ASCII_FOLDED_RE.search(text) is None:
         return text, starts, ends
     lens = np.frombuffer(text.translate(_LENS).encode("latin-1"), dtype=np.uint8)
     idx = np.repeat(np.arange(len(text)), lens)
