@@ -37,9 +37,10 @@ import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from anonstream.core.checkpoint import Checkpoint
-from anonstream.core.engine import PipelineEngine, StepResult
+from anonstream.core.engine import PipelineEngine
 from anonstream.core.keys import MasterSecret
 from anonstream.core.pipeline import Pipeline
+from anonstream.core.step import Batch, StepResult
 from anonstream.runtime.topic_end import read_to_end
 from anonstream.runtime.transactions import dead_letter_headers
 
@@ -132,10 +133,11 @@ class FaustPipeline:
                     self._next[key] = msg.offset + 1
                     self._caught_up.pop(key, None)
                 self.events_read += len(events)
-                step = engine.process_batch(
+                batch = Batch(
                     values, np.array(pidx, dtype=np.int64), list(parts),
                     np.array(offs, dtype=np.int64),
                 )  # fmt: skip
+                step = engine.process_batch(batch)
                 await self._deliver(engine, step)
 
     async def _tick(self) -> None:

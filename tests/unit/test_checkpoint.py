@@ -19,6 +19,7 @@ from anonstream.core.engine import PipelineEngine
 from anonstream.core.keys import load_secret
 from anonstream.core.pipeline import load_pipeline
 from anonstream.core.stage import Stage
+from anonstream.core.step import Batch
 from anonstream.core.windows import NEG_INF
 from anonstream.runtime.scaleout import IngestStage, ReleaseStage
 
@@ -76,7 +77,9 @@ def test_engine_checkpoint_survives_the_codec_and_restores() -> None:
     engine = PipelineEngine(pipeline, SECRET)
     key = (pipeline.source_topic, 0)
     engine.assign([key])
-    engine.process_batch([b"not json"], np.zeros(1, np.int64), [key], np.array([41], np.int64))
+    engine.process_batch(
+        Batch([b"not json"], np.zeros(1, np.int64), [key], np.array([41], np.int64))
+    )
     cp = engine.checkpoint(key)
     assert cp.next == 42 and cp.rejected == 1
     again = PipelineEngine(pipeline, SECRET)

@@ -13,7 +13,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 import numpy as np
@@ -28,7 +27,8 @@ from anonstream.core.keys import MasterSecret
 from anonstream.core.pipeline import Pipeline
 from anonstream.core.policy import Policy, PolicyRecord
 from anonstream.core.records import summary_record
-from anonstream.core.release import Accounting, Releaser
+from anonstream.core.release import Releaser
+from anonstream.core.step import Batch, DeadLetter, Message, StepResult
 from anonstream.core.windows import NEG_INF, Watermark, window_starts_array, window_units
 
 log = logging.getLogger(__name__)
@@ -36,41 +36,6 @@ log = logging.getLogger(__name__)
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One raw message as a runtime hands it over."""
-
-    value: bytes
-    partition: Hashable = 0
-    offset: int = -1
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A rejected message. `value` is the raw payload: sensitive, for the dead-letter topic."""
-
-    value: bytes
-    reason: str
-    field: str | None
-    partition: Hashable
-    offset: int
-
-
-@dataclass
-class StepResult:
-    releases: list[dict[str, Any]] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    accounting: list[tuple[int, str, Accounting]] = field(default_factory=list)
-    # Scale-out: (topic, partition, key, value) records for the partials topic.
-    forward: list[tuple[str, int, bytes, bytes]] = field(default_factory=list)
-
-    def extend(self, other: StepResult) -> None:
-        self.releases.extend(other.releases)
-        self.dead_letters.extend(other.dead_letters)
-        self.accounting.extend(other.accounting)
-        self.forward.extend(other.forward)
 
 
 class PipelineEngine:
@@ -130,24 +95,12 @@ class PipelineEngine:
     def process(self, messages: Sequence[Message]) -> StepResult:
         """Process one batch fully: every message is accepted, rejected or late, and
         windows the watermark passed are released."""
-        part_ids: dict[Hashable, int] = {}
-        pidx = np.fromiter(
-            (part_ids.setdefault(m.partition, len(part_ids)) for m in messages),
-            dtype=np.int64, count=len(messages),
-        )  # fmt: skip
-        offs = np.fromiter((m.offset for m in messages), dtype=np.int64, count=len(messages))
-        return self.process_batch([m.value for m in messages], pidx, list(part_ids), offs)
+        return self.process_batch(Batch.of(messages))
 
-    def process_batch(
-        self,
-        values: list[bytes],
-        pidx: npt.NDArray[np.int64],
-        part_of: list[Hashable],
-        offs: npt.NDArray[np.int64],
-    ) -> StepResult:
-        """`process` for runtimes that already hold columns: the raw values, each one's
-        partition as an index into `part_of`, and offsets."""
-        cols, again, result = self.ingest(values, pidx, part_of, offs)
+    def process_batch(self, batch: Batch) -> StepResult:
+        """`process` for runtimes that already hold columns."""
+        pidx, part_of, offs = batch.pidx, batch.part_of, batch.offs
+        cols, again, result = self.ingest(batch)
         now = self.clock_ms()
         if len(cols):
             cpidx = pidx[cols.index]
@@ -157,15 +110,10 @@ class PipelineEngine:
         result.extend(self._close_until(self.watermark.current(now)))
         return result
 
-    def ingest(
-        self,
-        values: list[bytes],
-        pidx: npt.NDArray[np.int64],
-        part_of: list[Hashable],
-        offs: npt.NDArray[np.int64],
-    ) -> tuple[Columns, npt.NDArray[np.bool_], StepResult]:
+    def ingest(self, batch: Batch) -> tuple[Columns, npt.NDArray[np.bool_], StepResult]:
         """Decode and policy: the accepted events as columns, which of the batch are
         replays after a restart, and the dead letters."""
+        values, pidx, part_of, offs = batch.values, batch.pidx, batch.part_of, batch.offs
         result = StepResult()
         n = len(values)
         if not n:

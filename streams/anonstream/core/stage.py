@@ -14,12 +14,9 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from typing import Protocol
 
-import numpy as np
-import numpy.typing as npt
-
 from anonstream.core.checkpoint import Checkpoint
-from anonstream.core.engine import StepResult
 from anonstream.core.pipeline import Pipeline
+from anonstream.core.step import Batch, StepResult
 
 
 class Stage(Protocol):
@@ -36,15 +33,8 @@ class Stage(Protocol):
         """Events counted late so far (0 where lateness is decided downstream)."""
         ...
 
-    def process_batch(
-        self,
-        values: list[bytes],
-        pidx: npt.NDArray[np.int64],
-        part_of: list[Hashable],
-        offs: npt.NDArray[np.int64],
-    ) -> StepResult:
-        """A fetch's messages of this topic: raw values, each one's partition as an index
-        into `part_of`, and offsets."""
+    def process_batch(self, batch: Batch) -> StepResult:
+        """A fetch's messages of this topic."""
         ...
 
     def tick(self) -> StepResult:

@@ -36,10 +36,11 @@ from aiokafka.structs import OffsetAndMetadata
 
 from anonstream.core.budget import Ledger, ledgers
 from anonstream.core.checkpoint import decode_checkpoints, encode_checkpoints
-from anonstream.core.engine import PipelineEngine, StepResult
+from anonstream.core.engine import PipelineEngine
 from anonstream.core.keys import MasterSecret
 from anonstream.core.pipeline import Pipeline
 from anonstream.core.stage import Stage
+from anonstream.core.step import Batch, StepResult
 from anonstream.metrics import Metrics
 from anonstream.runtime.clients import Clients, Consumer, KafkaClients, Rebalance
 from anonstream.runtime.ledger import KafkaLedgerStore, ledger_topic
@@ -425,7 +426,7 @@ class BatchLoop:
                 name = stage.pipeline.name
                 late = stage.late_events
                 with self.metrics.batch_timer(name):
-                    step = stage.process_batch(values, pidx_a, parts, offs_a)
+                    step = stage.process_batch(Batch(values, pidx_a, parts, offs_a))
                     await self._deliver(stage, step)
                 self.metrics.observe_batch(name, len(values), step)
                 self._warn_if_late(name, stage.late_events - late, len(values))

@@ -56,8 +56,9 @@ import orjson
 from anonstream.core.cellstate import Rows, WindowState, compact, group_starts
 from anonstream.core.checkpoint import Checkpoint
 from anonstream.core.columns import Columns
-from anonstream.core.engine import PipelineEngine, StepResult
+from anonstream.core.engine import PipelineEngine
 from anonstream.core.pipeline import Pipeline
+from anonstream.core.step import Batch, StepResult
 from anonstream.core.windows import NEG_INF, window_starts_array, window_units
 
 # 1: JSON, one row per event (dims by name, window per row).
@@ -271,22 +272,16 @@ class IngestStage:
     def input_topic(self) -> str:
         return self.engine.input_topic
 
-    def process_batch(
-        self,
-        values: list[bytes],
-        pidx: npt.NDArray[np.int64],
-        part_of: list[Hashable],
-        offs: npt.NDArray[np.int64],
-    ) -> StepResult:
-        cols, _again, result = self.engine.ingest(values, pidx, part_of, offs)
+    def process_batch(self, batch: Batch) -> StepResult:
+        cols, _again, result = self.engine.ingest(batch)
         step_ms = self.pipeline.window.step_ms
         progress: list[Progress] = []
         by_partition: dict[int, list[WindowPartial]] = {}
         now = self.engine.clock_ms()
         if len(cols):
-            cpidx = pidx[cols.index]
+            cpidx = batch.pidx[cols.index]
             for i in np.unique(cpidx).tolist():
-                key = part_of[i]
+                key = batch.part_of[i]
                 topic, partition = cast(tuple[str, int], key)
                 ts = max(int(cols.ts[cpidx == i].max()), self._max_ts.get(key, NEG_INF))
                 self._max_ts[key] = ts
@@ -429,20 +424,13 @@ class ReleaseStage:
             e.assign(self.sources, hold=True)
         return e
 
-    def process_batch(
-        self,
-        values: list[bytes],
-        pidx: npt.NDArray[np.int64],
-        part_of: list[Hashable],
-        offs: npt.NDArray[np.int64],
-    ) -> StepResult:
+    def process_batch(self, batch: Batch) -> StepResult:
         result = StepResult()
-        for i, part in enumerate(part_of):
-            mine = np.flatnonzero(pidx == i)
+        for i, part in enumerate(batch.part_of):
+            mine = np.flatnonzero(batch.pidx == i)
             if len(mine):
-                result.extend(
-                    self._process_partition(part, [values[j] for j in mine.tolist()], offs[mine])
-                )
+                values = [batch.values[j] for j in mine.tolist()]
+                result.extend(self._process_partition(part, values, batch.offs[mine]))
         return result
 
     def _process_partition(

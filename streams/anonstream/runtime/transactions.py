@@ -29,8 +29,8 @@ from aiokafka.errors import (
 )
 from aiokafka.structs import OffsetAndMetadata
 
-from anonstream.core.engine import DeadLetter, StepResult
 from anonstream.core.pipeline import Pipeline
+from anonstream.core.step import DeadLetter, StepResult
 from anonstream.metrics import Metrics
 from anonstream.runtime.clients import Clients, Producer
 from anonstream.runtime.ledger import KafkaLedgerStore
