@@ -35,19 +35,28 @@ def release_id(
     return hashlib.sha256(key).hexdigest()[:32]
 
 
-def aggregate_record(
-    *, pipeline: str, version: int, output: str, start_ms: int, end_ms: int,
-    dims: dict[str, str], metrics: dict[str, Any], k: int, level: int,
-    noise: dict[str, Any] | None,
-) -> dict[str, Any]:  # fmt: skip
+def _head(
+    kind: str, pipeline: str, version: int, output: str, start_ms: int, end_ms: int
+) -> dict[str, Any]:
+    """The fields every record starts with, in the contract's order."""
     return {
-        "kind": "aggregate",
+        "kind": kind,
         "schema_version": SCHEMA_VERSION,
         "pipeline": pipeline,
         "pipeline_version": version,
         "output": output,
         "window_start": rfc3339(start_ms),
         "window_end": rfc3339(end_ms),
+    }
+
+
+def aggregate_record(
+    *, pipeline: str, version: int, output: str, start_ms: int, end_ms: int,
+    dims: dict[str, str], metrics: dict[str, Any], k: int, level: int,
+    noise: dict[str, Any] | None,
+) -> dict[str, Any]:  # fmt: skip
+    return {
+        **_head("aggregate", pipeline, version, output, start_ms, end_ms),
         "dims": dims,
         "metrics": metrics,
         "k": k,
@@ -63,13 +72,7 @@ def summary_record(
     late_events: int, rejected_events: int, k: int, privacy: dict[str, Any] | None = None,
 ) -> dict[str, Any]:  # fmt: skip
     rec = {
-        "kind": "window_summary",
-        "schema_version": SCHEMA_VERSION,
-        "pipeline": pipeline,
-        "pipeline_version": version,
-        "output": output,
-        "window_start": rfc3339(start_ms),
-        "window_end": rfc3339(end_ms),
+        **_head("window_summary", pipeline, version, output, start_ms, end_ms),
         "cells_released": cells_released,
         "cells_rolled_up": cells_rolled_up,
         "cells_suppressed": cells_suppressed,
