@@ -331,15 +331,13 @@ def _measured(name: str, result: ChildResult, load_before: float) -> RunResult:
     return run
 
 
-def _run_peer(ctx: _Ctx, name: str) -> RunResult:
-    group = f"bench-{ctx.bench_id}-{name}"
-    cmd = [
-        sys.executable, "-m", _RUNNER_MODULES[name], "--bootstrap", ctx.bootstrap,
-        "--topic", ctx.topic, "--events", str(ctx.cfg.events), "--group", group,
-        "--partitions", str(ctx.cfg.partitions),
-    ]  # fmt: skip
+def _reporting_child(
+    ctx: _Ctx, name: str, cmd: list[str], env: dict[str, str], group: str, verb: str
+) -> tuple[RunResult, str | None, dict[str, Any] | None]:
+    """Run a child that prints a JSON result line (a peer runner): its measures, the
+    first error (exit, timeout, no result line, not every event `verb`), its report."""
     load_before = os.getloadavg()[0]
-    result = _watched_child(ctx, name, cmd, _child_env(), group)
+    result = _watched_child(ctx, name, cmd, env, group)
     run = _measured(name, result, load_before)
     error = _failure(name, result, ctx.cfg.timeout)
     report = json_line(result.stdout)
@@ -348,7 +346,18 @@ def _run_peer(ctx: _Ctx, name: str) -> RunResult:
     elif error is None:
         error = f"{name} printed no result line:\n{result.stdout[-2000:]}"
     if error is None and run.count != ctx.cfg.events:
-        error = f"{name} processed {run.count} events, not {ctx.cfg.events}"
+        error = f"{name} {verb} {run.count} events, not {ctx.cfg.events}"
+    return run, error, report
+
+
+def _run_peer(ctx: _Ctx, name: str) -> RunResult:
+    group = f"bench-{ctx.bench_id}-{name}"
+    cmd = [
+        sys.executable, "-m", _RUNNER_MODULES[name], "--bootstrap", ctx.bootstrap,
+        "--topic", ctx.topic, "--events", str(ctx.cfg.events), "--group", group,
+        "--partitions", str(ctx.cfg.partitions),
+    ]  # fmt: skip
+    run, error, _ = _reporting_child(ctx, name, cmd, _child_env(), group, "processed")
     return _finish(run, error, ctx.cfg.events)
 
 
@@ -432,17 +441,7 @@ def _run_faust_agent(ctx: _Ctx) -> RunResult:
     ]  # fmt: skip
     env = {**_child_env(), "ANONSTREAM_SECRET": BENCH_SECRET}
     env.pop("ANONSTREAM_SECRET_FILE", None)
-    load_before = os.getloadavg()[0]
-    result = _watched_child(ctx, name, cmd, env, group)
-    run = _measured(name, result, load_before)
-    error = _failure(name, result, ctx.cfg.timeout)
-    report = json_line(result.stdout)
-    if report is not None:
-        _read_report(run, report, result.started_at)
-    elif error is None:
-        error = f"{name} printed no result line:\n{result.stdout[-2000:]}"
-    if error is None and run.count != ctx.cfg.events:
-        error = f"{name} read {run.count} events, not {ctx.cfg.events}"
+    run, error, _ = _reporting_child(ctx, name, cmd, env, group, "read")
     run.extra["releases"] = kinds = _release_kinds(ctx, out_topic)
     if error is None and not kinds.get("window_summary"):
         error = f"{name} released no window summary"
@@ -479,20 +478,10 @@ def _run_kstreams(ctx: _Ctx, jar: Path, threads: int, name: str) -> RunResult:
         timeout_s=ctx.cfg.timeout,
     )  # fmt: skip
     env = {**_child_env(), "ANONSTREAM_SECRET": BENCH_SECRET}
-    load_before = os.getloadavg()[0]
-    result = _watched_child(ctx, name, cmd, env, group)
-    run = _measured(name, result, load_before)
+    run, error, report = _reporting_child(ctx, name, cmd, env, group, "processed")
     run.extra.update(threads=threads, guarantee=ctx.cfg.kstreams_guarantee)
-    error = _failure(name, result, ctx.cfg.timeout)
-    report = json_line(result.stdout)
-    if report is not None:
-        _read_report(run, report, result.started_at)
-        for key in ("rejected", "late", "released_cells", "suppressed_cells"):
-            run.extra[key] = report.get(key)
-    elif error is None:
-        error = f"{name} printed no result line:\n{result.stdout[-2000:]}"
-    if error is None and run.count != ctx.cfg.events:
-        error = f"{name} processed {run.count} events, not {ctx.cfg.events}"
+    for key in ("rejected", "late", "released_cells", "suppressed_cells"):
+        run.extra[key] = (report or {}).get(key)
     if error is None:
         run.extra["releases"] = kinds = _release_kinds(ctx, out_topic)
         if kinds.get("aggregate", 0) != run.extra["released_cells"]:

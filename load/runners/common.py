@@ -13,11 +13,14 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import logging
 import os
 import resource
+import shutil
 import sys
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import Any, Final
 
@@ -133,3 +136,20 @@ def report(runner: str, count: int, first_event: float | None, **extra: Any) -> 
     # Straight to file descriptor 1: some frameworks (Faust) redirect sys.stdout to logging.
     sys.stdout.flush()
     os.write(1, ("\n" + json.dumps(line) + "\n").encode())
+
+
+def run_faust_app(build: Callable[[str], Any], prefix: str) -> int:
+    """Run the Faust app that ``build(datadir)`` makes, in a scratch data directory, until
+    its agent leaves the process after the last event; returning here means it stopped
+    without having seen every event."""
+    import faust  # here, not at the top: the other runners do not pay for the import
+
+    datadir = tempfile.mkdtemp(prefix=prefix)
+    app = build(datadir)
+    logging.getLogger("faust").setLevel(logging.WARNING)
+    worker = faust.Worker(app, loglevel="warning", quiet=True, redirect_stdouts=False)
+    try:
+        worker.execute_from_commandline()
+    finally:
+        shutil.rmtree(datadir, ignore_errors=True)
+    return 1

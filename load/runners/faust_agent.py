@@ -10,10 +10,8 @@ report line and leaves the process (``os._exit``, as naive_faust does).
 from __future__ import annotations
 
 import argparse
-import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 
@@ -23,7 +21,7 @@ from anonstream.core.keys import load_secret
 from anonstream.core.pipeline import load_pipeline
 from anonstream.faust import anonymize
 
-from .common import report
+from .common import report, run_faust_app
 
 POLL_S = 0.05
 
@@ -62,15 +60,7 @@ def build_app(args: argparse.Namespace, datadir: str) -> faust.App:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    datadir = tempfile.mkdtemp(prefix="anonstream-faust-agent-")
-    app = build_app(args, datadir)
-    logging.getLogger("faust").setLevel(logging.WARNING)
-    worker = faust.Worker(app, loglevel="warning", quiet=True, redirect_stdouts=False)
-    try:
-        worker.execute_from_commandline()
-    finally:
-        shutil.rmtree(datadir, ignore_errors=True)
-    return 1  # the timer leaves the process; here it stopped before the end
+    return run_faust_app(lambda datadir: build_app(args, datadir), "anonstream-faust-agent-")
 
 
 if __name__ == "__main__":

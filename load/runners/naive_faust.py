@@ -12,10 +12,8 @@ of its own agents is not clean).
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import shutil
-import tempfile
 import time
 from collections.abc import Sequence
 from datetime import timedelta
@@ -24,7 +22,7 @@ from typing import Any
 import faust
 from aiokafka.admin import AIOKafkaAdminClient
 
-from .common import event_time_ms, parse_args, report, scrub
+from .common import event_time_ms, parse_args, report, run_faust_app, scrub
 
 
 async def topic_partitions(bootstrap: str, topic: str) -> int:
@@ -89,17 +87,12 @@ def build_app(
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args("anonstream_load.runners.naive_faust", argv)
     partitions = args.partitions or asyncio.run(topic_partitions(args.bootstrap, args.topic))
-    datadir = tempfile.mkdtemp(prefix="anonstream-naive-faust-")
-    app = build_app(args.bootstrap, args.topic, args.group, partitions, args.events, datadir)
-    logging.getLogger("faust").setLevel(logging.WARNING)
-    # The worker runs until the agent leaves the process; reaching here means it stopped
-    # without having seen every event.
-    worker = faust.Worker(app, loglevel="warning", quiet=True, redirect_stdouts=False)
-    try:
-        worker.execute_from_commandline()
-    finally:
-        shutil.rmtree(datadir, ignore_errors=True)
-    return 1
+    return run_faust_app(
+        lambda datadir: build_app(
+            args.bootstrap, args.topic, args.group, partitions, args.events, datadir
+        ),
+        "anonstream-naive-faust-",
+    )
 
 
 if __name__ == "__main__":
