@@ -18,7 +18,9 @@ route: it first peels every layer a value can hide behind, keeping each layer,
 then tokenizes each layer and checks each token against known formats: an email shape
 around every "@", IPv4 octets joined by one separator, IPv6 parsed by ``ipaddress``
 (with the IPv4 address that 6to4, Teredo, NAT64 and mapped forms embed), digit groups
-joined by separators checked for Luhn (cards) and length (phones, long numbers), and
+joined by separators checked for Luhn (cards) and length (phones, long numbers),
+inet_aton() forms with a hex part ("0xC0.0xA8.0x01.0x0F", "0xC0A8010F") and a hex IPv4
+host label ("c0a8010f.example.net"), and
 pseudonym-like tokens (16+ hex, UUIDs, base64-like runs).
 
 Cost is linear in the input (one tokenizing pass per layer, layers shrink as they are
@@ -300,6 +302,60 @@ def _chain_reasons(t: str, chain: list[tuple[int, int]]) -> set[str]:
     return found
 
 
+# inet_aton() forms with hex parts ("0xC0.0xA8.0x01.0x0F", "0x7f.1"), a lone 32-bit hex
+# number ("0xC0A8010F"), and an IPv4 address in hex as the first label of a host name
+# ("c0a8010f.example.net"). Tokens are taken whole between non-word characters.
+_INET_TOKEN = re.compile(r"[0-9A-Za-z]++(?:\.[0-9A-Za-z]++)*+")
+# A host: at the start, after "//" or a space, up to a "/", ":" or the end.
+_HOST_AT = re.compile(r"(?:^|(?<=//)|(?<=\s))[0-9A-Za-z\-]++(?:\.[0-9A-Za-z\-]++)++(?=[/:]|\s|$)")
+_HEX8 = re.compile(r"[0-9a-fA-F]{8}")
+
+
+def _aton_part(p: str) -> int | None:
+    low = p.lower()
+    try:
+        if low.startswith("0x"):
+            return int(low[2:], 16) if 2 < len(low) <= 10 else None
+        if low.startswith("0") and len(low) > 1:
+            return int(low, 8)
+        return int(low) if low.isdigit() else None
+    except ValueError:
+        return None
+
+
+def _inet_reasons(t: str) -> set[str]:
+    found: set[str] = set()
+    if "0x" in t.lower():
+        for m in _INET_TOKEN.finditer(t):
+            parts = m.group().split(".")
+            hexed = [p.lower().startswith("0x") for p in parts]
+            if not any(hexed):
+                continue
+            if len(parts) == 1:
+                if len(parts[0]) >= 8 and _aton_part(parts[0]) is not None:
+                    found.add(LONG_NUMBER)
+                continue
+            for k in range(len(parts) - 1):  # a run of 2-4 parts that reads as inet_aton
+                for n in range(min(4, len(parts) - k), 1, -1):
+                    vals = [_aton_part(p) for p in parts[k : k + n]]
+                    if (
+                        any(hexed[k : k + n])
+                        and all(v is not None and v <= 255 for v in vals[:-1])
+                        and vals[-1] is not None
+                        and vals[-1] < 256 ** (5 - n)
+                    ):
+                        found.add(IPV4)
+    if "." in t:
+        for m in _HOST_AT.finditer(t):
+            labels = m.group().split(".")
+            if any(
+                _HEX8.fullmatch(label) and not label.isalpha() and not label.isdigit()
+                for label in labels[:-2]
+            ):
+                found.add(IPV4)
+    return found
+
+
 def _ipv6(t: str) -> bool:
     """A non-trivial IPv6 address in some window of a hex-and-colon run."""
     if t.count(":") < 2:
@@ -392,6 +448,7 @@ def identifier_reasons(s: str, tokens: bool = False) -> list[str]:
             found.add(EMAIL)
         if any(c.isdigit() for c in layer):
             found |= _number_reasons(layer)
+            found |= _inet_reasons(layer)
             if _ipv6(layer):
                 found.add(IPV4)
         if tokens:

@@ -204,6 +204,7 @@ def _weak_chain_spans(chain: str, base: int, out: list[Span]) -> None:
 
 
 _DIGIT_RUN_RE = re.compile(r"\d+")
+_OCTAL = frozenset("01234567")
 _DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
 _IP6_MAX_LEN = 45  # longest textual IPv6 ("ffff:...:255.255.255.255")
 _IP6_MAX_GROUPS = 8  # at most 8 colons between the first and last group of one address
@@ -225,6 +226,45 @@ def luhn_ok(digits: str) -> bool:
         total += d if odd else _DOUBLED[d]
         odd = not odd
     return total % 10 == 0
+
+
+# IPv4 as inet_aton() and browsers read it, with hex parts: "0xC0.0xA8.0x01.0x0F",
+# "0xc0.0xa8.0x10f", "0x7f.1" (the last part fills the bytes left), or one 32-bit hex
+# number "0xC0A8010F". Decimal and octal forms are digit runs the number passes take
+# already ("3232235791" is <num>, "0300.0250.01.017" <phone>). Each attempt starts after
+# a non-word character and takes at most four bounded parts, possessively: linear.
+_INET_PART = r"(?:0[xX][0-9A-Fa-f]{1,8}+|[0-9]{1,10}+)"
+_INET_RE = re.compile(rf"(?<![0-9A-Za-z.]){_INET_PART}(?:\.{_INET_PART}){{0,3}}+(?![0-9A-Za-z])")
+_INET_HEX_MIN = 6  # hex digits of a lone "0x..." number that make it one (as 6+ digits)
+
+
+def _inet_value(part: str) -> int | None:
+    if part[:2] in ("0x", "0X"):
+        return int(part[2:], 16)
+    if len(part) > 1 and part[0] == "0":
+        return int(part, 8) if set(part) <= _OCTAL else None
+    return int(part)
+
+
+def _inet_spans(t: str) -> list[Span]:
+    out: list[Span] = []
+    for m in _INET_RE.finditer(t):
+        parts = m.group().split(".")
+        if not any(p[:2] in ("0x", "0X") for p in parts):
+            continue  # decimal and octal: the number passes judge them
+        if len(parts) == 1:
+            if len(parts[0]) - 2 >= _INET_HEX_MIN:
+                out.append((m.start(), m.end(), NUM))
+            continue
+        values = [_inet_value(p) for p in parts]
+        last = values[-1]
+        if (
+            all(v is not None and v <= 255 for v in values[:-1])
+            and last is not None
+            and last < 256 ** (5 - len(parts))
+        ):
+            out.append((m.start(), m.end(), IP))
+    return out
 
 
 def _number_spans(text: str, base: int, out: list[Span]) -> None:
@@ -386,6 +426,9 @@ def _shape_spans(t: str, ids: bool) -> list[Span]:
     if t.count(":") >= 2:
         t = _mask(t, found)
         found += _ip6_spans(t)
+    if "0x" in t or "0X" in t:
+        t = _mask(t, found)
+        found += _inet_spans(t)
     t = _mask(t, found)
     if ids:  # before numbers: the digit groups of a split id are no phone number
         found += _hex_chain_spans(t)
@@ -486,7 +529,6 @@ _ESCAPE_RE = re.compile(
 )
 _QP_AT_RE = re.compile(r"=40(?=[0-9A-Za-z=])")
 _NON_SPACE_RE = re.compile(r"\S+")
-_OCTAL = frozenset("01234567")
 _PCT_ROUNDS = 8  # decoding passes; deeper percent nesting is refused (see _view)
 # Plain ASCII text is its own view unless it holds an escape, a NUL (dropped), ...
 _VIEW_TRIGGER_RE = re.compile(r"[%&\\\x00\t\n\r\x0b\x0c\x1c-\x1f]|=40|\+[A-Za-z0-9+/]")
