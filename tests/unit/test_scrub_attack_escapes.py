@@ -5,6 +5,7 @@ URL segments and the audit. The scrubber's view and the audit's detector decode 
 
 from __future__ import annotations
 
+import base64
 import re
 import time
 from collections.abc import Callable
@@ -175,3 +176,16 @@ def test_hostile_escape_runs_cost_a_bounded_ratio(fn: Callable[[str], object], u
     if ratio > 20:  # one longer look: noise only adds time
         ratio = _cost(fn, hostile, 15) / _cost(fn, benign, 15)
     assert ratio <= 20, (unit, ratio)
+
+
+@settings(max_examples=100)
+@given(_WORDS, _WORDS, _DOMAINS, st.sampled_from([b"\xf8\x01\x00", b"\xf8\x01\x00\xf8\x02\xe0"]))
+def test_base64_token_with_a_utf7_looking_tail_goes_whole(
+    first: str, last: str, domain: str, tail: bytes
+) -> None:
+    """ "...+AEA" at the end of a base64 token reads as UTF-7 "@" in the view; the token as
+    written is still decoded and replaced whole."""
+    raw = f"{first}.{last}@{domain}".encode()
+    token = base64.b64encode(raw + b" " * (-len(raw) % 3) + tail).decode()
+    assert "+AEA" in token
+    assert scrub_identifiers(f"x {token} y") == "x <email> y", token

@@ -763,6 +763,14 @@ def _view_spans(s: str, ids: bool, depth: int, encoded_ids: bool = False) -> lis
         starts, ends = view.starts, view.ends
         found = [(int(starts[a]), int(ends[b - 1]), ph) for a, b, ph in found if b > a]
     found += [(a, b, ID) for a, b in view.undecodable]
+    if depth < _MAX_DEPTH and view.starts is not None and "+A" in s:
+        # A base64 token can hold "+A..." that reads as UTF-7 in the view, which cuts the
+        # token there: such tokens are also decoded as written.
+        for m in _B64_RUN_RE.finditer(s):
+            if "+A" in m.group() and (
+                ph := _decoded_kind(m.group(), ids or encoded_ids, depth + 1)
+            ):
+                found.append((m.start(), m.end(), ph))
     return found
 
 
