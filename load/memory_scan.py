@@ -27,6 +27,7 @@ from rich.table import Table
 from anonstream.core.engine import PipelineEngine
 from anonstream.core.keys import load_secret
 from anonstream.core.pipeline import load_pipeline
+from anonstream.core.step import Batch
 from anonstream.synthetic import EventGenerator, Workload
 
 PIPELINE = Path(__file__).resolve().parents[1] / "pipelines" / "web_activity.yaml"
@@ -53,7 +54,7 @@ def measure(users: int, events: int, seed: int = 7, progress: Any = None) -> dic
             break
         n = len(chunk)
         offs = np.arange(done, done + n, dtype=np.int64)
-        engine.process_batch(chunk, np.zeros(n, dtype=np.int64), [0], offs)
+        engine.process_batch(Batch(chunk, np.zeros(n, dtype=np.int64), [0], offs))
         done += n
         if progress is not None:
             progress.update(task, completed=done)

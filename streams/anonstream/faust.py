@@ -36,11 +36,13 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from anonstream.core.engine import PipelineEngine, StepResult
+from anonstream.core.checkpoint import Checkpoint
+from anonstream.core.engine import PipelineEngine
 from anonstream.core.keys import MasterSecret
 from anonstream.core.pipeline import Pipeline
-from anonstream.runtime.batch import _dl_headers
+from anonstream.core.step import Batch, StepResult
 from anonstream.runtime.topic_end import read_to_end
+from anonstream.runtime.transactions import dead_letter_headers
 
 __all__ = ["FaustPipeline", "PartitionsSplit", "anonymize", "checkpoint_topic"]
 
@@ -131,10 +133,11 @@ class FaustPipeline:
                     self._next[key] = msg.offset + 1
                     self._caught_up.pop(key, None)
                 self.events_read += len(events)
-                step = engine.process_batch(
+                batch = Batch(
                     values, np.array(pidx, dtype=np.int64), list(parts),
                     np.array(offs, dtype=np.int64),
                 )  # fmt: skip
+                step = engine.process_batch(batch)
                 await self._deliver(engine, step)
 
     async def _tick(self) -> None:
@@ -214,7 +217,7 @@ class FaustPipeline:
         log.info("%s: %d partitions, %d checkpoints", self.pipeline.name, len(keys), len(saved))
         return engine
 
-    async def _read_checkpoints(self) -> dict[tuple[str, int], dict[str, int]]:
+    async def _read_checkpoints(self) -> dict[tuple[str, int], Checkpoint]:
         await self.checkpoints.maybe_declare()
         hosts = ",".join(str(url).split("://", 1)[-1] for url in self.app.conf.broker)
         consumer = AIOKafkaConsumer(
@@ -222,13 +225,13 @@ class FaustPipeline:
             **self.client_options,
         )  # fmt: skip
         await consumer.start()
-        saved: dict[tuple[str, int], dict[str, int]] = {}
+        saved: dict[tuple[str, int], Checkpoint] = {}
         try:
             tps = [TopicPartition(self.checkpoints.get_topic_name(), 0)]
             async for _, records in read_to_end(consumer, tps, timeout=60.0):
                 for r in records:
                     topic, _, partition = r.key.decode().rpartition("/")
-                    saved[(topic, int(partition))] = orjson.loads(r.value)
+                    saved[(topic, int(partition))] = Checkpoint.from_json(orjson.loads(r.value))
         finally:
             await consumer.stop()
         return saved
@@ -245,7 +248,7 @@ class FaustPipeline:
             futures.append(await topic.send(key=key, value=orjson.dumps(rec)))
         for dl in step.dead_letters:
             if self.dead_letters is not None:
-                headers = _dl_headers(self.pipeline, dl)
+                headers = dead_letter_headers(self.pipeline, dl)
                 futures.append(await self.dead_letters.send(value=dl.value, headers=headers))
         if futures:
             await asyncio.gather(*futures)
@@ -265,7 +268,7 @@ class FaustPipeline:
             return
         saved = []
         for key, safe in acks.items():
-            value = orjson.dumps({**engine.checkpoint(key), "offset": safe})
+            value = orjson.dumps({**engine.checkpoint(key).to_json(), "offset": safe})
             topic_key = f"{key[0]}/{key[1]}".encode()
             saved.append(await self.checkpoints.send(key=topic_key, value=value))
         await asyncio.gather(*saved)

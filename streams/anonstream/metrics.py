@@ -17,7 +17,8 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
-    from anonstream.core.engine import PipelineEngine, StepResult
+    from anonstream.core.engine import PipelineEngine
+    from anonstream.core.step import StepResult
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 

@@ -14,10 +14,11 @@ from hypothesis import strategies as st
 
 from anonstream.core import columns
 from anonstream.core.decode import Decoded
-from anonstream.core.engine import Message, PipelineEngine
+from anonstream.core.engine import PipelineEngine
 from anonstream.core.keys import load_secret
 from anonstream.core.pipeline import load_pipeline
 from anonstream.core.policy import PolicyRecord
+from anonstream.core.step import Message
 from anonstream.synthetic import TOPIC_USAGE, TOPIC_WEB, EventGenerator, Workload, bad_messages
 
 SECRET = load_secret({"ANONSTREAM_SECRET": "c" * 32})

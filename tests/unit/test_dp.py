@@ -22,10 +22,11 @@ import pytest
 
 from anonstream.core import dp as D
 from anonstream.core.budget import Charge, JsonlLedgerStore, Ledger, compose
-from anonstream.core.engine import Message, PipelineEngine, StepResult
+from anonstream.core.engine import PipelineEngine
 from anonstream.core.keys import load_secret
 from anonstream.core.pipeline import PipelineError, load_pipeline, parse_pipeline
 from anonstream.core.release import bound_cells_per_unit
+from anonstream.core.step import Message, StepResult
 from tests.unit.fields import web_test_fields
 
 dp.enable_features("contrib")

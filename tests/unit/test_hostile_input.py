@@ -33,7 +33,7 @@ from anonstream.core.decode import (
     TimestampCache,
     parse_ts,
 )
-from anonstream.core.engine import Message, PipelineEngine, StepResult
+from anonstream.core.engine import PipelineEngine
 from anonstream.core.keys import load_secret
 from anonstream.core.pipeline import (
     MAX_EDGES,
@@ -44,6 +44,7 @@ from anonstream.core.pipeline import (
 )
 from anonstream.core.policy import NO_PRIVACY_UNIT, PolicyRecord
 from anonstream.core.records import rfc3339
+from anonstream.core.step import Message, StepResult
 from anonstream.synthetic import EventGenerator, Workload
 
 SECRET = load_secret({"ANONSTREAM_SECRET": "h" * 32})

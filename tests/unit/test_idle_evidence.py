@@ -134,12 +134,12 @@ def test_a_slow_output_does_not_make_a_partition_idle(
     settings = Settings(idle_close_seconds=IDLE_S, pipelines_dir=ROOT / "pipelines")
     loop = BatchLoop(settings, [pipeline], load_secret({"ANONSTREAM_SECRET": SECRET}), Metrics())
     consumer, producer = FakeConsumer(wall), FakeProducer(wall)
-    loop.consumer, loop.producer = consumer, producer  # type: ignore[assignment]
+    loop.consumer, loop.txn.producer = consumer, producer  # type: ignore[assignment]
     tp0, tp1 = (TopicPartition(pipeline.source_topic, i) for i in (0, 1))
     loop.assigned = {tp0, tp1}
     for tp in (tp0, tp1):
         consumer.parts[tp] = _Part()
-        loop.engines[pipeline.name].assign([(tp.topic, tp.partition)])
+        loop.stages[pipeline.name].assign([(tp.topic, tp.partition)])
 
     # 2 events a second of event time from a day boundary: hours 0 and 1 of that day.
     start = (WALL0 // DAY_MS - 4) * DAY_MS
@@ -168,11 +168,11 @@ def test_a_slow_output_does_not_make_a_partition_idle(
         await step({})
         consumer.fetched(tp1, len(rec1))
         await step({tp1: consumer.take(tp1, rec1[early:])})
-        for e in loop.engines.values():
+        for e in loop.stages.values():
             await loop._deliver(e, e.close_all())
 
     asyncio.run(run())
-    engine = loop.engines[pipeline.name]
+    engine = loop.stages[pipeline.name]
     assert wall.ms - WALL0 >= 2 * SLOW_COMMIT_MS  # the output really was slow
     assert engine.counters["late"] == 0
 
@@ -192,11 +192,11 @@ def test_a_partition_shown_silent_goes_idle_and_the_last_window_is_released(
     settings = Settings(idle_close_seconds=IDLE_S, pipelines_dir=ROOT / "pipelines")
     loop = BatchLoop(settings, [pipeline], load_secret({"ANONSTREAM_SECRET": SECRET}), Metrics())
     consumer, producer = FakeConsumer(wall), FakeProducer(wall, commit_ms=0)
-    loop.consumer, loop.producer = consumer, producer  # type: ignore[assignment]
+    loop.consumer, loop.txn.producer = consumer, producer  # type: ignore[assignment]
     tp = TopicPartition(pipeline.source_topic, 0)
     loop.assigned = {tp}
     consumer.parts[tp] = _Part()
-    engine = loop.engines[pipeline.name]
+    engine = loop.stages[pipeline.name]
     engine.assign([(tp.topic, tp.partition)])
     start = (WALL0 // DAY_MS - 4) * DAY_MS
     gen = EventGenerator(Workload(users=300, events_per_second_of_event_time=2.0, seed=5,

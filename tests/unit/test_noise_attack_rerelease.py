@@ -13,9 +13,10 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anonstream.core.engine import Message, PipelineEngine
+from anonstream.core.engine import PipelineEngine
 from anonstream.core.keys import MasterSecret
 from anonstream.core.pipeline import parse_pipeline
+from anonstream.core.step import Message
 
 ROOT = Path(__file__).resolve().parents[2]
 NOW = 1796040000000  # 2026-11-30T12:40:00Z

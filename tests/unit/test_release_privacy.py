@@ -16,9 +16,10 @@ import orjson
 import pytest
 
 from anonstream.audit import audit_records
-from anonstream.core.engine import Message, PipelineEngine, StepResult
+from anonstream.core.engine import PipelineEngine
 from anonstream.core.keys import load_secret
 from anonstream.core.pipeline import parse_pipeline
+from anonstream.core.step import Message, StepResult
 from tests.unit.fields import web_test_fields
 
 DAY = 86_400_000

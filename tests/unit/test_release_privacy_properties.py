@@ -21,10 +21,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from anonstream.audit import audit_records
-from anonstream.core.engine import Message, PipelineEngine, StepResult
+from anonstream.core.engine import PipelineEngine
 from anonstream.core.keys import ROTATION_MS, load_secret
 from anonstream.core.pipeline import parse_pipeline
 from anonstream.core.records import STAR
+from anonstream.core.step import Message, StepResult
 from tests.unit.fields import web_test_fields
 
 DAY = 86_400_000

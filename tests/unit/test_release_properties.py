@@ -25,10 +25,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from anonstream.core import cellstate, release
-from anonstream.core.engine import Message, PipelineEngine, StepResult
+from anonstream.core.engine import PipelineEngine
 from anonstream.core.keys import load_secret
 from anonstream.core.pipeline import parse_pipeline
 from anonstream.core.records import STAR, rfc3339
+from anonstream.core.step import Message, StepResult
 from tests.unit.fields import web_test_fields
 
 DAY = 86_400_000

@@ -8,10 +8,11 @@ from typing import Any
 
 import orjson
 
-from anonstream.core.engine import DeadLetter, PipelineEngine
+from anonstream.core.engine import PipelineEngine
 from anonstream.core.keys import load_secret
 from anonstream.core.pipeline import parse_pipeline
 from anonstream.core.records import rfc3339
+from anonstream.core.step import DeadLetter
 from anonstream.runtime.replay import dump_dead_letter, replay, replay_file
 from tests.unit.fields import web_test_fields
 

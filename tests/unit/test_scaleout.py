@@ -9,15 +9,15 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import orjson
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from anonstream.core.engine import PipelineEngine, StepResult
+from anonstream.core.engine import PipelineEngine
 from anonstream.core.keys import load_secret
 from anonstream.core.pipeline import Pipeline, load_pipeline, parse_pipeline
+from anonstream.core.step import Batch, StepResult
 from anonstream.runtime.scaleout import (
     PARTIALS_VERSION,
     IngestStage,
@@ -65,14 +65,14 @@ def ingest_both_sources(ingest: IngestStage, events: list[bytes]) -> list[bytes]
     """Half the events from each raw partition; the partials messages ingest sends."""
     pidx = np.arange(len(events), dtype=np.int64) % 2
     offs = np.arange(len(events), dtype=np.int64)
-    step = ingest.process_batch(events, pidx, list(SOURCES), offs)
+    step = ingest.process_batch(Batch(events, pidx, list(SOURCES), offs))
     return [value for _, _, _, value in step.forward]
 
 
 def release(stage: ReleaseStage, values: list[bytes], first_offset: int = 0) -> list[str]:
     pidx = np.zeros(len(values), dtype=np.int64)
     offs = np.arange(first_offset, first_offset + len(values), dtype=np.int64)
-    step = stage.process_batch(values, pidx, [("partials", 0)], offs)
+    step = stage.process_batch(Batch(values, pidx, [("partials", 0)], offs))
     step.extend(stage.tick())
     return [r["kind"] for r in step.releases]
 
@@ -148,14 +148,12 @@ def raw_messages(events: list[dict[str, Any]], raw_parts: int) -> list[tuple[int
     return out
 
 
-def batch_args(
-    msgs: list[tuple[int, int, bytes]],
-) -> tuple[list[bytes], npt.NDArray[np.int64], list[Any], npt.NDArray[np.int64]]:
+def batch_of(msgs: list[tuple[int, int, bytes]]) -> Batch:
     parts = sorted({p for p, _, _ in msgs})
     at = {p: i for i, p in enumerate(parts)}
     pidx = np.array([at[p] for p, _, _ in msgs], dtype=np.int64)
     offs = np.array([o for _, o, _ in msgs], dtype=np.int64)
-    return [v for _, _, v in msgs], pidx, [("raw", p) for p in parts], offs
+    return Batch([v for _, _, v in msgs], pidx, [("raw", p) for p in parts], offs)
 
 
 def cuts(rnd: random.Random, n: int) -> list[tuple[int, int]]:
@@ -172,7 +170,7 @@ def single_mode(pipeline: Pipeline, msgs: list[tuple[int, int, bytes]], seed: in
     engine = PipelineEngine(pipeline, SECRET, clock_ms=lambda: T0 + DAY)
     result = StepResult()
     for i, j in cuts(random.Random(seed), len(msgs)):
-        result.extend(engine.process_batch(*batch_args(msgs[i:j])))
+        result.extend(engine.process_batch(batch_of(msgs[i:j])))
     result.extend(engine.close_all())
     assert not result.dead_letters and engine.counters["late"] == 0
     return result
@@ -203,7 +201,7 @@ def scale_out(
     topic: list[list[bytes]] = [[] for _ in range(partials)]
     while any(queues):
         w = rnd.choice([w for w, q in enumerate(queues) if q])
-        step = ingests[w].process_batch(*batch_args(queues[w].pop(0)))
+        step = ingests[w].process_batch(batch_of(queues[w].pop(0)))
         assert not step.dead_letters
         for _, p, _, value in step.forward:
             topic[p].append(value)
@@ -216,7 +214,7 @@ def scale_out(
         for i, j in cuts(rnd, len(topic[p])):
             offs = np.arange(i, j, dtype=np.int64)
             pidx = np.zeros(j - i, dtype=np.int64)
-            result.extend(stage.process_batch(topic[p][i:j], pidx, [("partials", p)], offs))
+            result.extend(stage.process_batch(Batch(topic[p][i:j], pidx, [("partials", p)], offs)))
     result.extend(stage.close_all())
     assert sum(e.counters["late"] for e in stage.engines.values()) == 0
     return result
@@ -280,7 +278,7 @@ def test_partials_are_compacted_per_batch() -> None:
     ]  # fmt: skip
     pipeline = scale_pipeline(2, 3, 5, hopping=False, secondary=False)
     ingest = IngestStage(PipelineEngine(pipeline, SECRET, clock_ms=lambda: T0 + DAY), "p", 1)
-    step = ingest.process_batch(*batch_args(raw_messages(events, 1)))
+    step = ingest.process_batch(batch_of(raw_messages(events, 1)))
     (rec,) = [decode_partial(v) for _, _, _, v in step.forward]
     (wp,) = rec.windows
     assert (len(wp), wp.rows_in, wp.duplicates, wp.over_limit, wp.first_events) == (
@@ -323,9 +321,7 @@ def test_a_release_stage_still_reads_version_1_partials() -> None:
     msgs = raw_messages(events, 1)
     want = single_mode(pipeline, msgs, 0)
     # What a version 1 ingest sent for this batch: one row per event, names once.
-    cols, _, _ = PipelineEngine(pipeline, SECRET, clock_ms=lambda: T0 + DAY).ingest(
-        *batch_args(msgs)
-    )
+    cols, _, _ = PipelineEngine(pipeline, SECRET, clock_ms=lambda: T0 + DAY).ingest(batch_of(msgs))
     v1 = orjson.dumps({"v": 1, "progress": [["raw", 0, T0 + 5, 1, 1]], "rows": {
         "w": [T0] * 6, "ts": cols.ts.tolist(), "u": cols.unit.tolist(),
         "e": cols.event.tolist(), "d": [0] * 6, "names": [list(cols.dims[0])],
@@ -335,7 +331,9 @@ def test_a_release_stage_still_reads_version_1_partials() -> None:
                          pipeline, "partials", 1)  # fmt: skip
     stage.sources = [("raw", 0)]
     stage.assign([("partials", 0)])
-    got = stage.process_batch([v1], np.zeros(1, np.int64), [("partials", 0)], np.zeros(1, np.int64))
+    got = stage.process_batch(
+        Batch([v1], np.zeros(1, np.int64), [("partials", 0)], np.zeros(1, np.int64))
+    )
     got.extend(stage.close_all())
     assert canonical(got) == canonical(want)
 
@@ -352,7 +350,7 @@ def test_cells_are_named_once_per_window_and_a_missing_name_fails_clearly() -> N
     msgs = raw_messages(events, 1)
     ingest = IngestStage(PipelineEngine(pipeline, SECRET, clock_ms=lambda: T0 + DAY), "p", 1)
     first, second = (
-        [v for _, _, _, v in ingest.process_batch(*batch_args(part)).forward]
+        [v for _, _, _, v in ingest.process_batch(batch_of(part)).forward]
         for part in (msgs[:3], msgs[3:])
     )
     assert [len(w.names) for w in decode_partial(first[0]).windows] == [1]
@@ -363,4 +361,4 @@ def test_cells_are_named_once_per_window_and_a_missing_name_fails_clearly() -> N
     stage.sources = [("raw", 0)]
     stage.assign([("p", 0)])
     with pytest.raises(RuntimeError, match="no name"):
-        stage.process_batch(second, np.zeros(1, np.int64), [("p", 0)], np.ones(1, np.int64))
+        stage.process_batch(Batch(second, np.zeros(1, np.int64), [("p", 0)], np.ones(1, np.int64)))

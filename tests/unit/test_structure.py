@@ -27,7 +27,6 @@ KNOWN_LONG = {
     "anonstream/cli.py": "every command's options and help, one typer app",
     "anonstream/core/release.py": "the release rules, roll-up and suppression together",
     "anonstream/core/scrub.py": "every identifier pattern of the scrubber",
-    "anonstream/runtime/batch.py": "the batch loop with its producer and transaction handling",
 }
 
 

@@ -13,7 +13,6 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
-from dataclasses import dataclass, field
 from typing import Any, cast
 
 import numpy as np
@@ -21,13 +20,15 @@ import numpy.typing as npt
 
 from anonstream.core.budget import Ledger
 from anonstream.core.cellstate import Rows, WindowState
+from anonstream.core.checkpoint import Checkpoint
 from anonstream.core.columns import ColumnPolicy, Columns
 from anonstream.core.decode import INTERNAL_ERROR, Decoded, Decoder, Rejection
 from anonstream.core.keys import MasterSecret
 from anonstream.core.pipeline import Pipeline
 from anonstream.core.policy import Policy, PolicyRecord
 from anonstream.core.records import summary_record
-from anonstream.core.release import Accounting, Releaser
+from anonstream.core.release import Releaser
+from anonstream.core.step import Batch, DeadLetter, Message, StepResult
 from anonstream.core.windows import NEG_INF, Watermark, window_starts_array, window_units
 
 log = logging.getLogger(__name__)
@@ -35,41 +36,6 @@ log = logging.getLogger(__name__)
 
 def wall_clock_ms() -> int:
     return time.time_ns() // 1_000_000
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One raw message as a runtime hands it over."""
-
-    value: bytes
-    partition: Hashable = 0
-    offset: int = -1
-
-
-@dataclass(frozen=True, slots=True)
-class DeadLetter:
-    """A rejected message. `value` is the raw payload: sensitive, for the dead-letter topic."""
-
-    value: bytes
-    reason: str
-    field: str | None
-    partition: Hashable
-    offset: int
-
-
-@dataclass
-class StepResult:
-    releases: list[dict[str, Any]] = field(default_factory=list)
-    dead_letters: list[DeadLetter] = field(default_factory=list)
-    accounting: list[tuple[int, str, Accounting]] = field(default_factory=list)
-    # Scale-out: (topic, partition, key, value) records for the partials topic.
-    forward: list[tuple[str, int, bytes, bytes]] = field(default_factory=list)
-
-    def extend(self, other: StepResult) -> None:
-        self.releases.extend(other.releases)
-        self.dead_letters.extend(other.dead_letters)
-        self.accounting.extend(other.accounting)
-        self.forward.extend(other.forward)
 
 
 class PipelineEngine:
@@ -129,24 +95,12 @@ class PipelineEngine:
     def process(self, messages: Sequence[Message]) -> StepResult:
         """Process one batch fully: every message is accepted, rejected or late, and
         windows the watermark passed are released."""
-        part_ids: dict[Hashable, int] = {}
-        pidx = np.fromiter(
-            (part_ids.setdefault(m.partition, len(part_ids)) for m in messages),
-            dtype=np.int64, count=len(messages),
-        )  # fmt: skip
-        offs = np.fromiter((m.offset for m in messages), dtype=np.int64, count=len(messages))
-        return self.process_batch([m.value for m in messages], pidx, list(part_ids), offs)
+        return self.process_batch(Batch.of(messages))
 
-    def process_batch(
-        self,
-        values: list[bytes],
-        pidx: npt.NDArray[np.int64],
-        part_of: list[Hashable],
-        offs: npt.NDArray[np.int64],
-    ) -> StepResult:
-        """`process` for runtimes that already hold columns: the raw values, each one's
-        partition as an index into `part_of`, and offsets."""
-        cols, again, result = self.ingest(values, pidx, part_of, offs)
+    def process_batch(self, batch: Batch) -> StepResult:
+        """`process` for runtimes that already hold columns."""
+        pidx, part_of, offs = batch.pidx, batch.part_of, batch.offs
+        cols, again, result = self.ingest(batch)
         now = self.clock_ms()
         if len(cols):
             cpidx = pidx[cols.index]
@@ -156,15 +110,10 @@ class PipelineEngine:
         result.extend(self._close_until(self.watermark.current(now)))
         return result
 
-    def ingest(
-        self,
-        values: list[bytes],
-        pidx: npt.NDArray[np.int64],
-        part_of: list[Hashable],
-        offs: npt.NDArray[np.int64],
-    ) -> tuple[Columns, npt.NDArray[np.bool_], StepResult]:
+    def ingest(self, batch: Batch) -> tuple[Columns, npt.NDArray[np.bool_], StepResult]:
         """Decode and policy: the accepted events as columns, which of the batch are
         replays after a restart, and the dead letters."""
+        values, pidx, part_of, offs = batch.values, batch.pidx, batch.part_of, batch.offs
         result = StepResult()
         n = len(values)
         if not n:
@@ -356,6 +305,15 @@ class PipelineEngine:
         for p in partitions:
             self.watermark.register(p, now, hold=hold)
 
+    def set_sources(self, sources: Sequence[Hashable]) -> None:
+        return None  # a single-worker engine owns its sources: it is assigned them
+
+    def busy(self, partition: Hashable) -> None:
+        """Unread data waits in `partition`: not idle, however long the loop took to come
+        back to it (taking a backlog for silence releases windows before their events)."""
+        if partition in self.watermark.partitions:
+            self.watermark.observe(partition, NEG_INF, self.clock_ms())
+
     def silent(self, partition: Hashable, since_ms: int, until_ms: int) -> None:
         """The runtime's evidence that `partition` had nothing unread and nothing new
         from `since_ms` to `until_ms` (fetch response times): what makes it idle."""
@@ -433,23 +391,40 @@ class PipelineEngine:
             return min(firsts) if firsts else None
         return min([nxt, *firsts])
 
-    def checkpoint(self, partition: Hashable) -> dict[str, int]:
+    def checkpoint(self, partition: Hashable) -> Checkpoint:
         """What a restart needs besides the offset: which windows are already released,
         how far this partition was processed, and its share of the pending counters."""
-        return {
-            "closed_until": self.closed_until,
-            "next": self._next_offset.get(partition, -1),
-            "late": self._late_pending.get(partition, 0),
-            "rejected": self._rejected_pending.get(partition, 0),
-        }
+        return Checkpoint(
+            self.closed_until, self._next_offset.get(partition, -1),
+            self._late_pending.get(partition, 0), self._rejected_pending.get(partition, 0),
+        )  # fmt: skip
 
-    def restore(self, partition: Hashable, checkpoint: dict[str, int]) -> None:
-        self.closed_until = max(self.closed_until, int(checkpoint.get("closed_until", NEG_INF)))
-        nxt = int(checkpoint.get("next", -1))
-        if nxt >= 0:
-            self._resume_next[partition] = nxt
-        self._late_pending[partition] += int(checkpoint.get("late", 0))
-        self._rejected_pending[partition] += int(checkpoint.get("rejected", 0))
+    def restore(self, partition: Hashable, checkpoint: Checkpoint) -> None:
+        self.closed_until = max(self.closed_until, checkpoint.closed_until)
+        if checkpoint.next >= 0:
+            self._resume_next[partition] = checkpoint.next
+        self._late_pending[partition] += checkpoint.late
+        self._rejected_pending[partition] += checkpoint.rejected
+
+    def next_offset(self, partition: Hashable) -> int | None:  # for scale-out's ingest
+        return self._next_offset.get(partition)
+
+    def replayed(self, partition: Hashable, offset: int) -> bool:
+        """Processed before the restart this engine resumes from: rebuilds, counts nothing."""
+        return offset < self._resume_next.get(partition, -1)
+
+    def count_rejected(self, partition: Hashable, n: int) -> None:
+        self._rejected_pending[partition] += n  # found by the ingest, for the next summary
+
+    def count_late(self, partition: Hashable, n: int) -> None:
+        self.counters["late"] += n  # a window's partial that came after its release
+        self._late_pending[partition] += n
+
+    def take_rejected(self) -> int:
+        """The rejections pending since the last summary, handed over and cleared."""
+        n = sum(self._rejected_pending.values())
+        self._rejected_pending.clear()
+        return n
 
     def forget(self, partition: Hashable) -> None:
         """A partition moved to another worker."""
@@ -466,3 +441,7 @@ class PipelineEngine:
     @property
     def open_windows(self) -> int:
         return len(self.windows)
+
+    @property
+    def late_events(self) -> int:
+        return int(self.counters["late"])

@@ -4,13 +4,14 @@ Why not a per-event Faust stream: every event through Faust's stream machinery c
 than reading and decoding it (see docs/benchmarks.md), so the hot path takes whole fetches
 with the consumer's getmany and hands them to the engine as one batch.
 
-Crash safety without a state store: each transaction carries the releases of a batch AND
-the consumer offsets, committed atomically. The committed offset of a partition is not the
-position reached but the first offset of the oldest window still open, so a restart
-re-reads exactly what it needs to rebuild open windows. The offset's metadata carries the
-checkpoint (which windows are already released, how far the partition was read, its pending
-counters), so replayed events of released windows are neither released again nor counted
-twice. Consumers reading with isolation_level=read_committed see each release exactly once.
+Crash safety without a state store: each transaction (runtime/transactions.py) carries
+the releases of a batch AND the consumer offsets. The committed offset of a partition is
+not the position reached but the first offset of the oldest window still open, so a
+restart re-reads exactly what it needs to rebuild open windows; the offset's metadata
+carries the stages' checkpoints (core/checkpoint.py), so replayed events of released
+windows are neither released again nor counted twice. The loop only moves batches between
+Kafka and its stages (core/stage.py); its clients come from runtime/clients.py, or from the
+in-memory broker in the contract tests (tests/contract/).
 """
 
 from __future__ import annotations
@@ -29,59 +30,35 @@ from operator import attrgetter
 from typing import Any
 
 import numpy as np
-import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import (
-    ClusterAuthorizationFailedError,
-    GroupAuthorizationFailedError,
-    IllegalStateError,
-    KafkaError,
-    ProducerFenced,
-    TopicAuthorizationFailedError,
-    TransactionalIdAuthorizationFailed,
-)
+from aiokafka import TopicPartition
+from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
 from anonstream.core.budget import Ledger, ledgers
-from anonstream.core.engine import DeadLetter, PipelineEngine, StepResult
+from anonstream.core.checkpoint import decode_checkpoints, encode_checkpoints
+from anonstream.core.engine import PipelineEngine
 from anonstream.core.keys import MasterSecret
 from anonstream.core.pipeline import Pipeline
+from anonstream.core.stage import Stage
+from anonstream.core.step import Batch, StepResult
 from anonstream.metrics import Metrics
-from anonstream.runtime.kafka_compat import committed_with_metadata, raw_records
-from anonstream.runtime.kafka_compat import install as install_raw_records
+from anonstream.runtime.clients import Clients, Consumer, KafkaClients, Rebalance
 from anonstream.runtime.ledger import KafkaLedgerStore, ledger_topic
-from anonstream.runtime.quiet import Silence, fetch_state
-from anonstream.runtime.scaleout import (
-    IngestStage,
-    ReleaseStage,
-    StagesView,
-    mark_busy,
-    partials_topic,
-)
+from anonstream.runtime.quiet import Silence
+from anonstream.runtime.scaleout import IngestStage, ReleaseStage, StagesView, partials_topic
 from anonstream.runtime.startup import Deadlines, StartupError, missing_topics_message
+from anonstream.runtime.transactions import FATAL, Transactions
 from anonstream.settings import Settings
 
 log = logging.getLogger("anonstream.worker")
 
 COMMIT_INTERVAL_S = 1.0
-MAX_PRODUCER_RESTARTS = 5  # within 5 minutes; past that the worker exits (1)
 GC_THRESHOLD = 100_000
 TICK_INTERVAL_S = 1.0
 MISSING_TOPICS_CHECK_S = 2.0
 MISSING_TOPICS_SAY_S = 10.0
 LATE_WARN_FRACTION = 0.5  # a batch mostly too late for its windows: say so,
 LATE_WARN_INTERVAL_S = 60.0  # at most once a minute per pipeline
-
-
-class _Rebalance(ConsumerRebalanceListener):
-    def __init__(self, loop: BatchLoop) -> None:
-        self.loop = loop
-
-    async def on_partitions_revoked(self, revoked: Any) -> None:
-        await self.loop.on_revoked(list(revoked))
-
-    async def on_partitions_assigned(self, assigned: Any) -> None:
-        await self.loop.on_assigned(list(assigned))
 
 
 class BatchLoop:
@@ -97,8 +74,10 @@ class BatchLoop:
         stop_at_end: bool = False,
         prepare: Callable[[], None] | None = None,
         deadlines: Deadlines | None = None,
+        clients: Clients | None = None,
     ) -> None:
         self.settings = settings
+        self.clients: Clients = clients or KafkaClients()  # the in-memory broker in tests
         self.deadlines = deadlines  # start-up phases, for a bounded start
         self.missing_topics: list[str] = []
         self._late_said: dict[str, float] = {}
@@ -117,14 +96,14 @@ class BatchLoop:
             # Windows of one period would be released by several workers, each spending
             # the budget on its own ledger view.
             raise ValueError("dp outputs run in single mode only (ANONSTREAM_SCALE_OUT=false)")
-        self._build_engines()
+        self._build_stages()
         self.raw_topics = {p.source_topic for p in pipelines}
         self.outputs = {(p.name, o.name): o.topic for p in pipelines for o in p.outputs}
         self.misconfigured: str | None = None
         instance = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
         self.transactional_id = f"anonstream-{settings.group_id}-{instance}"
-        self.consumer: AIOKafkaConsumer | None = None
-        self.producer: AIOKafkaProducer | None = None
+        self.consumer: Consumer | None = None
+        self.txn = Transactions(self.clients, settings, self.transactional_id, metrics, self.ledger)
         self.assigned: set[TopicPartition] = set()
         self.end_offsets: dict[TopicPartition, int] = {}
         self.consuming = False
@@ -135,22 +114,23 @@ class BatchLoop:
         self._awaiting_assignment = True
         self._commit_idle = asyncio.Event()
         self._commit_idle.set()
-        self._in_txn = False
         self._dirty = False
         self._last_commit = 0.0
         self._last_tick = 0.0
-        self._producer_failures: list[float] = []
-        self.producer_restarts = 0
         self.done = asyncio.Event()
 
-    def _build_engines(self) -> None:
-        """Fresh engines. A stage reads one topic: in single mode the engine itself (raw
+    @property
+    def producer_restarts(self) -> int:
+        return self.txn.restarts
+
+    def _build_stages(self) -> None:
+        """Fresh stages. A stage reads one topic: in single mode the engine itself (raw
         topic in, releases out); in scale-out mode an ingest stage (raw in, partials out)
         and a release stage (partials in, releases out) per pipeline."""
         settings, secret = self.settings, self.secret
         idle_ms = 0 if self.stop_at_end else int(settings.idle_close_seconds * 1000)
-        self.engines: dict[str, Any] = {}
-        views: dict[str, Any] = {}
+        self.stages: dict[str, Stage] = {}
+        views: dict[str, Any] = {}  # what the metrics read: an engine, or a StagesView
         # One Ledger per budget: pipelines sharing a named budget spend it together.
         self._ledgers = ledgers(self.pipelines, self.ledger) if self.ledger is not None else {}
         for p in self.pipelines:
@@ -165,16 +145,16 @@ class BatchLoop:
                     topic,
                     settings.partials_partitions,
                 )
-                self.engines[f"{p.name}/ingest"] = ingest
-                self.engines[f"{p.name}/release"] = release
+                self.stages[f"{p.name}/ingest"] = ingest
+                self.stages[f"{p.name}/release"] = release
                 views[p.name] = StagesView(ingest, release)
             else:
-                self.engines[p.name] = views[p.name] = PipelineEngine(
+                self.stages[p.name] = views[p.name] = PipelineEngine(
                     p, secret, idle_close_ms=idle_ms, ledger=self._ledger(p)
                 )
-        self.by_topic: dict[str, list[Any]] = defaultdict(list)
-        for e in self.engines.values():
-            self.by_topic[e.input_topic].append(e)
+        self.by_topic: dict[str, list[Stage]] = defaultdict(list)
+        for stage in self.stages.values():
+            self.by_topic[stage.input_topic].append(stage)
         self.metrics.bind_engines(views)
 
     def _ledger(self, p: Pipeline) -> Ledger | None:
@@ -182,28 +162,19 @@ class BatchLoop:
 
     # -- lifecycle -----------------------------------------------------------------------
     async def start(self) -> None:
-        s = self.settings
-        client = s.kafka_client_options()
-        self.metrics.fetch_fallback.set(0 if install_raw_records() else 1)
-        self.consumer = AIOKafkaConsumer(
-            bootstrap_servers=s.bootstrap_servers, group_id=s.group_id,
-            enable_auto_commit=False, auto_offset_reset="earliest",
-            isolation_level="read_committed",  # never count an upstream aborted write
-            max_poll_records=s.batch_max, fetch_max_bytes=64 * 1024 * 1024,
-            max_partition_fetch_bytes=8 * 1024 * 1024, client_id=f"anonstream-{s.group_id}",
-            value_deserializer=raw_records,  # offset and value only: see kafka_compat.py
-            group_instance_id=s.instance_id if s.static_membership else None,  # see Settings
-            **client,
-        )  # fmt: skip
-        self.producer = self._new_producer()
+        self.metrics.fetch_fallback.set(0 if self.clients.install_fast_fetch() else 1)
+        self.consumer = self.clients.consumer(self.settings)
+        producer = self.txn.create()
         self._phase("connecting the consumer and the transactional producer")
         # Both clients connect (and the producer registers its transactional id) at once.
-        await asyncio.gather(self.producer.start(), self.consumer.start())
+        await asyncio.gather(producer.start(), self.consumer.start())
         await self._wait_for_topics()
         if self.missing_topics:
             return  # stopped while waiting: subscribing would let the broker auto-create them
         self._phase("joining the consumer group")
-        self.consumer.subscribe(list(self.by_topic), listener=_Rebalance(self))
+        self.consumer.subscribe(
+            list(self.by_topic), listener=Rebalance(self.on_revoked, self.on_assigned)
+        )
 
     def _phase(self, name: str) -> None:
         if self.deadlines is not None:
@@ -229,39 +200,12 @@ class BatchLoop:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), MISSING_TOPICS_CHECK_S)
 
-    def _new_producer(self) -> AIOKafkaProducer:
-        s = self.settings
-        return AIOKafkaProducer(
-            bootstrap_servers=s.bootstrap_servers, transactional_id=self.transactional_id,
-            enable_idempotence=True, linger_ms=5, max_batch_size=512 * 1024,
-            max_request_size=4 * 1024 * 1024, **s.kafka_client_options(),
-        )  # fmt: skip
-
     async def _replace_producer(self, exc: KafkaError) -> None:
-        """A producer whose transaction broke (a produce request that timed out and left
-        its sequence numbers behind, an expired batch, a lost producer id) cannot go on.
-        Rather than exit, start a new one with the same transactional id, which aborts the
-        open transaction on the broker, and resume from the last commit as after a
-        rebalance: re-read rows rebuild state, and the aborted releases are made again,
-        the same. Too many in a short time is a real fault: give up (exit 1)."""
-        now = time.monotonic()
-        self._producer_failures = [t for t in self._producer_failures if now - t < 300] + [now]
-        if len(self._producer_failures) > MAX_PRODUCER_RESTARTS:
-            raise exc
-        log.warning(
-            "the producer failed (%s); restarting it and resuming from the last commit",
-            type(exc).__name__,
-        )
-        old, self.producer = self.producer, None
-        self._in_txn = False
+        """A broken producer is replaced (runtime/transactions.py), and the loop resumes
+        from the last commit as after a rebalance: re-read rows rebuild state, and the
+        aborted releases are made again, the same."""
+        await self.txn.replace(exc)
         self._dirty = False
-        if old is not None:
-            with contextlib.suppress(Exception):
-                await old.stop()
-        self.producer = self._new_producer()
-        await self.producer.start()
-        self.producer_restarts += 1
-        self.metrics.producer_restarts.inc()
         self._reset_needed = True
 
     async def stop(self) -> None:
@@ -269,14 +213,12 @@ class BatchLoop:
 
     async def close(self) -> None:
         try:
-            if self.producer is not None and self._in_txn:
-                await self.producer.abort_transaction()
-                self._in_txn = False
+            await self.txn.abandon()
         finally:
             if self.consumer is not None:
                 await self.consumer.stop()
-            if self.producer is not None:
-                await self.producer.stop()
+            if self.txn.producer is not None:
+                await self.txn.producer.stop()
 
     # -- rebalance -------------------------------------------------------------------------
     # A rebalance is handled as a restart from the last checkpoint: the callbacks only
@@ -307,35 +249,30 @@ class BatchLoop:
 
     async def _reset(self) -> None:
         """Back to the last checkpoint of every assigned partition."""
-        assert self.consumer is not None and self.producer is not None
+        assert self.consumer is not None and self.txn.producer is not None
         self._reset_needed = False
-        if self._in_txn:
-            await self.producer.abort_transaction()
-            self._in_txn = False
+        await self.txn.abort()
         if self.ledger is not None:
             self.ledger.abort()
         self._dirty = False
-        self._build_engines()
+        self._build_stages()
         self._check_single_mode()
-        for stage in self.engines.values():
-            if isinstance(stage, ReleaseStage):
-                parts = self.consumer.partitions_for_topic(stage.pipeline.source_topic) or set()
-                stage.sources = [(stage.pipeline.source_topic, p) for p in sorted(parts)]
+        for stage in self.stages.values():
+            source = stage.pipeline.source_topic
+            parts = self.consumer.partitions_for_topic(source) or set()
+            stage.set_sources([(source, p) for p in sorted(parts)])
         self.assigned &= self.consumer.assignment()
         tps = sorted(self.assigned)
-        committed = await committed_with_metadata(self.consumer, tps)
+        committed = await self.clients.committed(self.consumer, tps)
         for tp in tps:
             meta = committed.get(tp)
             key = (tp.topic, tp.partition)
-            for engine in self.by_topic.get(tp.topic, []):
-                if meta is not None and meta.metadata:
-                    try:
-                        checkpoint = orjson.loads(meta.metadata).get(engine.pipeline.name)
-                    except orjson.JSONDecodeError:
-                        checkpoint = None
-                    if checkpoint:
-                        engine.restore(key, checkpoint)
-                engine.assign([key])
+            checkpoints = decode_checkpoints(meta.metadata if meta is not None else None)
+            for stage in self.by_topic.get(tp.topic, []):
+                checkpoint = checkpoints.get(stage.pipeline.name)
+                if checkpoint is not None:
+                    stage.restore(key, checkpoint)
+                stage.assign([key])
             # Records fetched before the reset are dropped: read them again.
             try:
                 if meta is not None and meta.offset >= 0:
@@ -408,7 +345,7 @@ class BatchLoop:
                 if await self._step(data):
                     return
             except KafkaError as exc:
-                if isinstance(exc, _FATAL):
+                if isinstance(exc, FATAL):
                     raise
                 await self._replace_producer(exc)
 
@@ -425,12 +362,14 @@ class BatchLoop:
             self._last_tick = now
             self._update_lag()
             self._note_silence()
-            for engine in self.engines.values():
-                await self._deliver(engine, engine.tick())
+            for stage in self.stages.values():
+                await self._deliver(stage, stage.tick())
         if self.stop_at_end and await self._at_end():
-            for engine in self.engines.values():
-                await self._deliver(engine, engine.close_all())
+            for stage in self.stages.values():
+                await self._deliver(stage, stage.close_all())
             await self._commit(force=True)
+            if self._reset_needed:
+                return False  # a rebalance came meanwhile: aborted, read to the end again
             log.info("reached the end offsets; every window released")
             return True
         await self._commit()
@@ -441,23 +380,23 @@ class BatchLoop:
         assert self.consumer is not None
         lag = {}
         for tp in self.assigned:
-            fs = fetch_state(self.consumer, tp)
+            fs = self.clients.fetch_state(self.consumer, tp)
             if fs.highwater is not None and fs.position is not None:
                 lag[(tp.topic, tp.partition)] = max(0, fs.highwater - fs.position)
         self.metrics.lag = lag
 
     def _note_silence(self) -> None:
-        """Tell the engines which raw partitions Kafka has shown silent, and for how long;
-        every other partition (data waiting, or not known yet) is busy (see mark_busy)."""
+        """Tell the stages which partitions Kafka has shown silent, and for how long;
+        every other partition (data waiting, or not known yet) is busy (see Stage.busy)."""
         assert self.consumer is not None
         for tp in self.assigned:
             key = (tp.topic, tp.partition)
-            span = self.silence.update(key, fetch_state(self.consumer, tp))
-            for engine in self.by_topic.get(tp.topic, []):
+            span = self.silence.update(key, self.clients.fetch_state(self.consumer, tp))
+            for stage in self.by_topic.get(tp.topic, []):
                 if span is None:
-                    mark_busy(engine, key)
-                elif isinstance(engine, PipelineEngine):
-                    engine.silent(key, *span)
+                    stage.busy(key)
+                else:
+                    stage.silent(key, *span)
 
     async def _at_end(self) -> bool:
         assert self.consumer is not None
@@ -483,14 +422,14 @@ class BatchLoop:
         for topic, (values, pidx, offsets, parts) in by_topic.items():
             pidx_a = np.array(pidx, dtype=np.int64)
             offs_a = np.array(offsets, dtype=np.int64)
-            for engine in self.by_topic.get(topic, []):
-                name = engine.pipeline.name
-                late = _late(engine)
+            for stage in self.by_topic.get(topic, []):
+                name = stage.pipeline.name
+                late = stage.late_events
                 with self.metrics.batch_timer(name):
-                    step = engine.process_batch(values, pidx_a, parts, offs_a)
-                    await self._deliver(engine, step)
+                    step = stage.process_batch(Batch(values, pidx_a, parts, offs_a))
+                    await self._deliver(stage, step)
                 self.metrics.observe_batch(name, len(values), step)
-                self._warn_if_late(name, _late(engine) - late, len(values))
+                self._warn_if_late(name, stage.late_events - late, len(values))
         self._dirty = True
 
     def _warn_if_late(self, pipeline: str, late: int, n: int) -> None:
@@ -509,41 +448,12 @@ class BatchLoop:
             pipeline, late, n,
         )  # fmt: skip
 
-    async def _begin(self) -> None:
-        assert self.producer is not None
-        if not self._in_txn:
-            await self.producer.begin_transaction()
-            self._in_txn = True
-
-    async def _deliver(self, engine: Any, step: StepResult) -> None:
+    async def _deliver(self, stage: Stage, step: StepResult) -> None:
+        """A step's records, in the open transaction; releases are committed at once."""
         if not step.releases and not step.dead_letters and not step.forward:
             return
-        assert self.producer is not None
-        await self._begin()
-        p = engine.pipeline
-        futures = []
-        for topic, partition, key, value in step.forward:
-            futures.append(
-                await self.producer.send(topic, value, key=key or None, partition=partition)
-            )
-        for rec in step.releases:
-            topic = self.outputs[(p.name, rec["output"])]
-            futures.append(await self.producer.send(
-                topic, orjson.dumps(rec), key=rec["release_id"].encode()
-            ))  # fmt: skip
-        if self.ledger is not None:  # the charges of this step's windows, same transaction
-            for key, value in self.ledger.drain():
-                futures.append(await self.producer.send(self.ledger.topic, value, key=key))
-        for dl in step.dead_letters:
-            futures.append(await self.producer.send(
-                self.settings.dead_letter_topic, dl.value, headers=_dl_headers(p, dl)
-            ))  # fmt: skip
-            log.warning(
-                "rejected message %s offset %s: %s%s", _where(dl), dl.offset, dl.reason,
-                f" ({dl.field})" if dl.field else "",
-            )  # fmt: skip
-        if futures:
-            await asyncio.gather(*futures)
+        p = stage.pipeline
+        await self.txn.deliver(p, step, self.outputs, self.settings.dead_letter_topic)
         self._dirty = True
         if step.releases:
             self.metrics.observe_batch(p.name, 0, step)
@@ -553,7 +463,7 @@ class BatchLoop:
 
     async def _commit(self, force: bool = False) -> None:
         """Offsets and checkpoints, in the same transaction as the releases before them."""
-        if not self._dirty or self.producer is None or self.consumer is None:
+        if not self._dirty or self.txn.producer is None or self.consumer is None:
             return
         if self._reset_needed:
             return  # a rebalance came: this transaction will be aborted
@@ -563,58 +473,22 @@ class BatchLoop:
         offsets: dict[TopicPartition, OffsetAndMetadata] = {}
         for tp in self.assigned:
             key = (tp.topic, tp.partition)
-            engines = self.by_topic.get(tp.topic, [])
-            safe = [o for e in engines if (o := e.safe_offset(key)) is not None]
+            stages = self.by_topic.get(tp.topic, [])
+            safe = [o for st in stages if (o := st.safe_offset(key)) is not None]
             if not safe:
                 continue
-            meta = orjson.dumps({e.pipeline.name: e.checkpoint(key) for e in engines}).decode()
+            meta = encode_checkpoints({st.pipeline.name: st.checkpoint(key) for st in stages})
             offsets[tp] = OffsetAndMetadata(min(safe), meta)
-        if not offsets and not self._in_txn:
+        if not offsets and not self.txn.open:
             return
-        await self._begin()
+        await self.txn.begin()
         self._commit_idle.clear()
         try:
-            if offsets:
-                await self.producer.send_offsets_to_transaction(offsets, self.settings.group_id)
-            await self.producer.commit_transaction()
-            if self.ledger is not None:
-                self.ledger.committed()
+            await self.txn.commit(offsets, self.settings.group_id)
         finally:
             self._commit_idle.set()
-        self._in_txn = False
         self._dirty = False
         self._last_commit = now
 
 
 _value, _offset = attrgetter("value"), attrgetter("offset")
-
-
-def _late(engine: Any) -> int:
-    counters = getattr(engine, "counters", None)  # scale-out stages decide lateness later
-    return int(counters["late"]) if counters is not None else 0
-
-
-# Another worker took over this slot (a zombie must stop), or the broker says no: a new
-# producer would not help.
-_FATAL = (
-    ProducerFenced,
-    GroupAuthorizationFailedError,
-    TransactionalIdAuthorizationFailed,
-    TopicAuthorizationFailedError,
-    ClusterAuthorizationFailedError,
-)
-
-
-def _where(dl: DeadLetter) -> str:
-    if isinstance(dl.partition, tuple):
-        return f"{dl.partition[0]}/{dl.partition[1]}"
-    return str(dl.partition)
-
-
-def _dl_headers(pipeline: Pipeline, dl: DeadLetter) -> list[tuple[str, bytes]]:
-    return [
-        ("anonstream.reason", dl.reason.encode()),
-        ("anonstream.field", (dl.field or "").encode()),
-        ("anonstream.pipeline", pipeline.name.encode()),
-        ("anonstream.source", f"{_where(dl)}/{dl.offset}".encode()),
-    ]

@@ -22,8 +22,9 @@ from typing import IO, Any
 import orjson
 
 from anonstream.core.decode import parse_ts
-from anonstream.core.engine import DeadLetter, Message, PipelineEngine
+from anonstream.core.engine import PipelineEngine
 from anonstream.core.release import Accounting
+from anonstream.core.step import DeadLetter, Message
 
 BATCH = 10_000
 

@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import struct
 from collections import Counter
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, cast
 
@@ -54,9 +54,11 @@ import numpy.typing as npt
 import orjson
 
 from anonstream.core.cellstate import Rows, WindowState, compact, group_starts
+from anonstream.core.checkpoint import Checkpoint
 from anonstream.core.columns import Columns
-from anonstream.core.engine import PipelineEngine, StepResult
+from anonstream.core.engine import PipelineEngine
 from anonstream.core.pipeline import Pipeline
+from anonstream.core.step import Batch, StepResult
 from anonstream.core.windows import NEG_INF, window_starts_array, window_units
 
 # 1: JSON, one row per event (dims by name, window per row).
@@ -270,22 +272,16 @@ class IngestStage:
     def input_topic(self) -> str:
         return self.engine.input_topic
 
-    def process_batch(
-        self,
-        values: list[bytes],
-        pidx: npt.NDArray[np.int64],
-        part_of: list[Hashable],
-        offs: npt.NDArray[np.int64],
-    ) -> StepResult:
-        cols, _again, result = self.engine.ingest(values, pidx, part_of, offs)
+    def process_batch(self, batch: Batch) -> StepResult:
+        cols, _again, result = self.engine.ingest(batch)
         step_ms = self.pipeline.window.step_ms
         progress: list[Progress] = []
         by_partition: dict[int, list[WindowPartial]] = {}
         now = self.engine.clock_ms()
         if len(cols):
-            cpidx = pidx[cols.index]
+            cpidx = batch.pidx[cols.index]
             for i in np.unique(cpidx).tolist():
-                key = part_of[i]
+                key = batch.part_of[i]
                 topic, partition = cast(tuple[str, int], key)
                 ts = max(int(cols.ts[cpidx == i].max()), self._max_ts.get(key, NEG_INF))
                 self._max_ts[key] = ts
@@ -294,8 +290,7 @@ class IngestStage:
             for wp in window_partials(self.engine, cols, self._cell_ids(cols), self._dims):
                 p = (wp.start_ms // step_ms) % self.partitions
                 by_partition.setdefault(p, []).append(self._name_once(p, wp))
-        rejected = sum(self.engine._rejected_pending.values())
-        self.engine._rejected_pending.clear()
+        rejected = self.engine.take_rejected()
         for p in range(self.partitions):
             windows = by_partition.get(p, [])
             rej = rejected if p == 0 else 0
@@ -341,13 +336,23 @@ class IngestStage:
 
     # Ingest is stateless: its committed offset is simply the next one to read.
     def safe_offset(self, partition: Hashable) -> int | None:
-        return self.engine._next_offset.get(partition)
+        return self.engine.next_offset(partition)
 
-    def checkpoint(self, partition: Hashable) -> dict[str, int]:
-        return {}
-
-    def restore(self, partition: Hashable, checkpoint: dict[str, int]) -> None:
+    def checkpoint(self, partition: Hashable) -> Checkpoint | None:
         return None
+
+    def restore(self, partition: Hashable, checkpoint: Checkpoint) -> None:
+        return None
+
+    def set_sources(self, sources: Sequence[Hashable]) -> None:
+        return None  # it reads the raw partitions it owns
+
+    def silent(self, partition: Hashable, since_ms: int, until_ms: int) -> None:
+        return None  # idleness is the release stage's call, from this stage's heartbeats
+
+    @property
+    def late_events(self) -> int:
+        return 0  # lateness is decided at release
 
     def assign(self, partitions: list[Hashable]) -> None:
         now = self.engine.clock_ms()
@@ -360,7 +365,7 @@ class IngestStage:
             self._last_data[partition] = self.engine.clock_ms()
 
     def forget(self, partition: Hashable) -> None:
-        self.engine._next_offset.pop(partition, None)
+        self.engine.forget(partition)
         self._max_ts.pop(partition, None)
         self._last_data.pop(partition, None)
 
@@ -419,20 +424,13 @@ class ReleaseStage:
             e.assign(self.sources, hold=True)
         return e
 
-    def process_batch(
-        self,
-        values: list[bytes],
-        pidx: npt.NDArray[np.int64],
-        part_of: list[Hashable],
-        offs: npt.NDArray[np.int64],
-    ) -> StepResult:
+    def process_batch(self, batch: Batch) -> StepResult:
         result = StepResult()
-        for i, part in enumerate(part_of):
-            mine = np.flatnonzero(pidx == i)
+        for i, part in enumerate(batch.part_of):
+            mine = np.flatnonzero(batch.pidx == i)
             if len(mine):
-                result.extend(
-                    self._process_partition(part, [values[j] for j in mine.tolist()], offs[mine])
-                )
+                values = [batch.values[j] for j in mine.tolist()]
+                result.extend(self._process_partition(part, values, batch.offs[mine]))
         return result
 
     def _process_partition(
@@ -442,7 +440,7 @@ class ReleaseStage:
         progress: dict[Hashable, tuple[int, int, int]] = {}
         for k, raw in enumerate(values):
             offset = int(offs[k])
-            again = offset < e._resume_next.get(part, -1)
+            again = e.replayed(part, offset)
             if raw[:1] == b"{":  # version 1, from a worker not upgraded yet
                 self._add_v1(e, part, orjson.loads(raw), offset, again, progress)
                 continue
@@ -450,7 +448,7 @@ class ReleaseStage:
             for x in rec.progress:
                 _progress(progress, (x.topic, x.partition), x.max_ts, x.data_ms, x.sent_ms)
             if rec.rejected and not again:
-                e._rejected_pending[part] += rec.rejected
+                e.count_rejected(part, rec.rejected)
             for wp in rec.windows:
                 _add_window(e, wp, part, offset, again)
         # Offsets of messages without rows still move this partition forward.
@@ -480,7 +478,7 @@ class ReleaseStage:
         for topic, partition, ts, data_ms, sent_ms in doc.get("progress", []):
             _progress(progress, (topic, partition), ts, data_ms, sent_ms)
         if doc.get("rejected") and not again:
-            e._rejected_pending[part] += int(doc["rejected"])
+            e.count_rejected(part, int(doc["rejected"]))
         rows = doc.get("rows")
         if not rows:
             return
@@ -502,12 +500,27 @@ class ReleaseStage:
         e = self.engines.get(partition)
         return None if e is None else e.safe_offset(partition)
 
-    def checkpoint(self, partition: Hashable) -> dict[str, int]:
+    def checkpoint(self, partition: Hashable) -> Checkpoint | None:
         e = self.engines.get(partition)
-        return {} if e is None else e.checkpoint(partition)
+        return None if e is None else e.checkpoint(partition)
 
-    def restore(self, partition: Hashable, checkpoint: dict[str, int]) -> None:
+    def restore(self, partition: Hashable, checkpoint: Checkpoint) -> None:
         self._engine(partition).restore(partition, checkpoint)
+
+    def set_sources(self, sources: Sequence[Hashable]) -> None:
+        self.sources = list(sources)
+
+    # A partials partition always has news (every owner's heartbeat, each second), and its
+    # sources' idleness is the owners' word, read in order: nothing to note here.
+    def busy(self, partition: Hashable) -> None:
+        return None
+
+    def silent(self, partition: Hashable, since_ms: int, until_ms: int) -> None:
+        return None
+
+    @property
+    def late_events(self) -> int:
+        return 0  # counted per partials engine, in the metrics' view (StagesView)
 
     def assign(self, partitions: list[Hashable]) -> None:
         for p in partitions:
@@ -550,8 +563,7 @@ def _add_window(
     end = wp.start_ms + spec.size_ms
     if end <= e.closed_until:
         if wp.first_events and not again:
-            e.counters["late"] += wp.first_events
-            e._late_pending[part] += wp.first_events
+            e.count_late(part, wp.first_events)
         return
     w = e.windows.get(wp.start_ms)
     if w is None:
@@ -608,16 +620,3 @@ class StagesView:
 
     def state_bytes(self) -> int:
         return sum(e.state_bytes() for e in self.release.engines.values())
-
-
-def mark_busy(stage: Any, partition: Hashable) -> None:
-    """Unread data waits in ``partition``: it must not count as idle however long the loop
-    took to come back to it (a slow output, a long batch). Idle close is for silent input;
-    taking a backlog for silence releases windows before their events are read.
-
-    Raw partitions only. A partials partition always has news (every owner's heartbeat,
-    each second), and its sources' idleness is the owners' word, read in order."""
-    if isinstance(stage, IngestStage):
-        stage.busy(partition)
-    elif isinstance(stage, PipelineEngine) and partition in stage.watermark.partitions:
-        stage.watermark.observe(partition, NEG_INF, stage.clock_ms())
