@@ -9,13 +9,18 @@ route: it first peels every layer a value can hide behind, keeping each layer,
 2. NFKC, then format characters (Cf) and combining marks removed (after NFD), digits of
    any script made ASCII;
 3. percent-decoded (``urllib.parse.unquote``) until it no longer changes;
+   HTML entities, "\\u0040", "\\x40", "\\u{40}" decoded; and, each as a layer of its own,
+   CSS ("\\40 ") and octal ("\\100") backslash escapes, UTF-7 ("+AEA-") and quoted-printable
+   ("=2E", in a token with "=40");
 4. every run of 8+ base64/base64url/hex characters decoded, at each alignment, and the
    printable pieces of the result peeled again (three layers deep);
 
 then tokenizes each layer and checks each token against known formats: an email shape
 around every "@", IPv4 octets joined by one separator, IPv6 parsed by ``ipaddress``
 (with the IPv4 address that 6to4, Teredo, NAT64 and mapped forms embed), digit groups
-joined by separators checked for Luhn (cards) and length (phones, long numbers), and
+joined by separators checked for Luhn (cards) and length (phones, long numbers),
+inet_aton() forms with a hex part ("0xC0.0xA8.0x01.0x0F", "0xC0A8010F") and a hex IPv4
+host label ("c0a8010f.example.net"), and
 pseudonym-like tokens (16+ hex, UUIDs, base64-like runs).
 
 Cost is linear in the input (one tokenizing pass per layer, layers shrink as they are
@@ -56,7 +61,18 @@ _IP4_SEPS = frozenset(" -._,/*+:|~xX")
 # Joints a number seldom has in benign text: a chain with one needs 10+ digits to be a
 # phone, so times ("10:15:00") and sizes ("1920x1080") pass.
 _WEAK_SEPS = frozenset("*:|~xX")
-_ESCAPE = re.compile(r"\\u([0-9A-Fa-f]{4})|\\x([0-9A-Fa-f]{2})|=(40)(?=[0-9A-Za-z])")
+_ESCAPE = re.compile(
+    r"\\u([0-9A-Fa-f]{4})|\\x([0-9A-Fa-f]{2})|\\u\{([0-9A-Fa-f]{1,8})\}|=(40)(?=[0-9A-Za-z])"
+)
+# Backslash escapes read two ways, each its own layer: CSS ("\\40 ", "\\000040", hex,
+# one space closing it) and octal ("\\100", C and shells).
+_CSS = re.compile(r"\\([0-9A-Fa-f]{1,6}) ?")
+_OCT = re.compile(r"\\([0-3][0-7]{2})")
+_UTF7 = re.compile(r"\+([A-Za-z0-9+/]{2,64})-?")
+_B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"
+# Quoted-printable: every "=XX" of a whitespace-free token that has "=40" (an "@").
+_QP_TOKEN = re.compile(r"\S+")
+_QP_RUN = re.compile(r"(?:=[0-9A-Fa-f]{2})+")
 _DROPPED = re.compile("[\x00\ufffd]+")
 _IP6_RUN = re.compile(r"[0-9A-Fa-f:.]{3,}")
 _HEX_TOKEN = re.compile(r"(?<![0-9A-Za-z])[0-9a-fA-F]{16,}(?![0-9A-Za-z])")
@@ -108,7 +124,40 @@ def _unpercent(s: str) -> str:
 
 
 def _escape_repl(m: re.Match[str]) -> str:
-    return chr(int(next(g for g in m.groups() if g is not None), 16))
+    cp = int(next(g for g in m.groups() if g is not None), 16)
+    return chr(cp) if cp <= 0x10FFFF else m.group()
+
+
+def _printable(cp: int, tok: str) -> str:
+    return chr(cp) if 0x20 <= cp <= 0x7E else tok
+
+
+def _utf7_repl(m: re.Match[str]) -> str:
+    bits = "".join(f"{_B64_ALPHABET.index(c):06b}" for c in m.group(1))
+    units = [int(bits[i : i + 16], 2) for i in range(0, len(bits) - 15, 16)]
+    if units and all(0x20 <= u <= 0x7E for u in units):
+        return "".join(map(chr, units))
+    return m.group()
+
+
+def _qp_repl(m: re.Match[str]) -> str:
+    if "=40" not in m.group():
+        return m.group()
+    return _QP_RUN.sub(
+        lambda r: bytes.fromhex(r.group().replace("=", "")).decode("utf-8", "replace"),
+        m.group(),
+    )
+
+
+def _other_escapes(s: str) -> Iterator[str]:
+    """Readings of ``s`` with CSS, octal, UTF-7 and quoted-printable escapes decoded."""
+    if "\\" in s:
+        yield _CSS.sub(lambda m: _printable(int(m.group(1), 16), m.group()), s)
+        yield _OCT.sub(lambda m: _printable(int(m.group(1), 8), m.group()), s)
+    if "+" in s:
+        yield _UTF7.sub(_utf7_repl, s)
+    if "=40" in s:
+        yield _QP_TOKEN.sub(_qp_repl, s)
 
 
 def _unescape(s: str) -> str:
@@ -153,6 +202,9 @@ def _layers(s: str, depth: int = 0) -> Iterator[tuple[str, int]]:
             break
         plain = clean
         yield plain, depth
+    for other in _other_escapes(plain):
+        if other != plain:
+            yield _unpercent(_plain(_unescape(other))), depth
     if depth >= _DEPTH:
         return
     for m in _ENCODED_RUN.finditer(plain):
@@ -250,6 +302,60 @@ def _chain_reasons(t: str, chain: list[tuple[int, int]]) -> set[str]:
     return found
 
 
+# inet_aton() forms with hex parts ("0xC0.0xA8.0x01.0x0F", "0x7f.1"), a lone 32-bit hex
+# number ("0xC0A8010F"), and an IPv4 address in hex as the first label of a host name
+# ("c0a8010f.example.net"). Tokens are taken whole between non-word characters.
+_INET_TOKEN = re.compile(r"[0-9A-Za-z]++(?:\.[0-9A-Za-z]++)*+")
+# A host: at the start, after "//" or a space, up to a "/", ":" or the end.
+_HOST_AT = re.compile(r"(?:^|(?<=//)|(?<=\s))[0-9A-Za-z\-]++(?:\.[0-9A-Za-z\-]++)++(?=[/:]|\s|$)")
+_HEX8 = re.compile(r"[0-9a-fA-F]{8}")
+
+
+def _aton_part(p: str) -> int | None:
+    low = p.lower()
+    try:
+        if low.startswith("0x"):
+            return int(low[2:], 16) if 2 < len(low) <= 10 else None
+        if low.startswith("0") and len(low) > 1:
+            return int(low, 8)
+        return int(low) if low.isdigit() else None
+    except ValueError:
+        return None
+
+
+def _inet_reasons(t: str) -> set[str]:
+    found: set[str] = set()
+    if "0x" in t.lower():
+        for m in _INET_TOKEN.finditer(t):
+            parts = m.group().split(".")
+            hexed = [p.lower().startswith("0x") for p in parts]
+            if not any(hexed):
+                continue
+            if len(parts) == 1:
+                if len(parts[0]) >= 8 and _aton_part(parts[0]) is not None:
+                    found.add(LONG_NUMBER)
+                continue
+            for k in range(len(parts) - 1):  # a run of 2-4 parts that reads as inet_aton
+                for n in range(min(4, len(parts) - k), 1, -1):
+                    vals = [_aton_part(p) for p in parts[k : k + n]]
+                    if (
+                        any(hexed[k : k + n])
+                        and all(v is not None and v <= 255 for v in vals[:-1])
+                        and vals[-1] is not None
+                        and vals[-1] < 256 ** (5 - n)
+                    ):
+                        found.add(IPV4)
+    if "." in t:
+        for m in _HOST_AT.finditer(t):
+            labels = m.group().split(".")
+            if any(
+                _HEX8.fullmatch(label) and not label.isalpha() and not label.isdigit()
+                for label in labels[:-2]
+            ):
+                found.add(IPV4)
+    return found
+
+
 def _ipv6(t: str) -> bool:
     """A non-trivial IPv6 address in some window of a hex-and-colon run."""
     if t.count(":") < 2:
@@ -342,6 +448,7 @@ def identifier_reasons(s: str, tokens: bool = False) -> list[str]:
             found.add(EMAIL)
         if any(c.isdigit() for c in layer):
             found |= _number_reasons(layer)
+            found |= _inet_reasons(layer)
             if _ipv6(layer):
                 found.add(IPV4)
         if tokens:

@@ -9,11 +9,14 @@ remaining run of six or more digits with ``<num>``.
 Detection sees through disguises. The text is scanned in a *detection view*: compatibility
 forms folded (the NFKD half of NFKC: full-width letters, ligatures), format characters
 (category Cf: zero-width spaces and joiners, soft hyphens, direction marks) and combining
-marks removed, digits of any script and dashes made ASCII, then percent-decoded to a fixed
-point ("%2540" -> "%40" -> "@"). Runs of 10+ base64/base64url/hex characters are decoded
-(at every alignment) and the printable text inside is scanned the same way, up to three
-layers deep. A find is replaced in the *original* text: the characters it came from (for
-an identifier inside an encoded token, the whole token) become the placeholder.
+marks removed, digits of any script and dashes made ASCII, then decoded to a fixed point:
+percent escapes ("%2540" -> "%40" -> "@"), "\\u0040", "\\x40", "\\u{40}", CSS ("\\40 ",
+"\\000040") and octal ("\\100") escapes, UTF-7 ("+AEA-"), HTML entities and quoted-printable
+in a token with an "=40" ("jane=2Edoe=40example=2Ecom"). Runs of 10+ base64/base64url/hex
+characters are decoded (at every alignment) and the printable text inside is scanned the
+same way, up to three layers deep. A find is replaced in the *original* text: the
+characters it came from (for an identifier inside an encoded token, the whole token)
+become the placeholder.
 
 Everything runs in time linear in the input: the patterns are single character classes,
 anchored to the start of their run or bounded in length, and the email scanner is a
@@ -201,6 +204,7 @@ def _weak_chain_spans(chain: str, base: int, out: list[Span]) -> None:
 
 
 _DIGIT_RUN_RE = re.compile(r"\d+")
+_OCTAL = frozenset("01234567")
 _DOUBLED = (0, 2, 4, 6, 8, 1, 3, 5, 7, 9)
 _IP6_MAX_LEN = 45  # longest textual IPv6 ("ffff:...:255.255.255.255")
 _IP6_MAX_GROUPS = 8  # at most 8 colons between the first and last group of one address
@@ -222,6 +226,45 @@ def luhn_ok(digits: str) -> bool:
         total += d if odd else _DOUBLED[d]
         odd = not odd
     return total % 10 == 0
+
+
+# IPv4 as inet_aton() and browsers read it, with hex parts: "0xC0.0xA8.0x01.0x0F",
+# "0xc0.0xa8.0x10f", "0x7f.1" (the last part fills the bytes left), or one 32-bit hex
+# number "0xC0A8010F". Decimal and octal forms are digit runs the number passes take
+# already ("3232235791" is <num>, "0300.0250.01.017" <phone>). Each attempt starts after
+# a non-word character and takes at most four bounded parts, possessively: linear.
+_INET_PART = r"(?:0[xX][0-9A-Fa-f]{1,8}+|[0-9]{1,10}+)"
+_INET_RE = re.compile(rf"(?<![0-9A-Za-z.]){_INET_PART}(?:\.{_INET_PART}){{0,3}}+(?![0-9A-Za-z])")
+_INET_HEX_MIN = 6  # hex digits of a lone "0x..." number that make it one (as 6+ digits)
+
+
+def _inet_value(part: str) -> int | None:
+    if part[:2] in ("0x", "0X"):
+        return int(part[2:], 16)
+    if len(part) > 1 and part[0] == "0":
+        return int(part, 8) if set(part) <= _OCTAL else None
+    return int(part)
+
+
+def _inet_spans(t: str) -> list[Span]:
+    out: list[Span] = []
+    for m in _INET_RE.finditer(t):
+        parts = m.group().split(".")
+        if not any(p[:2] in ("0x", "0X") for p in parts):
+            continue  # decimal and octal: the number passes judge them
+        if len(parts) == 1:
+            if len(parts[0]) - 2 >= _INET_HEX_MIN:
+                out.append((m.start(), m.end(), NUM))
+            continue
+        values = [_inet_value(p) for p in parts]
+        last = values[-1]
+        if (
+            all(v is not None and v <= 255 for v in values[:-1])
+            and last is not None
+            and last < 256 ** (5 - len(parts))
+        ):
+            out.append((m.start(), m.end(), IP))
+    return out
 
 
 def _number_spans(text: str, base: int, out: list[Span]) -> None:
@@ -383,6 +426,9 @@ def _shape_spans(t: str, ids: bool) -> list[Span]:
     if t.count(":") >= 2:
         t = _mask(t, found)
         found += _ip6_spans(t)
+    if "0x" in t or "0X" in t:
+        t = _mask(t, found)
+        found += _inet_spans(t)
     t = _mask(t, found)
     if ids:  # before numbers: the digit groups of a split id are no phone number
         found += _hex_chain_spans(t)
@@ -471,19 +517,27 @@ _LENS = _LenTable()
 _DECODED = _DecodedTable()
 
 _PCT_RUN_RE = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
-# Escapes decoded in the view besides percent runs: "\\u0040", "\\x40", quoted-printable
-# "=40" (only the "@", before a letter or digit: "a=40&b" stays), HTML entities.
+# Escapes decoded in the view besides percent runs: "\\u0040", "\\x40", "\\u{40}", CSS
+# ("\\40 ", "\\000040") and octal ("\\100") backslash escapes, UTF-7 ("+AEA-"),
+# quoted-printable runs ("=40", "=2E": only in a token that has "=40" before a letter or
+# digit, so "a=40&b" stays), HTML entities. Every alternative is bounded or a single
+# character-class run: linear.
 _ESCAPE_RE = re.compile(
-    r"(?:%[0-9A-Fa-f]{2})+|\\u[0-9A-Fa-f]{4}|\\x[0-9A-Fa-f]{2}|=40(?=[0-9A-Za-z])"
+    r"(?:%[0-9A-Fa-f]{2})+|\\u[0-9A-Fa-f]{4}|\\x[0-9A-Fa-f]{2}|\\u\{[0-9A-Fa-f]{1,8}\}"
+    r"|\\[0-9A-Fa-f]{1,6} ?|\+[A-Za-z0-9+/]++-?|(?:=[0-9A-Fa-f]{2})+"
     r"|&(?:#0*[0-9]{1,7}|#[xX]0*[0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});?"
 )
+_QP_AT_RE = re.compile(r"=40(?=[0-9A-Za-z=])")
+_NON_SPACE_RE = re.compile(r"\S+")
 _PCT_ROUNDS = 8  # decoding passes; deeper percent nesting is refused (see _view)
 # Plain ASCII text is its own view unless it holds an escape, a NUL (dropped), ...
-_VIEW_TRIGGER_RE = re.compile(r"[%&\\\x00\t\n\r\x0b\x0c\x1c-\x1f]|=40")
+_VIEW_TRIGGER_RE = re.compile(r"[%&\\\x00\t\n\r\x0b\x0c\x1c-\x1f]|=40|\+[A-Za-z0-9+/]")
 # ASCII characters the fold changes: NUL (dropped) and whitespace other than " " (a space).
 _ASCII_FOLDED_RE = re.compile(r"[\x00\t\n\r\x0b\x0c\x1c-\x1f]")
 # ... or a run that may be encoded.
-_NEEDS_VIEW_RE = re.compile(r"[%&\\\x00\t\n\r\x0b\x0c\x1c-\x1f]|=40|[A-Za-z0-9+/=_\-]{10,}")
+_NEEDS_VIEW_RE = re.compile(
+    r"[%&\\\x00\t\n\r\x0b\x0c\x1c-\x1f]|=40|\+[A-Za-z0-9+/]|[A-Za-z0-9+/=_\-]{10,}"
+)
 _B64_RUN_RE = re.compile(r"[A-Za-z0-9+/=_\-]{10,}")
 _HEX_RUN_RE = re.compile(r"[0-9A-Fa-f]{12,}")
 _URLSAFE = str.maketrans("-_", "+/")
@@ -510,14 +564,97 @@ def _fold(text: str, starts: IntArray, ends: IntArray) -> tuple[str, IntArray, I
     return text.translate(_FOLD), starts[idx], ends[idx]
 
 
-def _unescape(tok: str) -> str:
-    if tok[0] == "%":
-        return bytes.fromhex(tok.replace("%", "")).decode("utf-8", "replace")
-    if tok[0] == "\\":
-        return chr(int(tok[2:], 16))  # a lone surrogate is dropped by the fold
-    if tok[0] == "=":
-        return "@"
-    return html.unescape(tok)
+def _ascii_char(cp: int, terminated: bool) -> str | None:
+    """A backslash escape's character if it is printable ASCII (what a disguise spells);
+    a letter or digit only if the escape is closed (a space, 6 digits, braces), so a
+    backslash before a digit run ("C:\\1234...") does not eat digits of a number."""
+    if 0x20 <= cp <= 0x7E and (terminated or not chr(cp).isalnum()):
+        return chr(cp)
+    return None
+
+
+def _backslash(tok: str) -> tuple[str, int] | None:
+    """A CSS ("\\40 ", "\\000040"), ES6 ("\\u{40}") or octal ("\\100") escape: its
+    character and how many characters of ``tok`` it takes. The first reading that gives
+    printable ASCII wins: CSS closed by a space or with six digits, three octal digits
+    (C, shells: "\\056a" is ".a"), CSS with the digits there are."""
+    if tok[1] == "u" and tok[2:3] == "{":
+        return (c, len(tok)) if (c := _ascii_char(int(tok[3:-1], 16), True)) else None
+    digits = tok[1:].rstrip(" ")
+    if (tok[-1] == " " or len(digits) == 6) and (c := _ascii_char(int(digits, 16), True)):
+        return c, len(tok)
+    if len(digits) >= 3 and set(digits[:3]) <= _OCTAL:
+        closed = len(digits) == 3 or not digits[3].isdigit()
+        if c := _ascii_char(int(digits[:3], 8), closed):
+            return c, 4
+    return (c, len(tok)) if (c := _ascii_char(int(digits, 16), False)) else None
+
+
+def _utf7(tok: str) -> str | None:
+    """A UTF-7 shifted run ("+AEA-" is "@") if it decodes to printable ASCII (UTF-16BE
+    units below 0x80: the run starts with "A", six zero bits)."""
+    body = tok[1:].removesuffix("-")
+    if body[0] != "A" or len(body) < 3:
+        return None
+    body = body[: len(body) - len(body) % 4 + (len(body) % 4 if len(body) % 4 > 1 else 0)]
+    raw = binascii.a2b_base64(body + "=" * (-len(body) % 4))
+    text = raw[: len(raw) // 2 * 2].decode("utf-16-be", "replace")
+    return text if text.isascii() and text.isprintable() else None
+
+
+_UTF7_MAX = 64  # shifted runs longer than this are not read as UTF-7 (base64 tokens are)
+
+
+def _qp_tokens(text: str) -> list[tuple[int, int]]:
+    """Whitespace-delimited tokens holding a quoted-printable "=40" (an "@")."""
+    if "=40" not in text:
+        return []
+    return [m.span() for m in _NON_SPACE_RE.finditer(text) if _QP_AT_RE.search(m.group())]
+
+
+def _escapes(text: str) -> Iterator[tuple[int, int, str]]:
+    """(start, end, decoded) of each escape in ``text`` that decodes to something else."""
+    qp = _qp_tokens(text) if "=" in text else []
+    k = 0
+    for m in _ESCAPE_RE.finditer(text):
+        tok = m.group()
+        a, b = m.span()
+        head = tok[0]
+        if head == "%":
+            out: str | None = bytes.fromhex(tok.replace("%", "")).decode("utf-8", "replace")
+        elif head == "\\":
+            if tok[1] in "ux" and tok[2:3] != "{":
+                out = chr(int(tok[2:], 16))  # a lone surrogate is dropped by the fold
+            elif (hit := _backslash(tok)) is not None:
+                out, b = hit[0], a + hit[1]
+            else:
+                out = None
+        elif head == "+":
+            out = _utf7(tok) if len(tok) <= _UTF7_MAX else None
+        elif head == "=":
+            while k < len(qp) and qp[k][1] <= a:
+                k += 1
+            if k < len(qp) and qp[k][0] <= a:
+                out = bytes.fromhex(tok.replace("=", "")).decode("utf-8", "replace")
+            else:
+                out = None
+        else:
+            out = html.unescape(tok)
+        if out is not None and out != text[a:b]:
+            yield a, b, out
+
+
+def _unescape_all(text: str) -> str:
+    """``text`` with its escapes decoded (one pass, no offsets)."""
+    parts: list[str] = []
+    pos = 0
+    for a, b, out in _escapes(text):
+        parts += (text[pos:a], out)
+        pos = b
+    if not parts:
+        return text
+    parts.append(text[pos:])
+    return "".join(parts)
 
 
 def _percent_decode(
@@ -526,26 +663,26 @@ def _percent_decode(
     """One pass over percent runs and the other escapes; None if nothing changed. A
     decoded run maps, as a whole, to the original range of its escapes."""
     parts: list[str] = []
-    s_parts: list[IntArray] = []
-    e_parts: list[IntArray] = []
+    s_idx: list[int] = []  # per output character: the index whose start / end it takes
+    e_idx: list[int] = []
     pos = 0
-    changed = False
-    for m in _ESCAPE_RE.finditer(text):
-        a, b = m.span()
-        decoded = _unescape(m.group())
-        if decoded == m.group():
-            continue
-        changed = True
+    for a, b, decoded in _escapes(text):
         parts += (text[pos:a], decoded)
-        s_parts += (starts[pos:a], np.full(len(decoded), starts[a], dtype=np.intp))
-        e_parts += (ends[pos:a], np.full(len(decoded), ends[b - 1], dtype=np.intp))
+        s_idx += range(pos, a)
+        e_idx += range(pos, a)
+        s_idx += [a] * len(decoded)
+        e_idx += [b - 1] * len(decoded)
         pos = b
-    if not changed:
+    if not parts:
         return None
     parts.append(text[pos:])
-    s_parts.append(starts[pos:])
-    e_parts.append(ends[pos:])
-    return "".join(parts), np.concatenate(s_parts), np.concatenate(e_parts)
+    s_idx += range(pos, len(text))
+    e_idx += range(pos, len(text))
+    return (
+        "".join(parts),
+        starts[np.array(s_idx, dtype=np.intp)],
+        ends[np.array(e_idx, dtype=np.intp)],
+    )
 
 
 def detection_view(s: str) -> View:
@@ -584,10 +721,6 @@ def _decodings(run: str) -> Iterator[str]:
             yield bytes.fromhex(part).decode("utf-8", "replace")
 
 
-def _pct_repl(m: re.Match[str]) -> str:
-    return _unescape(m.group())
-
-
 def _decoded_kind(run: str, ids: bool, depth: int) -> str | None:
     """The placeholder of the first identifier inside an encoded token, if any. The token
     is replaced as a whole, so this needs no offsets: no mapped view, one scan per
@@ -595,7 +728,7 @@ def _decoded_kind(run: str, ids: bool, depth: int) -> str | None:
     for raw in _decodings(run):
         text = raw.translate(_DECODED)
         for _ in range(_PCT_ROUNDS):
-            if (nxt := _ESCAPE_RE.sub(_pct_repl, text)) == text:
+            if (nxt := _unescape_all(text)) == text:
                 break
             text = nxt.translate(_DECODED)
         for a, b, ph in _shape_spans(text, ids):
@@ -630,6 +763,14 @@ def _view_spans(s: str, ids: bool, depth: int, encoded_ids: bool = False) -> lis
         starts, ends = view.starts, view.ends
         found = [(int(starts[a]), int(ends[b - 1]), ph) for a, b, ph in found if b > a]
     found += [(a, b, ID) for a, b in view.undecodable]
+    if depth < _MAX_DEPTH and view.starts is not None and "+A" in s:
+        # A base64 token can hold "+A..." that reads as UTF-7 in the view, which cuts the
+        # token there: such tokens are also decoded as written.
+        for m in _B64_RUN_RE.finditer(s):
+            if "+A" in m.group() and (
+                ph := _decoded_kind(m.group(), ids or encoded_ids, depth + 1)
+            ):
+                found.append((m.start(), m.end(), ph))
     return found
 
 

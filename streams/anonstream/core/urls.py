@@ -44,6 +44,7 @@ _UUID_RE = re.compile(
     r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}"
 )
 _HEX_RE = re.compile(r"[0-9a-fA-F]{16,}")
+_HEX_IP4_LABEL_RE = re.compile(r"[0-9a-f]{8}")  # lowercased host label; all digits is :id
 _HEX_IN_RE = re.compile(r"(?<![0-9A-Za-z])(?=[a-fA-F]*[0-9])[0-9a-fA-F]{16,}(?![0-9A-Za-z])")
 _TOKEN_CHARS_RE = re.compile(r"[A-Za-z0-9_\-+/=.~]{20,}")
 _TOKEN_SPLIT_RE = re.compile(r"[_\-+/=.~]")
@@ -167,6 +168,8 @@ def _host_label(label: str, cased: str) -> str:
     placeholder = _id_placeholder(label)
     if placeholder is not None:
         return ":id" if placeholder == ":num" else placeholder
+    if _HEX_IP4_LABEL_RE.fullmatch(label) and not label.isalpha():
+        return IP_HOST  # "c0a8010f.example.net": an IPv4 address in hex (as rbldnsd, nip.io)
     if _UUID_RE.search(label):
         return ":uuid"
     if _HEX_IN_RE.search(label):
