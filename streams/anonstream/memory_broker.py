@@ -155,6 +155,9 @@ class MemoryBroker:
     def install_fast_fetch(self) -> bool:
         return True  # nothing to install: records are objects already
 
+    def leave_on_stop(self, consumer: Any) -> None:
+        pass  # members leave on stop here: there is no session timeout
+
     # -- transactions ---------------------------------------------------------------------
     def _register(self, producer: MemoryProducer) -> int:
         """A producer starts: the previous one of its id is fenced, its transaction aborted."""

@@ -25,8 +25,9 @@ class Settings(BaseSettings):
     instance_id: str | None = None
     # With instance_id set, the consumer is a static member of the group (its
     # group.instance.id): a restarted slot takes its killed predecessor's partitions at once
-    # instead of after the session timeout, but a slot stopped for good keeps them until
-    # that timeout (10 s). False: dynamic membership, as with no instance id.
+    # instead of after the session timeout, but a live slot stopped for good keeps them
+    # until that timeout (10 s); a --stop-at-end run leaves the group when it ends.
+    # False: dynamic membership, as with no instance id.
     static_membership: bool = True
     pipelines_dir: Path = Path("pipelines")
     pipelines: list[str] = Field(default_factory=list)  # empty: every pipeline in the dir

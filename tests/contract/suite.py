@@ -126,6 +126,9 @@ class Faulty:
     def install_fast_fetch(self) -> bool:
         return self.inner.install_fast_fetch()
 
+    def leave_on_stop(self, consumer: Any) -> None:
+        self.inner.leave_on_stop(consumer)
+
 
 class _FaultyProducer:
     def __init__(self, inner: Any, hooks: Faulty) -> None:

@@ -216,6 +216,11 @@ class BatchLoop:
             await self.txn.abandon()
         finally:
             if self.consumer is not None:
+                if self.stop_at_end:
+                    # A finished backfill has no successor to keep its place for: leave,
+                    # so that an offset reset can follow at once. A live worker stays a
+                    # static member for its restarted self (no rebalance on a rollout).
+                    self.clients.leave_on_stop(self.consumer)
                 await self.consumer.stop()
             if self.txn.producer is not None:
                 await self.txn.producer.stop()

@@ -17,7 +17,11 @@ from typing import Any, Protocol
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.structs import OffsetAndMetadata
 
-from anonstream.runtime.kafka_compat import committed_with_metadata, raw_records
+from anonstream.runtime.kafka_compat import (
+    committed_with_metadata,
+    leave_group_on_stop,
+    raw_records,
+)
 from anonstream.runtime.kafka_compat import install as install_raw_records
 from anonstream.runtime.quiet import FetchState, fetch_state
 from anonstream.settings import Settings
@@ -82,6 +86,10 @@ class Clients(Protocol):
         """Switch to the fast record reader; False if it fell back to the slow one."""
         ...
 
+    def leave_on_stop(self, consumer: Consumer) -> None:
+        """A stopped consumer leaves its group at once, even as a static member."""
+        ...
+
 
 class Rebalance(ConsumerRebalanceListener):
     """A consumer's rebalance, handed to the loop's callbacks (the in-memory broker calls
@@ -137,3 +145,6 @@ class KafkaClients:
 
     def install_fast_fetch(self) -> bool:
         return install_raw_records()
+
+    def leave_on_stop(self, consumer: Consumer) -> None:
+        leave_group_on_stop(consumer)
