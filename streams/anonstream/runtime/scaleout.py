@@ -43,6 +43,7 @@ read by the release stage, and both sides of it are kept together here.
 
 from __future__ import annotations
 
+import logging
 import struct
 from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
@@ -56,6 +57,7 @@ import orjson
 from anonstream.core.cellstate import Rows, WindowState, compact, group_starts
 from anonstream.core.checkpoint import Checkpoint
 from anonstream.core.columns import Columns
+from anonstream.core.decode import MAX_TS_MS, MIN_TS_MS
 from anonstream.core.engine import PipelineEngine
 from anonstream.core.pipeline import Pipeline
 from anonstream.core.step import Batch, StepResult
@@ -72,9 +74,16 @@ _NAMED_WINDOWS = 256  # (partials partition, window) pairs whose named cells are
 
 U64 = npt.NDArray[np.uint64]
 
+log = logging.getLogger("anonstream.worker")
+
 
 class PartialsVersionError(ValueError):
     """A partials record this release stage cannot read (a newer worker wrote it)."""
+
+
+class PartialsRecordError(ValueError):
+    """A partials record that is not well formed (corrupt, or not written by a worker): the
+    release stage skips it and counts it (`partials_rejected`), see ReleaseStage."""
 
 
 def partials_topic(group_id: str, pipeline: str) -> str:
@@ -172,46 +181,95 @@ def encode_partial(p: Partial) -> bytes:
 
 def decode_partial(raw: bytes) -> Partial:
     """A version 2 record; a version 1 record (JSON) or one of an unknown version raises
-    PartialsVersionError (the release stage reads version 1 on its own path)."""
+    PartialsVersionError (the release stage reads version 1 on its own path). A record of
+    this version that is not well formed (truncated, counts that do not add up, numbers out
+    of range, a named cell that is not there) raises PartialsRecordError, whose message
+    never quotes the record's content."""
     if len(raw) < _HEAD.size:
-        raise PartialsVersionError(f"not a partials record ({len(raw)} bytes)")
+        raise PartialsRecordError(f"not a partials record ({len(raw)} bytes)")
     magic, version, n = _HEAD.unpack_from(raw)
     if magic != _MAGIC:
-        raise PartialsVersionError("not a partials record (no magic)")
+        raise PartialsRecordError("not a partials record (no magic)")
     if version != PARTIALS_VERSION:
         raise PartialsVersionError(
             f"partials format version {version}; this worker reads versions "
             f"{', '.join(map(str, READS_VERSIONS))}: a newer worker wrote it. Upgrade every "
             "worker of the group before the new version writes partials."
         )
-    head = orjson.loads(raw[_HEAD.size : _HEAD.size + n])
+    if _HEAD.size + n > len(raw):
+        raise PartialsRecordError(f"a partials record of {len(raw)} bytes, truncated header")
+    try:
+        head = orjson.loads(raw[_HEAD.size : _HEAD.size + n])
+    except orjson.JSONDecodeError:
+        raise PartialsRecordError("a partials record whose header is not JSON") from None
+    if not isinstance(head, dict):
+        raise PartialsRecordError("a partials record whose header is not an object")
     pos = _HEAD.size + n
     buf = memoryview(raw)
 
     def take(dtype: str, count: int) -> Any:
         nonlocal pos
+        if pos + 8 * count > len(raw):
+            raise PartialsRecordError(f"a partials record of {len(raw)} bytes, truncated")
         a = np.frombuffer(buf, dtype=dtype, count=count, offset=pos)
         pos += 8 * count
         return a.astype(dtype[1:]) if a.dtype.byteorder not in "=|" else a
 
     windows = []
-    for h in head.get("windows", []):
-        nc, nr, m = int(h["cells"]), int(h["rows"]), int(h["m"])
+    for h in _list(head.get("windows", []), "windows"):
+        if not isinstance(h, dict):
+            raise PartialsRecordError("a partials window that is not an object")
+        nc, nr, m = (_count(h.get(k), k) for k in ("cells", "rows", "m"))
+        named = [_count(i, "named") for i in _list(h.get("named", []), "named")]
+        names = _list(h.get("names", []), "names")
+        if len(named) != len(names) or any(i >= nc for i in named):
+            raise PartialsRecordError("a partials window names cells it does not have")
+        if not all(isinstance(x, list) and all(isinstance(v, str) for v in x) for x in names):
+            raise PartialsRecordError("a partials window with a cell name that is not strings")
         cells, counts = take("<u8", nc), take("<i8", nc)
+        if (counts < 1).any() or int(counts.sum()) != nr or (np.diff(cells) <= 0).any():
+            raise PartialsRecordError("a partials window whose cells and rows do not agree")
         unit, event = take("<u8", nr), take("<u8", nr)
         measures = take("<f8", nr * m).reshape(nr, m)
         windows.append(WindowPartial(
-            int(h["start"]), cells,
-            {int(cells[i]): tuple(x) for i, x in zip(h["named"], h["names"], strict=True)},
-            counts, unit, event,
-            measures, int(h.get("first", 0)), int(h.get("in", nr)), int(h.get("dup", 0)),
-            int(h.get("over", 0)),
+            _int(h.get("start"), "start", MIN_TS_MS - _WEEK_MS, MAX_TS_MS), cells,
+            {int(cells[i]): tuple(x) for i, x in zip(named, names, strict=True)},
+            counts, unit, event, measures,
+            _count(h.get("first", 0), "first"), _count(h.get("in", nr), "in"),
+            _count(h.get("dup", 0), "dup"), _count(h.get("over", 0), "over"),
         ))  # fmt: skip
     if pos != len(raw):
-        raise PartialsVersionError(f"a partials record of {len(raw)} bytes, {pos} expected")
-    progress = [Progress(str(t), int(p), int(ts), int(d), int(s))
-                for t, p, ts, d, s in head.get("progress", [])]  # fmt: skip
-    return Partial(progress, int(head.get("rejected", 0)), windows)
+        raise PartialsRecordError(f"a partials record of {len(raw)} bytes, {pos} expected")
+    progress = []
+    for x in _list(head.get("progress", []), "progress"):
+        if not isinstance(x, list) or len(x) != 5 or not isinstance(x[0], str):
+            raise PartialsRecordError("a partials progress entry of the wrong shape")
+        t, p, ts, d, s = x
+        progress.append(Progress(
+            t, _count(p, "partition"), _int(ts, "max_ts", NEG_INF, MAX_TS_MS),
+            _int(d, "data_ms", 0, MAX_TS_MS), _int(s, "sent_ms", 0, MAX_TS_MS),
+        ))  # fmt: skip
+    return Partial(progress, _count(head.get("rejected", 0), "rejected"), windows)
+
+
+_WEEK_MS = 7 * 86_400_000  # the longest window
+_COUNT_MAX = 2**53  # counts beyond this are no batch's
+
+
+def _list(x: Any, what: str) -> list[Any]:
+    if not isinstance(x, list):
+        raise PartialsRecordError(f"a partials record whose {what} is not a list")
+    return x
+
+
+def _int(x: Any, what: str, lo: int, hi: int) -> int:
+    if type(x) is not int or not lo <= x <= hi:
+        raise PartialsRecordError(f"a partials record whose {what} is not an integer in range")
+    return x
+
+
+def _count(x: Any, what: str) -> int:
+    return _int(x, what, 0, _COUNT_MAX)
 
 
 def window_partials(
@@ -441,10 +499,23 @@ class ReleaseStage:
         for k, raw in enumerate(values):
             offset = int(offs[k])
             again = e.replayed(part, offset)
-            if raw[:1] == b"{":  # version 1, from a worker not upgraded yet
-                self._add_v1(e, part, orjson.loads(raw), offset, again, progress)
+            try:
+                if raw[:1] == b"{":  # version 1, from a worker not upgraded yet
+                    self._add_v1(e, part, raw, offset, again, progress)
+                    continue
+                rec = decode_partial(raw)
+                self._check(e, rec)
+            except PartialsRecordError as exc:
+                # Dropping a record's rows only takes people out of its windows (k holds);
+                # stopping would stop every release of this partition, restart after
+                # restart, on the same record.
+                if not again:
+                    e.counters["partials_rejected"] += 1
+                    log.warning(
+                        "%s: skipped a partials record (partition %s, offset %d): %s",
+                        self.topic, part, offset, exc,
+                    )  # fmt: skip
                 continue
-            rec = decode_partial(raw)
             for x in rec.progress:
                 _progress(progress, (x.topic, x.partition), x.max_ts, x.data_ms, x.sent_ms)
             if rec.rejected and not again:
@@ -466,35 +537,83 @@ class ReleaseStage:
         self,
         e: PipelineEngine,
         part: Hashable,
-        doc: dict[str, Any],
+        raw: bytes,
         offset: int,
         again: bool,
         progress: dict[Hashable, tuple[int, int, int]],
     ) -> None:
         """A version 1 record (JSON, one row per event): read as before, so that a worker
-        upgraded first still releases what the old ones sent."""
-        if doc.get("v") != 1:
-            raise PartialsVersionError(f"a JSON partials record of version {doc.get('v')}")
-        for topic, partition, ts, data_ms, sent_ms in doc.get("progress", []):
-            _progress(progress, (topic, partition), ts, data_ms, sent_ms)
-        if doc.get("rejected") and not again:
-            e.count_rejected(part, int(doc["rejected"]))
-        rows = doc.get("rows")
-        if not rows:
+        upgraded first still releases what the old ones sent. Read whole before any of it
+        is applied: a record that is not well formed is skipped (PartialsRecordError)."""
+        try:
+            doc = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            raise PartialsRecordError("a JSON partials record that is not JSON") from None
+        if not isinstance(doc, dict) or doc.get("v") != 1:
+            v = doc.get("v") if isinstance(doc, dict) else None
+            raise PartialsVersionError(f"a JSON partials record of version {v}")
+        try:
+            beats = [
+                ((str(t), int(p)), int(ts), int(d), int(s))
+                for t, p, ts, d, s in doc.get("progress", [])
+            ]
+            rejected = _count(doc.get("rejected") or 0, "rejected")
+            rows = doc.get("rows")
+            cols = starts = None
+            if rows:
+                names = [tuple(map(str, x)) for x in rows["names"]]
+                n = len(rows["ts"])
+                m = np.array(rows["m"], dtype=np.float64).reshape(n, len(self.pipeline.measures))
+                cols = Columns(
+                    np.arange(n, dtype=np.int64),
+                    np.array(rows["ts"], dtype=np.int64),
+                    np.array(rows["u"], dtype=np.uint64),
+                    np.array(rows["e"], dtype=np.uint64),
+                    [names[i] for i in rows["d"]],
+                    m,
+                )
+                starts = np.array(rows["w"], dtype=np.int64).reshape(n)
+                step = self.pipeline.window.step_ms
+                if len(cols.dims) != n or len(cols.unit) != n or len(cols.event) != n:
+                    raise ValueError("columns of different lengths")
+                if n and ((starts % step).any() or starts.min() < MIN_TS_MS - _WEEK_MS
+                          or starts.max() > MAX_TS_MS):  # fmt: skip
+                    raise ValueError("a window start out of range")
+        except (KeyError, TypeError, ValueError, IndexError, OverflowError, AttributeError):
+            raise PartialsRecordError("a JSON partials record of the wrong shape") from None
+        for source, ts, data_ms, sent_ms in beats:
+            _progress(progress, source, ts, data_ms, sent_ms)
+        if rejected and not again:
+            e.count_rejected(part, rejected)
+        if cols is None or starts is None:
             return
-        names = [tuple(x) for x in rows["names"]]
-        n = len(rows["ts"])
-        m = np.array(rows["m"], dtype=np.float64).reshape(n, len(self.pipeline.measures))
-        cols = Columns(
-            np.arange(n, dtype=np.int64),
-            np.array(rows["ts"], dtype=np.int64),
-            np.array(rows["u"], dtype=np.uint64),
-            np.array(rows["e"], dtype=np.uint64),
-            [names[i] for i in rows["d"]],
-            m,
-        )
-        starts = np.array(rows["w"], dtype=np.int64)
+        n = len(cols)
         e.add_rows(cols, starts, np.zeros(n, dtype=np.int64), np.full(n, offset, np.int64), [part])
+
+    def _check(self, e: PipelineEngine, rec: Partial) -> None:
+        """What a record must agree on with this pipeline and this engine before any of it
+        is applied: the measures and windows on the pipeline's grid (else the record is
+        skipped), and a name for each cell the open window has not seen (the first record
+        of a window names its cells; without it a record is lost: RuntimeError)."""
+        spec = self.pipeline.window
+        named: dict[int, set[int]] = {}  # a hopping window can come twice in one record
+        for wp in rec.windows:
+            if wp.measures.shape[1] != len(self.pipeline.measures):
+                raise PartialsRecordError("a partials window with another number of measures")
+            if wp.start_ms % spec.step_ms:
+                raise PartialsRecordError("a partials window off this pipeline's window grid")
+            if wp.start_ms + spec.size_ms <= e.closed_until:
+                continue  # late: its rows are not used
+            w = e.windows.get(wp.start_ms)
+            known = w.cells if w is not None else {}
+            here = named.setdefault(wp.start_ms, set())
+            here.update(wp.names)
+            if any(c not in known and c not in here for c in wp.cells.tolist()):
+                # Not a bad record but a lost one: stop, as loud as a missing topic.
+                raise RuntimeError(
+                    f"partials: a cell of window {wp.start_ms} has no name; a record of this "
+                    "window before this one is missing from the partials topic (retention?)"
+                )
 
     def safe_offset(self, partition: Hashable) -> int | None:
         e = self.engines.get(partition)
@@ -576,13 +695,7 @@ def _add_window(
         w.first_offsets[part] = offset
     for c in wp.cells.tolist():
         if c not in w.cells:
-            dims = wp.names.get(c)
-            if dims is None:  # named in an earlier record of this window: it must be here
-                raise RuntimeError(
-                    f"partials: a cell of window {wp.start_ms} has no name; a record of this "
-                    "window before this one is missing from the partials topic (retention?)"
-                )
-            w.cells[c] = dims
+            w.cells[c] = wp.names[c]  # named here or before (ReleaseStage._check)
     if len(wp):
         w.add(wp.rows())
     # What the ingest's compaction dropped, so that the window's accounting adds up.
