@@ -356,8 +356,13 @@ def load_pipeline(path: str | Path) -> Pipeline:
         text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise PipelineError(str(p), "(file)", exc.strerror or "cannot read") from None
+    except UnicodeDecodeError as exc:
+        reason = f"not UTF-8 text (a byte at offset {exc.start} cannot be decoded)"
+        raise PipelineError(str(p), "(file)", reason) from None
     try:
         doc = yaml.safe_load(text)
+    except RecursionError:
+        raise PipelineError(str(p), "(file)", "not valid YAML: nested too deeply") from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else "(file)"
@@ -399,7 +404,7 @@ def _declared_name(path: Path) -> str | None:
     """The `pipeline:` key of a file, without validating the rest (None if unreadable)."""
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except (OSError, yaml.YAMLError):
+    except (OSError, UnicodeDecodeError, RecursionError, yaml.YAMLError):
         return None
     name = doc.get("pipeline") if isinstance(doc, dict) else None
     return name if isinstance(name, str) else None
