@@ -26,3 +26,22 @@ def test_a_hostile_file_is_a_pipeline_error(tmp_path: Path, content: bytes, reas
     # Looking a pipeline up by name passes over such a file.
     with pytest.raises(PipelineError, match="no such pipeline"):
         find_pipeline("web_activity", tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("line", "new"),
+    [
+        ("k: 10", "k: 99999999999999999999999"),
+        ("max_events_per_unit_per_cell: 10", "max_events_per_unit_per_cell: 9223372036854775808"),
+        ("version: 1", "version: 18446744073709551616"),
+    ],
+)
+def test_an_integer_past_int64_is_a_pipeline_error(tmp_path: Path, line: str, new: str) -> None:
+    """k = 10**23 was valid, and then every release failed to serialize (a replay
+    traceback; a worker failing on the same window restart after restart)."""
+    text = Path("pipelines/web_activity.yaml").read_text(encoding="utf-8")
+    assert f"\n{line}" in text or f" {line}" in text
+    path = tmp_path / "p.yaml"
+    path.write_text(text.replace(line, new, 1), encoding="utf-8")
+    with pytest.raises(PipelineError, match="expected an integer <= 2147483647"):
+        load_pipeline(path)

@@ -20,6 +20,7 @@ class PipelineError(ValueError):
         self.reason = reason
 
 
+INT_MAX = 2**31 - 1  # the largest k, version or contribution bound a pipeline may declare
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1000}
 
@@ -62,6 +63,8 @@ class Reader:
     def positive_int(self, obj: object, path: str, minimum: int = 1) -> int:
         if isinstance(obj, bool) or not isinstance(obj, int) or obj < minimum:
             raise self.fail(path, f"expected an integer >= {minimum}, got {obj!r}")
+        if obj > INT_MAX:  # released as JSON and compared in int64 columns
+            raise self.fail(path, f"expected an integer <= {INT_MAX}, got {obj!r}")
         return obj
 
     def duration(self, obj: object, path: str) -> int:
