@@ -212,7 +212,10 @@ class MemoryConsumer:
         return None
 
     async def stop(self) -> None:
+        """Leave the group: a stopped consumer owns and reads nothing (as in Kafka, where
+        its partitions now belong to another member)."""
         g = self.broker.group(self.group_id)
+        self.assigned, self.positions = set(), {}
         if self in g.members:
             g.members.remove(self)
             await self.broker.rebalance(self.group_id)
@@ -232,6 +235,8 @@ class MemoryConsumer:
         return None if parts is None else set(range(len(parts)))
 
     def seek(self, partition: TopicPartition, offset: int) -> None:
+        if isinstance(offset, bool) or not isinstance(offset, int) or offset < 0:
+            raise ValueError("Offset must be a positive integer")  # as aiokafka's seek
         if partition not in self.assigned:
             raise IllegalStateError(f"no current assignment for partition {partition}")
         self.positions[partition] = offset
