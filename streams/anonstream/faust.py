@@ -36,7 +36,7 @@ import numpy as np
 import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
-from anonstream.core.checkpoint import Checkpoint
+from anonstream.core.checkpoint import Checkpoint, CheckpointError
 from anonstream.core.engine import PipelineEngine
 from anonstream.core.keys import MasterSecret
 from anonstream.core.pipeline import Pipeline
@@ -230,8 +230,11 @@ class FaustPipeline:
             tps = [TopicPartition(self.checkpoints.get_topic_name(), 0)]
             async for _, records in read_to_end(consumer, tps, timeout=60.0):
                 for r in records:
-                    topic, _, partition = r.key.decode().rpartition("/")
-                    saved[(topic, int(partition))] = Checkpoint.from_json(orjson.loads(r.value))
+                    key, cp = read_checkpoint_record(r.key, r.value, r.offset)
+                    if cp is None:
+                        saved.pop(key, None)  # a tombstone: that checkpoint was deleted
+                    else:
+                        saved[key] = cp
         finally:
             await consumer.stop()
         return saved
@@ -278,6 +281,34 @@ class FaustPipeline:
             held = self._held[key]
             while held and held[0].message.offset < safe:
                 await self._stream.ack(held.popleft())
+
+
+def read_checkpoint_record(
+    key: bytes | None, value: bytes | None, offset: int
+) -> tuple[tuple[str, int], Checkpoint | None]:
+    """One record of the checkpoint topic: the raw partition it is about and its
+    checkpoint (None: a tombstone). A record this agent did not write stops the agent with
+    a CheckpointError that names its offset, never its content: starting without it
+    could release a window a second time with other events in it."""
+    try:
+        topic, _, partition = (key or b"").decode().rpartition("/")
+        where = (topic, int(partition))
+        if not topic:
+            raise ValueError
+    except (UnicodeDecodeError, ValueError):
+        raise CheckpointError(
+            f"checkpoint topic, offset {offset}: a key that is not <topic>/<partition>"
+        ) from None
+    if value is None:
+        return where, None
+    try:
+        doc = orjson.loads(value)
+        if not isinstance(doc, dict):
+            raise CheckpointError("not a JSON object")
+        return where, Checkpoint.from_json(doc)
+    except (orjson.JSONDecodeError, CheckpointError) as exc:
+        reason = "not JSON" if isinstance(exc, orjson.JSONDecodeError) else str(exc)
+        raise CheckpointError(f"checkpoint topic, offset {offset}: {reason}") from None
 
 
 def anonymize(app: Any, pipeline: Pipeline, secret: MasterSecret, **options: Any) -> FaustPipeline:

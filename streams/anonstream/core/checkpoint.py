@@ -48,15 +48,27 @@ class Checkpoint:
 
     @classmethod
     def from_json(cls, doc: Mapping[str, Any]) -> Checkpoint:
-        try:
-            return cls(
-                closed_until=int(doc.get("closed_until", NEG_INF)),
-                next=int(doc.get("next", -1)),
-                late=int(doc.get("late", 0)),
-                rejected=int(doc.get("rejected", 0)),
-            )
-        except (TypeError, ValueError) as exc:
-            raise CheckpointError(f"a checkpoint field is not an integer ({exc})") from None
+        return cls(
+            closed_until=_field(doc, "closed_until", NEG_INF),
+            next=_field(doc, "next", -1),
+            late=_field(doc, "late", 0),
+            rejected=_field(doc, "rejected", 0),
+        )
+
+
+_INT64 = 2**63
+
+
+def _field(doc: Mapping[str, Any], name: str, default: int) -> int:
+    """One integer field; the error names the field, never its value (which, in metadata
+    not written by us, could be anything)."""
+    try:
+        value = int(doc.get(name, default))
+    except (TypeError, ValueError, OverflowError):
+        raise CheckpointError(f"the checkpoint field {name!r} is not an integer") from None
+    if not -_INT64 <= value < _INT64:
+        raise CheckpointError(f"the checkpoint field {name!r} is out of range")
+    return value
 
 
 def encode_checkpoints(checkpoints: Mapping[str, Checkpoint | None]) -> str:
