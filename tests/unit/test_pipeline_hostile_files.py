@@ -45,3 +45,30 @@ def test_an_integer_past_int64_is_a_pipeline_error(tmp_path: Path, line: str, ne
     path.write_text(text.replace(line, new, 1), encoding="utf-8")
     with pytest.raises(PipelineError, match="expected an integer <= 2147483647"):
         load_pipeline(path)
+
+
+BOMB = (
+    "["
+    + ", ".join(
+        [f"&a0 [{', '.join(['x'] * 9)}]"]
+        + [f"&a{i} [{', '.join([f'*a{i - 1}'] * 9)}]" for i in range(1, 8)]
+    )
+    + "]"
+)
+
+
+@pytest.mark.parametrize(
+    ("line", "new"),
+    [("k: 10", f"k: {BOMB}"), ("version: 1", f"version: {BOMB}"), ("k: 10", "k: &r [*r]")],
+    ids=["bomb in k", "bomb in version", "recursive alias"],
+)
+def test_a_yaml_alias_bomb_is_refused_before_it_is_walked(
+    tmp_path: Path, line: str, new: str
+) -> None:
+    """Eight lines of aliases expand to 9**8 values; quoting one in an error message
+    (`got [...]`) took minutes and gigabytes."""
+    text = Path("pipelines/web_activity.yaml").read_text(encoding="utf-8")
+    path = tmp_path / "p.yaml"
+    path.write_text(text.replace(line, new, 1), encoding="utf-8")
+    with pytest.raises(PipelineError, match="aliases are expanded"):
+        load_pipeline(path)

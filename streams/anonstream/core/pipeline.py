@@ -368,7 +368,31 @@ def load_pipeline(path: str | Path) -> Pipeline:
         where = f"line {mark.line + 1}" if mark is not None else "(file)"
         reason = f"not valid YAML: {getattr(exc, 'problem', exc)}"
         raise PipelineError(str(p), where, reason) from None
+    if _expanded_size(doc) > MAX_VALUES:
+        raise PipelineError(
+            str(p), "(file)", f"more than {MAX_VALUES:,} values once its YAML aliases are "
+            "expanded (an alias bomb?)",
+        )  # fmt: skip
     return parse_pipeline(doc, str(p))
+
+
+MAX_VALUES = 100_000  # a pipeline file's values with aliases expanded; real ones have hundreds
+
+
+def _expanded_size(doc: object) -> int:
+    """How many values `doc` holds with every alias expanded, counted up to just past
+    MAX_VALUES: a few lines of nested aliases expand to billions, and every later step
+    (checks, error messages that quote a value) would walk them all."""
+    n, todo = 0, [doc]
+    while todo and n <= MAX_VALUES:
+        x = todo.pop()
+        n += 1
+        if isinstance(x, dict):
+            todo.extend(x.keys())
+            todo.extend(x.values())
+        elif isinstance(x, list):
+            todo.extend(x)
+    return n
 
 
 def find_pipeline(name_or_path: str, directory: str | Path = "pipelines") -> Pipeline:
