@@ -4,6 +4,9 @@ The engine is the same code in every runtime (file replay, the Kafka worker, tes
 holds no Kafka or Faust import; runtimes feed it batches of (partition, bytes) and route
 what comes back: release records to the output topics, rejections to the dead-letter topic.
 Every source of nondeterminism (clock, secret, noise generator) is injected.
+
+Why this module is long: one engine's state (windows, watermark, the summaries' counters
+with their target windows, checkpoints) is kept together, as each part changes the others.
 """
 
 from __future__ import annotations
