@@ -117,7 +117,8 @@ def scale_pipeline(
         "contract": "web_activity",
         "privacy_unit": ["visitor_id"],
         "fields": web_test_fields(),
-        "window": {"size": "1h", "allowed_lateness": lateness, **({"step": "30m"} if hopping else {})},
+        "window": {"size": "1h", "allowed_lateness": lateness}
+        | ({"step": "30m"} if hopping else {}),
         "dimensions": ["type", "url"],
         "metrics": {
             "sums": ["duration_ms"],

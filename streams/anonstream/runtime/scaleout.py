@@ -293,30 +293,7 @@ class IngestStage:
         progress: list[Progress] = []
         by_partition: dict[int, list[WindowPartial]] = {}
         now = self.engine.clock_ms()
-        # Each message's target window: its rejection, or lateness, counts in the summary
-        # of that window, at the target's partials partition (as in single mode).
-        target = self.engine.targets(batch, cols)
-        rejected_mask = np.ones(len(batch.pidx), dtype=bool)
-        rejected_mask[cols.index] = False
-        rejected_mask &= ~again
-        rejected = 0
-        rejected_for: dict[int, list[tuple[int, int]]] = {}
-        due = Counter(target[rejected_mask].tolist())
-        # Rejections before their partition's first accepted event wait for its target.
-        for i in np.unique(batch.pidx[rejected_mask & (target == NEG_INF)]).tolist():
-            mine = rejected_mask & (target == NEG_INF) & (batch.pidx == i)
-            self.engine.held_rejected[batch.part_of[i]] += int(mine.sum())
-        due.pop(NEG_INF, None)
-        for _, t, n in self.engine.settle_held(batch, target):
-            due[t] += n
-        for t, n in sorted(due.items()):
-            rejected_for.setdefault((t // step_ms) % self.partitions, []).append((t, n))
-        late: dict[int, list[tuple[int, int, int]]] = {}
-        if len(cols):
-            first = window_starts_array(self.pipeline.window, cols.ts)[:, 0]
-            pairs = Counter(zip(first.tolist(), target[cols.index].tolist(), strict=True))
-            for (x, t), n in sorted(pairs.items()):
-                late.setdefault((t // step_ms) % self.partitions, []).append((x, t, n))
+        rejected_for, late = self._by_target(batch, cols, again)
         if len(cols):
             cpidx = batch.pidx[cols.index]
             for i in np.unique(cpidx).tolist():
@@ -331,13 +308,43 @@ class IngestStage:
                 by_partition.setdefault(p, []).append(self._name_once(p, wp))
         for p in range(self.partitions):
             windows = by_partition.get(p, [])
-            rej = rejected if p == 0 else 0
             rej_for, late_for = rejected_for.get(p, []), late.get(p, [])
-            if not windows and not progress and not rej and not rej_for and not late_for:
+            if not windows and not progress and not rej_for and not late_for:
                 continue
-            value = encode_partial(Partial(progress, rej, windows, rej_for, late_for))
+            value = encode_partial(Partial(progress, 0, windows, rej_for, late_for))
             result.forward.append((self.topic, p, b"", value))
         return result
+
+    def _by_target(
+        self, batch: Batch, cols: Columns, again: npt.NDArray[np.bool_]
+    ) -> tuple[dict[int, list[tuple[int, int]]], dict[int, list[tuple[int, int, int]]]]:
+        """The batch's rejections by target window, and its accepted events by (first
+        window, target window), each for its target's partials partition: there the
+        summaries count them, as single mode does (PipelineEngine.targets)."""
+        step_ms = self.pipeline.window.step_ms
+        target = self.engine.targets(batch, cols)
+        rejected = np.ones(len(batch.pidx), dtype=bool)
+        rejected[cols.index] = False
+        rejected &= ~again
+        # Rejections before their partition's first accepted event wait for its target.
+        no_target = rejected & (target == NEG_INF)
+        for i in np.unique(batch.pidx[no_target]).tolist():
+            self.engine.held_rejected[batch.part_of[i]] += int(
+                (no_target & (batch.pidx == i)).sum()
+            )
+        due = Counter(target[rejected & ~no_target].tolist())
+        for _, t, n in self.engine.settle_held(batch, target):
+            due[t] += n
+        rejected_for: dict[int, list[tuple[int, int]]] = {}
+        for t, n in sorted(due.items()):
+            rejected_for.setdefault((t // step_ms) % self.partitions, []).append((t, n))
+        late: dict[int, list[tuple[int, int, int]]] = {}
+        if len(cols):
+            first = window_starts_array(self.pipeline.window, cols.ts)[:, 0]
+            pairs = Counter(zip(first.tolist(), target[cols.index].tolist(), strict=True))
+            for (x, t), n in sorted(pairs.items()):
+                late.setdefault((t // step_ms) % self.partitions, []).append((x, t, n))
+        return rejected_for, late
 
     def _name_once(self, p: int, wp: WindowPartial) -> WindowPartial:
         """Name each cell only in the first record this stage sends partition `p` for the
@@ -503,8 +510,8 @@ class ReleaseStage:
                         e.count_rejected(part, rec.rejected)
                     for t, n in rec.rejected_for:
                         e.count_rejected(part, n, t)
-                    for x, t, n in rec.late or []:
-                        e.count_late_for(part, x, t, n)
+                    for first, t, n in rec.late or []:
+                        e.count_late_for(part, first, t, n)
             # How long a source has had no data is the owner's word (sent - data, one
             # clock), counted from when we read it: judged by our clock against the owner's
             # data time, a release stage a few seconds behind the ingest would find busy
