@@ -31,7 +31,7 @@ from anonstream.runtime.scaleout import (
 )
 from anonstream.synthetic import DEFAULT_START_MS, EventGenerator, Workload
 from tests.unit.fields import web_test_fields
-from tests.unit.test_release_properties import DAY, T0, event_sets
+from tests.unit.test_release_properties import DAY, HOUR, N_WINDOWS, T0, event_sets
 
 ROOT = Path(__file__).resolve().parents[2]
 SECRET = load_secret({"ANONSTREAM_SECRET": "x" * 32})
@@ -106,8 +106,9 @@ def test_sources_whose_owner_reports_no_data_go_idle_and_the_window_is_released(
 
 
 def scale_pipeline(
-    k: int, max_events: int, max_cells: int, hopping: bool, secondary: bool
-) -> Pipeline:
+    k: int, max_events: int, max_cells: int, hopping: bool, secondary: bool,
+    lateness: str = "5h",
+) -> Pipeline:  # fmt: skip
     """The release properties' pipeline (type, url; duration summed, averaged, banded),
     optionally with 30-minute hops and a second output by type only (derived cells)."""
     doc: dict[str, Any] = {
@@ -116,7 +117,8 @@ def scale_pipeline(
         "contract": "web_activity",
         "privacy_unit": ["visitor_id"],
         "fields": web_test_fields(),
-        "window": {"size": "1h", "allowed_lateness": "5h", **({"step": "30m"} if hopping else {})},
+        "window": {"size": "1h", "allowed_lateness": lateness}
+        | ({"step": "30m"} if hopping else {}),
         "dimensions": ["type", "url"],
         "metrics": {
             "sums": ["duration_ms"],
@@ -202,7 +204,7 @@ def scale_out(
     while any(queues):
         w = rnd.choice([w for w, q in enumerate(queues) if q])
         step = ingests[w].process_batch(batch_of(queues[w].pop(0)))
-        assert not step.dead_letters
+        assert all(d.value == b"not json" for d in step.dead_letters)
         for _, p, _, value in step.forward:
             topic[p].append(value)
     factory = partial(PipelineEngine, pipeline, SECRET, clock_ms=lambda: T0 + DAY)
@@ -362,3 +364,146 @@ def test_cells_are_named_once_per_window_and_a_missing_name_fails_clearly() -> N
     stage.assign([("p", 0)])
     with pytest.raises(RuntimeError, match="no name"):
         stage.process_batch(Batch(second, np.zeros(1, np.int64), [("p", 0)], np.ones(1, np.int64)))
+
+
+# -- late and rejected events: the summaries' counters ----------------------------------------
+
+
+def mode_single(
+    pipeline: Pipeline, msgs: list[tuple[int, int, bytes]], raw_parts: int,
+    batches: list[tuple[int, int]],
+) -> StepResult:  # fmt: skip
+    """Single mode, the raw partitions assigned up front (each holds the watermark)."""
+    engine = PipelineEngine(pipeline, SECRET, clock_ms=lambda: T0 + DAY)
+    engine.assign([("raw", r) for r in range(raw_parts)])
+    result = StepResult()
+    for i, j in batches:
+        result.extend(engine.process_batch(batch_of(msgs[i:j])))
+    result.extend(engine.close_all())
+    return result
+
+
+def mode_scale_out(
+    pipeline: Pipeline, msgs: list[tuple[int, int, bytes]], raw_parts: int,
+    batches: list[tuple[int, int]], partials: int, seed: int,
+) -> StepResult:  # fmt: skip
+    """One ingest reading the same batches as single mode; each partials partition read
+    by one release stage in random chunks, the partitions' chunks interleaved at random."""
+    rnd = random.Random(seed)
+    ingest = IngestStage(
+        PipelineEngine(pipeline, SECRET, clock_ms=lambda: T0 + DAY), "partials", partials
+    )
+    ingest.assign([("raw", r) for r in range(raw_parts)])
+    topic: list[list[bytes]] = [[] for _ in range(partials)]
+    for i, j in batches:
+        for _, p, _, value in ingest.process_batch(batch_of(msgs[i:j])).forward:
+            topic[p].append(value)
+    factory = partial(PipelineEngine, pipeline, SECRET, clock_ms=lambda: T0 + DAY)
+    stage = ReleaseStage(factory, pipeline, "partials", partials)
+    stage.sources = [("raw", r) for r in range(raw_parts)]
+    stage.assign([("partials", p) for p in range(partials)])
+    chunks = [[(p, i, j) for i, j in cuts(rnd, len(topic[p]))] for p in range(partials)]
+    result = StepResult()
+    while any(chunks):
+        p, i, j = rnd.choice([c for c in chunks if c]).pop(0)
+        offs = np.arange(i, j, dtype=np.int64)
+        pidx = np.zeros(j - i, dtype=np.int64)
+        result.extend(stage.process_batch(Batch(topic[p][i:j], pidx, [("partials", p)], offs)))
+    result.extend(stage.close_all())
+    return result
+
+
+def summaries(result: StepResult) -> list[tuple[Any, ...]]:
+    return sorted(
+        (r["output"], r["window_start"], r["late_events"], r["rejected_events"])
+        for r in result.releases
+        if r["kind"] == "window_summary"
+    )
+
+
+@st.composite
+def late_inputs(draw: st.DrawFn) -> list[dict[str, Any] | bytes]:
+    """Events out of time order (many late with no allowed lateness), some not JSON; the
+    last three are accepted, so that every raw partition (up to 3) has an accepted event
+    for its rejections' target window."""
+    out: list[dict[str, Any] | bytes] = list(draw(event_sets()))
+    for _ in range(draw(st.integers(0, 6))):
+        out.insert(draw(st.integers(0, len(out))), b"not json")
+    last = T0 + N_WINDOWS * HOUR - 1
+    return out + [
+        {"event_id": f"last{i}", "ts": last, "type": "page_view", "visitor_id": "visitor-1",
+         "url": "https://shop.example.com/a"}
+        for i in range(3)
+    ]  # fmt: skip
+
+
+def raw_mixed(inputs: list[dict[str, Any] | bytes], raw_parts: int) -> list[tuple[int, int, bytes]]:
+    nxt = [0] * raw_parts
+    out = []
+    for i, e in enumerate(inputs):
+        p = i % raw_parts
+        out.append((p, nxt[p], e if isinstance(e, bytes) else orjson.dumps(e)))
+        nxt[p] += 1
+    return out
+
+
+@settings(deadline=None, max_examples=100)
+@given(
+    late_inputs(),
+    st.booleans(),  # hopping windows
+    st.booleans(),  # a second output
+    st.sampled_from(["0s", "20m"]),  # allowed lateness
+    st.integers(1, 3),  # raw partitions
+    st.integers(1, 3),  # partials partitions
+    st.integers(0, 2**16),  # batches and interleaving
+)
+def test_summaries_count_late_and_rejected_events_as_single_mode_does(
+    inputs: list[dict[str, Any] | bytes], hopping: bool, secondary: bool, lateness: str,
+    raw_parts: int, partials: int, seed: int,
+) -> None:  # fmt: skip
+    """The same ingest batches: every window summary (late_events, rejected_events) is
+    single mode's, whatever the number of partials partitions and how they are read."""
+    pipeline = scale_pipeline(2, 3, 3, hopping, secondary, lateness)
+    msgs = raw_mixed(inputs, raw_parts)
+    batches = cuts(random.Random(seed), len(msgs))
+    want = mode_single(pipeline, msgs, raw_parts, batches)
+    got = mode_scale_out(pipeline, msgs, raw_parts, batches, partials, seed)
+    assert summaries(got) == summaries(want)
+    assert canonical(got) == canonical(want)
+
+
+def interleaved(msgs: list[tuple[int, int, bytes]], rnd: random.Random) -> list[Any]:
+    """The raw partitions merged in a random order, each partition's own order kept."""
+    queues = [[m for m in msgs if m[0] == p] for p in sorted({m[0] for m in msgs})]
+    out = []
+    while any(queues):
+        out.append(rnd.choice([q for q in queues if q]).pop(0))
+    return out
+
+
+@settings(deadline=None, max_examples=60)
+@given(
+    late_inputs(),
+    st.booleans(),  # hopping windows
+    st.integers(1, 3),  # raw partitions
+    st.integers(1, 3),  # workers
+    st.integers(1, 3),  # partials partitions
+    st.integers(0, 2**16),  # batches and interleaving
+)
+def test_rejected_events_depend_on_each_partitions_order_only(
+    inputs: list[dict[str, Any] | bytes], hopping: bool, raw_parts: int, workers: int,
+    partials: int, seed: int,
+) -> None:  # fmt: skip
+    """Nothing late (5 h of allowed lateness): single mode's summaries, rejected_events
+    included, are the same for any batching and interleaving of the raw partitions, and
+    scale-out with several workers gives them too."""
+    pipeline = scale_pipeline(2, 3, 3, hopping, False)
+    msgs = raw_mixed(inputs, raw_parts)
+    rnd = random.Random(seed)
+    want = mode_single(pipeline, msgs, raw_parts, [(0, len(msgs))])
+    other = interleaved(msgs, rnd)
+    again = mode_single(pipeline, other, raw_parts, cuts(rnd, len(other)))
+    got = scale_out(pipeline, msgs, raw_parts, min(workers, raw_parts), partials, seed)
+    assert summaries(want) == summaries(again) == summaries(got)
+    assert canonical(got) == canonical(want) == canonical(again)
+    assert sum(s[3] for s in summaries(want) if s[0] == "default") == inputs.count(b"not json")

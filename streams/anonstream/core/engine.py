@@ -4,6 +4,9 @@ The engine is the same code in every runtime (file replay, the Kafka worker, tes
 holds no Kafka or Faust import; runtimes feed it batches of (partition, bytes) and route
 what comes back: release records to the output topics, rejections to the dead-letter topic.
 Every source of nondeterminism (clock, secret, noise generator) is injected.
+
+Why this module is long: one engine's state (windows, watermark, the summaries' counters
+with their target windows, checkpoints) is kept together, as each part changes the others.
 """
 
 from __future__ import annotations
@@ -78,10 +81,18 @@ class PipelineEngine:
         self._n_measures = len(pipeline.measures)
         self.counters: Counter[str] = Counter()
         self.rejections: Counter[str] = Counter()
-        # Counted since the last window summary, per partition, so that a checkpoint of a
-        # partition carries its own share (see checkpoint/restore).
+        # The summaries' counters (docs/output-contract.md): each late or rejected message
+        # is counted for the summary of its target window (`targets`), per partition, so
+        # that a checkpoint of a partition carries its own share (see checkpoint/restore).
+        # Those without a target (or whose target was already released) are pending for the
+        # next summary released.
+        self._late_for: dict[int, Counter[Hashable]] = {}
+        self._rejected_for: dict[int, Counter[Hashable]] = {}
         self._late_pending: Counter[Hashable] = Counter()
         self._rejected_pending: Counter[Hashable] = Counter()
+        self._max_seen: dict[Hashable, int] = {}  # per partition: newest accepted event
+        # Rejections before their partition's first accepted event: held for its target.
+        self.held_rejected: Counter[Hashable] = Counter()
         # After a restart, messages before these offsets were already processed once: they
         # rebuild window state but are not counted or dead-lettered a second time.
         self._resume_next: dict[Hashable, int] = {}
@@ -102,9 +113,18 @@ class PipelineEngine:
         pidx, part_of, offs = batch.pidx, batch.part_of, batch.offs
         cols, again, result = self.ingest(batch)
         now = self.clock_ms()
+        target = self.targets(batch, cols)
+        rejected = np.ones(len(pidx), dtype=bool)
+        rejected[cols.index] = False
+        rejected &= ~again
+        self._count(self._rejected_for, self._rejected_pending, part_of, pidx[rejected],
+                    target[rejected], self.held_rejected)  # fmt: skip
+        for part, t, n in self.settle_held(batch, target):
+            self.count_rejected(part, n, t)
         if len(cols):
             cpidx = pidx[cols.index]
-            self._add(cols, cpidx, offs[cols.index], again[cols.index], part_of)
+            self._add(cols, cpidx, offs[cols.index], again[cols.index], part_of,
+                      targets=target[cols.index])  # fmt: skip
             for i in np.flatnonzero(np.bincount(cpidx, minlength=len(part_of))).tolist():
                 self.watermark.observe(part_of[i], int(cols.ts[cpidx == i].max()), now)
         result.extend(self._close_until(self.watermark.current(now)))
@@ -152,7 +172,6 @@ class PipelineEngine:
             if again[i]:
                 continue  # dead-lettered before the restart
             self.rejections[rejection.reason] += 1
-            self._rejected_pending[part] += 1
             result.dead_letters.append(
                 DeadLetter(raw, rejection.reason, rejection.field, part, offset)
             )
@@ -164,6 +183,78 @@ class PipelineEngine:
         self.counters["rejected"] += n - len(cols)
         self.counters["unknown_fields_dropped"] += unknown
         return cols, again, result
+
+    def targets(self, batch: Batch, cols: Columns) -> npt.NDArray[np.int64]:
+        """Each message's target window, the summary its lateness or rejection counts in:
+        the last window holding the newest accepted event of its partition up to and
+        including it (NEG_INF: none yet). It depends on its partition's order only, never
+        on batching or on how partitions interleave, and it is open when the message is
+        counted unless an idle close or the end of input released it (the watermark is at
+        most a partition's newest event). Moves each partition's newest event on."""
+        pidx, part_of = batch.pidx, batch.part_of
+        ts = np.full(len(pidx), NEG_INF, dtype=np.int64)
+        ts[cols.index] = cols.ts
+        out = np.full(len(pidx), NEG_INF, dtype=np.int64)
+        for i, part in enumerate(part_of):
+            mine = np.flatnonzero(pidx == i)
+            if not len(mine):
+                continue
+            run = np.maximum.accumulate(np.maximum(ts[mine], self._max_seen.get(part, NEG_INF)))
+            self._max_seen[part] = int(run[-1])
+            has = run > NEG_INF
+            if has.any():
+                run[has] = window_starts_array(self.pipeline.window, run[has])[:, -1]
+            out[mine] = run
+        return out
+
+    def settle_held(
+        self, batch: Batch, target: npt.NDArray[np.int64]
+    ) -> list[tuple[Hashable, int, int]]:
+        """Held rejections of partitions that now have a target: (partition, the first
+        target of this batch, count), no longer held."""
+        out = []
+        for i, part in enumerate(batch.part_of):
+            if self.held_rejected.get(part):
+                t = target[batch.pidx == i]
+                t = t[t != NEG_INF]
+                if len(t):
+                    out.append((part, int(t[0]), self.held_rejected.pop(part)))
+        return out
+
+    def _count(
+        self,
+        into: dict[int, Counter[Hashable]],
+        pending: Counter[Hashable],
+        part_of: Sequence[Hashable],
+        pidx: npt.NDArray[np.int64],
+        targets: npt.NDArray[np.int64],
+        held: Counter[Hashable] | None = None,
+    ) -> None:
+        """Count messages (partition index, target window) for their targets' summaries:
+        those without a target are `held`, or else with a released target, for the next
+        summary released."""
+        if not len(pidx):
+            return
+        size = self.pipeline.window.size_ms
+        for (i, t), n in Counter(zip(pidx.tolist(), targets.tolist(), strict=True)).items():
+            if t == NEG_INF and held is not None:
+                held[part_of[i]] += n
+            else:
+                self.count_for(into, pending, part_of[i], t, n, size)
+
+    def count_for(
+        self,
+        into: dict[int, Counter[Hashable]],
+        pending: Counter[Hashable],
+        part: Hashable,
+        target: int,
+        n: int,
+        size: int,
+    ) -> None:
+        if target == NEG_INF or target + size <= self.closed_until:
+            pending[part] += n
+        else:
+            into.setdefault(target, Counter())[part] += n
 
     def _one(self, raw: bytes) -> tuple[PolicyRecord | Rejection, int]:
         """The reference path for one message: its record or rejection, and how many
@@ -234,6 +325,7 @@ class PipelineEngine:
         again: npt.NDArray[np.bool_],
         part_of: list[Hashable],
         starts: npt.NDArray[np.int64] | None = None,
+        targets: npt.NDArray[np.int64] | None = None,
     ) -> None:
         spec = self.pipeline.window
         cells_map = self._cells
@@ -258,8 +350,9 @@ class PipelineEngine:
         late = (starts[:, 0] + spec.size_ms <= self.closed_until) & ~again
         if late.any():
             self.counters["late"] += int(late.sum())
-            for i in np.unique(pidx[late]).tolist():
-                self._late_pending[part_of[i]] += int((late & (pidx == i)).sum())
+            if targets is None:  # rows windowed elsewhere (scale-out, version 1)
+                targets = np.full(len(late), NEG_INF, dtype=np.int64)
+            self._count(self._late_for, self._late_pending, part_of, pidx[late], targets[late])
         for j in range(starts.shape[1]):
             col = starts[:, j]
             units = window_units(
@@ -328,6 +421,8 @@ class PipelineEngine:
 
     def close_all(self) -> StepResult:
         """End of input (replay) or of a burst: release every open window."""
+        self._rejected_pending.update(self.held_rejected)  # no target came: the next summary
+        self.held_rejected.clear()
         if not self.windows:
             return StepResult()
         return self._close_until(max(w.end_ms for w in self.windows.values()))
@@ -348,6 +443,16 @@ class PipelineEngine:
     def _release(self, w: WindowState) -> StepResult:
         p = self.pipeline
         result = StepResult()
+        # This window's counts, and those of earlier targets never released (no window).
+        late = sum(self._late_pending.values())
+        rejected = sum(self._rejected_pending.values())
+        for into in (self._late_for, self._rejected_for):
+            for t in [t for t in into if t <= w.start_ms]:
+                n = sum(into.pop(t).values())
+                if into is self._late_for:
+                    late += n
+                else:
+                    rejected += n
         for out in self.releaser.release(w):
             result.releases.extend(out.records)
             result.accounting.append((w.start_ms, out.output.name, out.accounting))
@@ -363,8 +468,8 @@ class PipelineEngine:
                     cells_released=out.cells_released,
                     cells_rolled_up=out.cells_rolled_up,
                     cells_suppressed=out.cells_suppressed,
-                    late_events=sum(self._late_pending.values()),
-                    rejected_events=sum(self._rejected_pending.values()),
+                    late_events=late,
+                    rejected_events=rejected,
                     k=out.output.k,
                     privacy=out.privacy,
                 )
@@ -394,9 +499,12 @@ class PipelineEngine:
     def checkpoint(self, partition: Hashable) -> Checkpoint:
         """What a restart needs besides the offset: which windows are already released,
         how far this partition was processed, and its share of the pending counters."""
+        late = self._late_pending.get(partition, 0)
+        late += sum(c.get(partition, 0) for c in self._late_for.values())
+        rejected = self._rejected_pending.get(partition, 0) + self.held_rejected[partition]
+        rejected += sum(c.get(partition, 0) for c in self._rejected_for.values())
         return Checkpoint(
-            self.closed_until, self._next_offset.get(partition, -1),
-            self._late_pending.get(partition, 0), self._rejected_pending.get(partition, 0),
+            self.closed_until, self._next_offset.get(partition, -1), late, rejected
         )  # fmt: skip
 
     def restore(self, partition: Hashable, checkpoint: Checkpoint) -> None:
@@ -413,17 +521,32 @@ class PipelineEngine:
         """Processed before the restart this engine resumes from: rebuilds, counts nothing."""
         return offset < self._resume_next.get(partition, -1)
 
-    def count_rejected(self, partition: Hashable, n: int) -> None:
-        self._rejected_pending[partition] += n  # found by the ingest, for the next summary
+    def count_rejected(self, partition: Hashable, n: int, target: int = NEG_INF) -> None:
+        """Rejections the ingest found, for `target`'s summary (see `targets`)."""
+        size = self.pipeline.window.size_ms
+        self.count_for(self._rejected_for, self._rejected_pending, partition, target, n, size)
 
-    def count_late(self, partition: Hashable, n: int) -> None:
-        self.counters["late"] += n  # a window's partial that came after its release
-        self._late_pending[partition] += n
+    def count_late(self, partition: Hashable, n: int, *, summary: bool = True) -> None:
+        """A window's partial that came after its release: late, in the metrics; in the
+        next summary too unless its ingest sent targets (`count_late_for`)."""
+        self.counters["late"] += n
+        if summary:
+            self._late_pending[partition] += n
+
+    def count_late_for(self, partition: Hashable, first: int, target: int, n: int) -> None:
+        """Scale-out: `n` events whose first window starts at `first`, for `target`'s
+        summary if that window is released (as the engine that owns it finds, by the same
+        watermark)."""
+        size = self.pipeline.window.size_ms
+        if first + size <= self.closed_until:
+            self.count_for(self._late_for, self._late_pending, partition, target, n, size)
 
     def take_rejected(self) -> int:
         """The rejections pending since the last summary, handed over and cleared."""
         n = sum(self._rejected_pending.values())
+        n += sum(sum(c.values()) for c in self._rejected_for.values())
         self._rejected_pending.clear()
+        self._rejected_for.clear()
         return n
 
     def forget(self, partition: Hashable) -> None:
@@ -433,6 +556,11 @@ class PipelineEngine:
         self._resume_next.pop(partition, None)
         self._late_pending.pop(partition, None)
         self._rejected_pending.pop(partition, None)
+        self._max_seen.pop(partition, None)
+        self.held_rejected.pop(partition, None)
+        for into in (self._late_for, self._rejected_for):
+            for c in into.values():
+                c.pop(partition, None)
 
     # -- introspection -------------------------------------------------------------------
     def state_bytes(self) -> int:

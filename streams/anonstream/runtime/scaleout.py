@@ -139,8 +139,14 @@ class Partial:
     """One partials record: what one ingest batch sends one partials partition."""
 
     progress: list[Progress] = field(default_factory=list)
-    rejected: int = 0
+    rejected: int = 0  # rejections without a target window: for the next summary
     windows: list[WindowPartial] = field(default_factory=list)
+    # The summaries' counters by target window (PipelineEngine.targets), sent to the
+    # target's partials partition: rejections, [target, n]; and every accepted event of the
+    # batch, [first window, target, n], late there if its first window is already released.
+    # None: a writer that sent no targets (its late events count in the next summary).
+    rejected_for: list[tuple[int, int]] = field(default_factory=list)
+    late: list[tuple[int, int, int]] | None = None
 
 
 def encode_partial(p: Partial) -> bytes:
@@ -152,6 +158,10 @@ def encode_partial(p: Partial) -> bytes:
     ]}  # fmt: skip
     if p.rejected:
         head["rejected"] = p.rejected
+    if p.rejected_for:
+        head["rejected_for"] = [list(x) for x in p.rejected_for]
+    if p.late is not None:
+        head["late"] = [list(x) for x in p.late]
     payload: list[bytes] = []
     if p.windows:
         head["windows"] = [
@@ -249,7 +259,21 @@ def decode_partial(raw: bytes) -> Partial:
             t, _count(p, "partition"), _int(ts, "max_ts", NEG_INF, MAX_TS_MS),
             _int(d, "data_ms", 0, MAX_TS_MS), _int(s, "sent_ms", 0, MAX_TS_MS),
         ))  # fmt: skip
-    return Partial(progress, _count(head.get("rejected", 0), "rejected"), windows)
+    rejected_for = []
+    for x in _list(head.get("rejected_for", []), "rejected_for"):
+        if not isinstance(x, list) or len(x) != 2:
+            raise PartialsRecordError("a partials rejected_for entry of the wrong shape")
+        rejected_for.append((_window_start(x[0]), _count(x[1], "rejected_for")))
+    late: list[tuple[int, int, int]] | None = None
+    if head.get("late") is not None:
+        late = []
+        for x in _list(head["late"], "late"):
+            if not isinstance(x, list) or len(x) != 3:
+                raise PartialsRecordError("a partials late entry of the wrong shape")
+            late.append((_window_start(x[0]), _window_start(x[1]), _count(x[2], "late")))
+    return Partial(
+        progress, _count(head.get("rejected", 0), "rejected"), windows, rejected_for, late
+    )
 
 
 _WEEK_MS = 7 * 86_400_000  # the longest window
@@ -270,6 +294,10 @@ def _int(x: Any, what: str, lo: int, hi: int) -> int:
 
 def _count(x: Any, what: str) -> int:
     return _int(x, what, 0, _COUNT_MAX)
+
+
+def _window_start(x: Any) -> int:
+    return _int(x, "window start", MIN_TS_MS - _WEEK_MS, MAX_TS_MS)
 
 
 def window_partials(
@@ -331,11 +359,12 @@ class IngestStage:
         return self.engine.input_topic
 
     def process_batch(self, batch: Batch) -> StepResult:
-        cols, _again, result = self.engine.ingest(batch)
+        cols, again, result = self.engine.ingest(batch)
         step_ms = self.pipeline.window.step_ms
         progress: list[Progress] = []
         by_partition: dict[int, list[WindowPartial]] = {}
         now = self.engine.clock_ms()
+        rejected_for, late = self._by_target(batch, cols, again)
         if len(cols):
             cpidx = batch.pidx[cols.index]
             for i in np.unique(cpidx).tolist():
@@ -348,15 +377,46 @@ class IngestStage:
             for wp in window_partials(self.engine, cols, self._cell_ids(cols), self._dims):
                 p = (wp.start_ms // step_ms) % self.partitions
                 by_partition.setdefault(p, []).append(self._name_once(p, wp))
-        rejected = self.engine.take_rejected()
         for p in range(self.partitions):
             windows = by_partition.get(p, [])
-            rej = rejected if p == 0 else 0
-            if not windows and not progress and not rej:
+            rej_for, late_for = rejected_for.get(p, []), late.get(p, [])
+            if not windows and not progress and not rej_for and not late_for:
                 continue
-            value = encode_partial(Partial(progress, rej, windows))
+            value = encode_partial(Partial(progress, 0, windows, rej_for, late_for))
             result.forward.append((self.topic, p, b"", value))
         return result
+
+    def _by_target(
+        self, batch: Batch, cols: Columns, again: npt.NDArray[np.bool_]
+    ) -> tuple[dict[int, list[tuple[int, int]]], dict[int, list[tuple[int, int, int]]]]:
+        """The batch's rejections by target window, and its accepted events by (first
+        window, target window), each for its target's partials partition: there the
+        summaries count them, as single mode does (PipelineEngine.targets)."""
+        step_ms = self.pipeline.window.step_ms
+        target = self.engine.targets(batch, cols)
+        rejected = np.ones(len(batch.pidx), dtype=bool)
+        rejected[cols.index] = False
+        rejected &= ~again
+        # Rejections before their partition's first accepted event wait for its target.
+        no_target = rejected & (target == NEG_INF)
+        for i in np.unique(batch.pidx[no_target]).tolist():
+            self.engine.held_rejected[batch.part_of[i]] += int(
+                (no_target & (batch.pidx == i)).sum()
+            )
+        due = Counter(target[rejected & ~no_target].tolist())
+        for _, t, n in self.engine.settle_held(batch, target):
+            due[t] += n
+        rejected_for: dict[int, list[tuple[int, int]]] = {}
+        for t, n in sorted(due.items()):
+            rejected_for.setdefault((t // step_ms) % self.partitions, []).append((t, n))
+        late: dict[int, list[tuple[int, int, int]]] = {}
+        if len(cols):
+            first = window_starts_array(self.pipeline.window, cols.ts)[:, 0]
+            pairs = np.stack([first, target[cols.index]], axis=1)  # vectorised: a hot path
+            uniq, counts = np.unique(pairs, axis=0, return_counts=True)
+            for (x, t), n in zip(uniq.tolist(), counts.tolist(), strict=True):
+                late.setdefault((t // step_ms) % self.partitions, []).append((x, t, n))
+        return rejected_for, late
 
     def _name_once(self, p: int, wp: WindowPartial) -> WindowPartial:
         """Name each cell only in the first record this stage sends partition `p` for the
@@ -445,7 +505,13 @@ class IngestStage:
         return result
 
     def close_all(self) -> StepResult:
-        return StepResult()
+        """End of input: rejections still waiting for a target count in the next summary."""
+        result = StepResult()
+        held = sum(self.engine.held_rejected.values())
+        self.engine.held_rejected.clear()
+        if held:
+            result.forward.append((self.topic, 0, b"", encode_partial(Partial(rejected=held))))
+        return result
 
 
 class ReleaseStage:
@@ -495,16 +561,21 @@ class ReleaseStage:
         self, part: Hashable, values: list[bytes], offs: npt.NDArray[np.int64]
     ) -> StepResult:
         e = self._engine(part)
-        progress: dict[Hashable, tuple[int, int, int]] = {}
+        result = StepResult()
+        # One record at a time, as single mode takes one batch: its rows, then its
+        # progress, then the windows that progress closes. So what is late, and which
+        # summary counts it, does not depend on how many records one fetch brings.
         for k, raw in enumerate(values):
+            progress: dict[Hashable, tuple[int, int, int]] = {}
             offset = int(offs[k])
             again = e.replayed(part, offset)
+            rec: Partial | None = None
             try:
                 if raw[:1] == b"{":  # version 1, from a worker not upgraded yet
                     self._add_v1(e, part, raw, offset, again, progress)
-                    continue
-                rec = decode_partial(raw)
-                self._check(e, rec)
+                else:
+                    rec = decode_partial(raw)
+                    self._check(e, rec)
             except PartialsRecordError as exc:
                 # Dropping a record's rows only takes people out of its windows (k holds);
                 # stopping would stop every release of this partition, restart after
@@ -516,22 +587,29 @@ class ReleaseStage:
                         self.topic, part, offset, exc,
                     )  # fmt: skip
                 continue
-            for x in rec.progress:
-                _progress(progress, (x.topic, x.partition), x.max_ts, x.data_ms, x.sent_ms)
-            if rec.rejected and not again:
-                e.count_rejected(part, rec.rejected)
-            for wp in rec.windows:
-                _add_window(e, wp, part, offset, again)
+            if rec is not None:
+                for x in rec.progress:
+                    _progress(progress, (x.topic, x.partition), x.max_ts, x.data_ms, x.sent_ms)
+                for wp in rec.windows:
+                    _add_window(e, wp, part, offset, again, summary=rec.late is None)
+                if not again:
+                    if rec.rejected:
+                        e.count_rejected(part, rec.rejected)
+                    for t, n in rec.rejected_for:
+                        e.count_rejected(part, n, t)
+                    for first, t, n in rec.late or []:
+                        e.count_late_for(part, first, t, n)
+            # How long a source has had no data is the owner's word (sent - data, one
+            # clock), counted from when we read it: judged by our clock against the owner's
+            # data time, a release stage a few seconds behind the ingest would find busy
+            # sources idle and release their windows early.
+            now = e.clock_ms()
+            for source, (ts, data_ms, sent_ms) in progress.items():
+                e.observe_progress(source, ts, now - max(0, sent_ms - data_ms), sent_ms)
+            result.extend(e.advance())
         # Offsets of messages without rows still move this partition forward.
         e.track_offsets(np.zeros(len(offs), dtype=np.int64), [part], offs)
-        # How long a source has had no data is the owner's word (sent - data, one clock),
-        # counted from when we read it: judged by our clock against the owner's data time,
-        # a release stage a few seconds behind the ingest would find busy sources idle and
-        # release their windows early.
-        now = e.clock_ms()
-        for source, (ts, data_ms, sent_ms) in progress.items():
-            e.observe_progress(source, ts, now - max(0, sent_ms - data_ms), sent_ms)
-        return e.advance()
+        return result
 
     def _add_v1(
         self,
@@ -673,16 +751,19 @@ def _progress(
 
 
 def _add_window(
-    e: PipelineEngine, wp: WindowPartial, part: Hashable, offset: int, again: bool
-) -> None:
+    e: PipelineEngine, wp: WindowPartial, part: Hashable, offset: int, again: bool,
+    *, summary: bool,
+) -> None:  # fmt: skip
     """One window's partial into the release engine's state, as `PipelineEngine._add`
     adds rows in single mode: late if the window is already released (counted once per
-    event, `first_events`, unless re-read after a restart), else merged into the window."""
+    event, `first_events`, unless re-read after a restart), else merged into the window.
+    `summary`: the writer sent no targets, so the next summary counts these late events
+    (else the target's partition counts them, see `Partial.late`)."""
     spec = e.pipeline.window
     end = wp.start_ms + spec.size_ms
     if end <= e.closed_until:
         if wp.first_events and not again:
-            e.count_late(part, wp.first_events)
+            e.count_late(part, wp.first_events, summary=summary)
         return
     w = e.windows.get(wp.start_ms)
     if w is None:
