@@ -511,3 +511,16 @@ def test_any_value_of_the_wrong_type_anywhere_is_a_pipeline_error(path: Path) ->
             node[where[-1]] = value
             with contextlib.suppress(PipelineError):
                 parse_pipeline(doc)
+
+
+def test_a_boolean_is_not_an_integer_anywhere_in_a_generalizer() -> None:
+    """YAML `true` is a bool, and Python's bool is an int: `ipv4_bits: true` must not be
+    read as a /1 prefix."""
+    doc = yaml.safe_load(WEB_YAML.read_text(encoding="utf-8"))
+    ip = doc["fields"]["ip"]
+    assert isinstance(ip, dict) and ip.get("generalize") == "ip_prefix", ip
+    for key in ("ipv4_bits", "ipv6_bits"):
+        bad = copy.deepcopy(doc)
+        bad["fields"]["ip"][key] = True
+        with pytest.raises(PipelineError, match=key):
+            parse_pipeline(bad)

@@ -89,11 +89,11 @@ class IpPrefix(DimensionMaker):
         cls, spec: FieldSpec, params: dict[str, Any], path: str, fail: Fail
     ) -> dict[str, Any]:
         v4, v6 = params.pop("ipv4_bits", 24), params.pop("ipv6_bits", 48)
-        if not (isinstance(v4, int) and 0 <= v4 <= 24):
+        if isinstance(v4, bool) or not (isinstance(v4, int) and 0 <= v4 <= 24):
             raise fail(f"{path}.ipv4_bits", "must be an integer from 0 to 24")
         # Past /48 a NAT64 network-specific prefix (RFC 6052: /32 to /96) keeps
         # embedded IPv4 address bits, so a released /64 can hold a whole IPv4 address.
-        if not (isinstance(v6, int) and 0 <= v6 <= 48):
+        if isinstance(v6, bool) or not (isinstance(v6, int) and 0 <= v6 <= 48):
             raise fail(
                 f"{path}.ipv6_bits",
                 "must be an integer from 0 to 48 (longer prefixes can keep an IPv4"
