@@ -44,6 +44,11 @@ KEPT_VALUES = 50_000
 # more than a day of one stream's seconds.
 TIMESTAMP_PARTS = 100_000
 
+# Cell ids of dimension tuples, and back (core/engine.py): open windows keep their own cell
+# names, so emptying this costs only re-hashing; half a million cells (~100 bytes each both
+# ways) is far more than the cells of the windows open at once.
+CELL_NAMES = 500_000
+
 # Least-recently-used caches of the value functions (functools.lru_cache, which evicts
 # one entry at a time; their hit rates are what the hot path lives on):
 # IPv4/IPv6 prefixes that miss the /24 fast path (core/ipprefix.py); a stream's networks.

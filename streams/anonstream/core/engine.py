@@ -22,6 +22,7 @@ import numpy as np
 import numpy.typing as npt
 
 from anonstream.core.budget import Ledger
+from anonstream.core.cache import CELL_NAMES
 from anonstream.core.cellstate import Rows, WindowState
 from anonstream.core.checkpoint import Checkpoint
 from anonstream.core.columns import ColumnPolicy, Columns
@@ -329,7 +330,7 @@ class PipelineEngine:
     ) -> None:
         spec = self.pipeline.window
         cells_map = self._cells
-        if len(cells_map) > 500_000:  # bound memory; windows keep their own cell names
+        if len(cells_map) > CELL_NAMES:  # windows keep their own cell names
             cells_map.clear()
             self._cell_dims.clear()
         cell_list = list(map(cells_map.get, cols.dims))
