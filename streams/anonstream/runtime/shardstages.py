@@ -1,0 +1,442 @@
+"""Scale-out with the release of a window spread over person shards (opt-in:
+ANONSTREAM_RELEASE_SHARDED=true; k pipelines only, a dp pipeline keeps one release stage
+per window).
+
+The ingest sends each row to the partials partition of its person's shard
+(`core/sharded.shard_of` over the partials partitions), so every partials partition is one
+shard of every window. A shard stage (`ShardStage`: the release stage's engines, windows,
+watermark and checkpoints, with `ShardEngine` in place of the release) closes a window when
+its watermark passes, as a release stage does, and instead of releasing sends the window's
+`ShardWindow` (core/sharded.py: every bound applied, cells with k persons as figures, the
+rest as rows) to the merge topic, partitioned by window, in the transaction that commits its
+offsets. Whenever its closed windows reach a new window boundary it also sends every merge
+partition a mark: "this shard has closed everything ending at or before T".
+
+A merge stage (`MergeStage`, one state per merge partition) releases a window once every
+shard's mark has passed its end, from the parts that came (a shard with no person in the
+window sends none), with `core/sharded.release_merged`: exactly single mode's release of
+the window. Shards forward the summaries' counters (late and rejected events, by target
+window) with each mark and part; the merge attributes them to windows as
+`PipelineEngine._release` does.
+
+Crash safety: the merge commits, as its offset, the oldest of its open windows' first parts
+and of every shard's latest mark, so a restart re-reads what it needs; its checkpoint says
+which windows are released (they close in order: a shard sends a window's part before any
+mark past it) and holds the counters not yet in a summary.
+"""
+
+from __future__ import annotations
+
+import logging
+import struct
+from collections import Counter
+from collections.abc import Callable, Hashable, Sequence
+from dataclasses import dataclass, field
+from fractions import Fraction
+from typing import Any, cast
+
+import numpy as np
+import orjson
+
+from anonstream.core.cellstate import Rows, WindowState
+from anonstream.core.checkpoint import Checkpoint
+from anonstream.core.engine import PipelineEngine, window_records
+from anonstream.core.exactsum import Exact
+from anonstream.core.pipeline import Pipeline
+from anonstream.core.release import Releaser
+from anonstream.core.sharded import CellParts, ShardWindow, reduce_shard, release_merged
+from anonstream.core.step import Batch, StepResult
+from anonstream.core.windows import NEG_INF, window_starts
+from anonstream.runtime.scaleout import ReleaseStage
+
+log = logging.getLogger("anonstream.worker")
+
+SHARD_VERSION = 1
+_MAGIC = b"ASSH"
+_HEAD = struct.Struct("<4sHI")
+
+
+class ShardRecordError(ValueError):
+    """A merge record that is not well formed: skipped and counted, as partials are."""
+
+
+def merge_topic(group_id: str, pipeline: str) -> str:
+    return f"anonstream.merge.{group_id}.{pipeline}"
+
+
+@dataclass
+class ShardRecord:
+    """What a shard sends a merge partition: its mark (closed until), its counters for
+    the summaries, and a window's part (or none: a mark alone)."""
+
+    shard: int
+    closed_until: int
+    part: ShardWindow | None = None
+    late_for: dict[int, int] = field(default_factory=dict)  # target window -> events
+    rejected_for: dict[int, int] = field(default_factory=dict)
+    late: int = 0  # without a target: the next summary
+    rejected: int = 0
+
+
+def _exact_str(x: Exact) -> str:
+    return str(x)
+
+
+def _exact(x: Any) -> Exact:
+    if not isinstance(x, str):
+        raise ShardRecordError("a merge record whose sum is not a string")
+    try:
+        f = Fraction(x)
+    except (ValueError, ZeroDivisionError):
+        raise ShardRecordError("a merge record whose sum is not a number") from None
+    return int(f) if f.denominator == 1 else f
+
+
+def encode_shard(r: ShardRecord, p: Pipeline) -> bytes:
+    head: dict[str, Any] = {
+        "shard": r.shard, "closed": r.closed_until, "late": r.late, "rejected": r.rejected,
+        "late_for": [[t, n] for t, n in sorted(r.late_for.items())],
+        "rejected_for": [[t, n] for t, n in sorted(r.rejected_for.items())],
+    }  # fmt: skip
+    arrays: list[np.ndarray[Any, Any]] = []
+    w = r.part
+    if w is not None:
+        b = w.big
+        head["part"] = {
+            "start": w.start_ms, "end": w.end_ms,
+            "names": [[c, list(d)] for c, d in w.names.items()],
+            "rows": len(w.rows), "in": w.rows_in, "dup": w.duplicates, "over": w.over_limit,
+            "over_cells": w.over_cells, "big": None if b is None else len(b),
+        }  # fmt: skip
+        arrays += [w.rows.cell, w.rows.unit, w.rows.event, w.rows.measures]
+        if b is not None:
+            arrays += [b.cells, b.users, b.events]
+            sums: dict[str, list[str]] = {}
+            sets: dict[str, int] = {}
+            for m in p.measures:
+                arrays += [b.counts[m], b.valued[m]]
+                sums[m] = [_exact_str(x) for x in b.sums[m]]
+                if m in p.histograms:
+                    arrays += [b.bands[m], b.band_cell[m], b.band_set[m], b.band_n[m]]
+                    sets[m] = len(b.band_cell[m])
+            head["part"]["sums"] = sums
+            head["part"]["sets"] = sets
+    header = orjson.dumps(head)
+    payload = [np.ascontiguousarray(a).astype(a.dtype.newbyteorder("<")).tobytes() for a in arrays]
+    return b"".join([_HEAD.pack(_MAGIC, SHARD_VERSION, len(header)), header, *payload])
+
+
+def decode_shard(raw: bytes, p: Pipeline) -> ShardRecord:
+    """A merge record; one that is not well formed raises ShardRecordError (without its
+    content)."""
+    if len(raw) < _HEAD.size:
+        raise ShardRecordError("not a merge record")
+    magic, version, n = _HEAD.unpack_from(raw)
+    if magic != _MAGIC or version != SHARD_VERSION or _HEAD.size + n > len(raw):
+        raise ShardRecordError("not a merge record of this version")
+    try:
+        head = orjson.loads(raw[_HEAD.size : _HEAD.size + n])
+        pos = _HEAD.size + n
+
+        def take(dtype: str, count: int, shape: tuple[int, ...] | None = None) -> Any:
+            nonlocal pos
+            size = np.dtype(dtype).itemsize * count
+            if pos + size > len(raw):
+                raise ShardRecordError("a merge record, truncated")
+            a = np.frombuffer(raw, dtype=dtype, count=count, offset=pos).astype(dtype[1:])
+            pos += size
+            return a.reshape(shape) if shape is not None else a
+
+        rec = ShardRecord(
+            int(head["shard"]), int(head["closed"]), None,
+            {int(t): int(c) for t, c in head["late_for"]},
+            {int(t): int(c) for t, c in head["rejected_for"]},
+            int(head["late"]), int(head["rejected"]),
+        )  # fmt: skip
+        h = head.get("part")
+        if h is not None:
+            nm, nr = len(p.measures), int(h["rows"])
+            rows = Rows(take("<u8", nr), take("<u8", nr), take("<u8", nr),
+                        take("<f8", nr * nm, (nr, nm)))  # fmt: skip
+            big = None
+            if h["big"] is not None:
+                nb = int(h["big"])
+                big = CellParts(take("<u8", nb), take("<i8", nb), take("<i8", nb))
+                for m in p.measures:
+                    big.counts[m], big.valued[m] = take("<i8", nb), take("<i8", nb)
+                    big.sums[m] = [_exact(x) for x in h["sums"][m]]
+                    if len(big.sums[m]) != nb:
+                        raise ShardRecordError("a merge record whose sums do not agree")
+                    if m in p.histograms:
+                        bands = len(p.fields[m].edges) + 1
+                        ns = int(h["sets"][m])
+                        big.bands[m] = take("<i8", nb * bands, (nb, bands))
+                        big.band_cell[m] = take("<i8", ns)
+                        big.band_set[m], big.band_n[m] = take("<i8", ns), take("<i8", ns)
+                        if ns and (big.band_cell[m].min() < 0 or big.band_cell[m].max() >= nb):
+                            raise ShardRecordError("a merge record whose bands do not agree")
+            names = {int(c): tuple(str(x) for x in d) for c, d in h["names"]}
+            rec.part = ShardWindow(
+                int(h["start"]), int(h["end"]), names, big, rows, int(h["in"]), int(h["dup"]),
+                int(h["over"]), int(h["over_cells"]),
+            )  # fmt: skip
+            cells = set(rows.cell.tolist()) | set(big.cells.tolist() if big else [])
+            if not cells <= names.keys():
+                raise ShardRecordError("a merge record with a cell it does not name")
+        if pos != len(raw):
+            raise ShardRecordError("a merge record of the wrong length")
+        return rec
+    except ShardRecordError:
+        raise
+    except (KeyError, TypeError, ValueError, IndexError, OverflowError, AttributeError):
+        raise ShardRecordError("a merge record of the wrong shape") from None
+
+
+class ShardEngine(PipelineEngine):
+    """A release engine of one person shard: windows close as in a release stage, and
+    each closed window goes to the merge as a ShardWindow, with the shard's marks."""
+
+    def __init__(
+        self, *args: Any, shard: int, merge: str, merge_partitions: int, **kw: Any
+    ) -> None:
+        super().__init__(*args, **kw)
+        self.shard = shard
+        self.merge = merge
+        self.merge_partitions = merge_partitions
+        self._marked = NEG_INF  # the last boundary every merge partition was told
+
+    def _merge_partition(self, start_ms: int) -> int:
+        return (start_ms // self.pipeline.window.step_ms) % self.merge_partitions
+
+    def _take_counters(self, rec: ShardRecord, q: int) -> None:
+        """The counters this shard holds for the summaries of merge partition `q` (by
+        target window; those without a target go to partition 0), moved into `rec`."""
+        for into, out in ((self._late_for, rec.late_for), (self._rejected_for, rec.rejected_for)):
+            for t in [t for t in into if self._merge_partition(t) == q]:
+                out[t] = out.get(t, 0) + sum(into.pop(t).values())
+        if q == 0:
+            rec.late += sum(self._late_pending.values())
+            rec.rejected += sum(self._rejected_pending.values())
+            self._late_pending.clear()
+            self._rejected_pending.clear()
+
+    def _release(self, w: WindowState) -> StepResult:
+        result = StepResult()
+        rec = ShardRecord(self.shard, self.closed_until, reduce_shard(self.releaser, w))
+        value = encode_shard(rec, self.pipeline)
+        result.forward.append((self.merge, self._merge_partition(w.start_ms), b"", value))
+        return result
+
+    def _close_until(self, watermark: int) -> StepResult:
+        """As a release engine closes windows (each one's part to the merge), then a mark
+        with the counters to every merge partition when a window boundary is passed: after
+        the parts it covers, in each partition's order."""
+        result = super()._close_until(watermark)
+        step = self.pipeline.window.step_ms
+        mark = (self.closed_until // step) * step
+        if mark > self._marked:
+            self._marked = mark
+            result.extend(self._marks())
+        return result
+
+    def _marks(self) -> StepResult:
+        result = StepResult()
+        for q in range(self.merge_partitions):
+            rec = ShardRecord(self.shard, self.closed_until)
+            self._take_counters(rec, q)
+            result.forward.append((self.merge, q, b"", encode_shard(rec, self.pipeline)))
+        return result
+
+    def tick(self) -> StepResult:
+        """Idle close, as a release engine's, but also for a shard without an open window:
+        the merge waits for every shard's mark."""
+        if self.watermark.all_idle(self.clock_ms()):
+            return self.close_all()
+        return self._close_until(self.watermark.current(self.clock_ms()))
+
+    def close_all(self) -> StepResult:
+        """Every window up to the last one holding the newest event time any source has
+        reported closed: what single mode's close_all closes (its windows hold exactly
+        those events), the same in every shard, whether or not it has rows there."""
+        self._rejected_pending.update(self.held_rejected)
+        self.held_rejected.clear()
+        spec = self.pipeline.window
+        newest = max((pc.max_ts for pc in self.watermark.partitions.values()), default=NEG_INF)
+        ends = [w.end_ms for w in self.windows.values()]
+        if newest > NEG_INF:
+            ends.append(max(window_starts(spec, newest)) + spec.size_ms)
+        return self._close_until(max(ends)) if ends else StepResult()
+
+
+class ShardStage(ReleaseStage):
+    """The release stage's engines, one per partials partition = shard (see the module)."""
+
+    def __init__(
+        self,
+        factory: Callable[[int], PipelineEngine],
+        pipeline: Pipeline,
+        topic: str,
+        partitions: int,
+    ) -> None:
+        super().__init__(lambda: factory(0), pipeline, topic, partitions)
+        self.shard_factory = factory
+
+    def _engine(self, partition: Hashable) -> PipelineEngine:
+        e = self.engines.get(partition)
+        if e is None:
+            shard = cast(tuple[str, int], partition)[1]
+            e = self.engines[partition] = self.shard_factory(shard)
+            e.assign(self.sources, hold=True)
+        return e
+
+
+@dataclass
+class _MergeState:
+    """One merge partition: the shards' marks, the open windows' parts, the counters."""
+
+    closed: dict[int, int] = field(default_factory=dict)  # shard -> its closed_until
+    mark_offset: dict[int, int] = field(default_factory=dict)  # shard -> its latest mark
+    parts: dict[int, dict[int, ShardWindow]] = field(default_factory=dict)  # start -> shard
+    first_offset: dict[int, int] = field(default_factory=dict)  # start -> first part
+    closed_until: int = NEG_INF
+    next: int = -1
+    resume_next: int = -1
+    late_for: Counter[int] = field(default_factory=Counter)
+    rejected_for: Counter[int] = field(default_factory=Counter)
+    late: int = 0
+    rejected: int = 0
+
+
+class MergeStage:
+    """Releases each window of its merge partitions from its shards' parts."""
+
+    def __init__(self, pipeline: Pipeline, releaser: Releaser, topic: str, shards: int) -> None:
+        self.pipeline = pipeline
+        self.releaser = releaser
+        self.topic = topic
+        self.shards = shards
+        self.states: dict[Hashable, _MergeState] = {}
+        self.counters: Counter[str] = Counter()
+
+    @property
+    def input_topic(self) -> str:
+        return self.topic
+
+    @property
+    def late_events(self) -> int:
+        return 0
+
+    def _state(self, partition: Hashable) -> _MergeState:
+        s = self.states.get(partition)
+        if s is None:
+            s = self.states[partition] = _MergeState()
+        return s
+
+    def process_batch(self, batch: Batch) -> StepResult:
+        result = StepResult()
+        for i, part in enumerate(batch.part_of):
+            s = self._state(part)
+            for j in np.flatnonzero(batch.pidx == i).tolist():
+                result.extend(self._record(s, part, batch.values[j], int(batch.offs[j])))
+        return result
+
+    def _record(self, s: _MergeState, part: Hashable, raw: bytes, offset: int) -> StepResult:
+        again = offset < s.resume_next
+        s.next = max(s.next, offset + 1)
+        try:
+            rec = decode_shard(raw, self.pipeline)
+        except ShardRecordError as exc:
+            if not again:
+                self.counters["partials_rejected"] += 1
+                log.warning("%s: skipped a merge record (partition %s, offset %d): %s",
+                            self.topic, part, offset, exc)  # fmt: skip
+            return StepResult()
+        if not again:  # counted once: a re-read record's counters are in the checkpoint
+            s.late_for.update(rec.late_for)
+            s.rejected_for.update(rec.rejected_for)
+            s.late += rec.late
+            s.rejected += rec.rejected
+        w = rec.part
+        if w is not None and w.end_ms > s.closed_until:
+            s.parts.setdefault(w.start_ms, {})[rec.shard] = w
+            s.first_offset[w.start_ms] = min(s.first_offset.get(w.start_ms, offset), offset)
+        if w is None:  # a mark: it follows the parts and counters of what it covers
+            s.mark_offset[rec.shard] = offset
+            s.closed[rec.shard] = max(s.closed.get(rec.shard, NEG_INF), rec.closed_until)
+        return self._advance(s)
+
+    def _advance(self, s: _MergeState) -> StepResult:
+        result = StepResult()
+        if len(s.closed) < self.shards:
+            return result
+        until = min(s.closed.values())
+        for start in sorted(s.parts):
+            parts = s.parts[start]
+            end = next(iter(parts.values())).end_ms
+            if end > until:
+                break
+            del s.parts[start]
+            s.first_offset.pop(start, None)
+            result.extend(self._release(s, start, end, [parts[k] for k in sorted(parts)]))
+            s.closed_until = max(s.closed_until, end)
+        return result
+
+    def _release(
+        self, s: _MergeState, start: int, end: int, parts: list[ShardWindow]
+    ) -> StepResult:
+        late, rejected = s.late, s.rejected
+        for t in [t for t in s.late_for if t <= start]:
+            late += s.late_for.pop(t)
+        for t in [t for t in s.rejected_for if t <= start]:
+            rejected += s.rejected_for.pop(t)
+        s.late = s.rejected = 0
+        outs = release_merged(self.releaser, parts)
+        self.counters["windows_released"] += 1
+        return window_records(self.pipeline, start, end, outs, late, rejected, self.counters)
+
+    # -- the stage contract --------------------------------------------------------------
+    def safe_offset(self, partition: Hashable) -> int | None:
+        s = self.states.get(partition)
+        if s is None:
+            return None
+        held = [*s.first_offset.values(), *s.mark_offset.values()]
+        if s.next < 0:
+            return min(held) if held else None
+        return min([s.next, *held])
+
+    def checkpoint(self, partition: Hashable) -> Checkpoint | None:
+        s = self.states.get(partition)
+        if s is None:
+            return None
+        late = s.late + sum(s.late_for.values())
+        rejected = s.rejected + sum(s.rejected_for.values())
+        return Checkpoint(s.closed_until, s.next, late, rejected)
+
+    def restore(self, partition: Hashable, checkpoint: Checkpoint) -> None:
+        s = self._state(partition)
+        s.closed_until = max(s.closed_until, checkpoint.closed_until)
+        s.resume_next = checkpoint.next
+        s.late += checkpoint.late
+        s.rejected += checkpoint.rejected
+
+    def set_sources(self, sources: Sequence[Hashable]) -> None:
+        return None
+
+    def busy(self, partition: Hashable) -> None:
+        return None
+
+    def silent(self, partition: Hashable, since_ms: int, until_ms: int) -> None:
+        return None
+
+    def assign(self, partitions: list[Hashable]) -> None:
+        for p in partitions:
+            self._state(p)
+
+    def forget(self, partition: Hashable) -> None:
+        self.states.pop(partition, None)
+
+    def tick(self) -> StepResult:
+        return StepResult()
+
+    def close_all(self) -> StepResult:
+        return StepResult()
