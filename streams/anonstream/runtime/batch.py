@@ -46,6 +46,7 @@ from anonstream.runtime.clients import Clients, Consumer, KafkaClients, Rebalanc
 from anonstream.runtime.ledger import KafkaLedgerStore, ledger_topic
 from anonstream.runtime.quiet import Silence
 from anonstream.runtime.scaleout import IngestStage, ReleaseStage, StagesView, partials_topic
+from anonstream.runtime.shardstages import release_sharded, sharded_stages
 from anonstream.runtime.startup import Deadlines, StartupError, missing_topics_message
 from anonstream.runtime.transactions import FATAL, Transactions
 from anonstream.settings import Settings
@@ -134,7 +135,13 @@ class BatchLoop:
         # One Ledger per budget: pipelines sharing a named budget spend it together.
         self._ledgers = ledgers(self.pipelines, self.ledger) if self.ledger is not None else {}
         for p in self.pipelines:
-            if settings.scale_out:
+            if settings.scale_out and release_sharded(settings, p):
+                ingest, shards, merge = sharded_stages(settings, p, secret, idle_ms)
+                self.stages[f"{p.name}/ingest"] = ingest
+                self.stages[f"{p.name}/release"] = shards
+                self.stages[f"{p.name}/merge"] = merge
+                views[p.name] = StagesView(ingest, shards, merge)
+            elif settings.scale_out:
                 topic = partials_topic(settings.group_id, p.name)
                 ingest = IngestStage(PipelineEngine(p, secret), topic, settings.partials_partitions)
                 release = ReleaseStage(

@@ -42,12 +42,14 @@ from anonstream.core.cellstate import Rows, WindowState
 from anonstream.core.checkpoint import Checkpoint
 from anonstream.core.engine import PipelineEngine, window_records
 from anonstream.core.exactsum import Exact
+from anonstream.core.keys import MasterSecret
 from anonstream.core.pipeline import Pipeline
 from anonstream.core.release import Releaser
 from anonstream.core.sharded import CellParts, ShardWindow, reduce_shard, release_merged
 from anonstream.core.step import Batch, StepResult
 from anonstream.core.windows import NEG_INF, window_starts
-from anonstream.runtime.scaleout import ReleaseStage
+from anonstream.runtime.scaleout import IngestStage, ReleaseStage, partials_topic
+from anonstream.settings import Settings
 
 log = logging.getLogger("anonstream.worker")
 
@@ -62,6 +64,30 @@ class ShardRecordError(ValueError):
 
 def merge_topic(group_id: str, pipeline: str) -> str:
     return f"anonstream.merge.{group_id}.{pipeline}"
+
+
+def release_sharded(settings: Settings, p: Pipeline) -> bool:
+    """Whether pipeline `p` releases through shards and a merge: asked for, and no dp
+    output (dp pipelines keep one release stage per window, with their privacy ledger)."""
+    return settings.release_sharded and all(o.privacy == "k" for o in p.outputs)
+
+
+def sharded_stages(
+    settings: Settings, p: Pipeline, secret: MasterSecret, idle_ms: int
+) -> tuple[IngestStage, ShardStage, MergeStage]:
+    """A pipeline's three scale-out stages with the sharded release (see the module)."""
+    partials = partials_topic(settings.group_id, p.name)
+    merge = merge_topic(settings.group_id, p.name)
+    n = settings.partials_partitions
+    ingest = IngestStage(PipelineEngine(p, secret), partials, n, sharded=True)
+
+    def shard_engine(shard: int) -> PipelineEngine:
+        return ShardEngine(
+            p, secret, idle_close_ms=idle_ms, shard=shard, merge=merge, merge_partitions=n
+        )
+
+    shards = ShardStage(shard_engine, p, partials, n)
+    return ingest, shards, MergeStage(p, PipelineEngine(p, secret).releaser, merge, n)
 
 
 @dataclass
