@@ -5,6 +5,7 @@ test_scaleout.py run through the sharded path), and its merge records' format.""
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -54,22 +55,44 @@ def shard_factory(pipeline: Pipeline, partials: int) -> Any:
 
 
 def read_in_chunks(
-    stage: Any, topic: list[list[bytes]], name: str, rnd: random.Random
-) -> StepResult:
-    """Each partition read in random chunks, the partitions' chunks interleaved at random."""
-    chunks = [[(p, i, j) for i, j in cuts(rnd, len(topic[p]))] for p in range(len(topic))]
+    stage: Any, topic: list[list[bytes]], name: str, rnd: random.Random,
+    fresh: Callable[[], Any] | None = None,
+) -> tuple[Any, StepResult]:  # fmt: skip
+    """Each partition read in random chunks, the partitions' chunks interleaved at random.
+    With `fresh`: once, at a random point after a chunk (a commit), the stage is replaced
+    by a fresh one restored from every partition's checkpoint, reading again from its
+    safe offset, as the worker does after a crash or a rebalance. Returns the last stage."""
+    pos = [0] * len(topic)
+    restart_after = rnd.randrange(sum(len(t) for t in topic) + 1) if fresh else -1
+    done = 0
     result = StepResult()
-    while any(chunks):
-        p, i, j = rnd.choice([c for c in chunks if c]).pop(0)
+    while any(pos[p] < len(topic[p]) for p in range(len(topic))):
+        p = rnd.choice([p for p in range(len(topic)) if pos[p] < len(topic[p])])
+        i = pos[p]
+        j = min(len(topic[p]), i + rnd.randint(1, max(1, len(topic[p]) // 3 + 1)))
         offs = np.arange(i, j, dtype=np.int64)
         pidx = np.zeros(j - i, dtype=np.int64)
         result.extend(stage.process_batch(Batch(topic[p][i:j], pidx, [(name, p)], offs)))
-    return result
+        pos[p] = j
+        done += j - i
+        if fresh is not None and done >= restart_after >= 0:
+            restart_after = -1
+            new = fresh()
+            for q in range(len(topic)):
+                key = (name, q)
+                safe, cp = stage.safe_offset(key), stage.checkpoint(key)
+                if cp is not None:
+                    new.restore(key, cp)
+                new.assign([key])
+                pos[q] = safe if safe is not None else pos[q]
+            stage = new
+    return stage, result
 
 
 def sharded(
     pipeline: Pipeline, msgs: list[tuple[int, int, bytes]], raw_parts: int, workers: int,
     partials: int, seed: int, batches: list[tuple[int, int]] | None = None,
+    restart: bool = False,
 ) -> tuple[StepResult, list[list[bytes]]]:  # fmt: skip
     """Raw partition r read by worker r mod workers in random batches, interleaved at
     random; shards and merge partitions read in random chunks. Returns the releases and
@@ -94,19 +117,27 @@ def sharded(
     for ingest in ingests:
         for _, p, _, value in ingest.close_all().forward:
             topic[p].append(value)
-    shards = ShardStage(shard_factory(pipeline, partials), pipeline, "partials", partials)
-    shards.sources = [("raw", r) for r in range(raw_parts)]
+    def fresh_shards() -> ShardStage:
+        stage = ShardStage(shard_factory(pipeline, partials), pipeline, "partials", partials)
+        stage.sources = [("raw", r) for r in range(raw_parts)]
+        return stage
+
+    def fresh_merge() -> MergeStage:
+        return MergeStage(pipeline, PipelineEngine(pipeline, SECRET).releaser, "merge", partials)
+
+    shards = fresh_shards()
     shards.assign([("partials", p) for p in range(partials)])
-    step = read_in_chunks(shards, topic, "partials", rnd)
+    shards, step = read_in_chunks(shards, topic, "partials", rnd, fresh_shards if restart else None)
     step.extend(shards.close_all())
     assert not step.releases
     merge_topic: list[list[bytes]] = [[] for _ in range(partials)]
     for t, p, _, value in step.forward:
         assert t == "merge"
         merge_topic[p].append(value)
-    merge = MergeStage(pipeline, PipelineEngine(pipeline, SECRET).releaser, "merge", partials)
+    merge = fresh_merge()
     merge.assign([("merge", p) for p in range(partials)])
-    return read_in_chunks(merge, merge_topic, "merge", rnd), merge_topic
+    _, result = read_in_chunks(merge, merge_topic, "merge", rnd, fresh_merge if restart else None)
+    return result, merge_topic
 
 
 @settings(deadline=None, max_examples=60)
@@ -121,15 +152,17 @@ def sharded(
     st.integers(1, 3),  # workers
     st.integers(1, 4),  # partials partitions = shards
     st.integers(0, 2**16),  # batches and interleaving
+    st.booleans(),  # a restart of the shard and merge stages from their checkpoints
 )
 def test_the_sharded_scale_out_releases_exactly_what_single_mode_releases(
     events: list[dict[str, Any]], k: int, max_events: int, max_cells: int, hopping: bool,
-    secondary: bool, raw_parts: int, workers: int, partials: int, seed: int,
+    secondary: bool, raw_parts: int, workers: int, partials: int, seed: int, restart: bool,
 ) -> None:  # fmt: skip
     pipeline = scale_pipeline(k, max_events, max_cells, hopping, secondary)
     msgs = raw_messages(events, raw_parts)
     want = single_mode(pipeline, msgs, seed)
-    got, _ = sharded(pipeline, msgs, raw_parts, min(workers, raw_parts), partials, seed)
+    w = min(workers, raw_parts)
+    got, _ = sharded(pipeline, msgs, raw_parts, w, partials, seed, restart=restart)
     assert canonical(got) == canonical(want)
 
 
@@ -142,20 +175,38 @@ def test_the_sharded_scale_out_releases_exactly_what_single_mode_releases(
     st.integers(1, 3),  # raw partitions
     st.integers(1, 3),  # partials partitions
     st.integers(0, 2**16),  # batches and interleaving
+    st.booleans(),  # a restart of the shard and merge stages from their checkpoints
 )
 def test_sharded_summaries_count_late_and_rejected_events_as_single_mode_does(
     inputs: list[dict[str, Any] | bytes], hopping: bool, secondary: bool, lateness: str,
-    raw_parts: int, partials: int, seed: int,
+    raw_parts: int, partials: int, seed: int, restart: bool,
 ) -> None:  # fmt: skip
     """Late and rejected events, one ingest reading single mode's batches: the window
-    summaries and releases are single mode's through the shards and the merge."""
+    summaries and releases are single mode's through the shards and the merge (with a
+    restart: the aggregates, and the summaries' totals)."""
     pipeline = scale_pipeline(2, 3, 3, hopping, secondary, lateness)
     msgs = raw_mixed(inputs, raw_parts)
     batches = cuts(random.Random(seed), len(msgs))
     want = mode_single(pipeline, msgs, raw_parts, batches)
-    got, _ = sharded(pipeline, msgs, raw_parts, 1, partials, seed, batches)
-    assert summaries(got) == summaries(want)
-    assert canonical(got) == canonical(want)
+    got, _ = sharded(pipeline, msgs, raw_parts, 1, partials, seed, batches, restart)
+    if not restart:
+        assert summaries(got) == summaries(want)
+        assert canonical(got) == canonical(want)
+        return
+    # A restart carries the counters not yet in a summary in its checkpoints, without
+    # their target windows (as the by-window release stage does): the next summary counts
+    # them. Their totals, and every aggregate, are still single mode's.
+    assert totals(got) == totals(want)
+    assert aggregates(got) == aggregates(want)
+
+
+def totals(result: StepResult) -> tuple[int, int]:
+    rows = [s for s in summaries(result) if s[0] == "default"]
+    return sum(s[2] for s in rows), sum(s[3] for s in rows)
+
+
+def aggregates(result: StepResult) -> list[bytes]:
+    return [r for r in canonical(result) if b'"kind":"aggregate"' in r]
 
 
 def test_a_merge_record_round_trips_and_a_broken_one_is_refused() -> None:
