@@ -117,6 +117,7 @@ def sharded(
     for ingest in ingests:
         for _, p, _, value in ingest.close_all().forward:
             topic[p].append(value)
+
     def fresh_shards() -> ShardStage:
         stage = ShardStage(shard_factory(pipeline, partials), pipeline, "partials", partials)
         stage.sources = [("raw", r) for r in range(raw_parts)]
@@ -128,6 +129,14 @@ def sharded(
     shards = fresh_shards()
     shards.assign([("partials", p) for p in range(partials)])
     shards, step = read_in_chunks(shards, topic, "partials", rnd, fresh_shards if restart else None)
+    # The ingests' heartbeats go on (each second, data or not): a shard restarted after the
+    # last of its rows learns from them how far its sources are.
+    for ingest in ingests:
+        for _, p, _, value in ingest.tick().forward:
+            offs = np.array([len(topic[p])], dtype=np.int64)
+            topic[p].append(value)
+            batch = Batch([value], np.zeros(1, dtype=np.int64), [("partials", p)], offs)
+            step.extend(shards.process_batch(batch))
     step.extend(shards.close_all())
     assert not step.releases
     merge_topic: list[list[bytes]] = [[] for _ in range(partials)]

@@ -273,12 +273,18 @@ class ShardEngine(PipelineEngine):
             result.forward.append((self.merge, q, b"", encode_shard(rec, self.pipeline)))
         return result
 
-    def tick(self) -> StepResult:
-        """Idle close, as a release engine's, but also for a shard without an open window:
-        the merge waits for every shard's mark."""
+    def advance(self) -> StepResult:
+        """After each partials record: idle close as a release engine's, but also for a
+        shard without an open window (the merge waits for every shard's mark). Judged
+        here, as each owner's report is read, and never at a tick: a worker busy
+        elsewhere (an ingest batch, a merge) between reading a report and its next tick
+        would take that delay for the sources' silence and close windows early."""
         if self.watermark.all_idle(self.clock_ms()):
             return self.close_all()
-        return self._close_until(self.watermark.current(self.clock_ms()))
+        return super().advance()
+
+    def tick(self) -> StepResult:
+        return StepResult()  # see advance: the sources' owners report every second
 
     def close_all(self) -> StepResult:
         """Every window up to the last one holding the newest event time any source has
