@@ -25,7 +25,6 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from functools import partial
 from operator import attrgetter
 from typing import Any
 
@@ -45,8 +44,8 @@ from anonstream.metrics import Metrics
 from anonstream.runtime.clients import Clients, Consumer, KafkaClients, Rebalance
 from anonstream.runtime.ledger import KafkaLedgerStore, ledger_topic
 from anonstream.runtime.quiet import Silence
-from anonstream.runtime.scaleout import IngestStage, ReleaseStage, StagesView, partials_topic
-from anonstream.runtime.shardstages import release_sharded, sharded_stages
+from anonstream.runtime.scaleout import StagesView
+from anonstream.runtime.shardstages import scale_out_stages
 from anonstream.runtime.startup import Deadlines, StartupError, missing_topics_message
 from anonstream.runtime.transactions import FATAL, Transactions
 from anonstream.settings import Settings
@@ -127,7 +126,8 @@ class BatchLoop:
     def _build_stages(self) -> None:
         """Fresh stages. A stage reads one topic: in single mode the engine itself (raw
         topic in, releases out); in scale-out mode an ingest stage (raw in, partials out)
-        and a release stage (partials in, releases out) per pipeline."""
+        and a release stage (partials in, releases out) per pipeline, and with the sharded
+        release a merge stage (runtime/shardstages.py)."""
         settings, secret = self.settings, self.secret
         idle_ms = 0 if self.stop_at_end else int(settings.idle_close_seconds * 1000)
         self.stages: dict[str, Stage] = {}
@@ -135,26 +135,15 @@ class BatchLoop:
         # One Ledger per budget: pipelines sharing a named budget spend it together.
         self._ledgers = ledgers(self.pipelines, self.ledger) if self.ledger is not None else {}
         for p in self.pipelines:
-            if settings.scale_out and release_sharded(settings, p):
-                ingest, shards, merge = sharded_stages(settings, p, secret, idle_ms)
-                self.stages[f"{p.name}/ingest"] = ingest
-                self.stages[f"{p.name}/release"] = shards
-                self.stages[f"{p.name}/merge"] = merge
-                views[p.name] = StagesView(ingest, shards, merge)
-            elif settings.scale_out:
-                topic = partials_topic(settings.group_id, p.name)
-                ingest = IngestStage(PipelineEngine(p, secret), topic, settings.partials_partitions)
-                release = ReleaseStage(
-                    partial(
-                        PipelineEngine, p, secret, idle_close_ms=idle_ms, ledger=self._ledger(p)
-                    ),
-                    p,
-                    topic,
-                    settings.partials_partitions,
+            if settings.scale_out:
+                ingest, release, merge = scale_out_stages(
+                    settings, p, secret, idle_ms, self._ledger(p)
                 )
                 self.stages[f"{p.name}/ingest"] = ingest
                 self.stages[f"{p.name}/release"] = release
-                views[p.name] = StagesView(ingest, release)
+                if merge is not None:
+                    self.stages[f"{p.name}/merge"] = merge
+                views[p.name] = StagesView(ingest, release, merge)
             else:
                 self.stages[p.name] = views[p.name] = PipelineEngine(
                     p, secret, idle_close_ms=idle_ms, ledger=self._ledger(p)

@@ -33,11 +33,13 @@ from collections import Counter
 from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
+from functools import partial
 from typing import Any, cast
 
 import numpy as np
 import orjson
 
+from anonstream.core.budget import Ledger
 from anonstream.core.cellstate import Rows, WindowState
 from anonstream.core.checkpoint import Checkpoint
 from anonstream.core.engine import PipelineEngine, window_records
@@ -70,6 +72,23 @@ def release_sharded(settings: Settings, p: Pipeline) -> bool:
     """Whether pipeline `p` releases through shards and a merge: asked for, and no dp
     output (dp pipelines keep one release stage per window, with their privacy ledger)."""
     return settings.release_sharded and all(o.privacy == "k" for o in p.outputs)
+
+
+def scale_out_stages(
+    settings: Settings, p: Pipeline, secret: MasterSecret, idle_ms: int, ledger: Ledger | None
+) -> tuple[IngestStage, ReleaseStage, MergeStage | None]:
+    """A pipeline's scale-out stages: ingest and release by window, or (the sharded
+    release) ingest, shards and merge."""
+    if release_sharded(settings, p):
+        return sharded_stages(settings, p, secret, idle_ms)
+    topic = partials_topic(settings.group_id, p.name)
+    n = settings.partials_partitions
+    factory = partial(PipelineEngine, p, secret, idle_close_ms=idle_ms, ledger=ledger)
+    return (
+        IngestStage(PipelineEngine(p, secret), topic, n),
+        ReleaseStage(factory, p, topic, n),
+        None,
+    )
 
 
 def sharded_stages(
