@@ -369,7 +369,14 @@ class BatchLoop:
             self._note_silence()
             for stage in self.stages.values():
                 await self._deliver(stage, stage.tick())
-        if self.stop_at_end and await self._at_end():
+        if self.stop_at_end and self.settings.scale_out:
+            if await self._scale_out_at_end():
+                await self._commit(force=True)
+                if self._reset_needed:
+                    return False  # a rebalance came meanwhile: aborted, read to the end again
+                log.info("scale-out: read to the end offsets; every owned window released")
+                return True
+        elif self.stop_at_end and await self._at_end():
             for stage in self.stages.values():
                 await self._deliver(stage, stage.close_all())
             await self._commit(force=True)
@@ -402,6 +409,39 @@ class BatchLoop:
                     stage.busy(key)
                 else:
                     stage.silent(key, *span)
+
+    async def _scale_out_at_end(self) -> bool:
+        """Scale-out's end (--stop-at-end): each ingest stage marks the owned raw
+        partitions it has read to the end offsets seen at assignment (the mark goes to
+        every partials partition, in the open transaction, with the offsets); a release
+        stage releases a partials partition's windows once every raw partition's mark is
+        read there (ReleaseStage._end_if_all_ended). This worker is done when both stages
+        are, for what it owns now; the partitions of a worker that leaves go to the others,
+        whose new stages mark and finish them again (nothing is released twice: the
+        checkpoints). So the last worker standing ends only when everything has ended."""
+        assert self.consumer is not None
+        if self._awaiting_assignment or self._reset_needed:
+            return False
+        done, marked = True, False
+        for stage in self.stages.values():
+            if isinstance(stage, IngestStage):
+                ended = []
+                for tp in self.assigned:
+                    if tp.topic != stage.input_topic:
+                        continue
+                    end = self.end_offsets.get(tp)
+                    if end is not None and await self.consumer.position(tp) >= end:
+                        ended.append((tp.topic, tp.partition))
+                marks = stage.end_of_input(ended)
+                if marks.forward:
+                    await self._deliver(stage, marks)
+                    marked = True
+                done = done and stage.done
+            elif isinstance(stage, ReleaseStage):
+                done = done and stage.done
+        if marked:  # the release stages wait for these: no commit interval
+            await self._commit(force=True)
+        return done
 
     async def _at_end(self) -> bool:
         assert self.consumer is not None
