@@ -269,6 +269,7 @@ class BatchLoop:
         self.assigned &= self.consumer.assignment()
         tps = sorted(self.assigned)
         committed = await self.clients.committed(self.consumer, tps)
+        fresh = []  # no committed offset: from the beginning, all in one seek (below)
         for tp in tps:
             meta = committed.get(tp)
             key = (tp.topic, tp.partition)
@@ -283,10 +284,17 @@ class BatchLoop:
                 if meta is not None and meta.offset >= 0:
                     self.consumer.seek(tp, meta.offset)
                 else:
-                    await self.consumer.seek_to_beginning(tp)
+                    fresh.append(tp)
             except IllegalStateError:  # revoked meanwhile: another rebalance is on its way
                 self._reset_needed = True
                 return
+        # One call for all: each waits for the fetch in flight (up to fetch_max_wait_ms on
+        # empty partitions), which one at a time cost 0.5 s per partition at start-up.
+        try:
+            if fresh:
+                await self.consumer.seek_to_beginning(*fresh)
+        except IllegalStateError:
+            self._reset_needed = True
 
     def _check_single_mode(self) -> None:
         """In single mode one worker must own every raw partition: k is checked on what
