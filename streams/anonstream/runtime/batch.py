@@ -12,6 +12,10 @@ carries the stages' checkpoints (core/checkpoint.py), so replayed events of rele
 windows are neither released again nor counted twice. The loop only moves batches between
 Kafka and its stages (core/stage.py); its clients come from runtime/clients.py, or from the
 in-memory broker in the contract tests (tests/contract/).
+
+Why this module is long: the loop's lifecycle, rebalance, reset and commit steps share
+its state (assignment, generation, open transaction) and are kept together with the two
+ends of a backfill (single mode's end offsets, scale-out's end marks).
 """
 
 from __future__ import annotations
@@ -438,8 +442,11 @@ class BatchLoop:
                     if tp.topic != stage.input_topic:
                         continue
                     end = self.end_offsets.get(tp)
-                    if end is not None and await self.consumer.position(tp) >= end:
-                        ended.append((tp.topic, tp.partition))
+                    try:
+                        if end is not None and await self.consumer.position(tp) >= end:
+                            ended.append((tp.topic, tp.partition))
+                    except IllegalStateError:  # revoked meanwhile: a reset is on its way
+                        return False
                 marks = stage.end_of_input(ended)
                 if marks.forward:
                     await self._deliver(stage, marks)
