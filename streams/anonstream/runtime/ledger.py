@@ -97,30 +97,37 @@ class KafkaLedgerStore:
         its beginning to the end it had when the read began, transactions open then
         included (the read waits for them to end)."""
         ends = await _high_watermarks(bootstrap, client_options, [self.topic, self.legacy])
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-            isolation_level="read_committed", client_id="anonstream-ledger", **client_options,
-        )  # fmt: skip
-        await consumer.start()
         charges: list[Charge] = []
-        try:
-            for tp, msgs in await _read_until(consumer, ends, timeout):
-                for m in msgs:
-                    try:
-                        charges.append(Charge(**json.loads(m.value)))
-                    except (ValueError, TypeError) as exc:
-                        # A damaged ledger must stop the worker, never reset spending.
-                        raise ValueError(
-                            f"{tp.topic}: offset {m.offset}: not a ledger charge"
-                        ) from exc
-        finally:
-            await consumer.stop()
+        if any(ends.values()):
+            charges = await _charges(bootstrap, client_options, ends, timeout)
         self._committed = charges
         legacy = sum(1 for tp in ends if tp.topic == self.legacy)
         log.info(
             "privacy ledger: %d charge(s) read from %s%s", len(charges), self.topic,
             f" and the earlier per-group topic {self.legacy}" if legacy else "",
         )  # fmt: skip
+
+
+async def _charges(
+    bootstrap: str, client_options: dict[str, Any], ends: dict[TopicPartition, int], timeout: float
+) -> list[Charge]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+        isolation_level="read_committed", client_id="anonstream-ledger", **client_options,
+    )  # fmt: skip
+    await consumer.start()
+    charges: list[Charge] = []
+    try:
+        for tp, msgs in await _read_until(consumer, ends, timeout):
+            for m in msgs:
+                try:
+                    charges.append(Charge(**json.loads(m.value)))
+                except (ValueError, TypeError) as exc:
+                    # A damaged ledger must stop the worker, never reset spending.
+                    raise ValueError(f"{tp.topic}: offset {m.offset}: not a ledger charge") from exc
+    finally:
+        await consumer.stop()
+    return charges
 
 
 async def _high_watermarks(
