@@ -395,3 +395,40 @@ def test_a_backfill_under_a_new_group_continues_the_spending(
     legacy_store = KafkaLedgerStore(legacy)
     asyncio.run(legacy_store.read(kafka_bootstrap, {}))
     assert legacy_store.load() == [old]  # never written
+
+
+def test_the_ledger_read_waits_for_a_transaction_open_when_it_began(
+    kafka_bootstrap: str,
+) -> None:
+    """A worker that has just lost its partitions may have committed a charge whose commit
+    marker is not written yet, or still have it open: a read_committed end would stop
+    before it. The ledger read goes to the end a read_uncommitted reader sees, so it waits
+    until the transaction ends: a commit is seen, and past the timeout it stops the
+    worker (LedgerNotRead) rather than release with the spending unknown."""
+    from anonstream.runtime.ledger import LedgerNotRead
+
+    topic = f"anon.ledger.it-open-{uuid.uuid4().hex[:8]}"
+    create_topics(kafka_bootstrap, {topic: 1})
+    charge = Charge("p", "default", T0, T0 + HOUR, T0, 2.0, 1e-6)
+
+    async def scenario() -> list[Charge]:
+        producer = AIOKafkaProducer(
+            bootstrap_servers=kafka_bootstrap, transactional_id=f"{topic}-txn"
+        )
+        await producer.start()
+        try:
+            await producer.begin_transaction()
+            await producer.send_and_wait(topic, json.dumps(asdict(charge)).encode(), key=b"k")
+            store = KafkaLedgerStore(topic)
+            with pytest.raises(LedgerNotRead):
+                await store.read(kafka_bootstrap, {}, timeout=2.0)
+            reading = asyncio.ensure_future(store.read(kafka_bootstrap, {}, timeout=60.0))
+            await asyncio.sleep(1.0)
+            assert not reading.done()  # waiting at the open transaction
+            await producer.commit_transaction()
+            await reading
+            return store.load()
+        finally:
+            await producer.stop()
+
+    assert asyncio.run(scenario()) == [charge]
