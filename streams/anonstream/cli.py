@@ -347,7 +347,11 @@ def audit(
         Path | None, typer.Option(help="dp: the privacy ledger (JSONL) to check windows against.")
     ] = None,
     ledger_topic: Annotated[
-        str | None, typer.Option(help="dp: read the privacy ledger from this topic.")
+        list[str] | None,
+        typer.Option(
+            help="dp: read the privacy ledger from this topic (repeat it: several topics, "
+            "e.g. anon.ledger and an earlier version's anon.ledger.<group>)."
+        ),
     ] = None,
 ) -> None:
     """Re-check a stream of releases on its own: k, identifiers, duplicates, differencing."""

@@ -616,6 +616,40 @@ def test_replay_with_a_ledger_file_does_not_release_a_window_twice(tmp_path: Pat
     assert len(JsonlLedgerStore(ledger).load()) == 1
 
 
+def test_audit_reads_every_ledger_topic_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upgraded worker's charges are on anon.ledger and, before the upgrade, on the
+    per-group topic: `audit --ledger-topic` is repeatable and checks against all of them."""
+    from typer.testing import CliRunner
+
+    import anonstream.audit.ledger as audit_ledger
+    from anonstream.cli import app
+
+    pipeline = Path(__file__).parents[2] / "pipelines/examples/web_activity_dp.yaml"
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(crowd(300, "/a") + crowd(300, "/a", ts=T0 + DAY + 60)) + b"\n")
+    ledger, releases = tmp_path / "ledger.jsonl", tmp_path / "releases.jsonl"
+    env = {"ANONSTREAM_SECRET": "x" * 32}
+    args = ["replay", "-p", str(pipeline), "-i", str(events), "-o", str(releases)]
+    result = CliRunner().invoke(app, [*args, "--ledger", str(ledger)], env=env)
+    assert result.exit_code == 0, result.output
+    charges = audit_ledger.read_ledger_file(ledger)
+    assert len(charges) == 2
+    topics = {"anon.ledger.anonstream": charges[:1], "anon.ledger": charges[1:]}
+
+    async def read_topic(bootstrap: str, topic: str, **_: Any) -> list[dict[str, Any]]:
+        return topics[topic]
+
+    monkeypatch.setattr(audit_ledger, "read_ledger_topic", read_topic)
+    audit = ["audit", "-i", str(releases), "-b", "127.0.0.1:1"]
+    both = ["--ledger-topic", "anon.ledger", "--ledger-topic", "anon.ledger.anonstream"]
+    result = CliRunner().invoke(app, [*audit, *both], env=env)
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, [*audit, "--ledger-topic", "anon.ledger"], env=env)
+    assert result.exit_code == 1 and "not charged in the ledger" in result.output
+
+
 # -- sensitivity: what one person can change, as an attacker would try ------------------------
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402
