@@ -202,3 +202,21 @@ def test_late_and_rejected_events_go_where_their_window_is_released(hopping: boo
         else:
             assert rec.windows and rec.late
             assert {t for t, _ in rec.rejected_for} <= {w.start_ms for w in rec.windows}
+
+
+def test_the_acl_plan_names_the_installation_ledger_and_the_legacy_one_read_only() -> None:
+    from anonstream.broker.plan import Principals, acls, worker_topics
+    from anonstream.settings import Settings
+
+    s = Settings(group_id="g1")
+    p = dp_pipeline(1, 1, hopping=False)
+    (ledger,) = [t for t in worker_topics(s, [p]) if t.role == "ledger"]
+    assert (ledger.name, ledger.partitions, ledger.configs) == (
+        "anon.ledger", 1, {"cleanup.policy": "compact"},
+    )  # fmt: skip
+    grants = {
+        (a.name, a.operations) for a in acls(s, [p], Principals()) if a.resource_type == "topic"
+    }
+    assert ("anon.ledger", ("Read", "Write", "Describe")) in grants
+    assert ("anon.ledger.g1", ("Read", "Describe")) in grants  # never written
+    assert not any(name == "anon.ledger.g1" and "Write" in ops for name, ops in grants)
