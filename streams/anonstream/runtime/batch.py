@@ -38,7 +38,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from anonstream.core.budget import Ledger, ledgers
+from anonstream.core.budget import Ledger, check_scale_out_budgets, ledgers
 from anonstream.core.checkpoint import decode_checkpoints, encode_checkpoints
 from anonstream.core.engine import PipelineEngine
 from anonstream.core.keys import MasterSecret
@@ -47,7 +47,7 @@ from anonstream.core.stage import Stage
 from anonstream.core.step import Batch, StepResult
 from anonstream.metrics import Metrics
 from anonstream.runtime.clients import Clients, Consumer, KafkaClients, Rebalance
-from anonstream.runtime.ledger import KafkaLedgerStore, ledger_topic
+from anonstream.runtime.ledger import KafkaLedgerStore, legacy_ledger_topic
 from anonstream.runtime.quiet import Silence
 from anonstream.runtime.scaleout import IngestStage, ReleaseStage, StagesView, partials_topic
 from anonstream.runtime.startup import Deadlines, StartupError, missing_topics_message
@@ -92,14 +92,15 @@ class BatchLoop:
         self.secret = secret
         # dp pipelines: their budget's ledger, on a topic written in the release transaction
         self.ledger = (
-            KafkaLedgerStore(ledger_topic(settings.group_id))
+            KafkaLedgerStore(settings.ledger_topic, legacy_ledger_topic(settings.group_id))
             if any(p.dp_budget is not None for p in pipelines)
             else None
         )
         if self.ledger is not None and settings.scale_out:
-            # Windows of one period would be released by several workers, each spending
-            # the budget on its own ledger view.
-            raise ValueError("dp outputs run in single mode only (ANONSTREAM_SCALE_OUT=false)")
+            check_scale_out_budgets(pipelines)  # a period meets in one partials partition only
+        # Read after every assignment, before any release: others may have spent (_reset).
+        self._ledger_stale = True
+        self._client_options = settings.kafka_client_options()
         self._build_stages()
         self.raw_topics = {p.source_topic for p in pipelines}
         self.outputs = {(p.name, o.name): o.topic for p in pipelines for o in p.outputs}
@@ -136,7 +137,8 @@ class BatchLoop:
         self.stages: dict[str, Stage] = {}
         views: dict[str, Any] = {}  # what the metrics read: an engine, or a StagesView
         # One Ledger per budget: pipelines sharing a named budget spend it together.
-        self._ledgers = ledgers(self.pipelines, self.ledger) if self.ledger is not None else {}
+        book, again = self.ledger, settings.allow_rerelease
+        self._ledgers = ledgers(self.pipelines, book, again) if book is not None else {}
         for p in self.pipelines:
             if settings.scale_out:
                 topic = partials_topic(settings.group_id, p.name)
@@ -243,6 +245,7 @@ class BatchLoop:
             self.deadlines.started()
         self._generation += 1
         self._reset_needed = True
+        self._ledger_stale = True
         if self.stop_at_end:
             self.end_offsets.update(await self.consumer.end_offsets(tps))
         log.info("assigned %s", ", ".join(f"{t.topic}/{t.partition}" for t in sorted(tps)))
@@ -263,6 +266,9 @@ class BatchLoop:
         await self.txn.abort()
         if self.ledger is not None:
             self.ledger.abort()
+            if self._ledger_stale:  # what others spent (flagged again if assigned meanwhile)
+                self._ledger_stale = False
+                await self.ledger.read(self.settings.bootstrap_servers, self._client_options)
         self._dirty = False
         self._build_stages()
         self._check_single_mode()
@@ -330,12 +336,7 @@ class BatchLoop:
             finally:
                 if prepared is not None:
                     await prepared  # releases may go out only once their topics exist
-            if self.ledger is not None:  # what the budget has spent, before any release
-                await self.ledger.read(
-                    self.settings.bootstrap_servers, self.settings.kafka_client_options()
-                )
-                self._reset_needed = True  # engines are rebuilt on the charges just read
-            await self._loop()
+            await self._loop()  # dp: the ledger is read at each assignment's reset (_reset)
         finally:
             try:
                 await self.close()

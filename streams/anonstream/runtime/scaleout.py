@@ -54,6 +54,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from anonstream.core.budget import period_of
 from anonstream.core.cellstate import Rows, WindowState, compact, group_starts
 from anonstream.core.checkpoint import Checkpoint
 from anonstream.core.columns import Columns
@@ -88,6 +89,16 @@ class PartialsRecordError(ValueError):
 
 def partials_topic(group_id: str, pipeline: str) -> str:
     return f"anonstream.partials.{group_id}.{pipeline}"
+
+
+def partials_partition(pipeline: Pipeline, start_ms: int, partitions: int) -> int:
+    """The partials partition of a window, for its rows and for the events counted in its
+    summary (late, rejected): by window, so windows spread over the release stages; for a
+    pipeline with a dp budget, by privacy period (core/budget.period_of), so that one
+    release stage at a time spends a period's budget (docs/privacy-model.md, scale-out)."""
+    if pipeline.dp_budget is not None:
+        return (period_of(start_ms, pipeline.rotation_ms) // pipeline.rotation_ms) % partitions
+    return (start_ms // pipeline.window.step_ms) % partitions
 
 
 @dataclass(frozen=True, slots=True)
@@ -374,7 +385,6 @@ class IngestStage:
 
     def process_batch(self, batch: Batch) -> StepResult:
         cols, again, result = self.engine.ingest(batch)
-        step_ms = self.pipeline.window.step_ms
         progress: list[Progress] = []
         by_partition: dict[int, list[WindowPartial]] = {}
         now = self.engine.clock_ms()
@@ -389,7 +399,7 @@ class IngestStage:
                 self._last_data[key] = now
                 progress.append(Progress(topic, partition, ts, now, now))
             for wp in window_partials(self.engine, cols, self._cell_ids(cols), self._dims):
-                p = (wp.start_ms // step_ms) % self.partitions
+                p = partials_partition(self.pipeline, wp.start_ms, self.partitions)
                 by_partition.setdefault(p, []).append(self._name_once(p, wp))
         for p in range(self.partitions):
             windows = by_partition.get(p, [])
@@ -406,7 +416,6 @@ class IngestStage:
         """The batch's rejections by target window, and its accepted events by (first
         window, target window), each for its target's partials partition: there the
         summaries count them, as single mode does (PipelineEngine.targets)."""
-        step_ms = self.pipeline.window.step_ms
         target = self.engine.targets(batch, cols)
         rejected = np.ones(len(batch.pidx), dtype=bool)
         rejected[cols.index] = False
@@ -422,15 +431,18 @@ class IngestStage:
             due[t] += n
         rejected_for: dict[int, list[tuple[int, int]]] = {}
         for t, n in sorted(due.items()):
-            rejected_for.setdefault((t // step_ms) % self.partitions, []).append((t, n))
+            rejected_for.setdefault(self._partition(t), []).append((t, n))
         late: dict[int, list[tuple[int, int, int]]] = {}
         if len(cols):
             first = window_starts_array(self.pipeline.window, cols.ts)[:, 0]
             pairs = np.stack([first, target[cols.index]], axis=1)  # vectorised: a hot path
             uniq, counts = np.unique(pairs, axis=0, return_counts=True)
             for (x, t), n in zip(uniq.tolist(), counts.tolist(), strict=True):
-                late.setdefault((t // step_ms) % self.partitions, []).append((x, t, n))
+                late.setdefault(self._partition(t), []).append((x, t, n))
         return rejected_for, late
+
+    def _partition(self, start_ms: int) -> int:
+        return partials_partition(self.pipeline, start_ms, self.partitions)
 
     def _name_once(self, p: int, wp: WindowPartial) -> WindowPartial:
         """Name each cell only in the first record this stage sends partition `p` for the
