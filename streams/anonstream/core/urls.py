@@ -125,7 +125,9 @@ def _segment_full(raw: str) -> str:
         return ":num"
     # What the scrubber finds, also in disguise (encoded, zero-width, base64...).
     kinds = identifier_kinds(decoded, encoded_ids=True)
-    if "+" in raw:  # "+" read as a space breaks base64, whose alphabet has it
+    if "+" in raw or "%" in raw:
+        # "+" read as a space breaks base64, whose alphabet has it; unquote_plus reads an
+        # overlong "%C1%80" as two U+FFFD where the scrubber's view reads it as an "@".
         kinds |= identifier_kinds(raw, encoded_ids=True)
     if EMAIL in kinds:
         return ":email"
