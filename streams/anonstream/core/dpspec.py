@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from anonstream.core.actions import Mechanism
+from anonstream.core.reader import finite_number
 
 PRIVACY_MODES = ("k", "dp")
 
@@ -49,10 +50,11 @@ _BUDGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
 def _number(d: dict[str, Any], key: str, path: str, fail: Fail) -> float:
-    v = d.get(key)
-    if not isinstance(v, int | float) or isinstance(v, bool):
-        raise fail(f"{path}.{key}", "expected a number")
-    return float(v)
+    """A finite number: an infinite budget (`.inf`) caps nothing, and made explain fail."""
+    v = finite_number(d.get(key))
+    if v is None:
+        raise fail(f"{path}.{key}", "expected a finite number")
+    return v
 
 
 def _mapping(raw: object, path: str, keys: set[str], fail: Fail) -> dict[str, Any]:
