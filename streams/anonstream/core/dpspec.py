@@ -100,13 +100,21 @@ def parse_mode(raw: object, path: str, fail: Fail) -> str:
     return str(raw)
 
 
+# The largest sensitivity of a dp sum, L * M * max(|lo|, |hi|): exact as a float and an
+# OpenDP i64. A clamp of [0, 2**63 - 1] passed validate, then explain and every release of
+# the window failed ("not representable by i64"), and values cast to int64 wrapped to
+# -2**63 (a huge duration counted in the lowest histogram band).
+DP_SUM_SENSITIVITY_MAX = 2**53
+
+
 def check_dp_pipeline(
     outputs: list[Any], budget: DpBudget | None, clamps: dict[str, tuple[float, float]],
-    fail: Fail,
+    fail: Fail, contributions: int = 1,
 ) -> None:  # fmt: skip
     """Rules across the file: a dp output needs a period budget that fits one window; sums
-    are released as integers, so clamps must be integers; a k-mode output cannot be built
-    from a dp primary's cells (it has no exact cells to build from)."""
+    are released as integers, so clamps must be integers, small enough that one person's
+    most (``contributions``, L * M, events times the clamp) is exact; a k-mode output
+    cannot be built from a dp primary's cells (it has no exact cells to build from)."""
     dp_outs = [(i, o) for i, o in enumerate(outputs) if o.privacy == "dp"]
     if not dp_outs:
         if budget is not None:
@@ -122,6 +130,12 @@ def check_dp_pipeline(
     for name, (lo, hi) in clamps.items():
         if lo != int(lo) or hi != int(hi):
             raise fail(f"fields.{name}.clamp", "dp mode releases integer sums: integer clamps")
+        if contributions * max(abs(lo), abs(hi)) > DP_SUM_SENSITIVITY_MAX:
+            raise fail(
+                f"fields.{name}.clamp",
+                "in dp mode, max_events_per_unit_per_cell * max_cells_per_unit_per_window"
+                " * the largest |clamp| must be at most 2**53",
+            )
     if outputs[0].privacy == "dp":
         for i, o in enumerate(outputs[1:], start=1):
             if o.privacy != "dp":

@@ -325,7 +325,8 @@ def parse_pipeline(doc: object, source: str = "<memory>") -> Pipeline:
         for n, fa in fields.items()
         if fa.clamp is not None and n in (*sums, *means, *hists)
     }
-    check_dp_pipeline(list(outputs), dp_budget, clamps, r.fail)
+    bounds = contribution.max_events_per_unit_per_cell * contribution.max_cells_per_unit_per_window
+    check_dp_pipeline(list(outputs), dp_budget, clamps, r.fail, bounds)
 
     return Pipeline(
         name=name,
