@@ -13,7 +13,8 @@ route: it first peels every layer a value can hide behind, keeping each layer,
    "\\U00000040" and escaped backslashes decoded; and, each as a layer of its own,
    CSS ("\\40 ") and octal ("\\100") backslash escapes, UTF-7 ("+AEA-") and quoted-printable
    ("=2E", in a token with "=40");
-4. every run of 8+ base64/base64url/hex characters decoded, at each alignment, and the
+4. IDNA "xn--" labels decoded from punycode; every run of 8+ base64/base64url/hex
+   characters decoded, at each alignment, and the
    printable pieces of the result peeled again (three layers deep);
 
 then tokenizes each layer and checks each token against known formats: an email shape
@@ -215,9 +216,22 @@ def _base_decodings(run: str) -> Iterator[bytes]:
                 yield bytes.fromhex(even)
 
 
+_PUNY = re.compile(r"(?<![0-9A-Za-z-])[xX][nN]--[0-9A-Za-z-]{1,59}")
+
+
+def _puny_repl(m: re.Match[str]) -> str:
+    try:
+        return m.group()[4:].encode("ascii").decode("punycode")
+    except (UnicodeError, ValueError):
+        return m.group()
+
+
 def _layers(s: str, depth: int = 0) -> Iterator[tuple[str, int]]:
     """Each layer of ``s`` with the number of encodings peeled to reach it."""
     yield s, depth
+    # IDNA labels: "xn--8hbffaaagihp" is a phone number in Arabic-Indic digits.
+    if depth < _DEPTH and "-" in s and (uni := _PUNY.sub(_puny_repl, s)) != s:
+        yield from _layers(uni, depth + 1)
     plain = _unpercent(_plain(s))
     if plain != s:
         yield plain, depth

@@ -159,9 +159,24 @@ def _segment_full(raw: str) -> str:
     return quote(raw, safe=_SEGMENT_SAFE_CHARS, errors="replace")
 
 
+def _punycode(label: str) -> str | None:
+    """The Unicode of an IDNA "xn--" label, or None if it is none. "xn--8hbffaaagihp" is
+    a phone number in Arabic-Indic digits, which a browser shows as such."""
+    if not label.startswith("xn--"):
+        return None
+    try:
+        return label[4:].encode("ascii").decode("punycode")
+    except (UnicodeError, ValueError):
+        return None
+
+
 def _host_label(label: str, cased: str) -> str:
     if len(label) < 6:
         return label
+    if (uni := _punycode(label)) is not None:  # judged as the Unicode it stands for
+        plain = detection_view(uni).text
+        if plain.isascii() and plain and (judged := _host_label(plain, plain)) != plain:
+            return judged
     if not label.isascii():  # judged without combining marks: "0000a\u0301..." is hex
         plain = detection_view(label).text
         if plain != label and plain.isascii():
