@@ -265,6 +265,14 @@ def worker(
             help="Seconds start-up may take before the worker exits (1).",
         ),
     ] = None,
+    allow_rerelease: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-rerelease",
+            envvar="ANONSTREAM_ALLOW_RERELEASE",
+            help="dp outputs: release already charged windows again (charged again).",
+        ),
+    ] = None,
 ) -> None:
     """Run the Kafka worker: raw topics in, de-identified aggregates out."""
     from anonstream.core.keys import MasterSecret
@@ -274,6 +282,7 @@ def worker(
         bootstrap_servers=bootstrap_servers, group_id=group_id, web_port=web_port,
         idle_close_seconds=idle_close_seconds, instance_id=instance_id,
         exit_on_missing_topics=exit_on_missing_topics, startup_timeout_seconds=startup_timeout,
+        allow_rerelease=allow_rerelease,
     )  # fmt: skip
     pipes = _all_pipelines(pipelines_dir, pipeline)
     secret = _secret(demo)
@@ -351,7 +360,11 @@ def audit(
         Path | None, typer.Option(help="dp: the privacy ledger (JSONL) to check windows against.")
     ] = None,
     ledger_topic: Annotated[
-        str | None, typer.Option(help="dp: read the privacy ledger from this topic.")
+        list[str] | None,
+        typer.Option(
+            help="dp: read the privacy ledger from this topic (repeat it: several topics, "
+            "e.g. anon.ledger and an earlier version's anon.ledger.<group>)."
+        ),
     ] = None,
 ) -> None:
     """Re-check a stream of releases on its own: k, identifiers, duplicates, differencing."""

@@ -1,7 +1,7 @@
 """The audit's ledger rule: a dp stream against the privacy ledger that paid for it.
 
 `anonstream audit --ledger FILE` (a JSONL dump, one charge per line, as `anonstream replay
---ledger` writes) or `--ledger-topic anon.ledger.<group>` (the worker's compacted topic)
+--ledger` writes) or `--ledger-topic anon.ledger` (the worker's compacted topic)
 adds the rule ``ledger`` to an audit of a dp output stream:
 
 - every dp window the stream releases is charged in the ledger, at the loss its summary

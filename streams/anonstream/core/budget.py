@@ -13,13 +13,19 @@ pipeline that names it: one `Ledger` spends for all of them, over all their wind
 outputs, so pipelines whose privacy unit is the same people cannot each spend a full budget.
 
 The store is pluggable: memory (tests, one process), a JSONL file (survives restarts of a
-replay), or a Kafka topic in a later step.
+replay), or the worker's Kafka topic (runtime/ledger.py).
+
+In scale-out, a period's windows of a dp pipeline all go to one partials partition
+(`period_of`, runtime/scaleout.partials_partition), so one release stage at a time spends a
+period; a budget shared by several pipelines would be spent on several partials topics at
+once, so it is refused there (`check_scale_out_budgets`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 from collections.abc import Iterable, Sequence
@@ -32,6 +38,14 @@ import orjson
 from anonstream.core.pipeline import Pipeline
 
 Status = Literal["released", "budget_exhausted", "already_released"]
+
+log = logging.getLogger("anonstream.worker")
+
+
+def period_of(start_ms: int, rotation_ms: int) -> int:
+    """The privacy period of a window: the start of the pseudonym rotation period its start
+    falls in (a window's size divides the period, so a tumbling window never straddles two)."""
+    return start_ms - start_ms % rotation_ms
 
 
 def compose(losses: list[tuple[float, float]]) -> tuple[float, float]:
@@ -91,6 +105,25 @@ def check_shared_budgets(pipelines: Iterable[Pipeline]) -> None:
                 f"dp budget {name}: pipelines {first.name} and {p.name} declare it with "
                 "different epsilon, delta or pseudonym_rotation"
             )
+
+
+def check_scale_out_budgets(pipelines: Iterable[Pipeline]) -> None:
+    """Scale-out: a budget named by several pipelines is refused. Each pipeline has its own
+    partials topic, whose partitions the group assigns independently, so the windows of one
+    period of two such pipelines are released by two workers, each spending the shared
+    budget on its own view of the ledger."""
+    by_budget: dict[str, list[str]] = {}
+    for p in pipelines:
+        if p.dp_budget is not None:
+            by_budget.setdefault(budget_name(p), []).append(p.name)
+    shared = {name: ps for name, ps in by_budget.items() if len(ps) > 1}
+    if shared:
+        which = "; ".join(f"{name}: {', '.join(sorted(ps))}" for name, ps in sorted(shared.items()))
+        raise ValueError(
+            f"dp budgets shared by several pipelines run in single mode only ({which}): in "
+            "scale-out each pipeline's windows are released by another worker. Run them with "
+            "ANONSTREAM_SCALE_OUT=false, or give each pipeline its own budget."
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -204,7 +237,7 @@ class Ledger:
         self._released.add((c.pipeline, c.output, c.start_ms))
 
     def period_of(self, start_ms: int) -> int:
-        return start_ms - start_ms % self.rotation_ms
+        return period_of(start_ms, self.rotation_ms)
 
     def spent(self, period: int) -> tuple[float, float]:
         return compose([(c.epsilon, c.delta) for c in self._by_period.get(period, [])])
@@ -229,6 +262,13 @@ class Ledger:
         )  # fmt: skip
         self.store.append(charge)  # recorded before anything is published
         self._remember(charge)
+        if again:  # names, bounds and losses only: nothing about people
+            log.warning(
+                "%s/%s: window starting %d released again (re-releases allowed) and charged "
+                "again: epsilon %g, delta %g; budget %s, period starting %d: epsilon %g of %g "
+                "spent", pipeline, output, start_ms, cost[0], cost[1], self.name, period,
+                after[0], self.budget[0],
+            )  # fmt: skip
         return Decision("released", self.name, period, after, self.budget)
 
 

@@ -1,37 +1,58 @@
 """The privacy ledger of a Kafka worker: a compacted topic written in the release transaction.
 
 Each charge (core/budget.py) becomes one record, keyed by pipeline, output, window and
-charge number, on `anon.ledger.<group>`. The batch loop sends the charges of a step in the
-same transaction as its releases and offsets: either the window's records and its charge
-are both committed, or neither is (an aborted step is charged again when it is redone).
-At start the worker reads the topic with read_committed, so a restart, a rebalance or a
-new worker of the group continues the spending instead of starting again at 0. The topic
-holds no data about people: names, window bounds and losses only.
+charge number, on one topic for the whole installation (`ANONSTREAM_LEDGER_TOPIC`, default
+`anon.ledger`), whatever the consumer group: a backfill under a new group spends the same
+budget. The batch loop sends the charges of a step in the same transaction as its releases
+and offsets: either the window's records and its charge are both committed, or neither is
+(an aborted step is charged again when it is redone).
+
+The worker reads the topic (read_committed) after every assignment of partitions, before
+it releases anything from them, so a restart, a rebalance, a new scale-out worker or a
+backfill continues the spending instead of starting again at 0. It reads up to the end the
+topic had when the read began, including records of transactions still open then: it waits
+until they are committed or aborted (a worker that has just lost the partitions may have
+committed a charge whose commit marker is not written yet). Earlier versions kept one topic
+per group, `anon.ledger.<group>`: if it exists it is read too (never written), so an
+upgraded deployment keeps what it spent. The topic holds no data about people: names, window
+bounds and losses only.
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import time
 from dataclasses import asdict
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from anonstream.core.budget import Charge
-from anonstream.runtime.topic_end import read_to_end
+
+log = logging.getLogger("anonstream.worker")
 
 COMPACTED = {"cleanup.policy": "compact"}
+# Longer than a transaction may stay open (aiokafka's default transaction timeout, 60 s):
+# by then the broker has aborted any transaction of a dead worker.
+READ_TIMEOUT_S = 120.0
 
 
-def ledger_topic(group_id: str) -> str:
+def legacy_ledger_topic(group_id: str) -> str:
+    """The ledger topic of versions before the installation-wide one: read, never written."""
     return f"anon.ledger.{group_id}"
+
+
+class LedgerNotRead(TimeoutError):
+    """The ledger topic could not be read to its end: the worker stops, spending unknown."""
 
 
 class KafkaLedgerStore:
     """A `LedgerStore` whose appends wait for the loop's transaction (see `drain`)."""
 
-    def __init__(self, topic: str) -> None:
+    def __init__(self, topic: str, legacy: str | None = None) -> None:
         self.topic = topic
+        self.legacy = legacy if legacy != topic else None  # read too, if it exists
         self._committed: list[Charge] = []
         self._sent: list[Charge] = []  # in the open transaction
         self._pending: list[Charge] = []  # not yet handed to the producer
@@ -69,25 +90,92 @@ class KafkaLedgerStore:
         """The open transaction is aborted: its charges never happened."""
         self._sent, self._pending = [], []
 
-    async def read(self, bootstrap: str, client_options: dict[str, Any]) -> None:
-        """Every committed charge on the topic, from its beginning to its current end."""
-        consumer = AIOKafkaConsumer(
-            bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
-            isolation_level="read_committed", client_id="anonstream-ledger", **client_options,
-        )  # fmt: skip
-        await consumer.start()
-        try:
-            tps = [TopicPartition(self.topic, 0)]  # created with one partition (run.py)
-            charges: list[Charge] = []
-            async for _, msgs in read_to_end(consumer, tps, poll_ms=1000):
-                for m in msgs:
-                    try:
-                        charges.append(Charge(**json.loads(m.value)))
-                    except (ValueError, TypeError) as exc:
-                        # A damaged ledger must stop the worker, never reset spending.
-                        raise ValueError(
-                            f"{self.topic}: offset {m.offset}: not a ledger charge"
-                        ) from exc
-        finally:
-            await consumer.stop()
+    async def read(
+        self, bootstrap: str, client_options: dict[str, Any], timeout: float = READ_TIMEOUT_S
+    ) -> None:
+        """Every committed charge on the topic (and the legacy topic, if it exists), from
+        its beginning to the end it had when the read began, transactions open then
+        included (the read waits for them to end)."""
+        ends = await _high_watermarks(bootstrap, client_options, [self.topic, self.legacy])
+        charges: list[Charge] = []
+        if any(ends.values()):
+            charges = await _charges(bootstrap, client_options, ends, timeout)
         self._committed = charges
+        legacy = sum(1 for tp in ends if tp.topic == self.legacy)
+        log.info(
+            "privacy ledger: %d charge(s) read from %s%s", len(charges), self.topic,
+            f" and the earlier per-group topic {self.legacy}" if legacy else "",
+        )  # fmt: skip
+
+
+async def _charges(
+    bootstrap: str, client_options: dict[str, Any], ends: dict[TopicPartition, int], timeout: float
+) -> list[Charge]:
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+        isolation_level="read_committed", client_id="anonstream-ledger", **client_options,
+    )  # fmt: skip
+    await consumer.start()
+    charges: list[Charge] = []
+    try:
+        for tp, msgs in await _read_until(consumer, ends, timeout):
+            for m in msgs:
+                try:
+                    charges.append(Charge(**json.loads(m.value)))
+                except (ValueError, TypeError) as exc:
+                    # A damaged ledger must stop the worker, never reset spending.
+                    raise ValueError(f"{tp.topic}: offset {m.offset}: not a ledger charge") from exc
+    finally:
+        await consumer.stop()
+    return charges
+
+
+async def _high_watermarks(
+    bootstrap: str, client_options: dict[str, Any], topics: list[str | None]
+) -> dict[TopicPartition, int]:
+    """The end offset of each existing topic's partition, as a read_uncommitted reader sees
+    it: past the records of transactions still open (a read_committed end stops before
+    them). The ledger topic must exist (the worker creates it before it starts); the legacy
+    one may not."""
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+        isolation_level="read_uncommitted", client_id="anonstream-ledger", **client_options,
+    )  # fmt: skip
+    await consumer.start()
+    try:
+        existing = await consumer.topics()
+        tps = [  # created with one partition (broker/plan.py): one ordered history
+            TopicPartition(topic, 0)
+            for i, topic in enumerate(topics)
+            if topic is not None and (i == 0 or topic in existing)
+        ]
+        return dict(await consumer.end_offsets(tps))
+    finally:
+        await consumer.stop()
+
+
+async def _read_until(
+    consumer: AIOKafkaConsumer, ends: dict[TopicPartition, int], timeout: float
+) -> list[tuple[TopicPartition, list[Any]]]:
+    """Committed records of `ends`' partitions from their beginning until the consumer's
+    position reaches each end (it moves past aborted records and transaction markers, and
+    waits at a transaction still open)."""
+    tps = [tp for tp, end in ends.items() if end > 0]
+    if not tps:
+        return []
+    consumer.assign(tps)
+    await consumer.seek_to_beginning(*tps)
+    deadline = time.monotonic() + timeout
+    out: list[tuple[TopicPartition, list[Any]]] = []
+    while True:
+        left = [tp for tp in tps if await consumer.position(tp) < ends[tp]]
+        if not left:
+            return out
+        if time.monotonic() >= deadline:
+            raise LedgerNotRead(
+                f"the privacy ledger ({', '.join(sorted({tp.topic for tp in left}))}) was not "
+                f"read to its end within {timeout:g} s (a transaction still open?): no dp "
+                "window is released with its spending unknown"
+            )
+        batch = await consumer.getmany(*left, timeout_ms=500)
+        out += [(tp, msgs) for tp, msgs in batch.items() if msgs]
