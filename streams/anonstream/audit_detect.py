@@ -25,6 +25,10 @@ inet_aton() forms with a hex part ("0xC0.0xA8.0x01.0x0F", "0xC0A8010F") and a he
 host label ("c0a8010f.example.net"), and
 pseudonym-like tokens (16+ hex, UUIDs, base64-like runs).
 
+Why this module is long: it is the audit's whole second detector, every layer and every
+format in one place, kept apart from core/scrub.py on purpose (see above); splitting the
+layers from the formats would only spread one reading of a value over two files.
+
 Cost is linear in the input (one tokenizing pass per layer, layers shrink as they are
 decoded); values longer than MAX_CHECKED are reported as too long to check.
 """
