@@ -283,13 +283,23 @@ def _path_template(path: str, escaped: list[Span] | None = None) -> str:
 
 
 def _escaped_ids(raw: str) -> list[Span]:
-    """Identifiers the scrubber reads across a backslash of ``raw``: "jane.doe\\u0040
+    """Identifiers the scrubber reads only across a backslash of ``raw``: "jane.doe\\u0040
     example.org", "\\x40", "\\100", "\\u{40}". Browsers read "\\" as "/" in http(s)
     URLs, and that cut would part the escape from its neighbours and leave every piece
-    looking plain (the local part a segment or the host, the domain the next segment)."""
+    looking plain (the local part a segment or the host, the domain the next segment).
+    A find that the "/" reading also makes (an address in a segment after a "\\" used as
+    a separator, "x.com\\\\x00000@aaa.com") is left to the segments."""
     if "\\" not in raw:
         return []
-    return [(a, b, ph) for a, b, ph in identifier_spans(raw) if "\\" in raw[a:b]]
+    found = [(a, b, ph) for a, b, ph in identifier_spans(raw) if "\\" in raw[a:b]]
+    if not found:
+        return []
+    slashed = identifier_spans(raw.replace("\\", "/"))
+    return [
+        (a, b, ph)
+        for a, b, ph in found
+        if not any(sa < b and a < sb and sph == ph for sa, sb, sph in slashed)
+    ]
 
 
 _SPAN_SEGMENT = {EMAIL: ":email", IP: IP_HOST}
