@@ -2,6 +2,10 @@
 
 Anything in a path that reads like an identifier (ids, tokens, emails, IPs, hex runs)
 becomes a placeholder; query and fragment are cut before anything else.
+
+Why this module is long: a URL has three places an identifier hides (host labels, path
+segments, and spans across segments or backslashes), each judged here against the same
+scrubber; apart, the rules for one URL would be read in several files.
 """
 
 from __future__ import annotations
