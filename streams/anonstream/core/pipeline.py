@@ -39,7 +39,7 @@ from anonstream.core.dpspec import (
 )
 from anonstream.core.fieldparse import GENERALIZERS, MAX_EDGES, field_action
 from anonstream.core.keys import ROTATION_MS
-from anonstream.core.reader import PipelineError, Reader, parse_duration_ms
+from anonstream.core.reader import PipelineError, Reader, finite_number, parse_duration_ms
 
 __all__ = [
     "ACTIONS", "GENERALIZERS", "MAX_EDGES", "OTHER", "Action", "Contribution", "FieldAction",
@@ -120,15 +120,15 @@ def _noise(r: Reader, raw: object, path: str) -> Noise | None:
     if kind not in tuple(Mechanism):
         raise r.fail(f"{path}.mechanism", f"expected {' or '.join(Mechanism)}")
     mech = Mechanism(kind)
-    eps = d.get("epsilon")
-    if not isinstance(eps, int | float) or isinstance(eps, bool) or not 0 < eps <= 20:
+    eps = finite_number(d.get("epsilon"))
+    if eps is None or not 0 < eps <= 20:
         raise r.fail(f"{path}.epsilon", "expected a number in (0, 20]")
-    delta = d.get("delta", 0.0)
-    if not isinstance(delta, int | float) or isinstance(delta, bool):
+    delta = finite_number(d.get("delta", 0.0))
+    if delta is None:
         raise r.fail(f"{path}.delta", "expected a number")
     if mech is Mechanism.GAUSSIAN and not 0 < delta < 1e-3:
         raise r.fail(f"{path}.delta", "gaussian noise needs 0 < delta < 0.001")
-    return Noise(mech, float(eps), float(delta))
+    return Noise(mech, eps, delta)
 
 
 _TOP_KEYS = {
@@ -325,7 +325,8 @@ def parse_pipeline(doc: object, source: str = "<memory>") -> Pipeline:
         for n, fa in fields.items()
         if fa.clamp is not None and n in (*sums, *means, *hists)
     }
-    check_dp_pipeline(list(outputs), dp_budget, clamps, r.fail)
+    bounds = contribution.max_events_per_unit_per_cell * contribution.max_cells_per_unit_per_window
+    check_dp_pipeline(list(outputs), dp_budget, clamps, r.fail, bounds)
 
     return Pipeline(
         name=name,
