@@ -92,3 +92,27 @@ def test_a_huge_integer_in_a_file_is_one_error_line(tmp_path: Path) -> None:
 def test_ordinary_numbers_still_load() -> None:
     assert parse_pipeline(copy.deepcopy(_DP)).dp_budget is not None
     assert parse_pipeline(_k_doc()).noise is not None
+
+
+@settings(max_examples=60)
+@given(
+    st.one_of(
+        st.integers(8, 10**30).map(lambda d: f"{d}d"),
+        st.integers(7 * 86_400_000 + 1, 10**30).map(lambda ms: f"{ms}ms"),
+        st.integers(169, 10**20).map(lambda h: f"{h}h"),
+    )
+)
+def test_allowed_lateness_past_a_week_is_a_pipeline_error(lateness: str) -> None:
+    """`allowed_lateness: 99999999999999999999999d` passed validate: no window would ever be
+    released and every window's state would be held for ever."""
+    doc = copy.deepcopy(_K)
+    doc["window"]["allowed_lateness"] = lateness
+    with pytest.raises(PipelineError, match=r"window\.allowed_lateness.*0s to 7d"):
+        parse_pipeline(doc)
+
+
+def test_allowed_lateness_up_to_a_week_loads() -> None:
+    for lateness in ("0s", "2m", "7d", f"{7 * 86_400_000}ms"):
+        doc = copy.deepcopy(_K)
+        doc["window"]["allowed_lateness"] = lateness
+        assert parse_pipeline(doc).window.allowed_lateness_ms >= 0

@@ -180,6 +180,11 @@ def _privacy_unit(r: Reader, d: dict[str, Any], fields: dict[str, FieldAction]) 
     return unit
 
 
+# A window's rows are held this long past its end: a lateness of years (the red team passed
+# 10**23 days) would keep every window's state for ever, and not one is released until then.
+MAX_LATENESS_MS = 7 * 86_400_000
+
+
 def _window(r: Reader, d: dict[str, Any], rotation: str) -> WindowSpec:
     """`window`; its size divides the key period `rotation`."""
     wd = r.mapping(d.get("window"), "window")
@@ -196,6 +201,8 @@ def _window(r: Reader, d: dict[str, Any], rotation: str) -> WindowSpec:
         # Then a window starts at most one key period before its events; it counts people
         # with the key of the period it starts in (windows.needs_earlier_key).
         raise r.fail("window.size", f"must divide the pseudonym rotation period ({rotation})")
+    if not 0 <= lateness <= MAX_LATENESS_MS:
+        raise r.fail("window.allowed_lateness", "expected a duration from 0s to 7d")
     skew = r.duration(
         wd.get("max_future_skew", f"{DEFAULT_MAX_FUTURE_MS}ms"), "window.max_future_skew"
     )
