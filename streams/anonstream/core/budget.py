@@ -74,6 +74,35 @@ class Charge:
     def budget_name(self) -> str:
         return self.budget or self.pipeline
 
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> Charge:
+        """A charge read back from a ledger (file or topic), checked field by field: a
+        charge whose loss is not a finite number >= 0 (NaN, inf, negative, a string) would
+        make the spending unknown or lower it, so it is refused like any damaged record
+        (ValueError): the release stops, the spending is never reset or reduced."""
+        d = json.loads(raw)
+        if not isinstance(d, dict):
+            raise ValueError("not a JSON object")
+        c = cls(**d)  # TypeError: a missing or unknown field
+        for name in ("pipeline", "output", "budget", "digest"):
+            if not isinstance(getattr(c, name), str):
+                raise ValueError(f"{name}: expected a string")
+        for name in ("start_ms", "end_ms", "period"):
+            v = getattr(c, name)
+            if not isinstance(v, int) or isinstance(v, bool):
+                raise ValueError(f"{name}: expected an integer")
+        if not c.start_ms < c.end_ms:
+            raise ValueError("start_ms: expected before end_ms")
+        for name, top in (("epsilon", math.inf), ("delta", 1.0)):
+            v = getattr(c, name)
+            if not isinstance(v, int | float) or isinstance(v, bool):
+                raise ValueError(f"{name}: expected a number")
+            if not (math.isfinite(v) and 0 <= v <= top):
+                raise ValueError(f"{name}: expected a finite number >= 0 (<= 1 for delta)")
+        if not isinstance(c.rerelease, bool):
+            raise ValueError("rerelease: expected true or false")
+        return c
+
 
 def budget_name(p: Pipeline) -> str:
     """The budget a dp pipeline spends: its declared name, else the pipeline's own name."""
@@ -182,7 +211,7 @@ class JsonlLedgerStore:
                 if not line.strip():
                     continue
                 try:
-                    out.append(Charge(**json.loads(line)))
+                    out.append(Charge.from_json(line))
                 except (ValueError, TypeError) as exc:
                     # A damaged ledger must stop the release, never reset the spending.
                     raise ValueError(f"{self.path}: line {n}: not a ledger charge") from exc
@@ -233,7 +262,11 @@ class Ledger:
                 self._remember(c)
 
     def _remember(self, c: Charge) -> None:
-        self._by_period.setdefault(c.period, []).append(c)
+        # The period is recomputed from the window's start, not read from the charge: a
+        # charge edited to name another period, or written under another rotation (the
+        # pipeline's `pseudonym_rotation` changed mid-period), still counts in the period
+        # its window starts in under this ledger's rotation.
+        self._by_period.setdefault(self.period_of(c.start_ms), []).append(c)
         self._released.add((c.pipeline, c.output, c.start_ms))
 
     def period_of(self, start_ms: int) -> int:
