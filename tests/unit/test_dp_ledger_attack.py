@@ -19,6 +19,7 @@ from hypothesis import strategies as st
 
 from anonstream.core.budget import Charge, JsonlLedgerStore, Ledger
 from anonstream.core.pipeline import Pipeline, parse_pipeline
+from anonstream.core.reader import PipelineError
 
 HOUR = 3_600_000
 DAY = 24 * HOUR
@@ -168,3 +169,13 @@ def test_an_honest_ledger_still_loads(tmp_path: Path) -> None:
     assert [Charge.from_json(x) for x in path.read_text().splitlines()] == JsonlLedgerStore(
         path
     ).load()
+
+
+@pytest.mark.parametrize("epsilon", [math.inf, 1e400, math.nan])
+def test_an_infinite_budget_is_refused(epsilon: float) -> None:
+    # `dp_budget: {epsilon: .inf}` is a YAML float: it used to load (the worker then
+    # capped nothing) and crash `validate` and `explain` with a traceback.
+    doc = yaml.safe_load(PIPELINE)
+    doc["dp_budget"]["epsilon"] = epsilon
+    with pytest.raises(PipelineError, match="dp_budget: expected a finite epsilon"):
+        parse_pipeline(doc)

@@ -13,6 +13,7 @@ needs no OpenDP import, and so that pipeline.py only calls in here.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -84,8 +85,9 @@ def parse_budget(raw: object, path: str, fail: Fail) -> DpBudget | None:
         return None
     d = _mapping(raw, path, {"epsilon", "delta", "name"}, fail)
     eps, delta = _number(d, "epsilon", path, fail), _number(d, "delta", path, fail)
-    if not eps > 0 or not 0 < delta < 1:
-        raise fail(path, "expected epsilon > 0 and 0 < delta < 1")
+    # A finite epsilon: .inf in YAML is a float, and an infinite budget caps nothing.
+    if not 0 < eps < math.inf or not 0 < delta < 1:
+        raise fail(path, "expected a finite epsilon > 0 and 0 < delta < 1")
     name = d.get("name")
     if name is not None and not (isinstance(name, str) and _BUDGET_NAME.fullmatch(name)):
         raise fail(f"{path}.name", "expected a name of letters, digits, '_', '-' or '.'")
