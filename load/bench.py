@@ -20,9 +20,10 @@
                     (:data:`DP_OUTPUT`, :data:`DP_BUDGET`); ``ratio_dp_k`` is its events/s
                     over ``anonstream``'s, ``cpu_ratio_dp_k`` its events per CPU second.
    ``scale``        for each worker count of ``--scale`` (1,2,3 by default): that many
-                    ``anonstream worker`` processes in scale-out mode, one fresh group and
-                    output topic per count, from spawn until every window summary of the
-                    input is on the output topic; then SIGTERM by pid.
+                    ``anonstream worker --stop-at-end`` processes in scale-out mode, one
+                    fresh group and output topic per count, from spawn until every window
+                    summary of the input is on the output topic and every worker has
+                    exited (each ends once what it owns has ended, as single mode does).
 
    Time is wall clock from spawn to exit (start-up included; the time to the first
    event is reported next to it); peak RSS is that process's own high-water mark.
@@ -130,9 +131,6 @@ class BenchConfig:
     profile: Path | None = None  # an extra, unmeasured anonstream run under pyinstrument
     scale: tuple[int, ...] = (1, 2, 3)  # worker counts of the scale run
     partials_partitions: int = 6
-    # The last window of the input is released on idle close; short, so that the scale
-    # run measures work rather than waiting.
-    scale_idle_close_s: float = 2.0
     cap: float | None = None  # cores per scale-out worker (a cgroup each), None: no cap
     kstreams_guarantee: str = "exactly_once_v2"
 
@@ -553,7 +551,7 @@ class ScaleResult:
     loadavg_1m_before: float | None = None
     cap_cores: float | None = None  # each worker's CPU cap (a cgroup each), None: uncapped
     # Busy part: from the first committed offsets (start-up done) until the whole input is
-    # committed; the fixed start-up and idle-close time are outside it.
+    # committed; the fixed start-up and the exit are outside it.
     busy_seconds: float | None = None
     busy_events_per_s: float | None = None
     busy_cpu_us_per_event: float | None = None
@@ -607,7 +605,8 @@ def _cpu_of(pids: Sequence[int]) -> float | None:
 
 def _run_scale(ctx: _Ctx, workers: int, windows: int) -> ScaleResult:
     """``workers`` scale-out workers on the benchmark topic, a fresh group and output topic;
-    timed from the first spawn until every window summary of the input is released."""
+    timed from the first spawn until every window summary of the input is released and
+    every worker has exited (``--stop-at-end``: no idle close before the last window)."""
     from anonstream.broker.local import free_ports
     from anonstream.broker.topics import create_topics
     from anonstream.core.pipeline import load_pipeline
@@ -630,10 +629,9 @@ def _run_scale(ctx: _Ctx, workers: int, windows: int) -> ScaleResult:
             dead_letter_topic=f"{ctx.topic}.{name}.deadletter",
             ANONSTREAM_PIPELINES_DIR=str(pipe_dir), ANONSTREAM_SCALE_OUT="true",
             ANONSTREAM_PARTIALS_PARTITIONS=str(ctx.cfg.partials_partitions),
-            ANONSTREAM_IDLE_CLOSE_SECONDS=str(ctx.cfg.scale_idle_close_s),
             ANONSTREAM_INSTANCE_ID=f"slot-{slot}",
         )  # fmt: skip
-        commands.append((worker_command(pipeline), env))
+        commands.append((worker_command(pipeline, "--stop-at-end"), env))
     # The releases are read as they come, read_committed, until one summary per window.
     timeout = ctx.cfg.timeout + 60
     until = summaries_complete({pipeline_name: windows})
@@ -658,6 +656,7 @@ def _run_scale(ctx: _Ctx, workers: int, windows: int) -> ScaleResult:
                 group_result = run_until(
                     commands, done=reading.done, timeout=ctx.cfg.timeout, log_dir=ctx.logs,
                     name=name, cwd=ROOT, on_poll=on_poll, on_spawn=clock.pids.extend,
+                    may_end=True,
                 )  # fmt: skip
     finally:
         if reading is not None:
@@ -711,7 +710,7 @@ def _run_scale(ctx: _Ctx, workers: int, windows: int) -> ScaleResult:
             run.busy_seconds = clock.t_end - clock.t_first
             run.busy_events_per_s = busy_events / run.busy_seconds
             if run.cpu_s is not None and clock.cpu_first is not None and busy_events > 0:
-                # CPU up to the releases, less start-up: the busy part and the idle close.
+                # CPU up to the exit, less start-up: the busy part and the end.
                 run.busy_cpu_us_per_event = (run.cpu_s - clock.cpu_first) / busy_events * 1e6
     return run
 
@@ -795,7 +794,7 @@ def _scale_ratios(results: dict[str, RunResult], scale: list[ScaleResult]) -> di
         else None
     )
     # The same in events per CPU second (start-up included in both): the cost per event,
-    # apart from the fixed wall time of the scale run (start-up, idle close).
+    # apart from the fixed wall time of the scale run (start-up, the group's end).
     theirs = single.extra.get("events_per_cpu_s") if single and single.ok else None
     out["cpu_ratio_scale1_single"] = (
         round(1e6 / one.cpu_us_per_event / theirs, 3)
@@ -1106,11 +1105,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="scale run: partitions of the partials topic (ANONSTREAM_PARTIALS_PARTITIONS)",
     )  # fmt: skip
     p.add_argument(
-        "--scale-idle-close", type=float, default=2.0,
-        help="scale run: ANONSTREAM_IDLE_CLOSE_SECONDS of its workers (the last window is "
-        "released on idle close)",
-    )  # fmt: skip
-    p.add_argument(
         "--cap", type=_cap, default=None,
         help="scale run: hold each worker to this many cores (e.g. 0.25) with a cgroup of "
         "its own (v2 cpu.max or v1 CFS quota; needs root); the groups are removed at the end",
@@ -1163,7 +1157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs=args.runs, chart=args.chart or DEFAULT_CHART, timeout=args.timeout,
         bootstrap=args.bootstrap, pipeline=args.pipeline, logs=args.logs, profile=args.profile,
         scale=args.scale, partials_partitions=args.partials_partitions,
-        scale_idle_close_s=args.scale_idle_close, cap=args.cap,
+        cap=args.cap,
         kstreams_guarantee=args.kstreams_guarantee,
     )  # fmt: skip
     # Peers that cannot run here are skipped by name, before anything starts.

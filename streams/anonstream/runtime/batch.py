@@ -12,6 +12,10 @@ carries the stages' checkpoints (core/checkpoint.py), so replayed events of rele
 windows are neither released again nor counted twice. The loop only moves batches between
 Kafka and its stages (core/stage.py); its clients come from runtime/clients.py, or from the
 in-memory broker in the contract tests (tests/contract/).
+
+Why this module is long: the loop's lifecycle, rebalance, reset and commit steps share
+its state (assignment, generation, open transaction) and are kept together with the two
+ends of a backfill (single mode's end offsets, scale-out's end marks).
 """
 
 from __future__ import annotations
@@ -275,6 +279,7 @@ class BatchLoop:
         self.assigned &= self.consumer.assignment()
         tps = sorted(self.assigned)
         committed = await self.clients.committed(self.consumer, tps)
+        fresh = []  # no committed offset: from the beginning, all in one seek (below)
         for tp in tps:
             meta = committed.get(tp)
             key = (tp.topic, tp.partition)
@@ -289,10 +294,17 @@ class BatchLoop:
                 if meta is not None and meta.offset >= 0:
                     self.consumer.seek(tp, meta.offset)
                 else:
-                    await self.consumer.seek_to_beginning(tp)
+                    fresh.append(tp)
             except IllegalStateError:  # revoked meanwhile: another rebalance is on its way
                 self._reset_needed = True
                 return
+        # One call for all: each waits for the fetch in flight (up to fetch_max_wait_ms on
+        # empty partitions), which one at a time cost 0.5 s per partition at start-up.
+        try:
+            if fresh:
+                await self.consumer.seek_to_beginning(*fresh)
+        except IllegalStateError:
+            self._reset_needed = True
 
     def _check_single_mode(self) -> None:
         """In single mode one worker must own every raw partition: k is checked on what
@@ -370,7 +382,14 @@ class BatchLoop:
             self._note_silence()
             for stage in self.stages.values():
                 await self._deliver(stage, stage.tick())
-        if self.stop_at_end and await self._at_end():
+        if self.stop_at_end and self.settings.scale_out:
+            if await self._scale_out_at_end():
+                await self._commit(force=True)
+                if self._reset_needed:
+                    return False  # a rebalance came meanwhile: aborted, read to the end again
+                log.info("scale-out: read to the end offsets; every owned window released")
+                return True
+        elif self.stop_at_end and await self._at_end():
             for stage in self.stages.values():
                 await self._deliver(stage, stage.close_all())
             await self._commit(force=True)
@@ -403,6 +422,42 @@ class BatchLoop:
                     stage.busy(key)
                 else:
                     stage.silent(key, *span)
+
+    async def _scale_out_at_end(self) -> bool:
+        """Scale-out's end (--stop-at-end): each ingest stage marks the owned raw
+        partitions it has read to the end offsets seen at assignment (the mark goes to
+        every partials partition, in the open transaction, with the offsets); a release
+        stage releases a partials partition's windows once every raw partition's mark is
+        read there (ReleaseStage._end_if_all_ended). This worker is done when both stages
+        are, for what it owns now; the partitions of a worker that leaves go to the others,
+        whose new stages mark and finish them again (nothing is released twice: the
+        checkpoints). So the last worker standing ends only when everything has ended."""
+        assert self.consumer is not None
+        if self._awaiting_assignment or self._reset_needed:
+            return False
+        done, marked = True, False
+        for stage in self.stages.values():
+            if isinstance(stage, IngestStage):
+                ended = []
+                for tp in self.assigned:
+                    if tp.topic != stage.input_topic:
+                        continue
+                    end = self.end_offsets.get(tp)
+                    try:
+                        if end is not None and await self.consumer.position(tp) >= end:
+                            ended.append((tp.topic, tp.partition))
+                    except IllegalStateError:  # revoked meanwhile: a reset is on its way
+                        return False
+                marks = stage.end_of_input(ended)
+                if marks.forward:
+                    await self._deliver(stage, marks)
+                    marked = True
+                done = done and stage.done
+            elif isinstance(stage, ReleaseStage):
+                done = done and stage.done
+        if marked:  # the release stages wait for these: no commit interval
+            await self._commit(force=True)
+        return done
 
     async def _at_end(self) -> bool:
         assert self.consumer is not None
