@@ -179,3 +179,26 @@ def test_an_infinite_budget_is_refused(epsilon: float) -> None:
     doc["dp_budget"]["epsilon"] = epsilon
     with pytest.raises(PipelineError, match="dp_budget: expected a finite epsilon"):
         parse_pipeline(doc)
+
+
+@settings(max_examples=40, deadline=None)
+@given(steps=st.lists(st.tuples(st.integers(0, 2), st.integers(0, 5)), max_size=20))
+def test_holders_of_one_ledger_file_never_overspend_together(
+    tmp_path_factory: pytest.TempPathFactory, steps: list[tuple[int, int]]
+) -> None:
+    # Two or three replays run at once with the same --ledger FILE (or a replay next to a
+    # PipelineEngine): each loaded the file once at start and then spent the whole budget,
+    # and released the same windows, on its own view of it.
+    path = tmp_path_factory.mktemp("l") / "ledger.jsonl"
+    books = [Ledger(pipeline(), JsonlLedgerStore(path)) for _ in range(3)]
+    released: list[int] = []
+    for who, hour in steps:
+        start = T0 + hour * HOUR
+        if books[who].request("atk_dp", "default", start, start + HOUR, COST).status == (
+            "released"
+        ):
+            released.append(hour)
+    assert len(released) == len(set(released)) <= 2  # the budget pays for two windows
+    assert Ledger(pipeline(), JsonlLedgerStore(path)).spent(T0) == pytest.approx(
+        (len(released) * COST[0], len(released) * COST[1])
+    )
