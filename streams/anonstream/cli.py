@@ -49,9 +49,22 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _dp_plans(p: Pipeline) -> Pipeline:
+    """A dp pipeline whose noise OpenDP cannot plan is an error here, like a wrong file
+    (OpenDP loads only for dp pipelines)."""
+    if any(o.privacy == "dp" for o in p.outputs):
+        from anonstream.core.dp import DpPlanError, plans
+
+        try:
+            plans(p)
+        except DpPlanError as exc:
+            fail(str(exc))
+    return p
+
+
 def _pipeline(name: str, directory: Path) -> Pipeline:
     try:
-        return find_pipeline(name, directory)
+        return _dp_plans(find_pipeline(name, directory))
     except PipelineError as exc:
         fail(str(exc))
 
@@ -63,7 +76,7 @@ def _all_pipelines(directory: Path, names: list[str] | None = None) -> list[Pipe
     if not files:
         fail(f"no pipeline files (*.yaml) in {directory}")
     try:
-        pipes = [load_pipeline(f) for f in files]
+        pipes = [_dp_plans(load_pipeline(f)) for f in files]
     except PipelineError as exc:
         fail(str(exc))
     names = [p.name for p in pipes]

