@@ -121,7 +121,7 @@ async def _charges(
         for tp, msgs in await _read_until(consumer, ends, timeout):
             for m in msgs:
                 try:
-                    charges.append(Charge(**json.loads(m.value)))
+                    charges.append(Charge.from_json(m.value))
                 except (ValueError, TypeError) as exc:
                     # A damaged ledger must stop the worker, never reset spending.
                     raise ValueError(f"{tp.topic}: offset {m.offset}: not a ledger charge") from exc
