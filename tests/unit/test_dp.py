@@ -590,6 +590,22 @@ def test_kafka_ledger_store_forgets_aborted_charges() -> None:
     assert key == f"p/default/{T0}/1".encode()  # a re-release keeps its own compacted key
 
 
+def test_kafka_ledger_keys_differ_per_writer() -> None:
+    """Two workers charging one window (a backfill beside production) write two keys: with
+    one key, compaction would keep one charge and the budget would count one release."""
+    from anonstream.runtime.ledger import KafkaLedgerStore
+
+    c1 = Charge("p", "default", T0, T0 + HOUR, T0, 1.0, 1e-9)
+    keys = set()
+    for writer in ("anonstream-prod-a", "anonstream-backfill-a"):
+        store = KafkaLedgerStore("anon.ledger", writer=writer)
+        store.append(c1)
+        ((key, _),) = store.drain()
+        keys.add(key)
+    assert keys == {f"p/default/{T0}/anonstream-prod-a/0".encode(),
+                    f"p/default/{T0}/anonstream-backfill-a/0".encode()}  # fmt: skip
+
+
 def test_replay_with_a_ledger_file_does_not_release_a_window_twice(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 

@@ -212,7 +212,7 @@ def test_the_acl_plan_names_the_installation_ledger_and_the_legacy_one_read_only
     p = dp_pipeline(1, 1, hopping=False)
     (ledger,) = [t for t in worker_topics(s, [p]) if t.role == "ledger"]
     assert (ledger.name, ledger.partitions, ledger.configs) == (
-        "anon.ledger", 1, {"cleanup.policy": "compact"},
+        "anon.ledger", 1, {"cleanup.policy": "compact", "delete.retention.ms": str(2**63 - 1)},
     )  # fmt: skip
     grants = {
         (a.name, a.operations) for a in acls(s, [p], Principals()) if a.resource_type == "topic"

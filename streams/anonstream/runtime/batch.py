@@ -91,8 +91,14 @@ class BatchLoop:
         self.pipelines = list(pipelines)
         self.secret = secret
         # dp pipelines: their budget's ledger, on a topic written in the release transaction
+        instance = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.transactional_id = f"anonstream-{settings.group_id}-{instance}"
         self.ledger = (
-            KafkaLedgerStore(settings.ledger_topic, legacy_ledger_topic(settings.group_id))
+            KafkaLedgerStore(
+                settings.ledger_topic,
+                legacy_ledger_topic(settings.group_id),
+                writer=self.transactional_id,
+            )
             if any(p.dp_budget is not None for p in pipelines)
             else None
         )
@@ -105,8 +111,6 @@ class BatchLoop:
         self.raw_topics = {p.source_topic for p in pipelines}
         self.outputs = {(p.name, o.name): o.topic for p in pipelines for o in p.outputs}
         self.misconfigured: str | None = None
-        instance = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
-        self.transactional_id = f"anonstream-{settings.group_id}-{instance}"
         self.consumer: Consumer | None = None
         self.txn = Transactions(self.clients, settings, self.transactional_id, metrics, self.ledger)
         self.assigned: set[TopicPartition] = set()

@@ -32,7 +32,11 @@ from anonstream.core.budget import Charge
 
 log = logging.getLogger("anonstream.worker")
 
-COMPACTED = {"cleanup.policy": "compact"}
+# Compacted (one record per key; keys are unique per charge, see `drain`), and a deletion
+# marker is kept for ever: a record with no value (a tombstone) would otherwise delete a
+# charge and free its budget once compaction and delete.retention.ms had passed; kept, the
+# next read meets it and stops the worker ("not a ledger charge") instead.
+COMPACTED = {"cleanup.policy": "compact", "delete.retention.ms": str(2**63 - 1)}
 # Longer than a transaction may stay open (aiokafka's default transaction timeout, 60 s):
 # by then the broker has aborted any transaction of a dead worker.
 READ_TIMEOUT_S = 120.0
@@ -50,8 +54,11 @@ class LedgerNotRead(TimeoutError):
 class KafkaLedgerStore:
     """A `LedgerStore` whose appends wait for the loop's transaction (see `drain`)."""
 
-    def __init__(self, topic: str, legacy: str | None = None) -> None:
+    def __init__(self, topic: str, legacy: str | None = None, writer: str = "") -> None:
         self.topic = topic
+        # In the keys: two workers (a backfill beside production) charging one window must
+        # not write one key, or compaction would keep one of the two charges.
+        self.writer = writer
         self.legacy = legacy if legacy != topic else None  # read too, if it exists
         self._committed: list[Charge] = []
         self._sent: list[Charge] = []  # in the open transaction
@@ -75,7 +82,9 @@ class KafkaLedgerStore:
                 for o in (*self._committed, *self._sent)
                 if (o.pipeline, o.output, o.start_ms) == (c.pipeline, c.output, c.start_ms)
             )
-            key = f"{c.pipeline}/{c.output}/{c.start_ms}/{n}".encode()
+            key = "/".join(
+                str(x) for x in (c.pipeline, c.output, c.start_ms, self.writer, n) if x != ""
+            ).encode()
             out.append((key, json.dumps(asdict(c), sort_keys=True).encode()))
             self._sent.append(c)
         self._pending = []
