@@ -306,6 +306,8 @@ def _escaped_ids(raw: str) -> list[Span]:
     ]
 
 
+# An address of 320 characters (64 + "@" + 255), each written as a 6-character escape.
+_ESCAPED_ID_MAX = 6 * 320
 _SPAN_SEGMENT = {EMAIL: ":email", IP: IP_HOST}
 _B64_HEAD_RE = re.compile(r"[A-Za-z0-9+=]+")
 _B64_TAIL_RE = re.compile(r"[A-Za-z0-9+=]+$")
@@ -499,7 +501,12 @@ def referrer_domain(ref: str) -> str:
         return INVALID
     group = 1 if m.group(1) is not None else 2
     authority = m.group(group)
-    if any(a < m.end(group) and m.start(group) < b for a, b, _ in _escaped_ids(s)):
+    # Only an identifier touching the host matters here: it ends at the first "/", "?" or
+    # "#" after the host (an address or IP holds none), and at most an escaped address's
+    # length past it, so a long query or path of escapes is not scanned.
+    end = m.end(group)
+    cut = min([end + _ESCAPED_ID_MAX] + [i for c in "/?#" if (i := s.find(c, end)) >= 0])
+    if any(a < end and m.start(group) < b for a, b, _ in _escaped_ids(s[:cut])):
         return INVALID  # "jane.doe\\u0040example.org": the host is an address's local part
     if "." not in authority[1:-1] and m.group(1) is None:
         return INVALID  # a scheme-less referrer must look like "host.tld"
