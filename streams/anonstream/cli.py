@@ -198,6 +198,12 @@ def replay(
             book = Ledger(p, store, allow_rerelease=allow_rerelease)
         except ValueError as exc:
             fail(str(exc))
+    if ledger is None and p.dp_budget is not None:
+        err.print(
+            "warning: dp outputs without --ledger: this replay's spending starts at 0 and is "
+            "not kept, so another replay of these windows spends the whole budget again; "
+            "keep one ledger file for every replay whose releases are shared (--ledger)"
+        )
     engine = PipelineEngine(p, secret, clock_ms=lambda: now_ms, ledger=book)
     show = progress and sys.stderr.isatty()
     with Progress(
