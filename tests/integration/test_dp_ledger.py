@@ -432,3 +432,77 @@ def test_the_ledger_read_waits_for_a_transaction_open_when_it_began(
             await producer.stop()
 
     assert asyncio.run(scenario()) == [charge]
+
+
+async def _until(cond: Any, timeout: float, what: str) -> None:
+    """Wait for `cond()` (a deadline for a hung test, not a speed limit)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not cond():
+        assert asyncio.get_running_loop().time() < deadline, f"not within {timeout:g} s: {what}"
+        await asyncio.sleep(0.1)
+
+
+def test_a_running_worker_learns_the_charges_of_a_backfill_beside_it(
+    kafka_bootstrap: str, tmp_path: Path
+) -> None:
+    """Production (one group) holds hour 0 open; a backfill of the same pipeline under
+    another group releases and charges hour 0 meanwhile. Production reads the ledger
+    topic's news each second, so when its watermark passes hour 0 it refuses the window
+    (already_released) instead of publishing a second, different release of it and
+    charging the budget again. It read the ledger only at its start before."""
+    suffix = uuid.uuid4().hex[:8]
+    pdir = _pipeline(tmp_path, suffix)
+    source, out = f"raw.web-activity.{suffix}", f"anon.aggregates.dpledger.{suffix}"
+    create_topics(kafka_bootstrap, {source: 1})
+    prod_settings = Settings(
+        bootstrap_servers=kafka_bootstrap, group_id=f"it-dpprod-{suffix}", pipelines_dir=pdir,
+        dead_letter_topic=f"anon.deadletter.{suffix}", instance_id="slot-0", web_enabled=False,
+        ledger_topic=f"anon.ledger.it-{suffix}", idle_close_seconds=3600,
+    )  # fmt: skip
+    backfill_settings = prod_settings.model_copy(update={"group_id": f"it-dpback-{suffix}"})
+    ps = [load_pipeline(f) for f in sorted(pdir.glob("*.yaml"))]
+    secret = load_secret({"ANONSTREAM_SECRET": SECRET})
+    from anonstream.runtime.run import ensure_output_topics
+
+    def loop_of(settings: Settings, stop_at_end: bool) -> BatchLoop:
+        return BatchLoop(
+            settings, ps, secret, Metrics(), stop_at_end=stop_at_end,
+            prepare=lambda: ensure_output_topics(settings, ps),
+        )  # fmt: skip
+
+    def events_read(loop: BatchLoop) -> int:
+        stage = loop.stages.get("dpledger")
+        return int(getattr(stage, "counters", {}).get("events_in", 0))
+
+    async def scenario() -> list[dict[str, Any]]:
+        await _produce(kafka_bootstrap, source, [0])
+        prod = loop_of(prod_settings, stop_at_end=False)
+        running = asyncio.ensure_future(prod.run())
+        try:
+            await _until(lambda: events_read(prod) >= 150, 90, "production read hour 0")
+            await asyncio.wait_for(loop_of(backfill_settings, stop_at_end=True).run(), 120)
+            book = prod._ledgers["dpledger"]
+            await _until(
+                lambda: ("dpledger", "default", T0) in book._released, 30,
+                "production learned the backfill's charge",
+            )  # fmt: skip
+            await _produce(kafka_bootstrap, source, [1, 2])  # hour 0 closes, hour 1 too
+            return await read_releases(
+                kafka_bootstrap, [out], until=lambda rs: len(_summaries(rs)) >= 2, timeout=90
+            )
+        finally:
+            await prod.stop()
+            await asyncio.wait_for(running, 60)
+
+    records = asyncio.run(scenario())
+    # Production says nothing of hour 0 (a window already released is not sent again);
+    # without the news it published hour 0 a second time before hour 1.
+    h0, h1 = sorted({r["window_start"] for r in records if r["kind"] == "window_summary"})
+    assert _summaries(records) == [(h0, "released"), (h1, "released")]
+    (last,) = [
+        r["privacy"] for r in records if r["kind"] == "window_summary" and r["window_start"] == h1
+    ]
+    assert last["period_epsilon_spent"] == pytest.approx(2 * last["window_epsilon"])
+    store = KafkaLedgerStore(prod_settings.ledger_topic)
+    asyncio.run(store.read(kafka_bootstrap, {}))
+    assert sorted(c.start_ms for c in store.load()) == [T0, T0 + HOUR]  # hour 0 charged once

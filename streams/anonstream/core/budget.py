@@ -293,6 +293,12 @@ class Ledger:
         for c in self.store.load():
             self._remember_if_mine(c)
 
+    def learn(self, charges: Iterable[Charge]) -> None:
+        """Charges another worker committed since the ledger was read (another deployment
+        of these pipelines, e.g. a backfill under its own consumer group)."""
+        for c in charges:
+            self._remember_if_mine(c)
+
     def _remember_if_mine(self, c: Charge) -> None:
         if c.budget_name == self.name or c.pipeline in self._mine:
             self._remember(c)

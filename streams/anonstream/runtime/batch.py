@@ -225,6 +225,8 @@ class BatchLoop:
         try:
             await self.txn.abandon()
         finally:
+            if self.ledger is not None:
+                await self.ledger.close()
             if self.consumer is not None:
                 if self.stop_at_end:
                     # A finished backfill has no successor to keep its place for: leave,
@@ -262,6 +264,15 @@ class BatchLoop:
         self.assigned -= set(tps)
         for tp in tps:
             self.silence.forget((tp.topic, tp.partition))
+
+    async def _ledger_news(self) -> None:
+        """dp: what other deployments of these pipelines charged since the ledger was read."""
+        if self.ledger is None or self._ledger_stale:
+            return
+        news = await self.ledger.news(self.settings.bootstrap_servers, self._client_options)
+        if news:
+            for book in {id(b): b for b in self._ledgers.values()}.values():
+                book.learn(news)
 
     async def _reset(self) -> None:
         """Back to the last checkpoint of every assigned partition."""
@@ -384,6 +395,7 @@ class BatchLoop:
             self._last_tick = now
             self._update_lag()
             self._note_silence()
+            await self._ledger_news()
             for stage in self.stages.values():
                 await self._deliver(stage, stage.tick())
         if self.stop_at_end and self.settings.scale_out:

@@ -63,6 +63,9 @@ class KafkaLedgerStore:
         self._committed: list[Charge] = []
         self._sent: list[Charge] = []  # in the open transaction
         self._pending: list[Charge] = []  # not yet handed to the producer
+        self._mine: set[bytes] = set()  # keys this worker wrote: not news when read back
+        self._follow_from: int | None = None  # the topic's offset the last read reached
+        self._follower: AIOKafkaConsumer | None = None
 
     # -- LedgerStore -------------------------------------------------------------------
     def load(self) -> list[Charge]:
@@ -85,6 +88,7 @@ class KafkaLedgerStore:
             key = "/".join(
                 str(x) for x in (c.pipeline, c.output, c.start_ms, self.writer, n) if x != ""
             ).encode()
+            self._mine.add(key)
             out.append((key, json.dumps(asdict(c), sort_keys=True).encode()))
             self._sent.append(c)
         self._pending = []
@@ -110,11 +114,52 @@ class KafkaLedgerStore:
         if any(ends.values()):
             charges = await _charges(bootstrap, client_options, ends, timeout)
         self._committed = charges
+        self._follow_from = ends[TopicPartition(self.topic, 0)]
+        if self._follower is not None:
+            self._follower.seek(TopicPartition(self.topic, 0), self._follow_from)
         legacy = sum(1 for tp in ends if tp.topic == self.legacy)
         log.info(
             "privacy ledger: %d charge(s) read from %s%s", len(charges), self.topic,
             f" and the earlier per-group topic {self.legacy}" if legacy else "",
         )  # fmt: skip
+
+    async def news(self, bootstrap: str, client_options: dict[str, Any]) -> list[Charge]:
+        """Charges other workers committed on the topic since the last `read` (or the last
+        news), without waiting: what has been fetched. The loop asks every second, so a
+        second deployment's charge of a window is seen before this worker releases it,
+        unless both decide within that second (see docs/privacy-model.md)."""
+        if self._follow_from is None:
+            return []
+        tp = TopicPartition(self.topic, 0)
+        if self._follower is None:
+            self._follower = AIOKafkaConsumer(
+                bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False,
+                isolation_level="read_committed", client_id="anonstream-ledger",
+                **client_options,
+            )  # fmt: skip
+            await self._follower.start()
+            self._follower.assign([tp])
+            self._follower.seek(tp, self._follow_from)
+        batch = await self._follower.getmany(tp, timeout_ms=0)
+        new = []
+        for m in batch.get(tp, []):
+            if m.key in self._mine:
+                continue  # this worker's own charge, already counted
+            try:
+                new.append(Charge.from_json(m.value))
+            except (ValueError, TypeError) as exc:
+                raise ValueError(f"{tp.topic}: offset {m.offset}: not a ledger charge") from exc
+        self._committed += new
+        if new:
+            log.info(
+                "privacy ledger: %d charge(s) by other workers read from %s", len(new), tp.topic
+            )
+        return new
+
+    async def close(self) -> None:
+        if self._follower is not None:
+            follower, self._follower = self._follower, None
+            await follower.stop()
 
 
 async def _charges(
