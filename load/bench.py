@@ -20,9 +20,10 @@
                     (:data:`DP_OUTPUT`, :data:`DP_BUDGET`); ``ratio_dp_k`` is its events/s
                     over ``anonstream``'s, ``cpu_ratio_dp_k`` its events per CPU second.
    ``scale``        for each worker count of ``--scale`` (1,2,3 by default): that many
-                    ``anonstream worker`` processes in scale-out mode, one fresh group and
-                    output topic per count, from spawn until every window summary of the
-                    input is on the output topic; then SIGTERM by pid.
+                    ``anonstream worker --stop-at-end`` processes in scale-out mode, one
+                    fresh group and output topic per count, from spawn until every window
+                    summary of the input is on the output topic and every worker has
+                    exited (each ends once what it owns has ended, as single mode does).
 
    Time is wall clock from spawn to exit (start-up included; the time to the first
    event is reported next to it); peak RSS is that process's own high-water mark.
@@ -130,9 +131,6 @@ class BenchConfig:
     profile: Path | None = None  # an extra, unmeasured anonstream run under pyinstrument
     scale: tuple[int, ...] = (1, 2, 3)  # worker counts of the scale run
     partials_partitions: int = 6
-    # The last window of the input is released on idle close; short, so that the scale
-    # run measures work rather than waiting.
-    scale_idle_close_s: float = 2.0
     cap: float | None = None  # cores per scale-out worker (a cgroup each), None: no cap
     release_sharded: bool = False  # scale run: ANONSTREAM_RELEASE_SHARDED
     kstreams_guarantee: str = "exactly_once_v2"
@@ -554,7 +552,7 @@ class ScaleResult:
     loadavg_1m_before: float | None = None
     cap_cores: float | None = None  # each worker's CPU cap (a cgroup each), None: uncapped
     # Busy part: from the first committed offsets (start-up done) until the whole input is
-    # committed; the fixed start-up and idle-close time are outside it.
+    # committed; the fixed start-up and the exit are outside it.
     busy_seconds: float | None = None
     busy_events_per_s: float | None = None
     busy_cpu_us_per_event: float | None = None
@@ -606,15 +604,17 @@ def _cpu_of(pids: Sequence[int]) -> float | None:
     return total
 
 
-def _run_scale(ctx: _Ctx, workers: int, windows: int) -> ScaleResult:
-    """``workers`` scale-out workers on the benchmark topic, a fresh group and output topic;
-    timed from the first spawn until every window summary of the input is released."""
+def _run_scale(ctx: _Ctx, workers: int, windows: int, cap: float | None) -> ScaleResult:
+    """``workers`` scale-out workers on the benchmark topic, a fresh group and output topic,
+    each held to ``cap`` cores (None: uncapped); timed from the first spawn until every
+    window summary of the input is released and every worker has exited
+    (``--stop-at-end``: no idle close before the last window)."""
     from anonstream.broker.local import free_ports
     from anonstream.broker.topics import create_topics
     from anonstream.core.pipeline import load_pipeline
     from anonstream.testing import read_releases, summaries_complete
 
-    name = f"scale{workers}"
+    name = f"scale{workers}" + ("" if cap == ctx.cfg.cap else "-uncapped")
     group = f"bench-{ctx.bench_id}-{name}"
     out_topic = f"{ctx.topic}.{name}.out"
     pipe_dir = ctx.logs / f"pipelines-{name}"
@@ -631,11 +631,10 @@ def _run_scale(ctx: _Ctx, workers: int, windows: int) -> ScaleResult:
             dead_letter_topic=f"{ctx.topic}.{name}.deadletter",
             ANONSTREAM_PIPELINES_DIR=str(pipe_dir), ANONSTREAM_SCALE_OUT="true",
             ANONSTREAM_PARTIALS_PARTITIONS=str(ctx.cfg.partials_partitions),
-            ANONSTREAM_IDLE_CLOSE_SECONDS=str(ctx.cfg.scale_idle_close_s),
             ANONSTREAM_RELEASE_SHARDED=str(ctx.cfg.release_sharded).lower(),
             ANONSTREAM_INSTANCE_ID=f"slot-{slot}",
         )  # fmt: skip
-        commands.append((worker_command(pipeline), env))
+        commands.append((worker_command(pipeline, "--stop-at-end"), env))
     # The releases are read as they come, read_committed, until one summary per window.
     timeout = ctx.cfg.timeout + 60
     until = summaries_complete({pipeline_name: windows})
@@ -648,8 +647,8 @@ def _run_scale(ctx: _Ctx, workers: int, windows: int) -> ScaleResult:
     reading = None
     try:
         with contextlib.ExitStack() as stack:
-            if ctx.cfg.cap is not None:
-                groups = stack.enter_context(cpu_groups(workers, ctx.cfg.cap))
+            if cap is not None:
+                groups = stack.enter_context(cpu_groups(workers, cap))
                 commands = [
                     (g.wrap(cmd), env) for g, (cmd, env) in zip(groups, commands, strict=True)
                 ]
@@ -660,6 +659,7 @@ def _run_scale(ctx: _Ctx, workers: int, windows: int) -> ScaleResult:
                 group_result = run_until(
                     commands, done=reading.done, timeout=ctx.cfg.timeout, log_dir=ctx.logs,
                     name=name, cwd=ROOT, on_poll=on_poll, on_spawn=clock.pids.extend,
+                    may_end=True,
                 )  # fmt: skip
     finally:
         if reading is not None:
@@ -703,7 +703,7 @@ def _run_scale(ctx: _Ctx, workers: int, windows: int) -> ScaleResult:
             )
     run.error = error
     run.ok = error is None
-    run.cap_cores = ctx.cfg.cap
+    run.cap_cores = cap
     if run.ok and run.seconds:
         run.events_per_s = ctx.cfg.events / run.seconds
         if run.cpu_s is not None:
@@ -713,40 +713,55 @@ def _run_scale(ctx: _Ctx, workers: int, windows: int) -> ScaleResult:
             run.busy_seconds = clock.t_end - clock.t_first
             run.busy_events_per_s = busy_events / run.busy_seconds
             if run.cpu_s is not None and clock.cpu_first is not None and busy_events > 0:
-                # CPU up to the releases, less start-up: the busy part and the idle close.
+                # CPU up to the exit, less start-up: the busy part and the end.
                 run.busy_cpu_us_per_event = (run.cpu_s - clock.cpu_first) / busy_events * 1e6
     return run
+
+
+def scale_label(run: dict[str, Any], cap: float | None) -> str:
+    """A scale run's row name: "scale x2"; the uncapped worker beside capped runs is
+    "scale x1 uncapped"."""
+    extra = " uncapped" if cap is not None and run.get("cap_cores") is None else ""
+    return f"scale x{run['workers']}{extra}"
 
 
 def _scale_runs(ctx: _Ctx, windows: int, reference: dict[str, int] | None) -> list[ScaleResult]:
     """Every worker count; each must release what the others (and the single-mode run,
     when there is one) release: the same input gives the same releases."""
     out: list[ScaleResult] = []
-    for n in ctx.cfg.scale:
-        capped = f", each capped at {ctx.cfg.cap:g} cores" if ctx.cfg.cap is not None else ""
+    counts: list[tuple[int, float | None]] = [(n, ctx.cfg.cap) for n in ctx.cfg.scale]
+    if ctx.cfg.cap is not None and 1 in ctx.cfg.scale and reference is not None:
+        # ratio_scale1_single compares one scale-out worker with single mode, both uncapped:
+        # with --cap, one uncapped worker runs first for it (the efficiency uses capped runs).
+        counts.insert(0, (1, None))
+    for n, cap in counts:
+        capped = f", each capped at {cap:g} cores" if cap is not None else ""
         ctx.console.print(f"[bold]run scale[/]: {n} worker(s) in scale-out mode{capped}")
         try:
-            run = _run_scale(ctx, n, windows)
+            run = _run_scale(ctx, n, windows, cap)
         except CpuCapError as exc:
-            run = ScaleResult(workers=n, ok=False, error=str(exc), cap_cores=ctx.cfg.cap)
+            run = ScaleResult(workers=n, ok=False, error=str(exc), cap_cores=cap)
         if run.ok and reference is not None and run.releases != reference:
             run.ok = False
             run.error = f"released {run.releases}, not {reference} like the run before"
         if run.ok and reference is None:
             reference = run.releases
-        one = next((r for r in out if r.workers == 1 and r.ok), None)
-        if run.ok and one is not None and one.busy_events_per_s and run.busy_events_per_s:
+        one = next((r for r in out if r.workers == 1 and r.ok and r.cap_cores == cap), None)
+        if cap != ctx.cfg.cap:
+            pass  # the uncapped worker beside capped runs: no efficiency of its own
+        elif run.ok and one is not None and one.busy_events_per_s and run.busy_events_per_s:
             run.efficiency = run.busy_events_per_s / (n * one.busy_events_per_s)
         elif run.ok and n == 1 and run.busy_events_per_s:
             run.efficiency = 1.0
         out.append(run)
+        label = scale_label(run.figures(), ctx.cfg.cap)
         if run.ok:
             ctx.console.print(
-                f"  scale x{n}: {run.events_per_s:,.0f} events/s, {run.seconds:.1f} s, "
+                f"  {label}: {run.events_per_s:,.0f} events/s, {run.seconds:.1f} s, "
                 f"CPU {run.cpu_s or 0:,.1f} s, peak RSS {run.peak_rss_mib or 0:,.0f} MiB summed"
             )
         else:
-            ctx.console.print(f"  [red]scale x{n} failed[/]: {escape(run.error or '')}")
+            ctx.console.print(f"  [red]{label} failed[/]: {escape(run.error or '')}")
     return out
 
 
@@ -790,14 +805,15 @@ def _scale_ratios(results: dict[str, RunResult], scale: list[ScaleResult]) -> di
     worker count (``scale_efficiency_<n>``, busy throughput)."""
     out: dict[str, Any] = {}
     single = results.get("anonstream")
-    one = next((r for r in scale if r.workers == 1 and r.ok), None)
+    # Single mode is uncapped: so must the one scale-out worker it is compared with be.
+    one = next((r for r in scale if r.workers == 1 and r.ok and r.cap_cores is None), None)
     out["ratio_scale1_single"] = (
         round(one.events_per_s / single.events_per_s, 3)
         if one and one.events_per_s and single and single.ok and single.events_per_s
         else None
     )
     # The same in events per CPU second (start-up included in both): the cost per event,
-    # apart from the fixed wall time of the scale run (start-up, idle close).
+    # apart from the fixed wall time of the scale run (start-up, the group's end).
     theirs = single.extra.get("events_per_cpu_s") if single and single.ok else None
     out["cpu_ratio_scale1_single"] = (
         round(1e6 / one.cpu_us_per_event / theirs, 3)
@@ -846,7 +862,7 @@ def render_table(summary: dict[str, Any]) -> Table:
             per_event(r.get("cpu_seconds")), num(r.get("peak_rss_mib"), ".0f"), vs, "-",
         )  # fmt: skip
     for r in summary.get("scale") or []:
-        name = f"scale x{r['workers']}"
+        name = scale_label(r, cap)
         if not r["ok"]:
             table.add_row(name, "[red]FAILED[/]", *["-"] * (len(cols) - 2))
             continue
@@ -870,11 +886,15 @@ def draw_chart(summary: dict[str, Any], path: Path) -> Path:
 
     runs = {n: r for n, r in summary["runs"].items() if r["ok"]}
     # Scale-run bars: RSS is the workers' peaks summed.
-    runs.update({f"scale x{r['workers']}": r for r in summary.get("scale") or [] if r["ok"]})
+    cap = next((r.get("cap_cores") for r in summary.get("scale") or [] if r.get("cap_cores")), None)
+    runs.update({scale_label(r, cap): r for r in summary.get("scale") or [] if r["ok"]})
     names = list(runs)
     palette = {"anonstream": "#d62728", "kstreams": "#2ca02c", "kstreams_all": "#98df8a"}
     colors = [palette.get(n, "#1f77b4" if n.startswith("scale") else "#7f7f7f") for n in names]
-    scaled = [r for r in summary.get("scale") or [] if r["ok"] and r.get("busy_events_per_s")]
+    scaled = [
+        r for r in summary.get("scale") or []
+        if r["ok"] and r.get("busy_events_per_s") and r.get("cap_cores") == cap
+    ]  # fmt: skip
     panels = 3 if len(scaled) >= 2 else 2
     width = 11 + 0.6 * len(summary.get("scale") or []) + (5 if panels == 3 else 0)
     fig, axes = plt.subplots(1, panels, figsize=(width, 4.5))
@@ -892,7 +912,6 @@ def draw_chart(summary: dict[str, Any], path: Path) -> Path:
             if r.get("efficiency") is not None:
                 ax3.annotate(f"{r['efficiency']:.2f}", (w, b), textcoords="offset points",
                              xytext=(0, 6), ha="center", fontsize=8)  # fmt: skip
-        cap = scaled[0].get("cap_cores")
         capped = f" (cap {cap:g} core each)" if cap else ""
         ax3.set_title(f"scale-out: events/s by workers{capped}")
         ax3.set_xlabel("workers (labels: efficiency)")
@@ -1109,11 +1128,6 @@ def build_parser() -> argparse.ArgumentParser:
         help="scale run: partitions of the partials topic (ANONSTREAM_PARTIALS_PARTITIONS)",
     )  # fmt: skip
     p.add_argument(
-        "--scale-idle-close", type=float, default=2.0,
-        help="scale run: ANONSTREAM_IDLE_CLOSE_SECONDS of its workers (the last window is "
-        "released on idle close)",
-    )  # fmt: skip
-    p.add_argument(
         "--cap", type=_cap, default=None,
         help="scale run: hold each worker to this many cores (e.g. 0.25) with a cgroup of "
         "its own (v2 cpu.max or v1 CFS quota; needs root); the groups are removed at the end",
@@ -1171,8 +1185,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs=args.runs, chart=args.chart or DEFAULT_CHART, timeout=args.timeout,
         bootstrap=args.bootstrap, pipeline=args.pipeline, logs=args.logs, profile=args.profile,
         scale=args.scale, partials_partitions=args.partials_partitions,
-        scale_idle_close_s=args.scale_idle_close, cap=args.cap,
-        release_sharded=args.release_sharded, kstreams_guarantee=args.kstreams_guarantee,
+        cap=args.cap, release_sharded=args.release_sharded,
+        kstreams_guarantee=args.kstreams_guarantee,
     )  # fmt: skip
     # Peers that cannot run here are skipped by name, before anything starts.
     skipped = unavailable_runs(cfg.runs)

@@ -245,9 +245,14 @@ def run_until(
     on_poll: Callable[[float, int | None], None] | None = None,
     stop_grace: float = 30.0,
     on_spawn: Callable[[list[int]], None] | None = None,
+    may_end: bool = False,
 ) -> GroupResult:
     """Start every ``(cmd, env)``, wait until ``done()`` (polled every 0.1 s), ``timeout``
     or a child's exit, then SIGTERM each child still running, by its pid, and wait for it.
+    ``may_end``: children that end on their own (``--stop-at-end`` workers, each when what
+    it owns has ended): exiting 0 is no failure, and the condition is ``done()`` and every
+    child exited (timed to the last exit, as a single ``--stop-at-end`` run is timed);
+    once all have exited, ``done()`` gets ``stop_grace`` seconds more.
 
     Memory and CPU are measured per child as in :func:`run_child`; CPU is read when the
     condition holds, so the shutdown is not counted.  ``on_poll`` gets the summed RSS;
@@ -262,6 +267,7 @@ def run_until(
     cpu: list[float | None] = [None] * len(commands)
     early = [False] * len(commands)
     finished = timed_out = False
+    ended_at: float | None = None
     t0 = time.monotonic()
     seconds = 0.0
     try:
@@ -285,8 +291,11 @@ def run_until(
                     peaks[i] = max(peaks[i], mem[1])
             if on_poll is not None:
                 on_poll(elapsed, total or None)
-            if done():
+            alive = [r.is_alive() for r in reapers]
+            if done() and not (may_end and any(alive)):
                 seconds = time.monotonic() - t0
+                if may_end:  # the last exit (the releases were out before it)
+                    seconds = max(slot["t"] for slot in reaped) - t0
                 finished = True
                 for i, proc in enumerate(procs):
                     with contextlib.suppress(psutil.Error):
@@ -295,6 +304,13 @@ def run_until(
                             cpu[i] = times.user + times.system
                 break
             gone = [i for i, r in enumerate(reapers) if not r.is_alive()]
+            if may_end:
+                ended = [i for i in gone if _exit_code(reaped[i]) == 0]
+                if len(ended) == len(procs) and ended_at is None:
+                    ended_at = elapsed
+                if ended_at is not None and elapsed - ended_at > stop_grace:
+                    ended = []  # all ended and done() never came: a failure after all
+                gone = [i for i in gone if i not in ended]
             if gone or elapsed > timeout:
                 seconds = elapsed
                 timed_out = not gone
@@ -315,7 +331,7 @@ def run_until(
             f.close()
     children = []
     for i, slot in enumerate(reaped):
-        code = os.waitstatus_to_exitcode(slot["status"]) if "status" in slot else None
+        code = _exit_code(slot)
         if cpu[i] is None and "usage" in slot:
             cpu[i] = slot["usage"].ru_utime + slot["usage"].ru_stime
         err_text = (log_dir / f"{name}-{i}.stderr").read_text(encoding="utf-8", errors="replace")
@@ -325,6 +341,10 @@ def run_until(
         )  # fmt: skip
         children.append(child)
     return GroupResult(done=finished, timed_out=timed_out, seconds=seconds, children=children)
+
+
+def _exit_code(slot: dict[str, Any]) -> int | None:
+    return os.waitstatus_to_exitcode(slot["status"]) if "status" in slot else None
 
 
 def _kill(proc: subprocess.Popen[bytes], reaper: threading.Thread) -> None:

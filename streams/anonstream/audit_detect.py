@@ -8,11 +8,13 @@ route: it first peels every layer a value can hide behind, keeping each layer,
 1. the text as released;
 2. NFKC, then format characters (Cf) and combining marks removed (after NFD), digits of
    any script made ASCII;
-3. percent-decoded (``urllib.parse.unquote``) until it no longer changes;
-   HTML entities, "\\u0040", "\\x40", "\\u{40}" decoded; and, each as a layer of its own,
+3. percent-decoded (``urllib.parse.unquote``, overlong UTF-8 read as what it spells)
+   until it no longer changes; HTML entities, "\\u0040", "\\x40", "\\u{40}", "%u0040",
+   "\\U00000040" and escaped backslashes decoded; and, each as a layer of its own,
    CSS ("\\40 ") and octal ("\\100") backslash escapes, UTF-7 ("+AEA-") and quoted-printable
    ("=2E", in a token with "=40");
-4. every run of 8+ base64/base64url/hex characters decoded, at each alignment, and the
+4. IDNA "xn--" labels decoded from punycode; every run of 8+ base64/base64url/hex
+   characters decoded, at each alignment, and the
    printable pieces of the result peeled again (three layers deep);
 
 then tokenizes each layer and checks each token against known formats: an email shape
@@ -23,6 +25,10 @@ inet_aton() forms with a hex part ("0xC0.0xA8.0x01.0x0F", "0xC0A8010F") and a he
 host label ("c0a8010f.example.net"), and
 pseudonym-like tokens (16+ hex, UUIDs, base64-like runs).
 
+Why this module is long: it is the audit's whole second detector, every layer and every
+format in one place, kept apart from core/scrub.py on purpose (see above); splitting the
+layers from the formats would only spread one reading of a value over two files.
+
 Cost is linear in the input (one tokenizing pass per layer, layers shrink as they are
 decoded); values longer than MAX_CHECKED are reported as too long to check.
 """
@@ -30,6 +36,7 @@ decoded); values longer than MAX_CHECKED are reported as too long to check.
 from __future__ import annotations
 
 import binascii
+import codecs
 import html
 import ipaddress
 import re
@@ -63,6 +70,7 @@ _IP4_SEPS = frozenset(" -._,/*+:|~xX")
 _WEAK_SEPS = frozenset("*:|~xX")
 _ESCAPE = re.compile(
     r"\\u([0-9A-Fa-f]{4})|\\x([0-9A-Fa-f]{2})|\\u\{([0-9A-Fa-f]{1,8})\}|=(40)(?=[0-9A-Za-z])"
+    r"|%[uU]([0-9A-Fa-f]{4})|\\U([0-9A-Fa-f]{8})"  # IIS "%u0040", Python "\\U00000040"
 )
 # Backslash escapes read two ways, each its own layer: CSS ("\\40 ", "\\000040", hex,
 # one space closing it) and octal ("\\100", C and shells).
@@ -73,6 +81,7 @@ _B64_ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+
 # Quoted-printable: every "=XX" of a whitespace-free token that has "=40" (an "@").
 _QP_TOKEN = re.compile(r"\S+")
 _QP_RUN = re.compile(r"(?:=[0-9A-Fa-f]{2})+")
+_BACKSLASHES = re.compile(r"\\{2,}")
 _DROPPED = re.compile("[\x00\ufffd]+")
 _IP6_RUN = re.compile(r"[0-9A-Fa-f:.]{3,}")
 _HEX_TOKEN = re.compile(r"(?<![0-9A-Za-z])[0-9a-fA-F]{16,}(?![0-9A-Za-z])")
@@ -112,11 +121,31 @@ def _plain(s: str) -> str:
     return "".join(out)
 
 
+def _read_overlong(err: UnicodeError) -> tuple[str, int]:
+    """Decode error handler: an overlong UTF-8 form ("%C1%80", "%E0%81%80") is read as
+    the character it spells, as lenient decoders do; other bad bytes are U+FFFD."""
+    assert isinstance(err, UnicodeDecodeError)
+    raw, at = err.object, err.start
+    lead = raw[at]
+    size = 2 if lead in (0xC0, 0xC1) else 3 if lead == 0xE0 else 4 if lead == 0xF0 else 0
+    tail = raw[at + 1 : at + size]
+    if size and len(tail) == size - 1 and all(0x80 <= b <= 0xBF for b in tail):
+        cp = lead & (0x7F >> size)
+        for b in tail:
+            cp = cp << 6 | (b & 0x3F)
+        if cp < (0x80, 0x800, 0x10000)[size - 2]:  # overlong indeed
+            return chr(cp), at + size
+    return "\ufffd", at + 1
+
+
+codecs.register_error("anonstream-audit-overlong", _read_overlong)
+
+
 def _unpercent(s: str) -> str:
     for _ in range(_PCT_ROUNDS):
         if "%" not in s:
             return s
-        nxt = _plain(unquote(s, errors="replace"))
+        nxt = _plain(unquote(s, errors="anonstream-audit-overlong"))
         if nxt == s:
             return s
         s = nxt
@@ -165,8 +194,9 @@ def _unescape(s: str) -> str:
     U+FFFD (what overlong or broken UTF-8 decodes to) dropped."""
     if "&" in s:
         s = html.unescape(s)
-    if "\\" in s or "=" in s:
-        s = _ESCAPE.sub(_escape_repl, s)
+    if "\\" in s or "=" in s or "%" in s:
+        # "\\\\u0040" (a JSON string escaped twice, or more) is "\\u0040" once read
+        s = _ESCAPE.sub(_escape_repl, _BACKSLASHES.sub(r"\\", s))
     return _DROPPED.sub("", s)
 
 
@@ -190,9 +220,22 @@ def _base_decodings(run: str) -> Iterator[bytes]:
                 yield bytes.fromhex(even)
 
 
+_PUNY = re.compile(r"(?<![0-9A-Za-z-])[xX][nN]--[0-9A-Za-z-]{1,59}")
+
+
+def _puny_repl(m: re.Match[str]) -> str:
+    try:
+        return m.group()[4:].encode("ascii").decode("punycode")
+    except (UnicodeError, ValueError):
+        return m.group()
+
+
 def _layers(s: str, depth: int = 0) -> Iterator[tuple[str, int]]:
     """Each layer of ``s`` with the number of encodings peeled to reach it."""
     yield s, depth
+    # IDNA labels: "xn--8hbffaaagihp" is a phone number in Arabic-Indic digits.
+    if depth < _DEPTH and "-" in s and (uni := _PUNY.sub(_puny_repl, s)) != s:
+        yield from _layers(uni, depth + 1)
     plain = _unpercent(_plain(s))
     if plain != s:
         yield plain, depth

@@ -49,9 +49,22 @@ def fail(message: str, code: int = 2) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _dp_plans(p: Pipeline) -> Pipeline:
+    """A dp pipeline whose noise OpenDP cannot plan is an error here, like a wrong file
+    (OpenDP loads only for dp pipelines)."""
+    if any(o.privacy == "dp" for o in p.outputs):
+        from anonstream.core.dp import DpPlanError, plans
+
+        try:
+            plans(p)
+        except DpPlanError as exc:
+            fail(str(exc))
+    return p
+
+
 def _pipeline(name: str, directory: Path) -> Pipeline:
     try:
-        return find_pipeline(name, directory)
+        return _dp_plans(find_pipeline(name, directory))
     except PipelineError as exc:
         fail(str(exc))
 
@@ -63,7 +76,7 @@ def _all_pipelines(directory: Path, names: list[str] | None = None) -> list[Pipe
     if not files:
         fail(f"no pipeline files (*.yaml) in {directory}")
     try:
-        pipes = [load_pipeline(f) for f in files]
+        pipes = [_dp_plans(load_pipeline(f)) for f in files]
     except PipelineError as exc:
         fail(str(exc))
     names = [p.name for p in pipes]
@@ -185,6 +198,12 @@ def replay(
             book = Ledger(p, store, allow_rerelease=allow_rerelease)
         except ValueError as exc:
             fail(str(exc))
+    if ledger is None and p.dp_budget is not None:
+        err.print(
+            "warning: dp outputs without --ledger: this replay's spending starts at 0 and is "
+            "not kept, so another replay of these windows spends the whole budget again; "
+            "keep one ledger file for every replay whose releases are shared (--ledger)"
+        )
     engine = PipelineEngine(p, secret, clock_ms=lambda: now_ms, ledger=book)
     show = progress and sys.stderr.isatty()
     with Progress(
@@ -252,6 +271,14 @@ def worker(
             help="Seconds start-up may take before the worker exits (1).",
         ),
     ] = None,
+    allow_rerelease: Annotated[
+        bool | None,
+        typer.Option(
+            "--allow-rerelease",
+            envvar="ANONSTREAM_ALLOW_RERELEASE",
+            help="dp outputs: release already charged windows again (charged again).",
+        ),
+    ] = None,
 ) -> None:
     """Run the Kafka worker: raw topics in, de-identified aggregates out."""
     from anonstream.core.keys import MasterSecret
@@ -261,6 +288,7 @@ def worker(
         bootstrap_servers=bootstrap_servers, group_id=group_id, web_port=web_port,
         idle_close_seconds=idle_close_seconds, instance_id=instance_id,
         exit_on_missing_topics=exit_on_missing_topics, startup_timeout_seconds=startup_timeout,
+        allow_rerelease=allow_rerelease,
     )  # fmt: skip
     pipes = _all_pipelines(pipelines_dir, pipeline)
     secret = _secret(demo)
@@ -338,7 +366,11 @@ def audit(
         Path | None, typer.Option(help="dp: the privacy ledger (JSONL) to check windows against.")
     ] = None,
     ledger_topic: Annotated[
-        str | None, typer.Option(help="dp: read the privacy ledger from this topic.")
+        list[str] | None,
+        typer.Option(
+            help="dp: read the privacy ledger from this topic (repeat it: several topics, "
+            "e.g. anon.ledger and an earlier version's anon.ledger.<group>)."
+        ),
     ] = None,
 ) -> None:
     """Re-check a stream of releases on its own: k, identifiers, duplicates, differencing."""

@@ -57,6 +57,13 @@ class Settings(BaseSettings):
     # partition, and a merge stage per window (runtime/shardstages.py); k pipelines only.
     release_sharded: bool = False
     partials_retention_ms: int = 7 * 24 * 3600 * 1000
+    # dp outputs: the privacy ledger, one compacted topic for the installation, whatever the
+    # group (a backfill under a new group continues the spending); the worker also reads
+    # the per-group topic of earlier versions, anon.ledger.<group>, never writes it.
+    ledger_topic: str = Field(default="anon.ledger", min_length=1)
+    # dp outputs: release a window already charged again (fresh noise), and charge it
+    # again. Off: such a window is not published a second time (docs/privacy-model.md).
+    allow_rerelease: bool = False
     # Topics the worker (or `anonstream topics create`) creates; None: 3, or the number of
     # brokers if fewer.
     replication_factor: int | None = Field(default=None, ge=1)

@@ -29,6 +29,8 @@ from anonstream.core.pipeline import Pipeline, load_pipeline
 from anonstream.metrics import Metrics
 from anonstream.runtime.batch import BatchLoop
 from anonstream.runtime.clients import Clients
+from anonstream.runtime.scaleout import partials_topic
+from anonstream.runtime.shardstages import merge_topic
 from anonstream.settings import Settings
 from anonstream.synthetic import EventGenerator, Workload
 from tests.contract.backends import Backend
@@ -36,6 +38,7 @@ from tests.integration.helpers import SECRET, canonical, diff_summary, replay_ev
 
 ROOT = Path(__file__).resolve().parents[2]
 PARTITIONS = 2
+PARTIALS_PARTITIONS = 3  # not a multiple of PARTITIONS: no worker mirrors another
 KINDS = ("aggregate", "window_summary")
 
 
@@ -54,11 +57,28 @@ class World:
     def outputs(self) -> list[str]:
         return [o.topic for o in self.pipeline.outputs]
 
-    def loop(self, clients: Clients | None = None) -> BatchLoop:
+    def loop(self, clients: Clients | None = None, settings: Settings | None = None) -> BatchLoop:
         return BatchLoop(
-            self.settings, [self.pipeline], load_secret({"ANONSTREAM_SECRET": SECRET}),
-            Metrics(), stop_at_end=True, clients=clients or self.backend.clients,
+            settings or self.settings, [self.pipeline],
+            load_secret({"ANONSTREAM_SECRET": SECRET}), Metrics(), stop_at_end=True,
+            clients=clients or self.backend.clients,
         )  # fmt: skip
+
+    async def scale_out(self, partials: int = PARTIALS_PARTITIONS, sharded: bool = False) -> None:
+        """From here on the group runs in scale-out mode: its partials topic made (as
+        `prepare` makes it), each worker slot a settings of its own (`worker(slot)`).
+        `sharded`: the sharded release (runtime/shardstages.py), with its merge topic."""
+        self.settings = self.settings.model_copy(
+            update={"scale_out": True, "partials_partitions": partials,
+                    "release_sharded": sharded}
+        )  # fmt: skip
+        topics = {partials_topic(self.settings.group_id, self.pipeline.name): partials}
+        if sharded:
+            topics[merge_topic(self.settings.group_id, self.pipeline.name)] = partials
+        await self.backend.create_topics(topics)
+
+    def worker(self, slot: int, clients: Clients | None = None) -> BatchLoop:
+        return self.loop(clients, self.settings.model_copy(update={"instance_id": f"slot-{slot}"}))
 
     async def released(self) -> list[dict[str, Any]]:
         return [orjson.loads(v) for v in await self.backend.read(self.outputs)]
@@ -295,5 +315,77 @@ class LoopContract:
             after = await world.released()
             assert len(after) > len(before)  # open windows were rebuilt and released
             world.assert_exactly_replay(after)
+
+        run(backend, scenario())
+
+    # -- scale-out with --stop-at-end: the same contract, over the partials topic ------------
+    @pytest.mark.parametrize("sharded", [False, True], ids=["by-window", "sharded"])
+    def test_scale_out_one_worker_releases_exactly_replay(
+        self, backend: Backend, tmp_path: Path, sharded: bool
+    ) -> None:
+        async def scenario() -> None:
+            world = await make_world(backend, tmp_path)
+            await world.scale_out(sharded=sharded)
+            await world.worker(0).run()
+            world.assert_exactly_replay(await world.released())
+
+        run(backend, scenario())
+
+    @pytest.mark.parametrize("sharded", [False, True], ids=["by-window", "sharded"])
+    def test_scale_out_two_workers_release_exactly_replay_and_both_end(
+        self, backend: Backend, tmp_path: Path, sharded: bool
+    ) -> None:
+        async def scenario() -> None:
+            world = await make_world(backend, tmp_path)
+            await world.scale_out(sharded=sharded)
+            a, b = world.worker(0), world.worker(1)
+            await asyncio.gather(a.run(), b.run())  # both return: each saw its end
+            world.assert_exactly_replay(await world.released())
+
+        run(backend, scenario())
+
+    @pytest.mark.parametrize("sharded", [False, True], ids=["by-window", "sharded"])
+    def test_scale_out_a_worker_that_owns_nothing_still_ends(
+        self, backend: Backend, tmp_path: Path, sharded: bool
+    ) -> None:
+        async def scenario() -> None:
+            world = await make_world(backend, tmp_path)
+            await world.scale_out(partials=1, sharded=sharded)  # 2 raw + 1 partials, 4 workers
+            await asyncio.gather(*(world.worker(i).run() for i in range(4)))
+            world.assert_exactly_replay(await world.released())
+
+        run(backend, scenario())
+
+    @pytest.mark.parametrize("sharded", [False, True], ids=["by-window", "sharded"])
+    @pytest.mark.parametrize("when", ["mid_input", "at_the_first_release"])
+    def test_scale_out_a_crash_then_a_restart_releases_exactly_replay(
+        self, backend: Backend, tmp_path: Path, when: str, sharded: bool
+    ) -> None:
+        """The worker dies after its first committed transaction (part of the input read,
+        its partials committed), or when it sends its first release (all partials and end
+        marks committed, nothing released): a restart, with a second worker beside it,
+        releases exactly replay. End marks and checkpoints carry over to whoever owns each
+        partition then."""
+
+        async def scenario() -> None:
+            world = await make_world(backend, tmp_path)
+            await world.scale_out(sharded=sharded)
+            world.settings = world.settings.model_copy(update={"batch_max": 50})
+            outputs = set(world.outputs)
+
+            def on_send(n: int, topic: str) -> None:
+                if when == "at_the_first_release" and topic in outputs:
+                    raise Crash()
+
+            async def on_begin(n: int) -> None:
+                if when == "mid_input" and n == 2:
+                    raise Crash()
+
+            first = world.worker(0, Faulty(backend.clients, on_begin=on_begin, on_send=on_send))
+            with pytest.raises(Crash):
+                await first.run()  # it closes its clients: the crashed member leaves
+            assert await world.released() == []
+            await asyncio.gather(world.worker(0).run(), world.worker(1).run())
+            world.assert_exactly_replay(await world.released())
 
         run(backend, scenario())

@@ -17,6 +17,7 @@ from anonstream_load.bench import (
     _cpu_ratio,
     _scale_ratios,
     build_parser,
+    scale_label,
 )
 from anonstream_load.kstreams import PeerBuildError, ensure_peer_jar, peer_command, source_digest
 
@@ -100,6 +101,24 @@ def test_scale_ratios() -> None:
         "scale_efficiency_4": 0.75,
     }
     assert _scale_ratios({}, runs)["ratio_scale1_single"] is None
+
+
+def test_capped_scale_runs_compare_single_mode_with_the_uncapped_worker() -> None:
+    """With --cap, one uncapped worker runs beside the capped ones: single mode (uncapped)
+    is compared with it, never with a worker held to a fraction of a core."""
+    single = RunResult(name="anonstream", ok=True, events_per_s=2000.0)
+    free = _scale(1, 900.0, eps=1800.0)
+    capped = [_scale(1, 100.0, eps=400.0), _scale(4, 300.0, eps=900.0)]
+    for r in capped:
+        r.cap_cores = 0.25
+    capped[0].efficiency, capped[1].efficiency = 1.0, 0.75
+    got = _scale_ratios({"anonstream": single}, [free, *capped])
+    assert got["ratio_scale1_single"] == 0.9
+    assert (got["scale_efficiency_1"], got["scale_efficiency_4"]) == (1.0, 0.75)
+    assert _scale_ratios({"anonstream": single}, capped)["ratio_scale1_single"] is None
+    names = [scale_label(r.figures(), 0.25) for r in (free, *capped)]
+    assert names == ["scale x1 uncapped", "scale x1", "scale x4"]
+    assert scale_label(free.figures(), None) == "scale x1"
 
 
 def test_cpu_ratio_is_events_per_cpu_second() -> None:

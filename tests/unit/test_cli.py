@@ -1071,3 +1071,16 @@ def test_password_variable_and_file_together_is_a_clean_error(tmp_path: Path) ->
     )
     assert missing.exit_code == 2
     assert "cannot read the SASL password file" in flat(missing.stderr)
+
+
+def test_replay_of_a_dp_pipeline_without_a_ledger_warns(raw: ReplayInput, tmp_path: Path) -> None:
+    """Each replay without --ledger spends a whole fresh budget: say so (red team)."""
+    dp = ROOT / "pipelines" / "examples" / "web_activity_dp.yaml"
+    out = tmp_path / "out.jsonl"
+    args = ["replay", "-p", str(dp), "-i", str(raw.path), "-o", str(out), "--demo"]
+    proc = run_process(*args, env={"ANONSTREAM_PIPELINES_DIR": str(PIPELINES)})
+    assert proc.returncode == 0, proc.stderr
+    assert "without --ledger" in proc.stderr
+    proc = run_process(*args, "--ledger", str(tmp_path / "l.jsonl"))
+    assert proc.returncode == 0, proc.stderr
+    assert "without --ledger" not in proc.stderr

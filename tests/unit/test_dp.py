@@ -590,6 +590,22 @@ def test_kafka_ledger_store_forgets_aborted_charges() -> None:
     assert key == f"p/default/{T0}/1".encode()  # a re-release keeps its own compacted key
 
 
+def test_kafka_ledger_keys_differ_per_writer() -> None:
+    """Two workers charging one window (a backfill beside production) write two keys: with
+    one key, compaction would keep one charge and the budget would count one release."""
+    from anonstream.runtime.ledger import KafkaLedgerStore
+
+    c1 = Charge("p", "default", T0, T0 + HOUR, T0, 1.0, 1e-9)
+    keys = set()
+    for writer in ("anonstream-prod-a", "anonstream-backfill-a"):
+        store = KafkaLedgerStore("anon.ledger", writer=writer)
+        store.append(c1)
+        ((key, _),) = store.drain()
+        keys.add(key)
+    assert keys == {f"p/default/{T0}/anonstream-prod-a/0".encode(),
+                    f"p/default/{T0}/anonstream-backfill-a/0".encode()}  # fmt: skip
+
+
 def test_replay_with_a_ledger_file_does_not_release_a_window_twice(tmp_path: Path) -> None:
     from typer.testing import CliRunner
 
@@ -614,6 +630,40 @@ def test_replay_with_a_ledger_file_does_not_release_a_window_twice(tmp_path: Pat
     third = replay(tmp_path / "3.jsonl", "--ledger", str(ledger), "--allow-rerelease")
     assert [r["privacy"]["status"] for r in third] == ["budget_exhausted"]
     assert len(JsonlLedgerStore(ledger).load()) == 1
+
+
+def test_audit_reads_every_ledger_topic_given(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An upgraded worker's charges are on anon.ledger and, before the upgrade, on the
+    per-group topic: `audit --ledger-topic` is repeatable and checks against all of them."""
+    from typer.testing import CliRunner
+
+    import anonstream.audit.ledger as audit_ledger
+    from anonstream.cli import app
+
+    pipeline = Path(__file__).parents[2] / "pipelines/examples/web_activity_dp.yaml"
+    events = tmp_path / "events.jsonl"
+    events.write_bytes(b"\n".join(crowd(300, "/a") + crowd(300, "/a", ts=T0 + DAY + 60)) + b"\n")
+    ledger, releases = tmp_path / "ledger.jsonl", tmp_path / "releases.jsonl"
+    env = {"ANONSTREAM_SECRET": "x" * 32}
+    args = ["replay", "-p", str(pipeline), "-i", str(events), "-o", str(releases)]
+    result = CliRunner().invoke(app, [*args, "--ledger", str(ledger)], env=env)
+    assert result.exit_code == 0, result.output
+    charges = audit_ledger.read_ledger_file(ledger)
+    assert len(charges) == 2
+    topics = {"anon.ledger.anonstream": charges[:1], "anon.ledger": charges[1:]}
+
+    async def read_topic(bootstrap: str, topic: str, **_: Any) -> list[dict[str, Any]]:
+        return topics[topic]
+
+    monkeypatch.setattr(audit_ledger, "read_ledger_topic", read_topic)
+    audit = ["audit", "-i", str(releases), "-b", "127.0.0.1:1"]
+    both = ["--ledger-topic", "anon.ledger", "--ledger-topic", "anon.ledger.anonstream"]
+    result = CliRunner().invoke(app, [*audit, *both], env=env)
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, [*audit, "--ledger-topic", "anon.ledger"], env=env)
+    assert result.exit_code == 1 and "not charged in the ledger" in result.output
 
 
 # -- sensitivity: what one person can change, as an attacker would try ------------------------
@@ -704,15 +754,57 @@ def test_one_person_changes_no_figure_by_more_than_its_sensitivity(
         assert l2 <= D.sensitivity(p, p.outputs[0], name, "gaussian"), name
 
 
-def test_worker_refuses_dp_in_scale_out_mode() -> None:
-    """Several workers would each spend the period's budget on their own view of it."""
+def test_worker_runs_dp_in_scale_out_but_refuses_a_budget_shared_by_pipelines() -> None:
+    """In scale-out a period's windows meet in one partials partition of the pipeline's
+    topic; a budget named by two pipelines spans two topics (two release stages at once):
+    refused, naming the budget and its pipelines. A pipeline's own budget runs."""
     from anonstream.metrics import Metrics
     from anonstream.runtime.batch import BatchLoop
     from anonstream.settings import Settings
 
     settings = Settings(bootstrap_servers="127.0.0.1:1", scale_out=True, web_enabled=False)
-    with pytest.raises(ValueError, match="single mode"):
-        BatchLoop(settings, [make_pipeline()], SECRET, Metrics())
+    loop = BatchLoop(settings, [make_pipeline()], SECRET, Metrics())
+    assert loop.ledger is not None and loop.ledger.topic == "anon.ledger"
+    shared = [make_pipeline(name=n, shared="people") for n in ("web", "usage")]
+    with pytest.raises(ValueError, match=r"single mode only \(people: usage, web\)"):
+        BatchLoop(settings, shared, SECRET, Metrics())
+    # Single mode: one worker spends the shared budget for both.
+    BatchLoop(Settings(bootstrap_servers="127.0.0.1:1"), shared, SECRET, Metrics())
+
+
+def test_the_worker_ledger_is_the_installation_s_and_reads_the_legacy_one() -> None:
+    """One topic whatever the group (a backfill under a new group spends the same budget),
+    plus the per-group topic of earlier versions, read only; the re-release switch reaches
+    the ledger."""
+    from anonstream.metrics import Metrics
+    from anonstream.runtime.batch import BatchLoop
+    from anonstream.settings import Settings
+
+    for group in ("anonstream", "backfill-2026"):
+        settings = Settings(bootstrap_servers="127.0.0.1:1", group_id=group)
+        loop = BatchLoop(settings, [make_pipeline()], SECRET, Metrics())
+        assert loop.ledger is not None
+        assert (loop.ledger.topic, loop.ledger.legacy) == ("anon.ledger", f"anon.ledger.{group}")
+        assert not loop._ledgers["dptest"].allow_rerelease
+    settings = Settings(bootstrap_servers="127.0.0.1:1", allow_rerelease=True, ledger_topic="L")
+    loop = BatchLoop(settings, [make_pipeline()], SECRET, Metrics())
+    assert loop._ledgers["dptest"].allow_rerelease and loop.ledger is not None
+    assert loop.ledger.topic == "L"
+
+
+def test_an_allowed_rerelease_is_logged_without_data(caplog: pytest.LogCaptureFixture) -> None:
+    p = make_pipeline(epsilon=2.0, budget=(5.0, 1e-3))
+    led = Ledger(p, allow_rerelease=True)
+    assert led.request("dptest", "default", T0, T0 + HOUR, (2.0, 1e-6)).status == "released"
+    assert not caplog.records
+    with caplog.at_level("WARNING", logger="anonstream.worker"):
+        decision = led.request("dptest", "default", T0, T0 + HOUR, (2.0, 1e-6), "d" * 32)
+    assert decision.status == "released"
+    (rec,) = caplog.records
+    msg = rec.getMessage()
+    assert rec.levelname == "WARNING" and "released again" in msg and f"{T0}" in msg
+    assert "d" * 32 not in msg  # the content digest is not logged
+    assert [c.rerelease for c in led.store.load()] == [False, True]
 
 
 # -- discrete Gaussian (zCDP) ---------------------------------------------------------------

@@ -167,15 +167,18 @@ HOSTILE_UNITS = [
 @pytest.mark.parametrize("unit", HOSTILE_UNITS)
 @pytest.mark.parametrize("fn", [scrub_identifiers, identifier_reasons], ids=["scrub", "audit"])
 def test_hostile_escape_runs_cost_a_bounded_ratio(fn: Callable[[str], object], unit: str) -> None:
-    """A long run of each new escape form costs at most 20x a benign value of the same
-    length (both measured here, min of several calls: no wall-clock limit)."""
+    """A long run of each new escape form costs at most 50x a benign value of the same
+    length (both measured here, min of several calls: no wall-clock limit). A stall
+    (backtracking, a rescan per escape) is hundreds of times at this length; the UTF-7
+    runs cost about 15x on an idle machine (each "+" opens a decode attempt), and a busy
+    machine took one past the earlier bound of 20."""
     n = 8000
     benign = ("checkout step 3 of 4, page view 12 " * (n // 30))[:n]
     hostile = (unit * (n // len(unit) + 1))[:n]
     ratio = _cost(fn, hostile, 5) / _cost(fn, benign, 5)
-    if ratio > 20:  # one longer look: noise only adds time
+    if ratio > 50:  # one longer look: noise only adds time
         ratio = _cost(fn, hostile, 15) / _cost(fn, benign, 15)
-    assert ratio <= 20, (unit, ratio)
+    assert ratio <= 50, (unit, ratio)
 
 
 @settings(max_examples=100)

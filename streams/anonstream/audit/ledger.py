@@ -1,7 +1,7 @@
 """The audit's ledger rule: a dp stream against the privacy ledger that paid for it.
 
 `anonstream audit --ledger FILE` (a JSONL dump, one charge per line, as `anonstream replay
---ledger` writes) or `--ledger-topic anon.ledger.<group>` (the worker's compacted topic)
+--ledger` writes) or `--ledger-topic anon.ledger` (the worker's compacted topic)
 adds the rule ``ledger`` to an audit of a dp output stream:
 
 - every dp window the stream releases is charged in the ledger, at the loss its summary
@@ -64,8 +64,23 @@ def _iso(ms: int) -> str:
 
 
 def _charge(raw: object, where: str) -> dict[str, Any]:
+    """A charge whose every field has its type. A loss must be a finite number >= 0: a
+    charge of epsilon -3 (and delta -δ) made a period charged twice add up to exactly its
+    budget, and the audit said OK; NaN compared false with every bound. Errors name the
+    field, never the value."""
     if not isinstance(raw, dict) or any(k not in raw for k in _CHARGE_KEYS):
         raise ValueError(f"{where}: not a ledger charge")
+    for key in ("pipeline", "output"):
+        if not isinstance(raw[key], str):
+            raise ValueError(f"{where}: {key}: not a string")
+    for key in ("start_ms", "end_ms", "period"):
+        v = raw[key]
+        if isinstance(v, bool) or not isinstance(v, int) or not -(2**63) <= v < 2**63:
+            raise ValueError(f"{where}: {key}: not an integer time in ms")
+    for key in ("epsilon", "delta"):
+        v = raw[key]
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+            raise ValueError(f"{where}: {key}: a loss is a finite number >= 0")
     return raw
 
 
@@ -143,6 +158,8 @@ class LedgerCheck:
             by_window[(c["pipeline"], c["output"], c["start_ms"])].append(c)
         for key, s in sorted(self.summaries.items()):
             out += self._window(key, s, by_window.get(key, []))
+        for key in sorted(set(self.aggregates) - set(self.summaries)):
+            out += self._unsummarized(key, by_window.get(key, []))
         out += self._not_in_stream(by_window)
         out += self._budgets()
         return out
@@ -212,6 +229,26 @@ class LedgerCheck:
         if c["period"] != pv.get("period_start_ms"):
             out.append((rid, f"{where}: summary and ledger name different periods", "error"))
         return out
+
+    def _unsummarized(
+        self, key: Window, charges: list[dict[str, Any]]
+    ) -> list[tuple[str | None, str, str]]:
+        """dp aggregates of a window whose summary the stream does not hold (dropped, or
+        cut off): they are checked against the ledger all the same, or a window released
+        without a charge would pass once its summary is removed."""
+        aggs = self.aggregates[key]
+        rid = next(iter(aggs))
+        where = f"pipeline {key[0]} output {key[1]} window {_iso(key[2]) if key[2] >= 0 else '?'}"
+        if not charges:
+            return [(rid, f"{where}: dp aggregates released but not charged in the ledger "
+                     "(and no window summary)", "error")]  # fmt: skip
+        digests = {c.get("digest", "") for c in charges}
+        if len(digests) > 1 or "" in digests:
+            return []  # as for a summarized window: several releases, or no digest to compare
+        if content_digest(aggs.values()) != digests.pop():
+            return [(rid, f"{where}: published aggregates differ from what the ledger "
+                     "charged (content digest; no window summary)", "error")]  # fmt: skip
+        return []
 
     def _budgets(self) -> list[tuple[str | None, str, str]]:
         declared: dict[str, tuple[float, float]] = {}

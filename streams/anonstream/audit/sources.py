@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -118,7 +118,7 @@ def run_audit_cli(
     assume_totals: bool,
     as_json: bool,
     ledger: Path | None = None,
-    ledger_topic: str | None = None,
+    ledger_topic: str | Sequence[str] | None = None,
 ) -> int:
     """`anonstream audit`: prints the report; exit 0 if clean, 1 on findings, 2 on usage
     errors or when the input cannot be read."""
@@ -152,18 +152,23 @@ def run_audit_cli(
 
 
 def _ledger_charges(
-    path: Path | None, topic: str | None, bootstrap: str | None
+    path: Path | None, topic: str | Sequence[str] | None, bootstrap: str | None
 ) -> list[dict[str, Any]] | None:
-    """The privacy ledger of `--ledger FILE` or `--ledger-topic T`, if one is given."""
+    """The privacy ledger of `--ledger FILE` or `--ledger-topic T` (repeatable: the charges
+    of every topic given, e.g. the installation's and an earlier version's per-group one)."""
     from anonstream.audit.ledger import read_ledger_file, read_ledger_topic
 
     if path is not None:
         return read_ledger_file(path)
-    if topic is None:
+    topics = [topic] if isinstance(topic, str) else list(topic or [])
+    if not topics:
         return None
     from anonstream.settings import Settings
 
     settings = Settings()
-    return asyncio.run(read_ledger_topic(
-        bootstrap or settings.bootstrap_servers, topic, **settings.kafka_client_options()
-    ))  # fmt: skip
+    charges: list[dict[str, Any]] = []
+    for t in topics:
+        charges += asyncio.run(read_ledger_topic(
+            bootstrap or settings.bootstrap_servers, t, **settings.kafka_client_options()
+        ))  # fmt: skip
+    return charges

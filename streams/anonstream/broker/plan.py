@@ -86,9 +86,9 @@ def worker_topics(settings: Settings, pipelines: Sequence[Pipeline]) -> list[Top
                     f"internal: keyed pseudonyms of {p.name} (sharded release)",
                 )  # fmt: skip
     if any(p.dp_budget is not None for p in pipelines):
-        from anonstream.runtime.ledger import COMPACTED, ledger_topic
+        from anonstream.runtime.ledger import COMPACTED
 
-        name = ledger_topic(settings.group_id)
+        name = settings.ledger_topic  # one for the installation, whatever the group
         specs[name] = TopicSpec(  # one partition: one ordered history
             name, 1, "ledger", dict(COMPACTED), "internal: dp privacy ledger (no identifiers)"
         )
@@ -130,6 +130,15 @@ def acls(settings: Settings, pipelines: Sequence[Pipeline], principals: Principa
         Acl(w, "topic", n, ("Read", "Write", "Describe"), why="dp privacy ledger")
         for n in by_role.get("ledger", [])
     ]
+    if by_role.get("ledger"):
+        from anonstream.runtime.ledger import legacy_ledger_topic
+
+        # Read (never written, not created) if it exists: without Describe the worker would
+        # not see it, and an upgraded deployment's earlier spending would be lost.
+        out.append(Acl(
+            w, "topic", legacy_ledger_topic(settings.group_id), ("Read", "Describe"),
+            why="dp privacy ledger of earlier versions (per group), read only",
+        ))  # fmt: skip
     out += [
         Acl(w, "group", settings.group_id, ("Read",), why="consume and commit in transactions"),
         Acl(

@@ -405,8 +405,30 @@ def _plan(out: Output, sens: tuple[tuple[str, Any], ...]) -> DpPlan:
     return DpPlan(out.name, out.k, tuple(qs), *total)
 
 
+class DpPlanError(ValueError):
+    """No noise scale or threshold within OpenDP's search range meets an output's epsilon
+    and delta for the pipeline's bounds (a tiny epsilon, huge clamps or contribution
+    bounds). The file is valid YAML with numbers in range; this says which output."""
+
+
 def plans(p: Pipeline) -> dict[str, DpPlan]:
-    return {o.name: plan_output(p, o) for o in p.outputs if o.privacy == "dp"}
+    """Every dp output's plan; DpPlanError names the output that has none. A valid-looking
+    file (`epsilon: 1.0e-20`, `clamp: [0, 2**50]`) made OpenDP's binary search raise "the
+    decision boundary of the predicate is outside the bounds" from explain, replay and
+    the worker's start, a traceback, while validate said ok."""
+    out: dict[str, DpPlan] = {}
+    for i, o in enumerate(p.outputs):
+        if o.privacy != "dp" or o.dp is None:
+            continue
+        try:
+            out[o.name] = plan_output(p, o)
+        except (ValueError, OverflowError) as exc:
+            raise DpPlanError(
+                f"{p.source_file}: outputs[{i}].dp: no noise meets epsilon {o.dp.epsilon:g},"
+                f" delta {o.dp.delta:g} for these bounds ({exc}); raise epsilon or lower the"
+                " clamps and contribution bounds"
+            ) from None
+    return out
 
 
 def _noisy(q: Quantity, values: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
@@ -448,6 +470,31 @@ class ExactCells:
         return v.reshape(len(self.keys), width)[cells].ravel()
 
 
+SUM_LIMIT = 2**62  # exact sums are saturated here: OpenDP adds noise to i64 values
+
+
+def integer_sums(
+    g: npt.NDArray[np.int64], values: npt.NDArray[np.int64], n: int
+) -> npt.NDArray[np.int64]:
+    """Exact integer sums of `values` per group 0..n-1, saturated to +/-SUM_LIMIT.
+
+    Not `np.bincount(weights=...)`: it sums in float64, which rounds above 2^53 (a person's
+    value then moves the sum by more than the clamp, the sensitivity) and whose cast back to
+    int64 wraps above 2^63 (one person more flips the sum's sign). Saturation is 1-Lipschitz
+    per cell, so the sensitivity holds."""
+    out = np.zeros(n, dtype=np.int64)
+    if not len(values):
+        return out
+    bound = int(np.abs(values).max()) * int(np.bincount(g, minlength=n).max())
+    if bound < SUM_LIMIT:  # no partial sum can leave int64: exact in numpy
+        np.add.at(out, g, values)
+        return out
+    sums = [0] * n  # Python integers: exact at any size
+    for gi, v in zip(g.tolist(), values.tolist(), strict=True):
+        sums[gi] += v
+    return np.array([min(max(x, -SUM_LIMIT), SUM_LIMIT) for x in sums], dtype=np.int64)
+
+
 def exact_cells(p: Pipeline, out: Output, state: WindowState, rows: Rows) -> ExactCells:
     """Distinct units, events, integer sums of clamped values, counts of values and band
     counts per cell of `out`, from rows already bounded per unit (at most L events per
@@ -476,7 +523,7 @@ def exact_cells(p: Pipeline, out: Output, state: WindowState, rows: Rows) -> Exa
         gh = g[has]
         clamped = np.clip(vals[has], fa.clamp[0], fa.clamp[1]).astype(np.int64)
         if m in p.sums or m in p.means:
-            numbers[f"{m}_sum"] = np.bincount(gh, weights=clamped, minlength=n).astype(np.int64)
+            numbers[f"{m}_sum"] = integer_sums(gh, clamped, n)
         if m in p.means:
             numbers[f"{m}_count"] = np.bincount(gh, minlength=n).astype(np.int64)
         if m in p.histograms:

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from anonstream.core.actions import Mechanism
+from anonstream.core.reader import finite_number
 
 PRIVACY_MODES = ("k", "dp")
 
@@ -49,10 +50,11 @@ _BUDGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,99}")
 
 
 def _number(d: dict[str, Any], key: str, path: str, fail: Fail) -> float:
-    v = d.get(key)
-    if not isinstance(v, int | float) or isinstance(v, bool):
-        raise fail(f"{path}.{key}", "expected a number")
-    return float(v)
+    """A finite number: an infinite budget (`.inf`) caps nothing, and made explain fail."""
+    v = finite_number(d.get(key))
+    if v is None:
+        raise fail(f"{path}.{key}", "expected a finite number")
+    return v
 
 
 def _mapping(raw: object, path: str, keys: set[str], fail: Fail) -> dict[str, Any]:
@@ -98,13 +100,21 @@ def parse_mode(raw: object, path: str, fail: Fail) -> str:
     return str(raw)
 
 
+# The largest sensitivity of a dp sum, L * M * max(|lo|, |hi|): exact as a float and an
+# OpenDP i64. A clamp of [0, 2**63 - 1] passed validate, then explain and every release of
+# the window failed ("not representable by i64"), and values cast to int64 wrapped to
+# -2**63 (a huge duration counted in the lowest histogram band).
+DP_SUM_SENSITIVITY_MAX = 2**53
+
+
 def check_dp_pipeline(
     outputs: list[Any], budget: DpBudget | None, clamps: dict[str, tuple[float, float]],
-    fail: Fail,
+    fail: Fail, contributions: int = 1,
 ) -> None:  # fmt: skip
     """Rules across the file: a dp output needs a period budget that fits one window; sums
-    are released as integers, so clamps must be integers; a k-mode output cannot be built
-    from a dp primary's cells (it has no exact cells to build from)."""
+    are released as integers, so clamps must be integers, small enough that one person's
+    most (``contributions``, L * M, events times the clamp) is exact; a k-mode output
+    cannot be built from a dp primary's cells (it has no exact cells to build from)."""
     dp_outs = [(i, o) for i, o in enumerate(outputs) if o.privacy == "dp"]
     if not dp_outs:
         if budget is not None:
@@ -120,6 +130,12 @@ def check_dp_pipeline(
     for name, (lo, hi) in clamps.items():
         if lo != int(lo) or hi != int(hi):
             raise fail(f"fields.{name}.clamp", "dp mode releases integer sums: integer clamps")
+        if contributions * max(abs(lo), abs(hi)) > DP_SUM_SENSITIVITY_MAX:
+            raise fail(
+                f"fields.{name}.clamp",
+                "in dp mode, max_events_per_unit_per_cell * max_cells_per_unit_per_window"
+                " * the largest |clamp| must be at most 2**53",
+            )
     if outputs[0].privacy == "dp":
         for i, o in enumerate(outputs[1:], start=1):
             if o.privacy != "dp":

@@ -7,14 +7,13 @@ option left over is an error: nothing in a field's entry is silently ignored.
 
 from __future__ import annotations
 
-import math
 from itertools import pairwise
 from typing import Any
 
 from anonstream.core.actions import ACTIONS, ALLOWED, OTHER, Action, FieldAction
 from anonstream.core.contract import FieldSpec, FieldType
 from anonstream.core.generalizers import GENERALIZERS as _GENERALIZER_CLASSES
-from anonstream.core.reader import Reader
+from anonstream.core.reader import Reader, finite_number
 from anonstream.core.scrub import scrub_identifiers
 
 GENERALIZERS = tuple(_GENERALIZER_CLASSES)  # their names, in registration order
@@ -81,17 +80,13 @@ def _generalizer(r: Reader, spec: FieldSpec, params: dict[str, Any], path: str) 
 
 def _edges(r: Reader, params: dict[str, Any], path: str) -> tuple[float, ...]:
     edges = params.pop("edges", None) or params.pop("bands", None)
-    if (
-        not isinstance(edges, list)
-        or len(edges) < 1
-        or not all(isinstance(e, int | float) for e in edges)
-        or not all(math.isfinite(e) for e in edges)
-        or any(a >= b for a, b in pairwise(edges))
-    ):
+    read = [finite_number(e) for e in edges] if isinstance(edges, list) else []
+    floats = [e for e in read if e is not None]
+    if not read or len(floats) < len(read) or any(a >= b for a, b in pairwise(floats)):
         raise r.fail(f"{path}.edges", "expected a strictly increasing list of numbers")
     if len(edges) > MAX_EDGES:
         raise r.fail(f"{path}.edges", f"at most {MAX_EDGES} edges, got {len(edges)}")
-    return tuple(float(e) for e in edges)
+    return tuple(floats)
 
 
 def _measure(r: Reader, params: dict[str, Any], path: str) -> dict[str, Any]:
@@ -100,24 +95,20 @@ def _measure(r: Reader, params: dict[str, Any], path: str) -> dict[str, Any]:
     if (
         not isinstance(clamp, list)
         or len(clamp) != 2
-        or not all(isinstance(c, int | float) and math.isfinite(c) for c in clamp)
-        or clamp[0] > clamp[1]
+        or (lo := finite_number(clamp[0])) is None
+        or (hi := finite_number(clamp[1])) is None
+        or lo > hi
     ):
         raise r.fail(f"{path}.clamp", "a measure needs clamp: [low, high], the bounds of one event")
-    lo, hi = float(clamp[0]), float(clamp[1])
-    bound = params.pop("max_sum_per_unit", None)
-    if bound is None:  # default: one event's worth per person and cell
-        bound = max(abs(lo), abs(hi))
-    elif (
-        isinstance(bound, bool)
-        or not isinstance(bound, int | float)
-        or not (math.isfinite(bound) and bound > 0)
-    ):
+    raw_bound = params.pop("max_sum_per_unit", None)
+    if raw_bound is None:  # default: one event's worth per person and cell
+        bound: float | None = max(abs(lo), abs(hi))
+    elif (bound := finite_number(raw_bound)) is None or not bound > 0:
         raise r.fail(
             f"{path}.max_sum_per_unit",
             "expected a positive number: the most one person adds to one cell's sum",
         )
-    return {"clamp": (lo, hi), "max_sum_per_unit": float(bound)}
+    return {"clamp": (lo, hi), "max_sum_per_unit": bound}
 
 
 def field_action(r: Reader, spec: FieldSpec, raw: object, path: str) -> FieldAction:

@@ -39,7 +39,7 @@ from anonstream.core.dpspec import (
 )
 from anonstream.core.fieldparse import GENERALIZERS, MAX_EDGES, field_action
 from anonstream.core.keys import ROTATION_MS
-from anonstream.core.reader import PipelineError, Reader, parse_duration_ms
+from anonstream.core.reader import PipelineError, Reader, finite_number, parse_duration_ms
 
 __all__ = [
     "ACTIONS", "GENERALIZERS", "MAX_EDGES", "OTHER", "Action", "Contribution", "FieldAction",
@@ -120,15 +120,15 @@ def _noise(r: Reader, raw: object, path: str) -> Noise | None:
     if kind not in tuple(Mechanism):
         raise r.fail(f"{path}.mechanism", f"expected {' or '.join(Mechanism)}")
     mech = Mechanism(kind)
-    eps = d.get("epsilon")
-    if not isinstance(eps, int | float) or isinstance(eps, bool) or not 0 < eps <= 20:
+    eps = finite_number(d.get("epsilon"))
+    if eps is None or not 0 < eps <= 20:
         raise r.fail(f"{path}.epsilon", "expected a number in (0, 20]")
-    delta = d.get("delta", 0.0)
-    if not isinstance(delta, int | float) or isinstance(delta, bool):
+    delta = finite_number(d.get("delta", 0.0))
+    if delta is None:
         raise r.fail(f"{path}.delta", "expected a number")
     if mech is Mechanism.GAUSSIAN and not 0 < delta < 1e-3:
         raise r.fail(f"{path}.delta", "gaussian noise needs 0 < delta < 0.001")
-    return Noise(mech, float(eps), float(delta))
+    return Noise(mech, eps, delta)
 
 
 _TOP_KEYS = {
@@ -180,6 +180,11 @@ def _privacy_unit(r: Reader, d: dict[str, Any], fields: dict[str, FieldAction]) 
     return unit
 
 
+# A window's rows are held this long past its end: a lateness of years (the red team passed
+# 10**23 days) would keep every window's state for ever, and not one is released until then.
+MAX_LATENESS_MS = 7 * 86_400_000
+
+
 def _window(r: Reader, d: dict[str, Any], rotation: str) -> WindowSpec:
     """`window`; its size divides the key period `rotation`."""
     wd = r.mapping(d.get("window"), "window")
@@ -196,6 +201,8 @@ def _window(r: Reader, d: dict[str, Any], rotation: str) -> WindowSpec:
         # Then a window starts at most one key period before its events; it counts people
         # with the key of the period it starts in (windows.needs_earlier_key).
         raise r.fail("window.size", f"must divide the pseudonym rotation period ({rotation})")
+    if not 0 <= lateness <= MAX_LATENESS_MS:
+        raise r.fail("window.allowed_lateness", "expected a duration from 0s to 7d")
     skew = r.duration(
         wd.get("max_future_skew", f"{DEFAULT_MAX_FUTURE_MS}ms"), "window.max_future_skew"
     )
@@ -325,7 +332,8 @@ def parse_pipeline(doc: object, source: str = "<memory>") -> Pipeline:
         for n, fa in fields.items()
         if fa.clamp is not None and n in (*sums, *means, *hists)
     }
-    check_dp_pipeline(list(outputs), dp_budget, clamps, r.fail)
+    bounds = contribution.max_events_per_unit_per_cell * contribution.max_cells_per_unit_per_window
+    check_dp_pipeline(list(outputs), dp_budget, clamps, r.fail, bounds)
 
     return Pipeline(
         name=name,

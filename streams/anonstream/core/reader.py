@@ -6,6 +6,7 @@ reason, so a wrong file can be fixed without reading code.
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -23,6 +24,20 @@ class PipelineError(ValueError):
 INT_MAX = 2**31 - 1  # the largest k, version or contribution bound a pipeline may declare
 _DURATION = re.compile(r"^\s*(\d+)\s*(ms|s|m|h|d)?\s*$")
 _UNIT_MS = {"ms": 1, "s": 1000, "m": 60_000, "h": 3_600_000, "d": 86_400_000, None: 1000}
+
+
+def finite_number(value: object) -> float | None:
+    """A YAML number as a float, or None: not a number, a boolean (Python's bool is an
+    int: `true` is no 1), infinite or NaN (`.inf`, `.nan`), or an integer too large for a
+    float (`1` and 400 zeros made float() raise OverflowError, a traceback from validate).
+    Every number of a pipeline file that becomes a float is read through this."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        f = float(value)
+    except OverflowError:
+        return None
+    return f if math.isfinite(f) else None
 
 
 def parse_duration_ms(value: object) -> int:

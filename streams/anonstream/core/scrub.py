@@ -10,13 +10,14 @@ Detection sees through disguises. The text is scanned in a *detection view*: com
 forms folded (the NFKD half of NFKC: full-width letters, ligatures), format characters
 (category Cf: zero-width spaces and joiners, soft hyphens, direction marks) and combining
 marks removed, digits of any script and dashes made ASCII, then decoded to a fixed point:
-percent escapes ("%2540" -> "%40" -> "@"), "\\u0040", "\\x40", "\\u{40}", CSS ("\\40 ",
-"\\000040") and octal ("\\100") escapes, UTF-7 ("+AEA-"), HTML entities and quoted-printable
-in a token with an "=40" ("jane=2Edoe=40example=2Ecom"). Runs of 10+ base64/base64url/hex
-characters are decoded (at every alignment) and the printable text inside is scanned the
-same way, up to three layers deep. A find is replaced in the *original* text: the
-characters it came from (for an identifier inside an encoded token, the whole token)
-become the placeholder.
+percent escapes ("%2540" -> "%40" -> "@"; overlong UTF-8 "%C1%80" too), "%u0040",
+escaped backslashes ("\\\\u0040" -> "\\u0040" -> "@"), "\\U00000040", "\\u0040", "\\x40",
+"\\u{40}", CSS ("\\40 ", "\\000040") and octal ("\\100") escapes, UTF-7 ("+AEA-"), HTML
+entities and quoted-printable in a token with an "=40" ("jane=2Edoe=40example=2Ecom").
+Runs of 10+ base64/base64url/hex characters are decoded (at every alignment) and the
+printable text inside is scanned the same way, up to three layers deep. A find is
+replaced in the *original* text: the characters it came from (for an identifier inside
+an encoded token, the whole token) become the placeholder.
 
 Everything runs in time linear in the input: the patterns are single character classes,
 anchored to the start of their run or bounded in length, and the email scanner is a
@@ -517,13 +518,16 @@ _LENS = _LenTable()
 _DECODED = _DecodedTable()
 
 _PCT_RUN_RE = re.compile(r"(?:%[0-9A-Fa-f]{2})+")
-# Escapes decoded in the view besides percent runs: "\\u0040", "\\x40", "\\u{40}", CSS
+# Escapes decoded in the view besides percent runs: IIS "%u0040", escaped backslashes (a
+# run of them is one: "\\\\u0040", a JSON string escaped twice, is "\\u0040"), Python
+# "\\U00000040", "\\u0040", "\\x40", "\\u{40}", CSS
 # ("\\40 ", "\\000040") and octal ("\\100") backslash escapes, UTF-7 ("+AEA-"),
 # quoted-printable runs ("=40", "=2E": only in a token that has "=40" before a letter or
 # digit, so "a=40&b" stays), HTML entities. Every alternative is bounded or a single
 # character-class run: linear.
 _ESCAPE_RE = re.compile(
-    r"(?:%[0-9A-Fa-f]{2})+|\\u[0-9A-Fa-f]{4}|\\x[0-9A-Fa-f]{2}|\\u\{[0-9A-Fa-f]{1,8}\}"
+    r"(?:%[0-9A-Fa-f]{2})+|%[uU][0-9A-Fa-f]{4}|\\\\++|\\U[0-9A-Fa-f]{8}"
+    r"|\\u[0-9A-Fa-f]{4}|\\x[0-9A-Fa-f]{2}|\\u\{[0-9A-Fa-f]{1,8}\}"
     r"|\\[0-9A-Fa-f]{1,6} ?|\+[A-Za-z0-9+/]++-?|(?:=[0-9A-Fa-f]{2})+"
     r"|&(?:#0*[0-9]{1,7}|#[xX]0*[0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});?"
 )
@@ -612,6 +616,27 @@ def _qp_tokens(text: str) -> list[tuple[int, int]]:
     return [m.span() for m in _NON_SPACE_RE.finditer(text) if _QP_AT_RE.search(m.group())]
 
 
+# Overlong UTF-8: a character spelled with more bytes than it needs. Strict decoders
+# refuse it, lenient ones (old IIS, Java's modified UTF-8) read the character, and so does
+# a person who decodes the bits: "%C1%80" and "%E0%81%80" are "@".
+_OVERLONG_RE = re.compile(
+    rb"[\xc0\xc1][\x80-\xbf]|\xe0[\x80-\x9f][\x80-\xbf]|\xf0[\x80-\x8f][\x80-\xbf]{2}"
+)
+
+
+def _overlong(m: re.Match[bytes]) -> bytes:
+    seq = m.group()
+    cp = seq[0] & (0x1F, 0x0F, 0x07)[len(seq) - 2]
+    for b in seq[1:]:
+        cp = cp << 6 | (b & 0x3F)
+    return chr(cp).encode()
+
+
+def _utf8(raw: bytes) -> str:
+    """Decoded bytes, overlong forms read as the character they spell."""
+    return _OVERLONG_RE.sub(_overlong, raw).decode("utf-8", "replace")
+
+
 def _escapes(text: str) -> Iterator[tuple[int, int, str]]:
     """(start, end, decoded) of each escape in ``text`` that decodes to something else."""
     qp = _qp_tokens(text) if "=" in text else []
@@ -621,9 +646,16 @@ def _escapes(text: str) -> Iterator[tuple[int, int, str]]:
         a, b = m.span()
         head = tok[0]
         if head == "%":
-            out: str | None = bytes.fromhex(tok.replace("%", "")).decode("utf-8", "replace")
+            if tok[1] in "uU":
+                out: str | None = chr(int(tok[2:], 16))
+            else:
+                out = _utf8(bytes.fromhex(tok.replace("%", "")))
         elif head == "\\":
-            if tok[1] in "ux" and tok[2:3] != "{":
+            if tok[1] == "\\":
+                out = "\\"
+            elif tok[1] == "U":
+                out = chr(cp) if (cp := int(tok[2:], 16)) <= 0x10FFFF else None
+            elif tok[1] in "ux" and tok[2:3] != "{":
                 out = chr(int(tok[2:], 16))  # a lone surrogate is dropped by the fold
             elif (hit := _backslash(tok)) is not None:
                 out, b = hit[0], a + hit[1]
@@ -635,7 +667,7 @@ def _escapes(text: str) -> Iterator[tuple[int, int, str]]:
             while k < len(qp) and qp[k][1] <= a:
                 k += 1
             if k < len(qp) and qp[k][0] <= a:
-                out = bytes.fromhex(tok.replace("=", "")).decode("utf-8", "replace")
+                out = _utf8(bytes.fromhex(tok.replace("=", "")))
             else:
                 out = None
         else:

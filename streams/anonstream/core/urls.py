@@ -2,6 +2,10 @@
 
 Anything in a path that reads like an identifier (ids, tokens, emails, IPs, hex runs)
 becomes a placeholder; query and fragment are cut before anything else.
+
+Why this module is long: a URL has three places an identifier hides (host labels, path
+segments, and spans across segments or backslashes), each judged here against the same
+scrubber; apart, the rules for one URL would be read in several files.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from anonstream.core.scrub import (
     EMAIL,
     ID,
     IP,
+    Span,
     detection_view,
     identifier_kinds,
     identifier_spans,
@@ -124,7 +129,9 @@ def _segment_full(raw: str) -> str:
         return ":num"
     # What the scrubber finds, also in disguise (encoded, zero-width, base64...).
     kinds = identifier_kinds(decoded, encoded_ids=True)
-    if "+" in raw:  # "+" read as a space breaks base64, whose alphabet has it
+    if "+" in raw or "%" in raw:
+        # "+" read as a space breaks base64, whose alphabet has it; unquote_plus reads an
+        # overlong "%C1%80" as two U+FFFD where the scrubber's view reads it as an "@".
         kinds |= identifier_kinds(raw, encoded_ids=True)
     if EMAIL in kinds:
         return ":email"
@@ -156,9 +163,24 @@ def _segment_full(raw: str) -> str:
     return quote(raw, safe=_SEGMENT_SAFE_CHARS, errors="replace")
 
 
+def _punycode(label: str) -> str | None:
+    """The Unicode of an IDNA "xn--" label, or None if it is none. "xn--8hbffaaagihp" is
+    a phone number in Arabic-Indic digits, which a browser shows as such."""
+    if not label.startswith("xn--"):
+        return None
+    try:
+        return label[4:].encode("ascii").decode("punycode")
+    except (UnicodeError, ValueError):
+        return None
+
+
 def _host_label(label: str, cased: str) -> str:
     if len(label) < 6:
         return label
+    if (uni := _punycode(label)) is not None:  # judged as the Unicode it stands for
+        plain = detection_view(uni).text
+        if plain.isascii() and plain and (judged := _host_label(plain, plain)) != plain:
+            return judged
     if not label.isascii():  # judged without combining marks: "0000a\u0301..." is hex
         plain = detection_view(label).text
         if plain != label and plain.isascii():
@@ -224,31 +246,68 @@ def _host(authority: str) -> str:
     )
 
 
-def _path_template(path: str) -> str:
-    """Segment templates joined by "/" (no leading slash), at most URL_MAX_DEPTH deep."""
+def _path_template(path: str, escaped: list[Span] | None = None) -> str:
+    """Segment templates joined by "/" (no leading slash), at most URL_MAX_DEPTH deep.
+    ``escaped``: identifiers read across a backslash (offsets in ``path``, see
+    _escaped_ids); every piece one of them touches becomes its placeholder."""
     pieces = path.split("/")
+    marked: dict[int, str] = {}  # piece index -> placeholder
+    start = 0
+    for j, piece in enumerate(pieces):
+        for a, b, ph in escaped or ():
+            if a < start + len(piece) and start < b:
+                marked.setdefault(j, _SPAN_SEGMENT.get(ph, ":id"))
+        start += len(piece) + 1
     if ";" in path:  # matrix params (";jsessionid=...") are dropped; rare, so only then
         pieces = [raw.partition(";")[0] for raw in pieces]
     kept: list[str] = []  # the path as walked: "." gone, ".." applied, cut at the depth cap
-    for seg in pieces:
+    kept_at: list[int] = []  # the piece index of each kept segment
+    for j, seg in enumerate(pieces):
         if not seg or seg == ".":
             continue
         if seg == "..":
             if kept:
                 kept.pop()
+                kept_at.pop()
             continue
         kept.append(seg)
+        kept_at.append(j)
         if len(kept) > URL_MAX_DEPTH:
             break
     # Neighbours are judged together on the walked path ("a/./b" is "a/b" to a reader).
     across = _across_segments("/".join(kept), kept)
     segments: list[str] = []
     for i, seg in enumerate(kept[:URL_MAX_DEPTH]):
+        if (hidden := marked.get(kept_at[i])) is not None:
+            segments.append(hidden)
+            continue
         out = _segment(seg)
         segments.append(across.get(i, out) if not out.startswith(":") else out)
     return "/".join(segments) + ("/..." if len(kept) > URL_MAX_DEPTH else "")
 
 
+def _escaped_ids(raw: str) -> list[Span]:
+    """Identifiers the scrubber reads only across a backslash of ``raw``: "jane.doe\\u0040
+    example.org", "\\x40", "\\100", "\\u{40}". Browsers read "\\" as "/" in http(s)
+    URLs, and that cut would part the escape from its neighbours and leave every piece
+    looking plain (the local part a segment or the host, the domain the next segment).
+    A find that the "/" reading also makes (an address in a segment after a "\\" used as
+    a separator, "x.com\\\\x00000@aaa.com") is left to the segments."""
+    if "\\" not in raw:
+        return []
+    found = [(a, b, ph) for a, b, ph in identifier_spans(raw) if "\\" in raw[a:b]]
+    if not found:
+        return []
+    slashed = identifier_spans(raw.replace("\\", "/"))
+    return [
+        (a, b, ph)
+        for a, b, ph in found
+        if not any(sa < b and a < sb and sph == ph for sa, sb, sph in slashed)
+    ]
+
+
+# An address of 320 characters (64 + "@" + 255), each written as a 6-character escape.
+_ESCAPED_ID_MAX = 6 * 320
 _SPAN_SEGMENT = {EMAIL: ":email", IP: IP_HOST}
 _B64_HEAD_RE = re.compile(r"[A-Za-z0-9+=]+")
 _B64_TAIL_RE = re.compile(r"[A-Za-z0-9+=]+$")
@@ -334,7 +393,9 @@ def _cap(out: str) -> str:
 
 
 def _url_template_impl(url: str) -> str:
-    s = url.strip().replace("\\", "/")  # browsers treat "\" as "/" in http(s) URLs
+    raw = url.strip()
+    s = raw.replace("\\", "/")  # browsers treat "\" as "/" in http(s) URLs
+    escaped = _escaped_ids(raw)  # same offsets in raw and s
     if not s:
         return NONE
     # The two common schemes first: the same split as the _SCHEME_RE branch, minus a regex.
@@ -359,13 +420,17 @@ def _url_template_impl(url: str) -> str:
         # Relative reference: a path-only template, as written (with or without "/").
         if not s.isprintable() or " " in s:
             return INVALID
-        path = _path_template(s)
+        path = _path_template(s, escaped)
         return _cap("/" + path if s.startswith("/") else path or "/")
     authority, _, path = rest.partition("/")
+    auth_at = len(s) - len(rest)  # where the authority starts; the path follows its "/"
+    path_at = auth_at + len(authority) + 1
+    if any(a < path_at - 1 and auth_at < b for a, b, _ in escaped):
+        return INVALID  # the host itself (or its userinfo) is cut out of an identifier
     host = _host(authority)
     if host == INVALID:
         return INVALID
-    path_t = _path_template(path)
+    path_t = _path_template(path, [(a - path_at, b - path_at, ph) for a, b, ph in escaped])
     if not host and not path_t:
         return INVALID  # "http://", "//": nothing at all
     return _cap(f"{host}/{path_t}")
@@ -434,7 +499,15 @@ def referrer_domain(ref: str) -> str:
     m = _REF_AUTHORITY_RE.match(s)
     if m is None:
         return INVALID
-    authority = m.group(1) if m.group(1) is not None else m.group(2)
+    group = 1 if m.group(1) is not None else 2
+    authority = m.group(group)
+    # Only an identifier touching the host matters here: it ends at the first "/", "?" or
+    # "#" after the host (an address or IP holds none), and at most an escaped address's
+    # length past it, so a long query or path of escapes is not scanned.
+    end = m.end(group)
+    cut = min([end + _ESCAPED_ID_MAX] + [i for c in "/?#" if (i := s.find(c, end)) >= 0])
+    if any(a < end and m.start(group) < b for a, b, _ in _escaped_ids(s[:cut])):
+        return INVALID  # "jane.doe\\u0040example.org": the host is an address's local part
     if "." not in authority[1:-1] and m.group(1) is None:
         return INVALID  # a scheme-less referrer must look like "host.tld"
     try:

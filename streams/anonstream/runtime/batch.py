@@ -12,6 +12,10 @@ carries the stages' checkpoints (core/checkpoint.py), so replayed events of rele
 windows are neither released again nor counted twice. The loop only moves batches between
 Kafka and its stages (core/stage.py); its clients come from runtime/clients.py, or from the
 in-memory broker in the contract tests (tests/contract/).
+
+Why this module is long: the loop's lifecycle, rebalance, reset and commit steps share
+its state (assignment, generation, open transaction) and are kept together with the two
+ends of a backfill (single mode's end offsets, scale-out's end marks).
 """
 
 from __future__ import annotations
@@ -33,7 +37,7 @@ from aiokafka import TopicPartition
 from aiokafka.errors import IllegalStateError, KafkaError
 from aiokafka.structs import OffsetAndMetadata
 
-from anonstream.core.budget import Ledger, ledgers
+from anonstream.core.budget import Ledger, check_scale_out_budgets, ledgers
 from anonstream.core.checkpoint import decode_checkpoints, encode_checkpoints
 from anonstream.core.engine import PipelineEngine
 from anonstream.core.keys import MasterSecret
@@ -42,10 +46,10 @@ from anonstream.core.stage import Stage
 from anonstream.core.step import Batch, StepResult
 from anonstream.metrics import Metrics
 from anonstream.runtime.clients import Clients, Consumer, KafkaClients, Rebalance
-from anonstream.runtime.ledger import KafkaLedgerStore, ledger_topic
+from anonstream.runtime.ledger import KafkaLedgerStore, legacy_ledger_topic
 from anonstream.runtime.quiet import Silence
-from anonstream.runtime.scaleout import StagesView
-from anonstream.runtime.shardstages import scale_out_stages
+from anonstream.runtime.scaleout import IngestStage, ReleaseStage, StagesView
+from anonstream.runtime.shardstages import MergeStage, scale_out_stages
 from anonstream.runtime.startup import Deadlines, StartupError, missing_topics_message
 from anonstream.runtime.transactions import FATAL, Transactions
 from anonstream.settings import Settings
@@ -87,21 +91,26 @@ class BatchLoop:
         self.pipelines = list(pipelines)
         self.secret = secret
         # dp pipelines: their budget's ledger, on a topic written in the release transaction
+        instance = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
+        self.transactional_id = f"anonstream-{settings.group_id}-{instance}"
         self.ledger = (
-            KafkaLedgerStore(ledger_topic(settings.group_id))
+            KafkaLedgerStore(
+                settings.ledger_topic,
+                legacy_ledger_topic(settings.group_id),
+                writer=self.transactional_id,
+            )
             if any(p.dp_budget is not None for p in pipelines)
             else None
         )
         if self.ledger is not None and settings.scale_out:
-            # Windows of one period would be released by several workers, each spending
-            # the budget on its own ledger view.
-            raise ValueError("dp outputs run in single mode only (ANONSTREAM_SCALE_OUT=false)")
+            check_scale_out_budgets(pipelines)  # a period meets in one partials partition only
+        # Read after every assignment, before any release: others may have spent (_reset).
+        self._ledger_stale = True
+        self._client_options = settings.kafka_client_options()
         self._build_stages()
         self.raw_topics = {p.source_topic for p in pipelines}
         self.outputs = {(p.name, o.name): o.topic for p in pipelines for o in p.outputs}
         self.misconfigured: str | None = None
-        instance = settings.instance_id or f"{socket.gethostname()}-{os.getpid()}"
-        self.transactional_id = f"anonstream-{settings.group_id}-{instance}"
         self.consumer: Consumer | None = None
         self.txn = Transactions(self.clients, settings, self.transactional_id, metrics, self.ledger)
         self.assigned: set[TopicPartition] = set()
@@ -133,7 +142,8 @@ class BatchLoop:
         self.stages: dict[str, Stage] = {}
         views: dict[str, Any] = {}  # what the metrics read: an engine, or a StagesView
         # One Ledger per budget: pipelines sharing a named budget spend it together.
-        self._ledgers = ledgers(self.pipelines, self.ledger) if self.ledger is not None else {}
+        book, again = self.ledger, settings.allow_rerelease
+        self._ledgers = ledgers(self.pipelines, book, again) if book is not None else {}
         for p in self.pipelines:
             if settings.scale_out:
                 ingest, release, merge = scale_out_stages(
@@ -211,6 +221,8 @@ class BatchLoop:
         try:
             await self.txn.abandon()
         finally:
+            if self.ledger is not None:
+                await self.ledger.close()
             if self.consumer is not None:
                 if self.stop_at_end:
                     # A finished backfill has no successor to keep its place for: leave,
@@ -235,6 +247,7 @@ class BatchLoop:
             self.deadlines.started()
         self._generation += 1
         self._reset_needed = True
+        self._ledger_stale = True
         if self.stop_at_end:
             self.end_offsets.update(await self.consumer.end_offsets(tps))
         log.info("assigned %s", ", ".join(f"{t.topic}/{t.partition}" for t in sorted(tps)))
@@ -248,6 +261,15 @@ class BatchLoop:
         for tp in tps:
             self.silence.forget((tp.topic, tp.partition))
 
+    async def _ledger_news(self) -> None:
+        """dp: what other deployments of these pipelines charged since the ledger was read."""
+        if self.ledger is None or self._ledger_stale:
+            return
+        news = await self.ledger.news(self.settings.bootstrap_servers, self._client_options)
+        if news:
+            for book in {id(b): b for b in self._ledgers.values()}.values():
+                book.learn(news)
+
     async def _reset(self) -> None:
         """Back to the last checkpoint of every assigned partition."""
         assert self.consumer is not None and self.txn.producer is not None
@@ -255,6 +277,9 @@ class BatchLoop:
         await self.txn.abort()
         if self.ledger is not None:
             self.ledger.abort()
+            if self._ledger_stale:  # what others spent (flagged again if assigned meanwhile)
+                self._ledger_stale = False
+                await self.ledger.read(self.settings.bootstrap_servers, self._client_options)
         self._dirty = False
         self._build_stages()
         self._check_single_mode()
@@ -265,6 +290,7 @@ class BatchLoop:
         self.assigned &= self.consumer.assignment()
         tps = sorted(self.assigned)
         committed = await self.clients.committed(self.consumer, tps)
+        fresh = []  # no committed offset: from the beginning, all in one seek (below)
         for tp in tps:
             meta = committed.get(tp)
             key = (tp.topic, tp.partition)
@@ -279,10 +305,17 @@ class BatchLoop:
                 if meta is not None and meta.offset >= 0:
                     self.consumer.seek(tp, meta.offset)
                 else:
-                    await self.consumer.seek_to_beginning(tp)
+                    fresh.append(tp)
             except IllegalStateError:  # revoked meanwhile: another rebalance is on its way
                 self._reset_needed = True
                 return
+        # One call for all: each waits for the fetch in flight (up to fetch_max_wait_ms on
+        # empty partitions), which one at a time cost 0.5 s per partition at start-up.
+        try:
+            if fresh:
+                await self.consumer.seek_to_beginning(*fresh)
+        except IllegalStateError:
+            self._reset_needed = True
 
     def _check_single_mode(self) -> None:
         """In single mode one worker must own every raw partition: k is checked on what
@@ -314,12 +347,7 @@ class BatchLoop:
             finally:
                 if prepared is not None:
                     await prepared  # releases may go out only once their topics exist
-            if self.ledger is not None:  # what the budget has spent, before any release
-                await self.ledger.read(
-                    self.settings.bootstrap_servers, self.settings.kafka_client_options()
-                )
-                self._reset_needed = True  # engines are rebuilt on the charges just read
-            await self._loop()
+            await self._loop()  # dp: the ledger is read at each assignment's reset (_reset)
         finally:
             try:
                 await self.close()
@@ -363,9 +391,17 @@ class BatchLoop:
             self._last_tick = now
             self._update_lag()
             self._note_silence()
+            await self._ledger_news()
             for stage in self.stages.values():
                 await self._deliver(stage, stage.tick())
-        if self.stop_at_end and await self._at_end():
+        if self.stop_at_end and self.settings.scale_out:
+            if await self._scale_out_at_end():
+                await self._commit(force=True)
+                if self._reset_needed:
+                    return False  # a rebalance came meanwhile: aborted, read to the end again
+                log.info("scale-out: read to the end offsets; every owned window released")
+                return True
+        elif self.stop_at_end and await self._at_end():
             for stage in self.stages.values():
                 await self._deliver(stage, stage.close_all())
             await self._commit(force=True)
@@ -398,6 +434,42 @@ class BatchLoop:
                     stage.busy(key)
                 else:
                     stage.silent(key, *span)
+
+    async def _scale_out_at_end(self) -> bool:
+        """Scale-out's end (--stop-at-end): each ingest stage marks the owned raw
+        partitions it has read to the end offsets seen at assignment (the mark goes to
+        every partials partition, in the open transaction, with the offsets); a release
+        stage releases a partials partition's windows once every raw partition's mark is
+        read there (ReleaseStage._end_if_all_ended). This worker is done when both stages
+        are, for what it owns now; the partitions of a worker that leaves go to the others,
+        whose new stages mark and finish them again (nothing is released twice: the
+        checkpoints). So the last worker standing ends only when everything has ended."""
+        assert self.consumer is not None
+        if self._awaiting_assignment or self._reset_needed:
+            return False
+        done, marked = True, False
+        for stage in self.stages.values():
+            if isinstance(stage, IngestStage):
+                ended = []
+                for tp in self.assigned:
+                    if tp.topic != stage.input_topic:
+                        continue
+                    end = self.end_offsets.get(tp)
+                    try:
+                        if end is not None and await self.consumer.position(tp) >= end:
+                            ended.append((tp.topic, tp.partition))
+                    except IllegalStateError:  # revoked meanwhile: a reset is on its way
+                        return False
+                marks = stage.end_of_input(ended)
+                if marks.forward:
+                    await self._deliver(stage, marks)
+                    marked = True
+                done = done and stage.done
+            elif isinstance(stage, ReleaseStage | MergeStage):
+                done = done and stage.done
+        if marked:  # the release stages wait for these: no commit interval
+            await self._commit(force=True)
+        return done
 
     async def _at_end(self) -> bool:
         assert self.consumer is not None

@@ -54,6 +54,7 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
+from anonstream.core.budget import period_of
 from anonstream.core.cellstate import Rows, WindowState, compact, group_starts
 from anonstream.core.checkpoint import Checkpoint
 from anonstream.core.columns import Columns
@@ -91,16 +92,29 @@ def partials_topic(group_id: str, pipeline: str) -> str:
     return f"anonstream.partials.{group_id}.{pipeline}"
 
 
+def partials_partition(pipeline: Pipeline, start_ms: int, partitions: int) -> int:
+    """The partials partition of a window, for its rows and for the events counted in its
+    summary (late, rejected): by window, so windows spread over the release stages; for a
+    pipeline with a dp budget, by privacy period (core/budget.period_of), so that one
+    release stage at a time spends a period's budget (docs/privacy-model.md, scale-out)."""
+    if pipeline.dp_budget is not None:
+        return (period_of(start_ms, pipeline.rotation_ms) // pipeline.rotation_ms) % partitions
+    return (start_ms // pipeline.window.step_ms) % partitions
+
+
 @dataclass(frozen=True, slots=True)
 class Progress:
     """A raw partition's progress as its owner reports it: highest event time read, when
-    it last had data and when this was said (the owner's clock)."""
+    it last had data and when this was said (the owner's clock). `end`: the owner has read
+    the partition to the end offset it saw at start (`--stop-at-end`), so every partial of
+    it is before this record in each partials partition (see `IngestStage.end_of_input`)."""
 
     topic: str
     partition: int
     max_ts: int
     data_ms: int
     sent_ms: int
+    end: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +171,12 @@ def encode_partial(p: Partial) -> bytes:
     head: dict[str, Any] = {"progress": [
         [x.topic, x.partition, x.max_ts, x.data_ms, x.sent_ms] for x in p.progress
     ]}  # fmt: skip
+    # The end-of-input marks, by index into "progress": a key of its own, optional, so
+    # that a version 2 reader from before it ignores it (it never ends on it, and needs
+    # not: it had no --stop-at-end in scale-out), and a record without it has no mark.
+    ended = [i for i, x in enumerate(p.progress) if x.end]
+    if ended:
+        head["ended"] = ended
     if p.rejected:
         head["rejected"] = p.rejected
     if p.rejected_for:
@@ -260,6 +280,10 @@ def decode_partial(raw: bytes) -> Partial:
             t, _count(p, "partition"), _int(ts, "max_ts", NEG_INF, MAX_TS_MS),
             _int(d, "data_ms", 0, MAX_TS_MS), _int(s, "sent_ms", 0, MAX_TS_MS),
         ))  # fmt: skip
+    for i in _list(head.get("ended", []), "ended"):
+        if _count(i, "ended") >= len(progress):
+            raise PartialsRecordError("a partials end mark for progress it does not have")
+        progress[i] = replace(progress[i], end=True)
     rejected_for = []
     for x in _list(head.get("rejected_for", []), "rejected_for"):
         if not isinstance(x, list) or len(x) != 2:
@@ -372,6 +396,7 @@ class IngestStage:
         self._dims: dict[int, tuple[str, ...]] = {}
         self._named: dict[tuple[int, int], set[int]] = {}  # (partials partition, window)
         self._named_total = 0
+        self._ended: set[Hashable] = set()  # owned raw partitions read to their end offset
 
     @property
     def input_topic(self) -> str:
@@ -379,7 +404,6 @@ class IngestStage:
 
     def process_batch(self, batch: Batch) -> StepResult:
         cols, again, result = self.engine.ingest(batch)
-        step_ms = self.pipeline.window.step_ms
         progress: list[Progress] = []
         by_partition: dict[int, list[WindowPartial]] = {}
         now = self.engine.clock_ms()
@@ -397,7 +421,7 @@ class IngestStage:
             for shard, wp in window_partials(
                 self.engine, cols, self._cell_ids(cols), self._dims, shards
             ):
-                p = shard if self.sharded else (wp.start_ms // step_ms) % self.partitions
+                p = shard if self.sharded else self._partition(wp.start_ms)
                 by_partition.setdefault(p, []).append(self._name_once(p, wp))
         for p in range(self.partitions):
             windows = by_partition.get(p, [])
@@ -414,7 +438,6 @@ class IngestStage:
         """The batch's rejections by target window, and its accepted events by (first
         window, target window), each for its target's partials partition: there the
         summaries count them, as single mode does (PipelineEngine.targets)."""
-        step_ms = self.pipeline.window.step_ms
         target = self.engine.targets(batch, cols)
         rejected = np.ones(len(batch.pidx), dtype=bool)
         rejected[cols.index] = False
@@ -430,15 +453,18 @@ class IngestStage:
             due[t] += n
         rejected_for: dict[int, list[tuple[int, int]]] = {}
         for t, n in sorted(due.items()):
-            rejected_for.setdefault((t // step_ms) % self.partitions, []).append((t, n))
+            rejected_for.setdefault(self._partition(t), []).append((t, n))
         late: dict[int, list[tuple[int, int, int]]] = {}
         if len(cols):
             first = window_starts_array(self.pipeline.window, cols.ts)[:, 0]
             pairs = np.stack([first, target[cols.index]], axis=1)  # vectorised: a hot path
             uniq, counts = np.unique(pairs, axis=0, return_counts=True)
             for (x, t), n in zip(uniq.tolist(), counts.tolist(), strict=True):
-                late.setdefault((t // step_ms) % self.partitions, []).append((x, t, n))
+                late.setdefault(self._partition(t), []).append((x, t, n))
         return rejected_for, late
+
+    def _partition(self, start_ms: int) -> int:
+        return partials_partition(self.pipeline, start_ms, self.partitions)
 
     def _name_once(self, p: int, wp: WindowPartial) -> WindowPartial:
         """Name each cell only in the first record this stage sends partition `p` for the
@@ -508,6 +534,40 @@ class IngestStage:
         self.engine.forget(partition)
         self._max_ts.pop(partition, None)
         self._last_data.pop(partition, None)
+        self._ended.discard(partition)
+
+    # -- end of input (--stop-at-end) ---------------------------------------------------------
+    def end_of_input(self, partitions: Sequence[Hashable]) -> StepResult:
+        """These owned raw partitions are read to the end offset seen at start: tell every
+        partials partition, after all their partials (same producer, same or a later
+        transaction), with their rejections still waiting for a target (as `close_all`).
+        Said once per stage; `tick` says it again each second, for a release stage that
+        restarts (its committed offset may be past the first mark) while this one runs. A
+        new owner (a rebalance builds new stages) says it again from the committed offset."""
+        new = [p for p in partitions if p not in self._ended]
+        if not new:
+            return StepResult()
+        self._ended.update(new)
+        held = sum(self.engine.held_rejected.pop(p, 0) for p in new)
+        now = self.engine.clock_ms()
+        marks = [self._progress(p, now) for p in new]
+        result = StepResult()
+        for p in range(self.partitions):
+            doc = encode_partial(Partial(marks, held if p == 0 else 0))
+            result.forward.append((self.topic, p, b"", doc))
+        return result
+
+    @property
+    def done(self) -> bool:
+        """Every owned raw partition has said its end (a stage owning none is done)."""
+        return all(p in self._ended for p in self._last_data)
+
+    def _progress(self, key: Hashable, now: int) -> Progress:
+        topic, partition = cast(tuple[str, int], key)
+        last = self._last_data.get(key, now)
+        return Progress(
+            topic, partition, self._max_ts.get(key, NEG_INF), last, now, key in self._ended
+        )
 
     def tick(self) -> StepResult:
         """A heartbeat for every owned raw partition, data or not: downstream, a partition
@@ -517,10 +577,7 @@ class IngestStage:
         if not self._last_data:
             return result
         now = self.engine.clock_ms()
-        beat = []
-        for key, last in self._last_data.items():
-            topic, partition = cast(tuple[str, int], key)
-            beat.append(Progress(topic, partition, self._max_ts.get(key, NEG_INF), last, now))
+        beat = [self._progress(key, now) for key in self._last_data]
         doc = encode_partial(Partial(beat))
         for p in range(self.partitions):
             result.forward.append((self.topic, p, b"", doc))
@@ -558,6 +615,10 @@ class ReleaseStage:
         self.topic = topic
         self.partitions = partitions
         self.sources: list[Hashable] = []  # every raw partition: each holds the watermark
+        # --stop-at-end: per partials partition, the raw partitions that said their end, and
+        # the partitions whose windows are all released on it (see _end_if_all_ended).
+        self.ended: dict[Hashable, set[Hashable]] = {}
+        self.finished: set[Hashable] = set()
 
     @property
     def input_topic(self) -> str:
@@ -612,6 +673,8 @@ class ReleaseStage:
             if rec is not None:
                 for x in rec.progress:
                     _progress(progress, (x.topic, x.partition), x.max_ts, x.data_ms, x.sent_ms)
+                    if x.end:
+                        self.ended.setdefault(part, set()).add((x.topic, x.partition))
                 for wp in rec.windows:
                     _add_window(e, wp, part, offset, again, summary=rec.late is None)
                 if not again:
@@ -629,9 +692,27 @@ class ReleaseStage:
             for source, (ts, data_ms, sent_ms) in progress.items():
                 e.observe_progress(source, ts, now - max(0, sent_ms - data_ms), sent_ms)
             result.extend(e.advance())
+            result.extend(self._end_if_all_ended(e, part))
         # Offsets of messages without rows still move this partition forward.
         e.track_offsets(np.zeros(len(offs), dtype=np.int64), [part], offs)
         return result
+
+    def _end_if_all_ended(self, e: PipelineEngine, part: Hashable) -> StepResult:
+        """Every raw partition has said its end in this partials partition: all their
+        partials are read (they come before the marks), so every open window is released,
+        as single mode's end releases them (`PipelineEngine.close_all`), once. At the
+        record of the last mark, so what is released does not depend on speed. A restarted
+        stage has its released windows in the checkpoint: it releases nothing again."""
+        ended = self.ended.get(part, set())
+        if part in self.finished or not self.sources or not ended.issuperset(self.sources):
+            return StepResult()
+        self.finished.add(part)
+        return e.close_all()
+
+    @property
+    def done(self) -> bool:
+        """Every owned partials partition is finished (a stage owning none is done)."""
+        return all(p in self.finished for p in self.engines)
 
     def _add_v1(
         self,
@@ -747,6 +828,8 @@ class ReleaseStage:
 
     def forget(self, partition: Hashable) -> None:
         self.engines.pop(partition, None)
+        self.ended.pop(partition, None)
+        self.finished.discard(partition)
 
     def tick(self) -> StepResult:
         result = StepResult()

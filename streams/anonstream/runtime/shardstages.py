@@ -121,6 +121,7 @@ class ShardRecord:
     rejected_for: dict[int, int] = field(default_factory=dict)
     late: int = 0  # without a target: the next summary
     rejected: int = 0
+    end: bool = False  # end of input (--stop-at-end): the shard has released everything
 
 
 def _exact_str(x: Exact) -> str:
@@ -140,6 +141,7 @@ def _exact(x: Any) -> Exact:
 def encode_shard(r: ShardRecord, p: Pipeline) -> bytes:
     head: dict[str, Any] = {
         "shard": r.shard, "closed": r.closed_until, "late": r.late, "rejected": r.rejected,
+        "end": r.end,
         "late_for": [[t, n] for t, n in sorted(r.late_for.items())],
         "rejected_for": [[t, n] for t, n in sorted(r.rejected_for.items())],
     }  # fmt: skip
@@ -196,7 +198,7 @@ def decode_shard(raw: bytes, p: Pipeline) -> ShardRecord:
             int(head["shard"]), int(head["closed"]), None,
             {int(t): int(c) for t, c in head["late_for"]},
             {int(t): int(c) for t, c in head["rejected_for"]},
-            int(head["late"]), int(head["rejected"]),
+            int(head["late"]), int(head["rejected"]), head["end"] is True,
         )  # fmt: skip
         h = head.get("part")
         if h is not None:
@@ -284,10 +286,10 @@ class ShardEngine(PipelineEngine):
             result.extend(self._marks())
         return result
 
-    def _marks(self) -> StepResult:
+    def _marks(self, *, end: bool = False) -> StepResult:
         result = StepResult()
         for q in range(self.merge_partitions):
-            rec = ShardRecord(self.shard, self.closed_until)
+            rec = ShardRecord(self.shard, self.closed_until, end=end)
             self._take_counters(rec, q)
             result.forward.append((self.merge, q, b"", encode_shard(rec, self.pipeline)))
         return result
@@ -318,6 +320,13 @@ class ShardEngine(PipelineEngine):
             ends.append(max(window_starts(spec, newest)) + spec.size_ms)
         return self._close_until(max(ends)) if ends else StepResult()
 
+    def end_of_input(self) -> StepResult:
+        """--stop-at-end: everything of this shard is closed; every merge partition is told,
+        after the parts (see MergeStage.done)."""
+        result = self.close_all()
+        result.extend(self._marks(end=True))
+        return result
+
 
 class ShardStage(ReleaseStage):
     """The release stage's engines, one per partials partition = shard (see the module)."""
@@ -331,6 +340,16 @@ class ShardStage(ReleaseStage):
     ) -> None:
         super().__init__(lambda: factory(0), pipeline, topic, partitions)
         self.shard_factory = factory
+
+    def _end_if_all_ended(self, e: PipelineEngine, part: Hashable) -> StepResult:
+        """As a release stage's end (every raw partition's end mark read here), then an end
+        mark to every merge partition; said again by a new owner, harmless."""
+        if part in self.finished or not self.sources:
+            return StepResult()
+        if not self.ended.get(part, set()).issuperset(self.sources):
+            return StepResult()
+        self.finished.add(part)
+        return cast(ShardEngine, e).end_of_input()
 
     def _engine(self, partition: Hashable) -> PipelineEngine:
         e = self.engines.get(partition)
@@ -356,6 +375,7 @@ class _MergeState:
     rejected_for: Counter[int] = field(default_factory=Counter)
     late: int = 0
     rejected: int = 0
+    ended: set[int] = field(default_factory=set)  # shards whose end mark is read
 
 
 class MergeStage:
@@ -413,6 +433,8 @@ class MergeStage:
             s.first_offset[w.start_ms] = min(s.first_offset.get(w.start_ms, offset), offset)
         if w is None:  # a mark: it follows the parts and counters of what it covers
             s.mark_offset[rec.shard] = offset
+            if rec.end:
+                s.ended.add(rec.shard)
             s.closed[rec.shard] = max(s.closed.get(rec.shard, NEG_INF), rec.closed_until)
         return self._advance(s)
 
@@ -444,6 +466,12 @@ class MergeStage:
         outs = release_merged(self.releaser, parts)
         self.counters["windows_released"] += 1
         return window_records(self.pipeline, start, end, outs, late, rejected, self.counters)
+
+    @property
+    def done(self) -> bool:
+        """--stop-at-end: every owned merge partition has every shard's end mark and no
+        window left to release (a stage owning none is done)."""
+        return all(len(s.ended) >= self.shards and not s.parts for s in self.states.values())
 
     # -- the stage contract --------------------------------------------------------------
     def safe_offset(self, partition: Hashable) -> int | None:
