@@ -16,15 +16,9 @@ from hypothesis import strategies as st
 from anonstream.core.engine import PipelineEngine
 from anonstream.core.pipeline import Pipeline
 from anonstream.core.step import Batch, StepResult
+from anonstream.runtime.mergerecord import ShardRecordError, decode_shard, encode_shard
 from anonstream.runtime.scaleout import IngestStage
-from anonstream.runtime.shardstages import (
-    MergeStage,
-    ShardEngine,
-    ShardRecordError,
-    ShardStage,
-    decode_shard,
-    encode_shard,
-)
+from anonstream.runtime.shardstages import MergeStage, ShardEngine, ShardStage
 from tests.unit.test_release_properties import DAY, T0, event_sets
 from tests.unit.test_scaleout import (
     SECRET,
