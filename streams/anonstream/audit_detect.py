@@ -189,11 +189,15 @@ def _other_escapes(s: str) -> Iterator[str]:
         yield _QP_TOKEN.sub(_qp_repl, s)
 
 
+_UNTERMINATED_HEX_ENTITY = re.compile(r"&#[xX]0*([0-9A-Fa-f]{2})(?![0-9A-Fa-f]*;)")
+
+
 def _unescape(s: str) -> str:
     """HTML entities, "\\u0040"/"\\x40" escapes and quoted-printable "=40" decoded; NUL and
     U+FFFD (what overlong or broken UTF-8 decodes to) dropped."""
     if "&" in s:
-        s = html.unescape(s)
+        # "&#x40example": "@" and "example" as a person reads it (html takes "&#x40e").
+        s = html.unescape(_UNTERMINATED_HEX_ENTITY.sub(r"&#x\1;", s))
     if "\\" in s or "=" in s or "%" in s:
         # "\\\\u0040" (a JSON string escaped twice, or more) is "\\u0040" once read
         s = _ESCAPE.sub(_escape_repl, _BACKSLASHES.sub(r"\\", s))

@@ -575,7 +575,18 @@ def test_url_template_dot_segments_and_params(segs: list[str], data: st.DataObje
     head, tail = "/".join(segs[:cut]), "/".join(segs[cut:])
     expected = url_template(f"https://x.com/{head}/{tail}/end")
     assert url_template(f"https://x.com/{head}/./{tail}/end") == expected
-    assert url_template(f"https://x.com/{head}/{tail}/end".replace("/", "\\")) == expected
+    slashed = f"https://x.com/{head}/{tail}/end".replace("/", "\\")
+    if re.search(r"\\[0-7]", slashed):
+        # "x.com\\100..." is also "x.com@0..." (an octal escape): an address read across
+        # a backslash hides the host (see test_url_attack_backslash), never shows more.
+        out = url_template(slashed)
+        got, want = out.split("/"), expected.split("/")
+        same_or_hidden = len(got) == len(want) and all(
+            a == b or a.startswith(":") for a, b in zip(got, want, strict=True)
+        )
+        assert out == "<invalid>" or same_or_hidden, (out, expected)
+    else:
+        assert url_template(slashed) == expected
     assert url_template(f"https://x.com/{head}/{extra};a=1;b={extra}/{tail}/end") == url_template(
         f"https://x.com/{head}/{extra}/{tail}/end"
     )

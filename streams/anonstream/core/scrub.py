@@ -529,8 +529,11 @@ _ESCAPE_RE = re.compile(
     r"(?:%[0-9A-Fa-f]{2})+|%[uU][0-9A-Fa-f]{4}|\\\\++|\\U[0-9A-Fa-f]{8}"
     r"|\\u[0-9A-Fa-f]{4}|\\x[0-9A-Fa-f]{2}|\\u\{[0-9A-Fa-f]{1,8}\}"
     r"|\\[0-9A-Fa-f]{1,6} ?|\+[A-Za-z0-9+/]++-?|(?:=[0-9A-Fa-f]{2})+"
-    r"|&(?:#0*[0-9]{1,7}|#[xX]0*[0-9A-Fa-f]{1,6}|[A-Za-z][A-Za-z0-9]{1,31});?"
+    r"|&(?:#0*[0-9]{1,7}|#[xX]0*(?:[0-9A-Fa-f]{2}(?![0-9A-Fa-f]*;)|[0-9A-Fa-f]{1,6})"
+    r"|[A-Za-z][A-Za-z0-9]{1,31});?"
 )
+# An unterminated hex entity is read as two digits ("&#x40example": "@" and "example", as
+# a person reads it; a browser takes "&#x40e", "Ў"); one closed by ";" as all its digits.
 _QP_AT_RE = re.compile(r"=40(?=[0-9A-Za-z=])")
 _NON_SPACE_RE = re.compile(r"\S+")
 _PCT_ROUNDS = 8  # decoding passes; deeper percent nesting is refused (see _view)

@@ -259,6 +259,15 @@ def _path_template(path: str, escaped: list[Span] | None = None) -> str:
                 marked.setdefault(j, _SPAN_SEGMENT.get(ph, ":id"))
         start += len(piece) + 1
     if ";" in path:  # matrix params (";jsessionid=...") are dropped; rare, so only then
+        for j, raw in enumerate(pieces):
+            # An identifier the cut would part ("jane.doe&#x40;example.org": an entity's
+            # ";") makes the piece its placeholder, or the local part would be kept.
+            cut = raw.find(";")
+            if cut > 0 and j not in marked:
+                for a, b, ph in identifier_spans(raw):
+                    if a < cut < b:
+                        marked[j] = _SPAN_SEGMENT.get(ph, ":id")
+                        break
         pieces = [raw.partition(";")[0] for raw in pieces]
     kept: list[str] = []  # the path as walked: "." gone, ".." applied, cut at the depth cap
     kept_at: list[int] = []  # the piece index of each kept segment
@@ -467,7 +476,22 @@ def url_template(url: str) -> str:
         return INVALID
     # Cut query and fragment *before* the cache lookup: they are the most unique part
     # of a URL (tokens, search terms) and would otherwise flood the cache.
-    return _url_template_cached(url.partition("?")[0].partition("#")[0])
+    return _url_template_cached(_without_query_and_fragment(url))
+
+
+# The digits of an HTML numeric entity, after its "&#".
+_ENTITY_DIGITS_RE = re.compile(r"[xX][0-9A-Fa-f]{1,8}|[0-9]{1,10}")
+
+
+def _without_query_and_fragment(url: str) -> str:
+    """The URL up to its query or fragment. A "#" of an HTML numeric entity ("&#x40;",
+    "&#64;") starts no fragment: cut there, "/u/jane.doe&#x40;example.org" left the
+    segment "jane.doe&", an address's local part (red team)."""
+    head = url.partition("?")[0]
+    at = head.find("#")
+    while at > 0 and head[at - 1] == "&" and _ENTITY_DIGITS_RE.match(head, at + 1):
+        at = head.find("#", at + 1)
+    return head if at < 0 else head[:at]
 
 
 @lru_cache(maxsize=URL_HOSTS)
