@@ -132,6 +132,7 @@ class BenchConfig:
     scale: tuple[int, ...] = (1, 2, 3)  # worker counts of the scale run
     partials_partitions: int = 6
     cap: float | None = None  # cores per scale-out worker (a cgroup each), None: no cap
+    release_sharded: bool = False  # scale run: ANONSTREAM_RELEASE_SHARDED
     kstreams_guarantee: str = "exactly_once_v2"
 
 
@@ -630,6 +631,7 @@ def _run_scale(ctx: _Ctx, workers: int, windows: int, cap: float | None) -> Scal
             dead_letter_topic=f"{ctx.topic}.{name}.deadletter",
             ANONSTREAM_PIPELINES_DIR=str(pipe_dir), ANONSTREAM_SCALE_OUT="true",
             ANONSTREAM_PARTIALS_PARTITIONS=str(ctx.cfg.partials_partitions),
+            ANONSTREAM_RELEASE_SHARDED=str(ctx.cfg.release_sharded).lower(),
             ANONSTREAM_INSTANCE_ID=f"slot-{slot}",
         )  # fmt: skip
         commands.append((worker_command(pipeline, "--stop-at-end"), env))
@@ -1039,6 +1041,7 @@ def run_benchmark(cfg: BenchConfig, console: Console | None = None) -> dict[str,
         # The same in events per CPU second: less sensitive to a shared machine's load.
         "cpu_ratio_kafka_streams": _cpu_ratio(results, "kstreams"),
         "scale": [r.figures() for r in scale],
+        "release_sharded": cfg.release_sharded,
         **_scale_ratios(results, scale),
         "machine": machine(),
         "chart": None,
@@ -1130,6 +1133,11 @@ def build_parser() -> argparse.ArgumentParser:
         "its own (v2 cpu.max or v1 CFS quota; needs root); the groups are removed at the end",
     )  # fmt: skip
     p.add_argument(
+        "--release-sharded", action="store_true",
+        help="scale run: release each window over person shards and a merge stage "
+        "(ANONSTREAM_RELEASE_SHARDED)",
+    )  # fmt: skip
+    p.add_argument(
         "--kstreams-guarantee", choices=("exactly_once_v2", "at_least_once"),
         default="exactly_once_v2", help="kstreams run: processing.guarantee of the JVM peer",
     )  # fmt: skip
@@ -1177,7 +1185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         runs=args.runs, chart=args.chart or DEFAULT_CHART, timeout=args.timeout,
         bootstrap=args.bootstrap, pipeline=args.pipeline, logs=args.logs, profile=args.profile,
         scale=args.scale, partials_partitions=args.partials_partitions,
-        cap=args.cap,
+        cap=args.cap, release_sharded=args.release_sharded,
         kstreams_guarantee=args.kstreams_guarantee,
     )  # fmt: skip
     # Peers that cannot run here are skipped by name, before anything starts.

@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     # partitioned by window, so that k is checked over every worker's events.
     scale_out: bool = False
     partials_partitions: int = 6
+    # Scale-out: spread the release of each window over person shards, one per partials
+    # partition, and a merge stage per window (runtime/shardstages.py); k pipelines only.
+    release_sharded: bool = False
     partials_retention_ms: int = 7 * 24 * 3600 * 1000
     # dp outputs: the privacy ledger, one compacted topic for the installation, whatever the
     # group (a backfill under a new group continues the spending); the worker also reads

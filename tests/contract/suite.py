@@ -30,6 +30,7 @@ from anonstream.metrics import Metrics
 from anonstream.runtime.batch import BatchLoop
 from anonstream.runtime.clients import Clients
 from anonstream.runtime.scaleout import partials_topic
+from anonstream.runtime.shardstages import merge_topic
 from anonstream.settings import Settings
 from anonstream.synthetic import EventGenerator, Workload
 from tests.contract.backends import Backend
@@ -63,15 +64,18 @@ class World:
             clients=clients or self.backend.clients,
         )  # fmt: skip
 
-    async def scale_out(self, partials: int = PARTIALS_PARTITIONS) -> None:
+    async def scale_out(self, partials: int = PARTIALS_PARTITIONS, sharded: bool = False) -> None:
         """From here on the group runs in scale-out mode: its partials topic made (as
-        `prepare` makes it), each worker slot a settings of its own (`worker(slot)`)."""
+        `prepare` makes it), each worker slot a settings of its own (`worker(slot)`).
+        `sharded`: the sharded release (runtime/shardstages.py), with its merge topic."""
         self.settings = self.settings.model_copy(
-            update={"scale_out": True, "partials_partitions": partials}
-        )
-        await self.backend.create_topics(
-            {partials_topic(self.settings.group_id, self.pipeline.name): partials}
-        )
+            update={"scale_out": True, "partials_partitions": partials,
+                    "release_sharded": sharded}
+        )  # fmt: skip
+        topics = {partials_topic(self.settings.group_id, self.pipeline.name): partials}
+        if sharded:
+            topics[merge_topic(self.settings.group_id, self.pipeline.name)] = partials
+        await self.backend.create_topics(topics)
 
     def worker(self, slot: int, clients: Clients | None = None) -> BatchLoop:
         return self.loop(clients, self.settings.model_copy(update={"instance_id": f"slot-{slot}"}))
@@ -315,43 +319,47 @@ class LoopContract:
         run(backend, scenario())
 
     # -- scale-out with --stop-at-end: the same contract, over the partials topic ------------
+    @pytest.mark.parametrize("sharded", [False, True], ids=["by-window", "sharded"])
     def test_scale_out_one_worker_releases_exactly_replay(
-        self, backend: Backend, tmp_path: Path
+        self, backend: Backend, tmp_path: Path, sharded: bool
     ) -> None:
         async def scenario() -> None:
             world = await make_world(backend, tmp_path)
-            await world.scale_out()
+            await world.scale_out(sharded=sharded)
             await world.worker(0).run()
             world.assert_exactly_replay(await world.released())
 
         run(backend, scenario())
 
+    @pytest.mark.parametrize("sharded", [False, True], ids=["by-window", "sharded"])
     def test_scale_out_two_workers_release_exactly_replay_and_both_end(
-        self, backend: Backend, tmp_path: Path
+        self, backend: Backend, tmp_path: Path, sharded: bool
     ) -> None:
         async def scenario() -> None:
             world = await make_world(backend, tmp_path)
-            await world.scale_out()
+            await world.scale_out(sharded=sharded)
             a, b = world.worker(0), world.worker(1)
             await asyncio.gather(a.run(), b.run())  # both return: each saw its end
             world.assert_exactly_replay(await world.released())
 
         run(backend, scenario())
 
+    @pytest.mark.parametrize("sharded", [False, True], ids=["by-window", "sharded"])
     def test_scale_out_a_worker_that_owns_nothing_still_ends(
-        self, backend: Backend, tmp_path: Path
+        self, backend: Backend, tmp_path: Path, sharded: bool
     ) -> None:
         async def scenario() -> None:
             world = await make_world(backend, tmp_path)
-            await world.scale_out(partials=1)  # 2 raw + 1 partials partition, 4 workers
+            await world.scale_out(partials=1, sharded=sharded)  # 2 raw + 1 partials, 4 workers
             await asyncio.gather(*(world.worker(i).run() for i in range(4)))
             world.assert_exactly_replay(await world.released())
 
         run(backend, scenario())
 
+    @pytest.mark.parametrize("sharded", [False, True], ids=["by-window", "sharded"])
     @pytest.mark.parametrize("when", ["mid_input", "at_the_first_release"])
     def test_scale_out_a_crash_then_a_restart_releases_exactly_replay(
-        self, backend: Backend, tmp_path: Path, when: str
+        self, backend: Backend, tmp_path: Path, when: str, sharded: bool
     ) -> None:
         """The worker dies after its first committed transaction (part of the input read,
         its partials committed), or when it sends its first release (all partials and end
@@ -361,7 +369,7 @@ class LoopContract:
 
         async def scenario() -> None:
             world = await make_world(backend, tmp_path)
-            await world.scale_out()
+            await world.scale_out(sharded=sharded)
             world.settings = world.settings.model_copy(update={"batch_max": 50})
             outputs = set(world.outputs)
 

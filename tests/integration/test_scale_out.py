@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from anonstream.runtime.scaleout import partials_topic
+from anonstream.runtime.shardstages import merge_topic
 from anonstream.synthetic import DEFAULT_START_MS, EventGenerator, Workload
 from anonstream.synthetic.produce import produce
 from anonstream.testing import WorkerProcess, read_releases
@@ -30,9 +31,13 @@ from tests.integration.helpers import (
 pytestmark = pytest.mark.integration
 
 SCALE_OUT = {"ANONSTREAM_SCALE_OUT": "true", "ANONSTREAM_PARTIALS_PARTITIONS": "6"}
+SHARDED = {**SCALE_OUT, "ANONSTREAM_RELEASE_SHARDED": "true"}  # runtime/shardstages.py
 
 
-def test_three_workers_release_what_replay_does(kafka_bootstrap: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize("sharded", [False, True], ids=["by-window", "sharded"])
+def test_three_workers_release_what_replay_does(
+    kafka_bootstrap: str, tmp_path: Path, sharded: bool
+) -> None:
     setup = isolated_pipelines(tmp_path, kafka_bootstrap, partitions=6)
     gen = EventGenerator(Workload(users=300, events_per_second_of_event_time=3.0, seed=17))
     names = {"raw.web-activity": "web_activity", "raw.usage": "service_usage"}
@@ -45,7 +50,7 @@ def test_three_workers_release_what_replay_does(kafka_bootstrap: str, tmp_path: 
             tmp_path,
             instance_id=f"slot-{i}",
             idle_close_seconds=6.0,
-            extra_env=SCALE_OUT,
+            extra_env=SHARDED if sharded else SCALE_OUT,
         )
         for i in range(3)
     ]
@@ -54,6 +59,10 @@ def test_three_workers_release_what_replay_does(kafka_bootstrap: str, tmp_path: 
         records = read_all(kafka_bootstrap, setup, expected_windows(setup, events), timeout=180)
         for w in workers:
             assert w.proc is not None and w.proc.poll() is None, "a worker died"
+        if sharded:  # the merge stage ran: some worker reads the merge topic
+            logs = [tmp_path / f"worker-{i}.log" for i in range(3)]
+            topic = merge_topic(f"it-{setup.suffix}", "web_activity")
+            assert any(_owner_of(logs, topic, q) is not None for q in range(6))
     finally:
         for w in workers:
             w.stop()
@@ -167,6 +176,53 @@ def test_killing_the_release_stage_of_an_open_window_still_releases_what_replay_
             victim = _owner_of(logs, topic, partition)
         assert victim is not None, "no worker owns the open window's partials partition"
         time.sleep(3.0)  # the first part read and its partials in the release stage
+        assert not read_all_now(kafka_bootstrap, setup), "the window closed before the kill"
+        workers[victim].kill()
+        workers[victim] = worker(f"slot-{victim}")
+        asyncio.run(produce(kafka_bootstrap, routed[cut:]))
+        records = read_all(kafka_bootstrap, setup, expected_windows(setup, events), timeout=240)
+    finally:
+        for w in workers:
+            w.stop()
+    assert_equal_to_replay(setup, events, records, kinds=("aggregate",))
+
+
+@pytest.mark.parametrize("seed", [31, 37])
+def test_sharded_release_killing_a_worker_mid_window_still_releases_what_replay_does(
+    kafka_bootstrap: str, tmp_path: Path, seed: int
+) -> None:
+    """The sharded release: SIGKILL the worker that owns the open window's merge partition
+    (and, like every worker, shards holding the window's rows), with 40 % of the window's
+    events read; restart it and send the rest. Its shards are rebuilt from the partials
+    topic, their parts and marks reach the merge once, and the window is released as
+    replay releases it."""
+    setup = isolated_pipelines(tmp_path, kafka_bootstrap, partitions=6)
+    gen = EventGenerator(Workload(users=300, events_per_second_of_event_time=3.0, seed=seed))
+    names = {"raw.web-activity": "web_activity", "raw.usage": "service_usage"}
+    events = [(names[t], ev) for t, ev in gen.mixed(18_000)]
+    routed = [(setup.source(n), ev) for n, ev in events]
+    cut = len(routed) * 2 // 5
+    pipeline = setup.pipelines["web_activity"]
+    partition = (DEFAULT_START_MS // pipeline.window.step_ms) % 6
+    topic = merge_topic(f"it-{setup.suffix}", pipeline.name)
+
+    def worker(slot: str) -> WorkerProcess:
+        return start_worker(
+            setup, kafka_bootstrap, tmp_path, instance_id=slot, idle_close_seconds=30.0,
+            extra_env=SHARDED,
+        )  # fmt: skip
+
+    workers = [worker(f"slot-{i}") for i in range(3)]
+    logs = [tmp_path / f"worker-{i}.log" for i in range(3)]
+    try:
+        asyncio.run(produce(kafka_bootstrap, routed[:cut]))
+        deadline = time.monotonic() + 60
+        victim = _owner_of(logs, topic, partition)
+        while victim is None and time.monotonic() < deadline:
+            time.sleep(0.5)
+            victim = _owner_of(logs, topic, partition)
+        assert victim is not None, "no worker owns the open window's merge partition"
+        time.sleep(3.0)
         assert not read_all_now(kafka_bootstrap, setup), "the window closed before the kill"
         workers[victim].kill()
         workers[victim] = worker(f"slot-{victim}")

@@ -57,6 +57,7 @@ def transactional_id_prefix(settings: Settings) -> str:
 def worker_topics(settings: Settings, pipelines: Sequence[Pipeline]) -> list[TopicSpec]:
     """The topics the worker writes, which it creates when they are missing."""
     from anonstream.runtime.scaleout import partials_topic
+    from anonstream.runtime.shardstages import merge_topic, release_sharded
 
     specs: dict[str, TopicSpec] = {}
     for p in pipelines:
@@ -77,6 +78,13 @@ def worker_topics(settings: Settings, pipelines: Sequence[Pipeline]) -> list[Top
                 {"retention.ms": str(settings.partials_retention_ms)},
                 f"internal: keyed pseudonyms of {p.name}",
             )  # fmt: skip
+            if release_sharded(settings, p):
+                name = merge_topic(settings.group_id, p.name)
+                specs[name] = TopicSpec(
+                    name, settings.partials_partitions, "partials",
+                    {"retention.ms": str(settings.partials_retention_ms)},
+                    f"internal: keyed pseudonyms of {p.name} (sharded release)",
+                )  # fmt: skip
     if any(p.dp_budget is not None for p in pipelines):
         from anonstream.runtime.ledger import COMPACTED
 

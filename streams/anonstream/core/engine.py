@@ -31,7 +31,7 @@ from anonstream.core.keys import MasterSecret
 from anonstream.core.pipeline import Pipeline
 from anonstream.core.policy import Policy, PolicyRecord
 from anonstream.core.records import summary_record
-from anonstream.core.release import Releaser
+from anonstream.core.release import OutputRelease, Releaser
 from anonstream.core.step import Batch, DeadLetter, Message, StepResult
 from anonstream.core.windows import NEG_INF, Watermark, window_starts_array, window_units
 
@@ -454,30 +454,8 @@ class PipelineEngine:
                     late += n
                 else:
                     rejected += n
-        for out in self.releaser.release(w):
-            result.releases.extend(out.records)
-            result.accounting.append((w.start_ms, out.output.name, out.accounting))
-            if not out.publish_summary:
-                continue
-            result.releases.append(
-                summary_record(
-                    pipeline=p.name,
-                    version=p.version,
-                    output=out.output.name,
-                    start_ms=w.start_ms,
-                    end_ms=w.end_ms,
-                    cells_released=out.cells_released,
-                    cells_rolled_up=out.cells_rolled_up,
-                    cells_suppressed=out.cells_suppressed,
-                    late_events=late,
-                    rejected_events=rejected,
-                    k=out.output.k,
-                    privacy=out.privacy,
-                )
-            )
-            self.counters["cells_released"] += out.cells_released
-            self.counters["cells_rolled_up"] += out.cells_rolled_up
-            self.counters["cells_suppressed"] += out.cells_suppressed
+        outs = self.releaser.release(w)
+        result.extend(window_records(p, w.start_ms, w.end_ms, outs, late, rejected, self.counters))
         self._late_pending.clear()
         self._rejected_pending.clear()
         self.counters["windows_released"] += 1
@@ -574,3 +552,37 @@ class PipelineEngine:
     @property
     def late_events(self) -> int:
         return int(self.counters["late"])
+
+
+def window_records(
+    p: Pipeline, start_ms: int, end_ms: int, outs: list[OutputRelease], late: int,
+    rejected: int, counters: Counter[str],
+) -> StepResult:  # fmt: skip
+    """A released window's records: each output's cells and its window summary (also the
+    sharded release's merge stage, runtime/shardstages.py)."""
+    result = StepResult()
+    for out in outs:
+        result.releases.extend(out.records)
+        result.accounting.append((start_ms, out.output.name, out.accounting))
+        if not out.publish_summary:
+            continue
+        result.releases.append(
+            summary_record(
+                pipeline=p.name,
+                version=p.version,
+                output=out.output.name,
+                start_ms=start_ms,
+                end_ms=end_ms,
+                cells_released=out.cells_released,
+                cells_rolled_up=out.cells_rolled_up,
+                cells_suppressed=out.cells_suppressed,
+                late_events=late,
+                rejected_events=rejected,
+                k=out.output.k,
+                privacy=out.privacy,
+            )
+        )
+        counters["cells_released"] += out.cells_released
+        counters["cells_rolled_up"] += out.cells_rolled_up
+        counters["cells_suppressed"] += out.cells_suppressed
+    return result

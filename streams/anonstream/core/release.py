@@ -27,6 +27,7 @@ from anonstream.core.accumulators import distinct_count
 from anonstream.core.budget import Ledger
 from anonstream.core.cellstate import Rows, WindowState, group_starts, rank_in_group
 from anonstream.core.contribution import bound_cells_per_unit  # also re-exported here
+from anonstream.core.exactsum import exact_sums_float
 from anonstream.core.pipeline import Noise, Output, Pipeline
 from anonstream.core.records import STAR, aggregate_record, release_id
 
@@ -151,17 +152,39 @@ def band_histograms(
     masked bincount per band; the too-small tail folds into the last cut.
     """
     n_bands = len(edges) + 1
-    bounds = (-math.inf, *edges, math.inf)
     counts = np.bincount(g * n_bands + bands, minlength=n_groups * n_bands).reshape(
         n_groups, n_bands
     )
+    pair_g, bits = band_bits(g, bands, units)
+    return band_walk(counts, pair_g, bits, None, edges, k)
+
+
+def band_bits(
+    g: npt.NDArray[np.int64], bands: npt.NDArray[np.intp], units: U64
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Each (group, unit) pair's group and the set of bands it has values in, as bits."""
     order = np.lexsort((units, g))
     gs, bs = g[order], bands[order].astype(np.int64)
     start = group_starts(gs.astype(np.uint64), units[order])
     pair = np.cumsum(start) - 1
     bits = np.zeros(int(pair[-1]) + 1 if len(pair) else 0, dtype=np.int64)
     np.bitwise_or.at(bits, pair, np.left_shift(np.int64(1), bs))
-    pair_g = gs[start]
+    return gs[start], bits
+
+
+def band_walk(
+    counts: npt.NDArray[np.int64],
+    pair_g: npt.NDArray[np.int64],
+    bits: npt.NDArray[np.int64],
+    weight: npt.NDArray[np.int64] | None,
+    edges: tuple[float, ...],
+    k: int,
+) -> list[dict[str, int] | None]:
+    """The walk of `band_histograms` from its summable parts: values per (group, band)
+    (`counts`), and band sets with how many units have each (`weight`, None: one each), so
+    that parts of disjoint sets of units can be added up first (core/sharded.py)."""
+    n_groups, n_bands = counts.shape
+    bounds = (-math.inf, *edges, math.inf)
     lo = np.zeros(n_groups, dtype=np.int64)  # first band since the last cut
     acc = np.zeros(n_groups, dtype=np.int64)  # values since the last cut
     out: list[dict[str, int]] = [{} for _ in range(n_groups)]
@@ -169,7 +192,8 @@ def band_histograms(
         acc += counts[:, b]
         since_lo = ((np.int64(1) << (b + 1)) - 1) & ~((np.int64(1) << lo) - 1)
         hit = (bits & since_lo[pair_g]) != 0
-        cut = np.flatnonzero(np.bincount(pair_g[hit], minlength=n_groups) >= k)
+        w = None if weight is None else weight[hit]
+        cut = np.flatnonzero(np.bincount(pair_g[hit], weights=w, minlength=n_groups) >= k)
         for i, lo_b, c in zip(cut.tolist(), lo[cut].tolist(), acc[cut].tolist(), strict=True):
             out[i][_band_label(bounds[lo_b], bounds[b + 1])] = c
         acc[cut] = 0
@@ -373,9 +397,11 @@ class Releaser:
         return res
 
     def _cells(
-        self, state: WindowState, rows: Rows, out: Output
+        self, state: WindowState, rows: Rows, out: Output, more: dict[int, int] | None = None
     ) -> tuple[OutputRelease, list[_Emit]]:
-        """The cells of one output to release (k, roll-up); the counts of `res`."""
+        """The cells of one output to release (k, roll-up); the counts of `res`.
+        `more` (the sharded release's merge, core/sharded.py): finest cells released for
+        sure, by cell id, with the people they have besides `rows` (at least k)."""
         p = self.p
         res = OutputRelease(out)
         dim_idx = [p.dimensions.index(d) for d in out.dimensions]
@@ -408,6 +434,10 @@ class Releaser:
         presorted = codes_sorted and _non_decreasing(unit, within=row_code)
         users = _distinct_per_group(row_code, unit, len(codes), presorted=presorted)
         leaf_users = {key: int(users[c]) for key, c in codes.items()}
+        for cid, n_more in (more or {}).items():
+            key = tuple(state.cells[cid][j] for j in dim_idx)
+            leaf_users[key] = leaf_users.get(key, 0) + n_more
+            by_code.setdefault(key, np.empty(0, dtype=np.intp))
 
         n = len(out.dimensions)
         emits: list[_Emit] = []
@@ -483,12 +513,10 @@ class Releaser:
             # them, however many people the cell has: withhold it (null).
             with_value = np.bincount(ph, minlength=n_pairs) > 0
             fig.withheld[m] = np.bincount(pair_cell[with_value], minlength=n_cells) < k
-            clamped = np.clip(vals[has], fa.clamp[0], fa.clamp[1])
             fig.counts[m] = np.bincount(gh, minlength=n_cells)
-            # One person's total in a cell's sum is clipped to the per-unit bound.
-            bound = fa.max_sum_per_unit
-            per_pair = np.clip(np.bincount(ph, weights=clamped, minlength=n_pairs), -bound, bound)
-            fig.sums[m] = np.bincount(pair_cell, weights=per_pair, minlength=n_cells).astype(float)
+            per_pair = self._per_pair(m, vals[has], ph, n_pairs)
+            # Exact, rounded once: the same float in whatever order or parts it is added.
+            fig.sums[m] = exact_sums_float(per_pair, pair_cell, n_cells)
             if m in p.histograms:
                 bands = np.searchsorted(np.asarray(fa.edges), vals[has], side="right")
                 hists = band_histograms(gh, bands, uh, n_cells, fa.edges, k)
@@ -502,6 +530,17 @@ class Releaser:
             self._emit(res, state, out, e.key, int(fig.events[i]), e.users, e.level,
                        fig.cell(i))  # fmt: skip
         return fig
+
+    def _per_pair(
+        self, m: str, vals: npt.NDArray[np.float64], pair: npt.NDArray[np.int64], n_pairs: int
+    ) -> npt.NDArray[np.float64]:
+        """Each (cell, person) pair's total of measure `m` (`vals`: present values, `pair`:
+        their pairs), values clamped, the total exact, then clipped to the per-unit bound."""
+        fa = self.p.fields[m]
+        assert fa.clamp is not None and fa.max_sum_per_unit is not None
+        clamped = np.clip(vals, fa.clamp[0], fa.clamp[1])
+        bound = fa.max_sum_per_unit
+        return np.clip(exact_sums_float(clamped, pair, n_pairs), -bound, bound)
 
     def _emit_derived(
         self,

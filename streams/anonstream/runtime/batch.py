@@ -29,7 +29,6 @@ import socket
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from functools import partial
 from operator import attrgetter
 from typing import Any
 
@@ -49,7 +48,8 @@ from anonstream.metrics import Metrics
 from anonstream.runtime.clients import Clients, Consumer, KafkaClients, Rebalance
 from anonstream.runtime.ledger import KafkaLedgerStore, legacy_ledger_topic
 from anonstream.runtime.quiet import Silence
-from anonstream.runtime.scaleout import IngestStage, ReleaseStage, StagesView, partials_topic
+from anonstream.runtime.scaleout import IngestStage, ReleaseStage, StagesView
+from anonstream.runtime.shardstages import MergeStage, scale_out_stages
 from anonstream.runtime.startup import Deadlines, StartupError, missing_topics_message
 from anonstream.runtime.transactions import FATAL, Transactions
 from anonstream.settings import Settings
@@ -135,7 +135,8 @@ class BatchLoop:
     def _build_stages(self) -> None:
         """Fresh stages. A stage reads one topic: in single mode the engine itself (raw
         topic in, releases out); in scale-out mode an ingest stage (raw in, partials out)
-        and a release stage (partials in, releases out) per pipeline."""
+        and a release stage (partials in, releases out) per pipeline, and with the sharded
+        release a merge stage (runtime/shardstages.py)."""
         settings, secret = self.settings, self.secret
         idle_ms = 0 if self.stop_at_end else int(settings.idle_close_seconds * 1000)
         self.stages: dict[str, Stage] = {}
@@ -145,19 +146,14 @@ class BatchLoop:
         self._ledgers = ledgers(self.pipelines, book, again) if book is not None else {}
         for p in self.pipelines:
             if settings.scale_out:
-                topic = partials_topic(settings.group_id, p.name)
-                ingest = IngestStage(PipelineEngine(p, secret), topic, settings.partials_partitions)
-                release = ReleaseStage(
-                    partial(
-                        PipelineEngine, p, secret, idle_close_ms=idle_ms, ledger=self._ledger(p)
-                    ),
-                    p,
-                    topic,
-                    settings.partials_partitions,
+                ingest, release, merge = scale_out_stages(
+                    settings, p, secret, idle_ms, self._ledger(p)
                 )
                 self.stages[f"{p.name}/ingest"] = ingest
                 self.stages[f"{p.name}/release"] = release
-                views[p.name] = StagesView(ingest, release)
+                if merge is not None:
+                    self.stages[f"{p.name}/merge"] = merge
+                views[p.name] = StagesView(ingest, release, merge)
             else:
                 self.stages[p.name] = views[p.name] = PipelineEngine(
                     p, secret, idle_close_ms=idle_ms, ledger=self._ledger(p)
@@ -469,7 +465,7 @@ class BatchLoop:
                     await self._deliver(stage, marks)
                     marked = True
                 done = done and stage.done
-            elif isinstance(stage, ReleaseStage):
+            elif isinstance(stage, ReleaseStage | MergeStage):
                 done = done and stage.done
         if marked:  # the release stages wait for these: no commit interval
             await self._commit(force=True)

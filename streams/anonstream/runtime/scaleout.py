@@ -61,6 +61,7 @@ from anonstream.core.columns import Columns
 from anonstream.core.decode import MAX_TS_MS, MIN_TS_MS
 from anonstream.core.engine import PipelineEngine
 from anonstream.core.pipeline import Pipeline
+from anonstream.core.sharded import shard_of
 from anonstream.core.step import Batch, StepResult
 from anonstream.core.windows import NEG_INF, window_starts_array, window_units
 
@@ -329,14 +330,16 @@ def window_partials(
     cols: Columns,
     cell: U64,
     cell_dims: dict[int, tuple[str, ...]],
-) -> list[WindowPartial]:
+    shards: int = 0,
+) -> list[tuple[int, WindowPartial]]:
     """A batch's accepted events (`cell`: each one's cell id) as one compacted partial
-    per window they fall in."""
+    per window they fall in, each with its shard (`shards`: the persons' shards, see
+    core/sharded.shard_of: one partial per window and shard; 0: not sharded, shard 0)."""
     p = engine.pipeline
     spec = p.window
     L = p.contribution.max_events_per_unit_per_cell
     starts = window_starts_array(spec, cols.ts)
-    out: list[WindowPartial] = []
+    out: list[tuple[int, WindowPartial]] = []
     for j in range(starts.shape[1]):
         col = starts[:, j]
         units = window_units(cols.unit, cols.earlier_unit, cols.ts, col, p.rotation_ms)
@@ -347,26 +350,42 @@ def window_partials(
             else:
                 sel = col == start
                 rows = Rows(cell[sel], units[sel], cols.event[sel], cols.measures[sel])
-            n_in = len(rows)
-            rows, stats = compact(rows, L)
-            cell_starts = group_starts(rows.cell)
-            ids = rows.cell[cell_starts]
-            counts = np.diff(np.append(np.flatnonzero(cell_starts), len(rows)))
-            # An event is late (if at all) in its first window: column 0 of `starts`.
-            n_first = n_in if j == 0 else 0
-            out.append(WindowPartial(
-                start, ids, {c: cell_dims[c] for c in ids.tolist()}, counts.astype(np.int64),
-                rows.unit, rows.event, rows.measures, n_first, n_in, stats.duplicates,
-                stats.over_limit,
-            ))  # fmt: skip
+            if shards:
+                # Compaction is per (cell, person): each shard's share compacts alone.
+                of = shard_of(rows.unit, shards)
+                split = [(s, rows.take(of == s)) for s in np.unique(of).tolist()]
+            else:
+                split = [(0, rows)]
+            for shard, mine in split:
+                out.append((shard, _partial(start, mine, j == 0, L, cell_dims)))
     return out
+
+
+def _partial(
+    start: int, rows: Rows, first: bool, L: int, cell_dims: dict[int, tuple[str, ...]]
+) -> WindowPartial:
+    n_in = len(rows)
+    rows, stats = compact(rows, L)
+    cell_starts = group_starts(rows.cell)
+    ids = rows.cell[cell_starts]
+    counts = np.diff(np.append(np.flatnonzero(cell_starts), len(rows)))
+    # An event is late (if at all) in its first window: column 0 of `starts`.
+    return WindowPartial(
+        start, ids, {c: cell_dims[c] for c in ids.tolist()}, counts.astype(np.int64),
+        rows.unit, rows.event, rows.measures, n_in if first else 0, n_in, stats.duplicates,
+        stats.over_limit,
+    )  # fmt: skip
 
 
 class IngestStage:
     """Decode and policy for the raw partitions this worker owns; rows go to partials."""
 
-    def __init__(self, engine: PipelineEngine, topic: str, partitions: int) -> None:
+    def __init__(
+        self, engine: PipelineEngine, topic: str, partitions: int, *, sharded: bool = False
+    ) -> None:
         self.engine = engine
+        # Sharded release (runtime/shardstages.py): rows by person shard, one per partition.
+        self.sharded = sharded
         self.pipeline = engine.pipeline
         self.topic = topic
         self.partitions = partitions
@@ -398,8 +417,11 @@ class IngestStage:
                 self._max_ts[key] = ts
                 self._last_data[key] = now
                 progress.append(Progress(topic, partition, ts, now, now))
-            for wp in window_partials(self.engine, cols, self._cell_ids(cols), self._dims):
-                p = partials_partition(self.pipeline, wp.start_ms, self.partitions)
+            shards = self.partitions if self.sharded else 0
+            for shard, wp in window_partials(
+                self.engine, cols, self._cell_ids(cols), self._dims, shards
+            ):
+                p = shard if self.sharded else self._partition(wp.start_ms)
                 by_partition.setdefault(p, []).append(self._name_once(p, wp))
         for p in range(self.partitions):
             windows = by_partition.get(p, [])
@@ -871,9 +893,10 @@ def _add_window(
 class StagesView:
     """One pipeline's two stages as the metrics see one engine."""
 
-    def __init__(self, ingest: IngestStage, release: ReleaseStage) -> None:
+    def __init__(self, ingest: IngestStage, release: ReleaseStage, merge: Any = None) -> None:
         self.ingest = ingest
         self.release = release
+        self.merge = merge  # the sharded release's merge stage (runtime/shardstages.py)
         self.pipeline = release.pipeline
 
     @property
@@ -881,6 +904,8 @@ class StagesView:
         total = Counter(self.ingest.engine.counters)
         for e in self.release.engines.values():
             total.update(e.counters)
+        if self.merge is not None:
+            total.update(self.merge.counters)
         return total
 
     @property
