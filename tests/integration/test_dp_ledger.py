@@ -77,7 +77,8 @@ def _doc(suffix: str, name: str) -> dict[str, Any]:
     return doc
 
 
-async def _produce(bootstrap: str, topic: str, hours: list[int]) -> None:
+async def _produce(bootstrap: str, topic: str, hours: list[int], partitions: int = 1) -> None:
+    """150 people an hour, spread over the topic's first `partitions` partitions."""
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
     await producer.start()
     try:
@@ -87,10 +88,19 @@ async def _produce(bootstrap: str, topic: str, hours: list[int]) -> None:
                     "event_id": f"e-{h}-{u}", "ts": T0 + h * HOUR + 60_000, "type": "page_view",
                     "visitor_id": f"visitor-{u}", "url": "https://www.example.com/",
                 }  # fmt: skip
-                await producer.send(topic, orjson.dumps(ev), partition=0)
+                await producer.send(topic, orjson.dumps(ev), partition=u % partitions)
         await producer.flush()
     finally:
         await producer.stop()
+
+
+def _settings(bootstrap: str, suffix: str, pdir: Path, tag: str, **extra: Any) -> Settings:
+    """A worker of the group `it-<tag>-<suffix>`, on the test's own ledger topic."""
+    return Settings(
+        bootstrap_servers=bootstrap, group_id=f"it-{tag}-{suffix}", pipelines_dir=pdir,
+        dead_letter_topic=f"anon.deadletter.{suffix}", instance_id="slot-0", web_enabled=False,
+        ledger_topic=f"anon.ledger.it-{suffix}", **extra,
+    )  # fmt: skip
 
 
 def _run_to_end(settings: Settings, pipelines_dir: Path) -> None:
@@ -117,11 +127,7 @@ def test_restart_does_not_reset_the_period_budget(kafka_bootstrap: str, tmp_path
     pdir = _pipeline(tmp_path, suffix)
     source, out = f"raw.web-activity.{suffix}", f"anon.aggregates.dpledger.{suffix}"
     create_topics(kafka_bootstrap, {source: 1})
-    settings = Settings(
-        bootstrap_servers=kafka_bootstrap, group_id=f"it-dp-{suffix}", pipelines_dir=pdir,
-        dead_letter_topic=f"anon.deadletter.{suffix}", instance_id="slot-0", web_enabled=False,
-        ledger_topic=f"anon.ledger.it-{suffix}",
-    )  # fmt: skip
+    settings = _settings(kafka_bootstrap, suffix, pdir, "dp")
 
     # First run: hour 0 (and hour 1 opened, so that hour 0 closes by the watermark).
     asyncio.run(_produce(kafka_bootstrap, source, [0]))
@@ -166,11 +172,7 @@ def test_pipelines_sharing_a_budget_spend_it_together_across_a_restart(
     source = f"raw.web-activity.{suffix}"
     outs = [f"anon.aggregates.{n}.{suffix}" for n in names]
     create_topics(kafka_bootstrap, {source: 1})
-    settings = Settings(
-        bootstrap_servers=kafka_bootstrap, group_id=f"it-dps-{suffix}", pipelines_dir=pdir,
-        dead_letter_topic=f"anon.deadletter.{suffix}", instance_id="slot-0", web_enabled=False,
-        ledger_topic=f"anon.ledger.it-{suffix}",
-    )  # fmt: skip
+    settings = _settings(kafka_bootstrap, suffix, pdir, "dps")
 
     def statuses(records: list[dict[str, Any]], name: str) -> list[str]:
         return [s for _, s in _summaries([r for r in records if r["pipeline"] == name])]
@@ -240,11 +242,7 @@ def test_backfill_with_one_more_person_does_not_release_the_window_again(
     pdir = _pipeline(tmp_path, suffix)
     source, out = f"raw.web-activity.{suffix}", f"anon.aggregates.dpledger.{suffix}"
     create_topics(kafka_bootstrap, {source: 1})
-    settings = Settings(
-        bootstrap_servers=kafka_bootstrap, group_id=f"it-dpb-{suffix}", pipelines_dir=pdir,
-        dead_letter_topic=f"anon.deadletter.{suffix}", instance_id="slot-0", web_enabled=False,
-        ledger_topic=f"anon.ledger.it-{suffix}",
-    )  # fmt: skip
+    settings = _settings(kafka_bootstrap, suffix, pdir, "dpb")
     asyncio.run(_produce(kafka_bootstrap, source, [0]))
     _run_to_end(settings, pdir)
     first = asyncio.run(_all_records(kafka_bootstrap, out))
@@ -253,17 +251,7 @@ def test_backfill_with_one_more_person_does_not_release_the_window_again(
     assert first_aggs
 
     async def one_more_person_and_hour_1() -> None:
-        producer = AIOKafkaProducer(bootstrap_servers=kafka_bootstrap)
-        await producer.start()
-        try:
-            ev = {
-                "event_id": "e-0-newcomer", "ts": T0 + 120_000, "type": "page_view",
-                "visitor_id": "newcomer", "url": "https://www.example.com/",
-            }  # fmt: skip
-            await producer.send(source, orjson.dumps(ev), partition=0)
-            await producer.flush()
-        finally:
-            await producer.stop()
+        await _newcomer_in_hour_0(kafka_bootstrap, source)
         await _produce(kafka_bootstrap, source, [1])
 
     asyncio.run(one_more_person_and_hour_1())
@@ -308,11 +296,7 @@ def test_the_operator_switch_releases_a_window_again_and_charges_it(
     pdir = _pipeline(tmp_path, suffix)
     source, out = f"raw.web-activity.{suffix}", f"anon.aggregates.dpledger.{suffix}"
     create_topics(kafka_bootstrap, {source: 1})
-    settings = Settings(
-        bootstrap_servers=kafka_bootstrap, group_id=f"it-dpr-{suffix}", pipelines_dir=pdir,
-        dead_letter_topic=f"anon.deadletter.{suffix}", instance_id="slot-0", web_enabled=False,
-        ledger_topic=f"anon.ledger.it-{suffix}",
-    )  # fmt: skip
+    settings = _settings(kafka_bootstrap, suffix, pdir, "dpr")
     asyncio.run(_produce(kafka_bootstrap, source, [0]))
     _run_to_end(settings, pdir)
     asyncio.run(_newcomer_in_hour_0(kafka_bootstrap, source))
@@ -347,11 +331,7 @@ def test_a_backfill_under_a_new_group_continues_the_spending(
     pdir = _pipeline(tmp_path, suffix)
     source, out = f"raw.web-activity.{suffix}", f"anon.aggregates.dpledger.{suffix}"
     create_topics(kafka_bootstrap, {source: 1})
-    first = Settings(
-        bootstrap_servers=kafka_bootstrap, group_id=f"it-dpg1-{suffix}", pipelines_dir=pdir,
-        dead_letter_topic=f"anon.deadletter.{suffix}", instance_id="slot-0", web_enabled=False,
-        ledger_topic=f"anon.ledger.it-{suffix}",
-    )  # fmt: skip
+    first = _settings(kafka_bootstrap, suffix, pdir, "dpg1")
     asyncio.run(_produce(kafka_bootstrap, source, [0]))
     _run_to_end(first, pdir)
     asyncio.run(_produce(kafka_bootstrap, source, [1, 2]))
@@ -454,11 +434,7 @@ def test_a_running_worker_learns_the_charges_of_a_backfill_beside_it(
     pdir = _pipeline(tmp_path, suffix)
     source, out = f"raw.web-activity.{suffix}", f"anon.aggregates.dpledger.{suffix}"
     create_topics(kafka_bootstrap, {source: 1})
-    prod_settings = Settings(
-        bootstrap_servers=kafka_bootstrap, group_id=f"it-dpprod-{suffix}", pipelines_dir=pdir,
-        dead_letter_topic=f"anon.deadletter.{suffix}", instance_id="slot-0", web_enabled=False,
-        ledger_topic=f"anon.ledger.it-{suffix}", idle_close_seconds=3600,
-    )  # fmt: skip
+    prod_settings = _settings(kafka_bootstrap, suffix, pdir, "dpprod", idle_close_seconds=3600)
     backfill_settings = prod_settings.model_copy(update={"group_id": f"it-dpback-{suffix}"})
     ps = [load_pipeline(f) for f in sorted(pdir.glob("*.yaml"))]
     secret = load_secret({"ANONSTREAM_SECRET": SECRET})

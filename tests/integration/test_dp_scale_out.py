@@ -17,34 +17,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-import orjson
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from anonstream.broker.topics import create_topics
 from anonstream.runtime.ledger import KafkaLedgerStore
 from anonstream.testing import WorkerProcess, read_releases
 from tests.integration.helpers import SECRET
-from tests.integration.test_dp_ledger import HOUR, T0, _pipeline
+from tests.integration.test_dp_ledger import HOUR, T0, _pipeline, _produce
 
 pytestmark = pytest.mark.integration
-
-
-async def _produce(bootstrap: str, topic: str, hours: list[int]) -> None:
-    """150 people an hour, spread over the topic's two partitions (both workers ingest)."""
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap)
-    await producer.start()
-    try:
-        for h in hours:
-            for u in range(150):
-                ev = {
-                    "event_id": f"e-{h}-{u}", "ts": T0 + h * HOUR + 60_000, "type": "page_view",
-                    "visitor_id": f"visitor-{u}", "url": "https://www.example.com/",
-                }  # fmt: skip
-                await producer.send(topic, orjson.dumps(ev), partition=u % 2)
-        await producer.flush()
-    finally:
-        await producer.stop()
 
 
 def _released_here(w: WorkerProcess) -> bool:
@@ -92,7 +73,7 @@ def test_two_scale_out_workers_spend_a_period_once_across_rebalances(
     try:
         a.start()
         b.start()
-        asyncio.run(_produce(kafka_bootstrap, source, [0, 1, 2, 3]))
+        asyncio.run(_produce(kafka_bootstrap, source, [0, 1, 2, 3], partitions=2))
         records = wait_for(4)
         statuses = [r["privacy"]["status"] for r in _summaries(records)]
         assert statuses == ["released", "released", "budget_exhausted", "budget_exhausted"]
@@ -105,10 +86,10 @@ def test_two_scale_out_workers_spend_a_period_once_across_rebalances(
         c = worker("c")
         workers.append(c)
         c.start()
-        asyncio.run(_produce(kafka_bootstrap, source, [4]))
+        asyncio.run(_produce(kafka_bootstrap, source, [4], partitions=2))
         wait_for(5)
         other.stop()  # c owns every partition now
-        asyncio.run(_produce(kafka_bootstrap, source, [5]))
+        asyncio.run(_produce(kafka_bootstrap, source, [5], partitions=2))
         records = wait_for(6)
         assert c.proc is not None and c.proc.poll() is None, "the last worker died"
     finally:

@@ -529,9 +529,10 @@ def referrer_domain(ref: str) -> str:
     # "#" after the host (an address or IP holds none), and at most an escaped address's
     # length past it, so a long query or path of escapes is not scanned.
     end = m.end(group)
-    cut = min([end + _ESCAPED_ID_MAX] + [i for c in "/?#" if (i := s.find(c, end)) >= 0])
-    if any(a < end and m.start(group) < b for a, b, _ in _escaped_ids(s[:cut])):
-        return INVALID  # "jane.doe\\u0040example.org": the host is an address's local part
+    if "\\" in s:  # the common referrer has no backslash: nothing to look for
+        cut = min([end + _ESCAPED_ID_MAX] + [i for c in "/?#" if (i := s.find(c, end)) >= 0])
+        if any(a < end and m.start(group) < b for a, b, _ in _escaped_ids(s[:cut])):
+            return INVALID  # "jane.doe\\u0040example.org": the host is an address's local part
     if "." not in authority[1:-1] and m.group(1) is None:
         return INVALID  # a scheme-less referrer must look like "host.tld"
     try:
