@@ -315,7 +315,9 @@ def test_the_operator_switch_releases_a_window_again_and_charges_it(
     asyncio.run(store.read(kafka_bootstrap, {}))
     charges = store.load()
     assert [(c.start_ms, c.rerelease) for c in charges] == [(T0, False), (T0, True)]
-    assert charges[0].digest != charges[1].digest  # other content, published and charged
+    # Both releases carry a digest; they may be equal: fresh noise on 150 or 151 people
+    # can round to the same released numbers (it did, about one run in five).
+    assert charges[0].digest and charges[1].digest
     assert len([r for r in records if r["kind"] == "aggregate"]) >= 2  # both published
 
 
